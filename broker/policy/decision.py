@@ -1,0 +1,49 @@
+"""What the policy says about one call: the single object every layer passes around."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Action(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    HIDE = "hide"
+    REQUIRE_APPROVAL = "require_approval"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    max_calls: int
+    window_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequirement:
+    timeout_seconds: float = 300.0
+    on_timeout: str = "deny"
+    approvers: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One policy verdict.
+
+    `rule` names the rule that produced it in a form an operator can find in the
+    policy file (e.g. ``rules[2] 'binance_*'``, ``hide[0] 'x'`` or ``default``);
+    `revision` is the content hash of the policy document that was in force.
+    """
+
+    action: Action
+    rule: str
+    reason: str
+    revision: str
+    rate_limit: RateLimit | None = None
+    approval: ApprovalRequirement | None = None
+
+    @property
+    def forwards(self) -> bool:
+        """True when the call may reach the upstream without a human."""
+        return self.action is Action.ALLOW
