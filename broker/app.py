@@ -1,0 +1,375 @@
+"""The composition root: builds one running broker from its settings and wires the parts together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from broker.approvals.approvers import ApproverDirectory
+from broker.approvals.ports import StoreUnavailable
+from broker.approvals.service import ApprovalService
+from broker.channels.api import build_decisions_router
+from broker.channels.slack import SlackChannel
+from broker.channels.web import InboxEvents, ToolSources, WebInbox
+from broker.config.policy_file import PolicyFile
+from broker.config.settings import BrokerSettings
+from broker.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from broker.observability.metrics import BrokerMetrics
+from broker.policy import Policy
+from broker.proxy.change_feed import ChangeFeed
+from broker.proxy.decision_log import DecisionLog
+from broker.proxy.gateway import Gateway
+from broker.proxy.held_calls import HeldCalls, UpstreamReleaser
+from broker.proxy.http_endpoint import McpHttpEndpoint
+from broker.proxy.identity import Authenticator
+from broker.proxy.ratelimit import RateLimiter, SlidingWindowLimiter
+from broker.proxy.sessions import SessionRegistry
+from broker.proxy.upstream.pool import UpstreamPool
+from broker.proxy.upstream.spec import parse_servers
+from broker.store.database import Backend, backend_of
+from broker.store.engine import create_store
+from broker.store.migrate import is_at_head, upgrade
+from broker.store.notify import ReplicaFeed
+from broker.store.ratelimit import PostgresRateLimiter
+
+logger = logging.getLogger(__name__)
+
+
+class Broker:
+    """Everything one broker process owns. Construction does no I/O beyond reading the policy file."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        *,
+        environ: Mapping[str, str],
+        slack_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,  # Slack retry backoff (tests inject)
+    ) -> None:
+        self.settings = settings
+        self.environ = environ
+        self.changes = ChangeFeed()
+        self.policy_file = PolicyFile(settings.policy_path, on_change=self._policy_changed)
+        servers = parse_servers(settings.servers_document, environ=environ)
+        self.upstreams = UpstreamPool(servers, environ=environ, on_tools_changed=self._upstream_tools_changed)
+        self.rate_limiter = rate_limiter_for(settings)
+        self.gateway = Gateway(
+            policy=self.policy_file.holder,
+            upstreams=self.upstreams,
+            rate_limiter=self.rate_limiter,
+            decisions=DecisionLog(),
+            changes=self.changes,
+            call_timeout=settings.upstream_call_timeout,
+        )
+        self.approvers = ApproverDirectory(settings.approvers)
+        self.store = create_store(settings.database_url)
+        self.approvals = ApprovalService(
+            self.store,
+            replica=f"{os.uname().nodename}-{os.getpid()}-{os.urandom(2).hex()}",
+            default_approvers=settings.approvals.default_approvers,
+            sweep_interval=settings.approvals.sweep_interval,
+        )
+        self.approvals.set_releaser(
+            UpstreamReleaser(
+                upstreams=self.upstreams, policy=self.policy_file.holder, forward=self.gateway.forward_call
+            )
+        )
+        self.gateway.attach_approvals(
+            HeldCalls(
+                self.approvals,
+                hold_budget=settings.approvals.hold_budget,
+                progress_interval=settings.approvals.progress_interval,
+                check_tool_name=settings.approvals.check_tool,
+            )
+        )
+        self.sessions = SessionRegistry()
+        self.mcp_endpoint = McpHttpEndpoint(
+            self.gateway,
+            authenticator=Authenticator(settings.credentials, allow_anonymous=settings.allow_anonymous),
+            sessions=self.sessions,
+            changes=self.changes,
+            allowed_origins=settings.allowed_origins,
+        )
+        # -- web inbox: every approval change in this process reaches the open pages ------------
+        self.inbox_events = InboxEvents()
+        self.approvals.add_listener(self.inbox_events)
+        self.web_inbox = (
+            WebInbox(
+                self.approvals,
+                self.approvers,
+                settings.web,
+                events=self.inbox_events,
+                tools=ToolSources(
+                    decisions=self.tool_decisions,
+                    tools=self.upstreams.tools,
+                    servers=self.upstreams.status,
+                    policy=lambda: self.policy_file.holder.current,
+                ),
+            )
+            if settings.web.enabled
+            else None
+        )
+        # -- scale-out (issue 6): replicas on one PostgreSQL, metrics, graceful drain ------------
+        self.metrics = BrokerMetrics(
+            calls=self.gateway.call_counts,
+            upstream_latency=self.gateway.upstream_latency,
+            pending_count=self.store.pending_count,
+            held_calls=lambda: self.approvals.held_calls,
+        )
+        self.approvals.add_listener(self.metrics)
+        self.replica_feed = (
+            ReplicaFeed(settings.database_url, replica=self.approvals.replica)
+            if backend_of(settings.database_url) is Backend.POSTGRESQL
+            else None
+        )
+        if self.replica_feed is not None:
+            self.approvals.add_listener(self.replica_feed)
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # -- end scale-out ----------------------------------------------------------------------
+        # -- Slack (issue 4): prompts with Approve/Deny buttons, kept current on every change ----
+        self.slack = (
+            SlackChannel(
+                settings.slack,
+                service=self.approvals,
+                directory=self.approvers,
+                default_approvers=settings.approvals.default_approvers,
+                sleep=slack_sleep,
+            )
+            if settings.slack is not None
+            else None
+        )
+        if self.slack is not None:
+            self.approvals.add_listener(self.slack.notifier)
+        # -- end Slack --------------------------------------------------------------------------
+
+    def _policy_changed(self, old: Policy, new: Policy) -> None:
+        self.gateway.tools_changed()
+
+    async def _upstream_tools_changed(self) -> None:
+        self.gateway.tools_changed()
+
+    @asynccontextmanager
+    async def running(self, *, upstream_ready_timeout: float = 30.0) -> AsyncIterator[Broker]:
+        async with AsyncExitStack() as stack:
+            # Fail closed: without a reachable, current store no held call could be kept, so the broker does not start.
+            await upgrade(self.settings.database_url)
+            stack.push_async_callback(self.store.close)
+            pending = await self.store.pending_count()
+            logger.info("approval store ready (%d pending approvals)", pending)
+            if self.slack is not None:  # Slack (issue 4): entered first, so it outlives the listener calls
+                await stack.enter_async_context(self.slack.running())
+            await stack.enter_async_context(self.approvals.running())
+            await stack.enter_async_context(self.upstreams)
+            await self.upstreams.wait_ready(upstream_ready_timeout)
+            for status in self.upstreams.status():
+                if status.state == "connected":
+                    logger.info("upstream %s: connected, %d tools", status.name, status.tool_count)
+                else:
+                    logger.warning("upstream %s: %s (%s)", status.name, status.state, status.last_error)
+            logger.info(
+                "policy %s in force (revision %s)",
+                self.settings.policy_path,
+                self.policy_file.holder.current.revision,
+            )
+            # -- scale-out (issue 6) --
+            if isinstance(self.rate_limiter, AbstractAsyncContextManager):
+                await stack.enter_async_context(self.rate_limiter)
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            tasks.start_soon(self.policy_file.watch, self.settings.policy_poll_seconds)
+            tasks.start_soon(self._reap_sessions)
+            self._install_sighup()
+            # -- scale-out (issue 6) --
+            self._loop = asyncio.get_running_loop()
+            if self.replica_feed is not None:
+                tasks.start_soon(self.replica_feed.run, self.approvals)
+            try:
+                yield self
+            finally:
+                # -- scale-out (issue 6): a call being forwarded now finishes before the upstreams close
+                with anyio.move_on_after(self.settings.shutdown_grace_seconds):
+                    await self.approvals.finish_releases()
+                self.mcp_endpoint.shutdown()
+                self.inbox_events.close()
+                tasks.cancel_scope.cancel()
+
+    # -- scale-out (issue 6): graceful drain -------------------------------------------------------
+
+    def drain(self) -> None:
+        """The process was asked to stop (SIGTERM): readiness fails so balancers send no new work, and
+        held agents may still receive decisions for `shutdown_grace_seconds`; then each gets the
+        "pending approval" answer (approval id, how to come back). No approval is dropped."""
+        if self.draining:
+            return
+        self.draining = True
+        grace = self.settings.shutdown_grace_seconds
+        logger.warning(
+            "draining: %d held agent requests may still get decisions for %g s",
+            self.approvals.held_calls,
+            grace,
+        )
+        self.approvals.drain(grace)
+
+    def drain_soon(self) -> None:
+        """`drain`, callable from a signal handler: it runs on the event loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.drain)
+
+    # -- end scale-out ------------------------------------------------------------------------------
+
+    def _install_sighup(self) -> None:
+        if not hasattr(signal, "SIGHUP"):
+            return
+        try:
+            import asyncio
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.policy_file.reload)
+        except (NotImplementedError, RuntimeError):
+            logger.debug("SIGHUP reload unavailable in this event loop")
+
+    async def _reap_sessions(self) -> None:
+        while True:
+            await anyio.sleep(60)
+            self.sessions.reap_idle()
+
+    def tool_decisions(self) -> list[dict[str, Any]]:
+        """Every upstream tool with what the policy in force says about it (without arguments)."""
+        policy = self.policy_file.holder.current
+        rows = []
+        for tool in self.upstreams.tools():
+            decision = policy.decide(tool.name, server=tool.server)
+            rows.append(
+                {
+                    "tool": tool.exposed_name,
+                    "server": tool.server,
+                    "action": decision.action.value,
+                    "rule": decision.rule,
+                    "reason": decision.reason,
+                    "rate_limit": (
+                        {"max": decision.rate_limit.max_calls, "window": decision.rate_limit.window_seconds}
+                        if decision.rate_limit
+                        else None
+                    ),
+                    "listed": policy.is_listed(tool.name, server=tool.server),
+                }
+            )
+        return rows
+
+    def build_api(self) -> FastAPI:
+        broker = self
+
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            async with broker.running():
+                yield
+
+        api = FastAPI(title="MCP approval broker", version="0.1.0", lifespan=lifespan)
+
+        @api.get("/healthz")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @api.get("/readyz")
+        async def readyz() -> JSONResponse:
+            # -- scale-out (issue 6): not ready while draining or while the schema is not this code's
+            if broker.draining:
+                return JSONResponse({"status": "draining"}, status_code=503)
+            try:
+                await broker.store.pending_count()
+                current = await is_at_head(broker.settings.database_url)
+            except StoreUnavailable as exc:
+                return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
+            if not current:
+                return JSONResponse(
+                    {
+                        "status": "unavailable",
+                        "store": "the database schema is not at this broker's newest migration "
+                        "(run 'broker db upgrade' with this version)",
+                    },
+                    status_code=503,
+                )
+            return JSONResponse({"status": "ready"})
+
+        # -- scale-out (issue 6) --
+        @api.get("/metrics")
+        async def metrics() -> Response:
+            return Response(await broker.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+        api.include_router(build_decisions_router(broker.approvals, broker.approvers))
+        if broker.web_inbox is not None:
+            api.include_router(broker.web_inbox.router())
+        slack_router = broker.slack.router() if broker.slack is not None else None  # Slack (issue 4)
+        if slack_router is not None:
+            api.include_router(slack_router)
+
+        @api.get("/api/upstreams")
+        async def upstreams() -> list[dict[str, Any]]:
+            return [
+                {"name": s.name, "state": s.state, "last_error": s.last_error, "tools": s.tool_count}
+                for s in broker.upstreams.status()
+            ]
+
+        @api.get("/api/tools")
+        async def tools() -> JSONResponse:
+            return JSONResponse(
+                {
+                    "policy_revision": broker.policy_file.holder.current.revision,
+                    "tools": broker.tool_decisions(),
+                }
+            )
+
+        return api
+
+    def asgi(self) -> ASGIApp:
+        return BrokerASGI(self.mcp_endpoint, self.build_api())
+
+
+class BrokerASGI:
+    """Sends `/mcp` straight to the MCP endpoint so the hot path skips the web framework's routing."""
+
+    def __init__(self, mcp: ASGIApp, api: ASGIApp) -> None:
+        self._mcp = mcp
+        self._api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in ("/mcp", "/mcp/"):
+            await self._mcp(scope, receive, send)
+        else:
+            await self._api(scope, receive, send)
+
+
+def current_environ() -> dict[str, str]:
+    return dict(os.environ)
+
+
+# -- scale-out (issue 6) ----------------------------------------------------------------------------
+
+
+def rate_limiter_for(settings: BrokerSettings) -> RateLimiter:
+    """Where rate-limit counters live. By default in memory on SQLite (one process) and in the
+    database on PostgreSQL, so that an agent cannot multiply its quota by calling several replicas."""
+    backend = settings.rate_limits.backend
+    on_postgres = backend_of(settings.database_url) is Backend.POSTGRESQL
+    if backend is None:
+        backend = "database" if on_postgres else "memory"
+    if backend == "database":
+        if not on_postgres:
+            raise ValueError("rate_limits backend 'database' needs a PostgreSQL database_url")
+        return PostgresRateLimiter(settings.database_url)
+    if backend == "redis":
+        if not settings.rate_limits.redis_url:
+            raise ValueError("rate_limits backend 'redis' needs a redis_url")
+        # Imported here: only deployments that chose Redis pay for loading its client.
+        from broker.store.redis_ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter(settings.rate_limits.redis_url)
+    return SlidingWindowLimiter()

@@ -1,0 +1,86 @@
+"""The policy file in force: loaded at start (fail closed), reloaded on change and on SIGHUP."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from broker.policy import Policy, PolicyError, load_policy
+from broker.policy.holder import PolicyHolder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    changed: bool
+    revision: str
+    error: str | None = None
+
+
+def read_policy(path: Path) -> Policy:
+    """Loads a policy file; raises PolicyError (with line numbers) or OSError."""
+    text = path.read_text(encoding="utf-8")
+    return load_policy(text, source=str(path))
+
+
+class PolicyFile:
+    def __init__(self, path: Path, *, on_change: Callable[[Policy, Policy], None] | None = None) -> None:
+        self.path = path
+        self._on_change = on_change
+        self._fingerprint: tuple[int, int, int] | None = None
+        self._digest = ""
+        self.holder = PolicyHolder(self._load_initial())
+
+    def _load_initial(self) -> Policy:
+        text = self.path.read_text(encoding="utf-8")
+        self._fingerprint = self._stat()
+        self._digest = hashlib.sha256(text.encode()).hexdigest()
+        return load_policy(text, source=str(self.path))
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def reload(self) -> ReloadOutcome:
+        """Re-reads the file; on any error the last good policy stays in force."""
+        current = self.holder.current
+        self._fingerprint = self._stat()
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            message = f"cannot read {self.path}: {exc.strerror or exc}; keeping revision {current.revision}"
+            logger.error("policy reload failed: %s", message)
+            return ReloadOutcome(False, current.revision, message)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest == self._digest:
+            return ReloadOutcome(False, current.revision)
+        try:
+            policy = load_policy(text, source=str(self.path))
+        except PolicyError as exc:
+            logger.error("policy reload rejected, keeping revision %s:\n%s", current.revision, exc)
+            return ReloadOutcome(False, current.revision, str(exc))
+        self._digest = digest
+        self.holder.current = policy
+        logger.info("policy reloaded: revision %s -> %s (%s)", current.revision, policy.revision, self.path)
+        if self._on_change is not None:
+            self._on_change(current, policy)
+        return ReloadOutcome(True, policy.revision)
+
+    async def watch(
+        self, interval: float, *, sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    ) -> None:
+        """Polls the file's identity: portable, and cheap enough at one stat per interval."""
+        while True:
+            await sleep(interval)
+            if self._stat() != self._fingerprint:
+                self.reload()

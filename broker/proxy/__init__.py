@@ -1,0 +1,1 @@
+"""The agent-facing side: MCP endpoints, policy enforcement and forwarding to upstreams."""

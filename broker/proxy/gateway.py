@@ -1,0 +1,413 @@
+"""The protocol-independent heart of the proxy: every agent request passes through `Gateway.dispatch`.
+
+The endpoints (HTTP, stdio) own framing, sessions and streaming; the gateway owns what a
+request means: which tools an agent sees, what the policy says about a call, and how an
+allowed call is forwarded. Nothing reaches an upstream except through `_call_tool`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+
+from broker import __version__
+from broker.observability.calls import CallCounts, UpstreamLatency
+from broker.policy.decision import Action, Decision
+from broker.policy.holder import PolicyHolder
+from broker.proxy.change_feed import ChangeFeed
+from broker.proxy.decision_log import DecisionLog
+from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
+from broker.proxy.ratelimit import RateLimiter
+from broker.proxy.upstream.base import (
+    JsonObject,
+    UpstreamRpcError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from broker.proxy.upstream.pool import UpstreamTool
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "mcp-approval-broker"
+SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
+DECISION_META_KEY = "io.github.mcp-approval-broker/decision"
+LIST_CHANGED: JsonObject = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+
+Notify = Callable[[str, JsonObject], Awaitable[None]]
+"""Sends a notification on the stream of the request being served (a no-op when it has none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    agent: str
+    session: str
+    """The key rate limits are counted under: the MCP session, or the agent itself on the stateless era."""
+    modern: bool = False
+
+
+class Upstreams(Protocol):
+    """What the gateway needs from the upstream pool."""
+
+    def tools(self) -> Any: ...
+
+    def resolve(self, exposed_name: str) -> UpstreamTool | None: ...
+
+    async def call_tool(
+        self,
+        tool: UpstreamTool,
+        arguments: dict[str, Any] | None,
+        *,
+        meta: dict[str, Any] | None = None,
+        on_notification: Callable[[JsonObject], Awaitable[None]] | None = None,
+        timeout: float | None = None,
+    ) -> JsonObject: ...
+
+
+class ApprovalGate(Protocol):
+    """Where `require_approval` calls wait for a human (implemented by `broker.proxy.held_calls`)."""
+
+    check_tool_name: str
+
+    @property
+    def store_available(self) -> bool: ...
+
+    @property
+    def check_tool(self) -> JsonObject: ...
+
+    async def hold(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        params: JsonObject,
+        notify: Notify,
+    ) -> JsonObject:
+        """Returns the agent's CallToolResult (or a CreateTaskResult for task-augmented calls)."""
+        ...
+
+    async def check(self, ctx: AgentContext, arguments: dict[str, Any]) -> JsonObject: ...
+
+    async def task_request(self, ctx: AgentContext, method: str, params: JsonObject | None) -> JsonObject: ...
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        policy: PolicyHolder,
+        upstreams: Upstreams,
+        rate_limiter: RateLimiter,
+        decisions: DecisionLog,
+        changes: ChangeFeed,
+        approvals: ApprovalGate | None = None,
+        call_timeout: float | None = None,
+    ) -> None:
+        self._policy = policy
+        self._upstreams = upstreams
+        self._rate_limiter = rate_limiter
+        self._decisions = decisions
+        self._changes = changes
+        self._approvals = approvals
+        self._call_timeout = call_timeout
+        # Upstream connections are shared by all agents, so agents' progress tokens are
+        # replaced by broker-unique ones on the way up and restored on the way down.
+        self._token_prefix = f"broker-{os.urandom(3).hex()}-"
+        self._token_counter = itertools.count(1)
+        self._listing_cache: dict[tuple[str, str, int], list[JsonObject]] = {}
+        self._tools_generation = 0
+        # -- scale-out (issue 6): metrics; plain integers, read by broker.observability at scrape time
+        self.call_counts = CallCounts()
+        self.upstream_latency = UpstreamLatency()
+
+    # -- capabilities -------------------------------------------------------------------
+
+    def capabilities(self, *, modern: bool = False) -> JsonObject:
+        capabilities: JsonObject = {"tools": {"listChanged": True}}
+        if self._approvals is not None and not modern:
+            # Tasks exist only in the 2025-11-25 handshake era; held calls can be awaited as tasks.
+            capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+        return capabilities
+
+    def attach_approvals(self, approvals: ApprovalGate) -> None:
+        self._approvals = approvals
+        self.tools_changed()
+
+    @staticmethod
+    def server_info() -> JsonObject:
+        return {"name": SERVER_NAME, "version": __version__}
+
+    def initialize_result(self, params: JsonObject | None) -> JsonObject:
+        """The handshake answer: the client's version when we speak it, else our newest handshake version."""
+        requested = (params or {}).get("protocolVersion")
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        return {
+            "protocolVersion": version,
+            "capabilities": self.capabilities(),
+            "serverInfo": self.server_info(),
+            "instructions": "Tool calls pass through a policy gateway; some calls wait for human approval.",
+        }
+
+    def discover_result(self) -> JsonObject:
+        """The 2026-07-28 replacement for the handshake."""
+        return {
+            "supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
+            "capabilities": self.capabilities(modern=True),
+            "resultType": "complete",
+            "_meta": {SERVER_INFO_META_KEY: self.server_info()},
+        }
+
+    # -- change propagation ---------------------------------------------------------------
+
+    def tools_changed(self) -> None:
+        """Upstream tools or the policy changed: re-derive listings and tell every open agent stream."""
+        self._tools_generation += 1
+        self._listing_cache.clear()
+        self._changes.publish(LIST_CHANGED)
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    async def dispatch(
+        self, ctx: AgentContext, method: str, params: JsonObject | None, notify: Notify
+    ) -> JsonObject:
+        if method == "tools/call":
+            result = await self._call_tool(ctx, params, notify)
+            if ctx.modern and "resultType" not in result:
+                result["resultType"] = "complete"
+            return result
+        if method == "tools/list":
+            if ctx.modern:
+                # The listing depends on the agent and on a policy that can change at any time.
+                return {
+                    "tools": self.list_tools(ctx.agent),
+                    "resultType": "complete",
+                    "ttlMs": 0,
+                    "cacheScope": "private",
+                }
+            return {"tools": self.list_tools(ctx.agent)}
+        if method == "ping" or method == "logging/setLevel":
+            return {}
+        if method.startswith("tasks/") and self._approvals is not None and not ctx.modern:
+            return await self._approvals.task_request(ctx, method, params)
+        raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+
+    def list_tools(self, agent: str) -> list[JsonObject]:
+        policy = self._policy.current
+        key = (policy.revision, agent, self._tools_generation)
+        listing = self._listing_cache.get(key)
+        if listing is None:
+            listing = []
+            for tool in self._upstreams.tools():
+                if not policy.is_listed(tool.name, server=tool.server, agent=agent):
+                    continue
+                decision = policy.decide(tool.name, server=tool.server, agent=agent)
+                if decision.action is Action.REQUIRE_APPROVAL and self._approvals is not None:
+                    listing.append({**tool.definition, "execution": {"taskSupport": "optional"}})
+                else:
+                    listing.append(tool.definition)
+            if self._approvals is not None and any(
+                rule.action is Action.REQUIRE_APPROVAL for rule in policy.rules
+            ):
+                listing.append(self._approvals.check_tool)
+            if len(self._listing_cache) > 1024:
+                self._listing_cache.clear()
+            self._listing_cache[key] = listing
+        return listing
+
+    async def _call_tool(self, ctx: AgentContext, params: JsonObject | None, notify: Notify) -> JsonObject:
+        if params is None:
+            raise RpcError(INVALID_PARAMS, "tools/call needs params with a tool name")
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise RpcError(INVALID_PARAMS, "tools/call params.name must be a string")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        elif not isinstance(arguments, dict):
+            raise RpcError(INVALID_PARAMS, "tools/call params.arguments must be an object")
+
+        if self._approvals is not None and not self._approvals.store_available:
+            return _upstream_failure_result(
+                "The broker cannot reach its approval store, so it forwards no calls until the store is back "
+                "(it fails closed). Retry later."
+            )
+        tool = self._upstreams.resolve(name)
+        if tool is None and self._approvals is not None and name == self._approvals.check_tool_name:
+            return await self._approvals.check(ctx, arguments)
+        if tool is None:
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
+
+        decision = self._policy.current.decide(
+            tool.name, server=tool.server, agent=ctx.agent, arguments=arguments
+        )
+        action = decision.action
+        if action is Action.ALLOW or action is Action.REQUIRE_APPROVAL:
+            if decision.rate_limit is not None:
+                verdict = await self._rate_limiter.hit(
+                    f"{ctx.session}\x00{decision.rule}", decision.rate_limit
+                )
+                if not verdict.allowed:
+                    self.call_counts.rate_limited += 1
+                    decision_id = self._record(decision, ctx, tool, arguments, "rate_limited")
+                    return _rate_limited_result(name, decision, decision_id, verdict.retry_after)
+            if action is Action.REQUIRE_APPROVAL:
+                self.call_counts.require_approval += 1
+                return await self._hold(ctx, tool, arguments, decision, params, notify)
+            self.call_counts.allow += 1
+            self._record(decision, ctx, tool, arguments, None)
+            return await self._forward(ctx, tool, arguments, params, notify)
+
+        if action is Action.HIDE:
+            self.call_counts.hide += 1
+        else:
+            self.call_counts.deny += 1
+        decision_id = self._record(decision, ctx, tool, arguments, None)
+        return _denied_result(name, decision, decision_id)
+
+    async def _hold(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        params: JsonObject,
+        notify: Notify,
+    ) -> JsonObject:
+        if self._approvals is None:
+            # Fail closed: a call that needs a human never goes through because nobody is there to ask.
+            decision_id = self._record(decision, ctx, tool, arguments, "no_approval_service")
+            return _error_result(
+                f"The call to '{tool.exposed_name}' requires human approval (rule {decision.rule}), "
+                "but this broker has no approval service running, so it was not forwarded.",
+                decision,
+                decision_id,
+            )
+        self._record(decision, ctx, tool, arguments, "held")
+        return await self._approvals.hold(ctx, tool, arguments, decision, params, notify)
+
+    async def _forward(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        params: JsonObject,
+        notify: Notify,
+    ) -> JsonObject:
+        meta = params.get("_meta")
+        upstream_meta: JsonObject | None = None
+        relay = None
+        agent_token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if agent_token is not None:
+            upstream_token = f"{self._token_prefix}{next(self._token_counter)}"
+            upstream_meta = {"progressToken": upstream_token}
+
+            async def relay(message: JsonObject) -> None:
+                if message.get("method") == "notifications/progress":
+                    progress = dict(message.get("params") or {})
+                    progress["progressToken"] = agent_token
+                    await notify("notifications/progress", progress)
+
+        try:
+            result = await self.forward_call(tool, arguments, meta=upstream_meta, on_notification=relay)
+        except UpstreamUnavailable as exc:
+            return _upstream_failure_result(
+                f"The upstream server '{tool.server}' for tool '{tool.exposed_name}' is unavailable "
+                f"({exc.detail}). The broker is reconnecting; retry shortly."
+            )
+        except UpstreamTimeout as exc:
+            return _upstream_failure_result(
+                f"The upstream server '{tool.server}' did not answer the call to '{tool.exposed_name}' in time "
+                f"({exc.detail})."
+            )
+        except UpstreamRpcError as exc:
+            raise RpcError(exc.code, exc.rpc_message, exc.data) from exc
+        return result
+
+    async def forward_call(
+        self,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        *,
+        meta: JsonObject | None = None,
+        on_notification: Callable[[JsonObject], Awaitable[None]] | None = None,
+    ) -> JsonObject:
+        """The one door to the upstreams, also used by the approval service to release a held call."""
+        started = time.perf_counter()
+        try:
+            return await self._upstreams.call_tool(
+                tool, arguments, meta=meta, on_notification=on_notification, timeout=self._call_timeout
+            )
+        finally:
+            self.upstream_latency.observe(tool.server, time.perf_counter() - started)
+
+    def _record(
+        self,
+        decision: Decision,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: JsonObject,
+        outcome: str | None,
+    ) -> str:
+        return self._decisions.record(
+            decision,
+            agent=ctx.agent,
+            session=ctx.session,
+            tool=tool.exposed_name,
+            server=tool.server,
+            arguments=arguments,
+            outcome=outcome,
+        )
+
+
+def _decision_meta(decision: Decision, decision_id: str) -> JsonObject:
+    return {
+        DECISION_META_KEY: {
+            "decisionId": decision_id,
+            "action": decision.action.value,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "policyRevision": decision.revision,
+        }
+    }
+
+
+def _error_result(text: str, decision: Decision, decision_id: str) -> JsonObject:
+    return {
+        "content": [{"type": "text", "text": text}],
+        "isError": True,
+        "_meta": _decision_meta(decision, decision_id),
+    }
+
+
+def _denied_result(name: str, decision: Decision, decision_id: str) -> JsonObject:
+    return _error_result(
+        f"Policy violation: the call to '{name}' was denied by policy rule {decision.rule} "
+        f"(policy revision {decision.revision}): {decision.reason}. "
+        "The tool exists, but this policy does not allow the call; retrying will not help.",
+        decision,
+        decision_id,
+    )
+
+
+def _rate_limited_result(name: str, decision: Decision, decision_id: str, retry_after: float) -> JsonObject:
+    limit = decision.rate_limit
+    assert limit is not None
+    result = _error_result(
+        f"Rate limit exceeded: '{name}' allows {limit.max_calls} calls per {limit.window_seconds:g} s "
+        f"in one session (policy rule {decision.rule}). Retry after {retry_after:g} s.",
+        decision,
+        decision_id,
+    )
+    result["_meta"][DECISION_META_KEY]["retryAfterSeconds"] = retry_after
+    return result
+
+
+def _upstream_failure_result(text: str) -> JsonObject:
+    return {"content": [{"type": "text", "text": text}], "isError": True}

@@ -1,0 +1,85 @@
+"""The `broker` command line as a user runs it: a real subprocess, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def broker(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args], capture_output=True, text=True, timeout=60, cwd=cwd or REPO
+    )
+
+
+def test_policy_check_accepts_the_shipped_policies() -> None:
+    result = broker(
+        "policy", "check", "policies/seed.json", "policies/exchange.yaml", "broker/demo/policy.yaml"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (revision") == 3
+
+
+def test_policy_check_reports_the_line_of_each_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('version: "1"\ndefault: deny\nrules:\n  - tool: get_*\n    acton: allow\n')
+    result = broker("policy", "check", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:5:" in result.stderr
+    assert "action" in result.stderr
+
+
+def test_policy_check_reports_json_syntax_errors_with_position(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "1",\n "default": "deny",\n "hide": [x]}\n')
+    result = broker("policy", "check", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:3:" in result.stderr
+
+
+def test_explain_prints_the_decision_and_the_winning_rule() -> None:
+    result = broker(
+        "policy", "explain", "broker/demo/policy.yaml", "place_order", "--args", '{"quantity": 50}'
+    )
+    assert result.returncode == 0, result.stderr
+    assert "require_approval" in result.stdout
+    small = broker(
+        "policy", "explain", "broker/demo/policy.yaml", "place_order", "--args", '{"quantity": 1}', "--json"
+    )
+    assert small.returncode == 0, small.stderr
+    decision = json.loads(small.stdout)
+    assert decision["action"] == "allow"
+    assert decision["rule"].startswith("rules[2]")
+
+
+def test_explain_rejects_bad_arguments_with_exit_code_2() -> None:
+    result = broker("policy", "explain", "broker/demo/policy.yaml", "place_order", "--args", "{oops")
+    assert result.returncode == 2
+    assert "--args is not valid JSON" in result.stderr
+    missing = broker("policy", "explain", "no/such/file.yaml", "x")
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    usage = broker("policy", "frobnicate")
+    assert usage.returncode == 2
+
+
+def test_serve_refuses_to_start_with_an_invalid_policy(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text('version: "2"\n')
+    (tmp_path / "servers.json").write_text('{"mcpServers": {}}')
+    (tmp_path / "broker.yaml").write_text("servers: servers.json\npolicy: policy.yaml\n")
+    result = broker("serve", "--config", str(tmp_path / "broker.yaml"))
+    assert result.returncode == 2
+    assert "refusing to start" in result.stderr
+    assert "policy.yaml:1:" in result.stderr
+
+
+def test_serve_rejects_a_broken_config(tmp_path: Path) -> None:
+    (tmp_path / "broker.yaml").write_text(
+        "servers: servers.json\npolicy: policy.yaml\nlisten: {port: seventy}\n"
+    )
+    result = broker("serve", "--config", str(tmp_path / "broker.yaml"))
+    assert result.returncode == 2
+    assert "listen.port" in result.stderr
