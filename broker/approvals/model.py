@@ -1,0 +1,165 @@
+"""The approval record: one parked tools/call and everything decided about it.
+
+Lifecycle (allowed moves live in `broker.approvals.transitions`)::
+
+    pending ──> approved ──> released ──> completed
+       │                                └─> failed
+       ├──> denied
+       ├──> expired
+       └──> cancelled
+
+Once approved, a call is no longer cancellable: the human said yes, and the
+release may already be under way on another replica, so the only ways out are
+completed or failed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from broker.approvals.canonical import arguments_hash, canonical_json, request_key
+
+
+class ApprovalStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    RELEASED = "released"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_decided(self) -> bool:
+        """A human (or the timeout) has answered; the answer can no longer change."""
+        return self is not ApprovalStatus.PENDING
+
+
+_TERMINAL = frozenset(
+    {
+        ApprovalStatus.COMPLETED,
+        ApprovalStatus.FAILED,
+        ApprovalStatus.DENIED,
+        ApprovalStatus.EXPIRED,
+        ApprovalStatus.CANCELLED,
+    }
+)
+
+DELIVERABLE_STATUSES = frozenset(
+    {ApprovalStatus.COMPLETED, ApprovalStatus.FAILED, ApprovalStatus.DENIED, ApprovalStatus.EXPIRED}
+)
+"""Outcomes an agent can be handed (a cancelled call has nobody left to receive it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewApproval:
+    """What the proxy knows when it parks a call; the store adds id, timestamps and status.
+
+    `arguments` are the exact arguments that will be forwarded if approved.
+    `arguments_hash` and `request_key` are derived here so a caller can look up an
+    open approval for the same call before creating a new one.
+    """
+
+    agent: str
+    server: str
+    tool: str
+    upstream_tool: str
+    arguments: Mapping[str, Any]
+    policy_revision: str
+    rule: str
+    rule_reason: str
+    timeout: timedelta
+    session_id: str | None = None
+    approvers: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    task_id: str | None = None
+    arguments_hash: str = field(init=False)
+    request_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("agent", "server", "tool", "upstream_tool"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"NewApproval.{name} must be a non-empty string, got {value!r}")
+        if not isinstance(self.arguments, Mapping):
+            kind = type(self.arguments).__name__
+            raise ValueError(f"NewApproval.arguments must be a JSON object, got {kind}")
+        if not isinstance(self.timeout, timedelta) or self.timeout <= timedelta(0):
+            raise ValueError(f"NewApproval.timeout must be a positive timedelta, got {self.timeout!r}")
+        for name in ("approvers", "channels"):
+            values = tuple(getattr(self, name))
+            if not all(isinstance(item, str) and item for item in values):
+                raise ValueError(f"NewApproval.{name} must contain non-empty strings, got {values!r}")
+            object.__setattr__(self, name, values)
+        if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
+            raise ValueError(f"NewApproval.task_id must be a non-empty string or None, got {self.task_id!r}")
+        # A canonical round trip deep-copies the arguments into exactly the shape the
+        # store will hand back (tuples become lists), so the hash and the row agree.
+        object.__setattr__(self, "arguments", json.loads(canonical_json(self.arguments)))
+        digest = arguments_hash(self.arguments)
+        object.__setattr__(self, "arguments_hash", digest)
+        object.__setattr__(self, "request_key", request_key(self.agent, self.tool, digest))
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A persisted approval as read from the store. Treat `arguments` and `result` as read-only."""
+
+    id: str
+    status: ApprovalStatus
+    agent: str
+    session_id: str | None
+    server: str
+    tool: str
+    upstream_tool: str
+    arguments: dict[str, Any]
+    arguments_hash: str
+    request_key: str
+    policy_revision: str
+    rule: str
+    rule_reason: str
+    approvers: tuple[str, ...]
+    channels: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+    version: int
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decided_via: str | None = None
+    decision_reason: str | None = None
+    released_at: datetime | None = None
+    released_by: str | None = None
+    completed_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    result_delivered_at: datetime | None = None
+    task_id: str | None = None
+    slack_channel: str | None = None
+    slack_ts: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    @property
+    def is_delivered(self) -> bool:
+        return self.result_delivered_at is not None
+
+    def time_left(self, now: datetime) -> timedelta:
+        """Time until the approval expires, never negative; zero once decided."""
+        if self.status is not ApprovalStatus.PENDING:
+            return timedelta(0)
+        return max(self.expires_at - now, timedelta(0))
+
+    def is_overdue(self, now: datetime) -> bool:
+        """Still pending although its deadline has passed (the sweeper has not caught it yet)."""
+        return self.status is ApprovalStatus.PENDING and now >= self.expires_at

@@ -1,0 +1,164 @@
+"""What the approval layer needs from storage, and the errors it can raise.
+
+Exception tree::
+
+    ApprovalError                  base of everything below
+    ├── ApprovalNotFound           no approval has that id
+    ├── InvalidTransition          the approval is not in a state the caller expected
+    │                              (lost a race, or already decided); `.current` is the fresh row
+    ├── ApprovalConflict           a unique value (approval id, task id) is already taken
+    └── StoreUnavailable           the database could not be reached or failed mid-operation;
+                                   callers must fail closed (never forward a held call on this)
+
+Programming errors (an impossible transition, a field that may not be changed)
+raise ValueError and are not part of the tree.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from broker.approvals.audit import AuditEvent, AuditRecord, AuditVerification
+from broker.approvals.model import Approval, ApprovalStatus, NewApproval
+
+
+class ApprovalError(Exception):
+    """Base class of approval store errors."""
+
+
+class ApprovalNotFound(ApprovalError):
+    def __init__(self, approval_id: str) -> None:
+        super().__init__(f"no approval with id {approval_id!r}")
+        self.approval_id = approval_id
+
+
+class InvalidTransition(ApprovalError):
+    """The compare-and-set did not apply. `current` says who got there first and when."""
+
+    def __init__(
+        self,
+        current: Approval,
+        *,
+        expected: Collection[ApprovalStatus],
+        to: ApprovalStatus | None = None,
+    ) -> None:
+        wanted = ", ".join(sorted(status.value for status in expected))
+        action = f"move to {to.value}" if to is not None else "apply the change"
+        message = f"approval {current.id} is {current.status.value}, expected {wanted}: cannot {action}"
+        if current.decided_by is not None and current.decided_at is not None:
+            message += f" (decided by {current.decided_by} at {current.decided_at.isoformat()})"
+        super().__init__(message)
+        self.current = current
+        self.expected = frozenset(expected)
+        self.to = to
+
+
+class ApprovalConflict(ApprovalError):
+    """A value that must be unique is already used by another approval."""
+
+
+class StoreUnavailable(ApprovalError):
+    """The database could not be reached or refused the operation. Fail closed."""
+
+
+class ApprovalStore(Protocol):
+    """Persistence of approvals and their audit trail.
+
+    Every write that changes state is a compare-and-set evaluated by the database,
+    so any number of broker replicas can share one store.
+    """
+
+    async def create(self, new: NewApproval, *, audit: AuditEvent) -> Approval:
+        """Insert a pending approval and its first audit event atomically."""
+        ...
+
+    async def find_or_create(self, new: NewApproval, *, audit: AuditEvent) -> tuple[Approval, bool]:
+        """Attach to the open approval for this exact call, or create it: atomically, across replicas.
+
+        Returns the approval and whether it was created (then with `audit` recorded).
+        "Open" is as in `find_open_by_request_key`; use this instead of that
+        followed by `create`, which lets identical calls arriving together each
+        park their own approval.
+        """
+        ...
+
+    async def get(self, approval_id: str) -> Approval | None: ...
+
+    async def find_open_by_request_key(self, request_key: str) -> Approval | None:
+        """Newest approval for this request key that a repeated call should attach to.
+
+        That is any approval not cancelled whose result has not been delivered yet:
+        pending/approved/released, or a finished outcome still waiting for its agent.
+        """
+        ...
+
+    async def get_by_task(self, task_id: str) -> Approval | None: ...
+
+    async def list(
+        self,
+        *,
+        statuses: Collection[ApprovalStatus] | None = None,
+        agent: str | None = None,
+        tool: str | None = None,
+        limit: int = 100,
+        before: datetime | None = None,
+    ) -> builtins.list[Approval]:
+        """Newest first; `before` pages on created_at (exclusive)."""
+        ...
+
+    async def transition(
+        self,
+        approval_id: str,
+        *,
+        expected: Collection[ApprovalStatus],
+        to: ApprovalStatus,
+        changes: Mapping[str, Any] = ...,
+        audit: AuditEvent,
+    ) -> Approval:
+        """Move the approval from one of `expected` to `to`, exactly once across all replicas.
+
+        Raises InvalidTransition (with the fresh row) when the approval is no longer
+        in an expected state, ApprovalNotFound, or ValueError when `to` is not
+        reachable from every expected state. The audit event is written in the
+        same transaction, only by the winner.
+        """
+        ...
+
+    async def update_fields(
+        self, approval_id: str, changes: Mapping[str, Any], *, audit: AuditEvent | None = None
+    ) -> Approval:
+        """Change bookkeeping fields that carry no state.
+
+        Those are slack_channel, slack_ts, task_id and result_delivered_at; status and
+        decision fields only change through `transition`.
+        """
+        ...
+
+    async def mark_delivered(
+        self, approval_id: str, at: datetime, *, audit: AuditEvent | None = None
+    ) -> bool:
+        """Record that the outcome reached the agent; True only for the single caller that did it."""
+        ...
+
+    async def due_for_expiry(self, now: datetime, *, limit: int = 100) -> builtins.list[Approval]:
+        """Pending approvals whose deadline is at or before `now`, oldest deadline first."""
+        ...
+
+    async def pending_count(self) -> int: ...
+
+    async def versions(self, approval_ids: Collection[str]) -> dict[str, tuple[ApprovalStatus, int]]:
+        """Status and version of each existing approval among `approval_ids`, in one round trip."""
+        ...
+
+    async def append_audit(self, event: AuditEvent) -> None:
+        """Append an event that accompanies no state change (e.g. ``notified``)."""
+        ...
+
+    async def audit_trail(self, approval_id: str) -> builtins.list[AuditRecord]: ...
+
+    async def verify_audit_chain(self) -> AuditVerification: ...
+
+    async def close(self) -> None: ...

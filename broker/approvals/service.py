@@ -1,0 +1,556 @@
+"""The approval service: the only code that moves a held call through its states.
+
+The proxy parks calls here and waits on them; the channels (Slack, the web inbox, the HTTP
+API, the CLI) decide through `decide`; the sweeper expires what nobody answered. Every move
+is a compare-and-set in the store, so any number of services on one database (replicas)
+agree on one outcome, and a release is claimed by exactly one of them before the call is
+forwarded: the upstream receives an approved call at most once.
+
+Exception tree (in addition to `broker.approvals.ports`)::
+
+    ApprovalError
+    └── NotAllowedToDecide      the person may not decide this approval (not an approver
+                                for its rule, or the agent whose call it is)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+
+from broker.approvals.audit import AuditEvent, AuditEventKind
+from broker.approvals.clock import Clock, utc_now
+from broker.approvals.model import Approval, ApprovalStatus, NewApproval
+from broker.approvals.ports import (
+    ApprovalError,
+    ApprovalNotFound,
+    ApprovalStore,
+    InvalidTransition,
+    StoreUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+ANY_APPROVER = "*"
+TIMEOUT_ACTOR = "timeout"
+
+
+class NotAllowedToDecide(ApprovalError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Approver:
+    """A person who may decide approvals, as the channels authenticated them."""
+
+    name: str
+    groups: frozenset[str] = frozenset()
+
+
+class ApprovalListener(Protocol):
+    """A channel that shows approvals to people (Slack, the web inbox)."""
+
+    async def approval_opened(self, approval: Approval) -> None: ...
+
+    async def approval_updated(self, approval: Approval) -> None: ...
+
+
+class ReleaseFailed(Exception):
+    """The approved call could not be delivered to the upstream."""
+
+
+class CallReleaser(Protocol):
+    async def release(self, approval: Approval) -> dict[str, Any]:
+        """Forwards the approved call exactly as stored; returns the upstream's CallToolResult.
+
+        Raises ReleaseFailed when the call could not be delivered (upstream down, policy
+        now forbids it); a tool that ran and reported an error is a normal result.
+        """
+        ...
+
+
+@dataclass(slots=True)
+class _Watch:
+    """Wakes waiters on one approval; re-armed after every change."""
+
+    event: anyio.Event = field(default_factory=anyio.Event)
+    last_seen: tuple[ApprovalStatus, int] | None = None
+    waiters: int = 0
+
+
+class ApprovalService:
+    def __init__(
+        self,
+        store: ApprovalStore,
+        *,
+        replica: str,
+        clock: Clock = utc_now,
+        default_approvers: Sequence[str] = (ANY_APPROVER,),
+        sweep_interval: float = 1.0,
+        stale_release_after: timedelta = timedelta(minutes=15),
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self.store = store
+        self.replica = replica
+        self._clock = clock
+        self._default_approvers = tuple(default_approvers)
+        self._sweep_interval = sweep_interval
+        self._stale_release_after = stale_release_after
+        self._sleep = sleep
+        self._releaser: CallReleaser | None = None
+        self._listeners: list[ApprovalListener] = []
+        self._watches: dict[str, _Watch] = {}
+        self._releasing: set[str] = set()
+        self._tasks: TaskGroup | None = None
+        self.store_available = True
+        """False while the sweeper cannot reach the store; the proxy then forwards nothing (fail closed)."""
+        self._store_state_changed = anyio.Event()
+        # -- scale-out (issue 6): graceful drain --
+        self._drain_deadline = math.inf
+        self._releases_idle = anyio.Event()
+        self._releases_idle.set()
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def set_releaser(self, releaser: CallReleaser) -> None:
+        self._releaser = releaser
+
+    def add_listener(self, listener: ApprovalListener) -> None:
+        self._listeners.append(listener)
+
+    @asynccontextmanager
+    async def running(self, *, sweep: bool = True) -> AsyncIterator[ApprovalService]:
+        """Background work: releases, listener calls and (unless disabled) the sweeper loop."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            if sweep:
+                tasks.start_soon(self._sweep_forever)
+            try:
+                yield self
+            finally:
+                tasks.cancel_scope.cancel()
+                self._tasks = None
+
+    # -- parking ------------------------------------------------------------------------------
+
+    async def open(self, new: NewApproval) -> tuple[Approval, bool]:
+        """The approval for this call: an open one for the same call, or a new pending one.
+
+        A repeated identical call (same agent, tool, canonical arguments, policy revision)
+        attaches instead of asking the humans twice. Returns (approval, created).
+        """
+        existing = await self.store.find_open_by_request_key(new.request_key)
+        if existing is not None and existing.policy_revision == new.policy_revision:
+            if existing.is_overdue(self._clock()):
+                existing = await self._expire(existing)
+            return existing, False
+        approval = await self.store.create(
+            new,
+            audit=AuditEvent(
+                AuditEventKind.REQUESTED,
+                new.agent,
+                {
+                    "tool": new.tool,
+                    "server": new.server,
+                    "rule": new.rule,
+                    "policy_revision": new.policy_revision,
+                },
+            ),
+        )
+        self._announce(approval, opened=True)
+        return approval, True
+
+    async def wait(self, approval_id: str, timeout: float) -> Approval:
+        """The approval once it has an outcome for the agent, or as it stands after `timeout` seconds."""
+        watch = self._watches.setdefault(approval_id, _Watch())
+        watch.waiters += 1
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                # A draining process answers its waiters by the drain deadline (see `drain`).
+                until = min(deadline, self._drain_deadline)
+                # Taken before the read: a change announced while the read is in flight sets this
+                # event, so a stale row can never put the waiter to sleep on a later one.
+                event = watch.event
+                approval = await self._fresh(approval_id)
+                watch.last_seen = (approval.status, approval.version)
+                if approval.is_terminal:
+                    return approval
+                if approval.is_overdue(self._clock()):
+                    approval = await self._expire(approval)
+                    if approval.is_terminal:
+                        return approval
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return approval
+                with anyio.move_on_after(min(remaining, self._seconds_until(approval))):
+                    await event.wait()
+        finally:
+            watch.waiters -= 1
+            if watch.waiters == 0 and self._watches.get(approval_id) is watch:
+                del self._watches[approval_id]
+
+    def _seconds_until(self, approval: Approval) -> float:
+        if approval.status is not ApprovalStatus.PENDING:
+            return math.inf
+        return max((approval.expires_at - self._clock()).total_seconds(), 0.0) + 0.001
+
+    async def _fresh(self, approval_id: str) -> Approval:
+        approval = await self.store.get(approval_id)
+        if approval is None:
+            raise ApprovalNotFound(approval_id)
+        return approval
+
+    async def mark_delivered(self, approval: Approval, *, actor: str) -> bool:
+        """Records that the agent got the outcome; a later identical call then starts a new approval."""
+        return await self.store.mark_delivered(
+            approval.id,
+            self._clock(),
+            audit=AuditEvent(AuditEventKind.DELIVERED, actor, {"status": approval.status.value}),
+        )
+
+    async def cancel(self, approval_id: str, *, actor: str, reason: str) -> Approval:
+        """The agent withdrew the call before anybody decided; raises InvalidTransition once decided."""
+        approval = await self.store.transition(
+            approval_id,
+            expected={ApprovalStatus.PENDING},
+            to=ApprovalStatus.CANCELLED,
+            changes={
+                "decided_by": actor,
+                "decided_at": self._clock(),
+                "decided_via": "agent",
+                "decision_reason": reason,
+            },
+            audit=AuditEvent(AuditEventKind.CANCELLED, actor, {"reason": reason}),
+        )
+        self._announce(approval)
+        return approval
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def may_decide(self, approval: Approval, approver: Approver) -> str | None:
+        """None when `approver` may decide `approval`, else the reason they may not."""
+        if approver.name == approval.agent:
+            return f"{approver.name} is the agent that made this call and cannot approve its own call"
+        allowed = approval.approvers or self._default_approvers
+        for entry in allowed:
+            if entry == ANY_APPROVER or entry == approver.name:
+                return None
+            if entry.startswith("@") and entry[1:] in approver.groups:
+                return None
+        return (
+            f"{approver.name} is not an approver for rule {approval.rule} (approvers: {', '.join(allowed)})"
+        )
+
+    async def decide(
+        self, approval_id: str, *, approver: Approver, approve: bool, via: str, reason: str | None = None
+    ) -> Approval:
+        """Approve or deny a pending approval; exactly one of any number of racing deciders wins.
+
+        Raises ApprovalNotFound, NotAllowedToDecide, or InvalidTransition whose `current`
+        says who ended it and when (also when the deadline passed before the click).
+        """
+        approval = await self._fresh(approval_id)
+        refusal = self.may_decide(approval, approver)
+        if refusal is not None:
+            raise NotAllowedToDecide(refusal)
+        target = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
+        if approval.is_overdue(self._clock()):
+            # The deadline wins over a late click, even if the sweeper has not run yet.
+            expired = await self._expire(approval)
+            raise InvalidTransition(expired, expected={ApprovalStatus.PENDING}, to=target)
+        now = self._clock()
+        decided = await self.store.transition(
+            approval_id,
+            expected={ApprovalStatus.PENDING},
+            to=target,
+            changes={
+                "decided_by": approver.name,
+                "decided_at": now,
+                "decided_via": via,
+                "decision_reason": reason,
+            },
+            audit=AuditEvent(
+                AuditEventKind.APPROVED if approve else AuditEventKind.DENIED,
+                approver.name,
+                {"via": via, "reason": reason} if reason else {"via": via},
+            ),
+        )
+        self._announce(decided)
+        if approve:
+            self._start_release(decided)
+        return decided
+
+    # -- releasing --------------------------------------------------------------------------------
+
+    def _start_release(self, approval: Approval) -> None:
+        if approval.id in self._releasing:
+            return
+        if self.draining:
+            # A stopping replica claims nothing new: the approval stays approved in the store and
+            # another replica's sweep (or this one's after a restart) releases it.
+            return
+        self._releasing.add(approval.id)
+        if self._releases_idle.is_set():
+            self._releases_idle = anyio.Event()
+        if self._tasks is None:
+            raise RuntimeError("ApprovalService.running() must be entered before approvals can be released")
+        self._tasks.start_soon(self._release, approval)
+
+    async def _release(self, approval: Approval) -> None:
+        try:
+            await self.release_now(approval)
+        except Exception:
+            logger.exception("releasing approval %s failed", approval.id)
+        finally:
+            self._releasing.discard(approval.id)
+            if not self._releasing:
+                self._releases_idle.set()
+
+    async def release_now(self, approval: Approval) -> Approval | None:
+        """Claims and forwards an approved call; None when another service claimed it first."""
+        if self._releaser is None:
+            raise RuntimeError("no releaser is attached to the approval service")
+        try:
+            claimed = await self.store.transition(
+                approval.id,
+                expected={ApprovalStatus.APPROVED},
+                to=ApprovalStatus.RELEASED,
+                changes={"released_at": self._clock(), "released_by": self.replica},
+                audit=AuditEvent(AuditEventKind.RELEASED, self.replica, {}),
+            )
+        except InvalidTransition:
+            return None
+        self._announce(claimed)
+        try:
+            result = await self._releaser.release(claimed)
+        except ReleaseFailed as exc:
+            outcome, result = ApprovalStatus.FAILED, _failure_result(str(exc))
+            details: dict[str, Any] = {"error": str(exc)}
+        except Exception as exc:
+            # Anything unexpected still ends the approval: an agent must never wait on a call
+            # that nobody is forwarding any more.
+            logger.exception("release of %s raised", approval.id)
+            outcome, result = (
+                ApprovalStatus.FAILED,
+                _failure_result(f"internal error while forwarding: {exc}"),
+            )
+            details = {"error": type(exc).__name__}
+        else:
+            outcome = ApprovalStatus.COMPLETED
+            details = {"is_error": bool(result.get("isError"))}
+        finished = await self.store.transition(
+            claimed.id,
+            expected={ApprovalStatus.RELEASED},
+            to=outcome,
+            changes={"completed_at": self._clock(), "result": result},
+            audit=AuditEvent(AuditEventKind.for_status(outcome), self.replica, details),
+        )
+        self._announce(finished)
+        return finished
+
+    # -- sweeping ------------------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except StoreUnavailable as exc:
+                if self.store_available:
+                    logger.error("approval store unreachable, forwarding no calls until it is back: %s", exc)
+                    self._set_store_available(False)
+            except Exception:
+                logger.exception("approval sweep failed (will retry)")
+            else:
+                if not self.store_available:
+                    logger.warning("approval store reachable again; forwarding resumes")
+                    self._set_store_available(True)
+            await self._sleep(self._sweep_interval)
+
+    def _set_store_available(self, available: bool) -> None:
+        self.store_available = available
+        self._store_state_changed.set()
+        self._store_state_changed = anyio.Event()
+
+    async def wait_for_store(self, *, available: bool) -> None:
+        """Returns once the sweeper has seen the store reachable (or unreachable)."""
+        while self.store_available is not available:
+            await self._store_state_changed.wait()
+
+    async def sweep(self) -> int:
+        """One pass: expire what is due, pick up approved calls nobody is releasing, notice outside
+        changes to approvals someone here waits on. Returns how many approvals it expired."""
+        now = self._clock()
+        expired = 0
+        while True:
+            due = await self.store.due_for_expiry(now, limit=100)
+            for approval in due:
+                if (await self._expire(approval)).status is ApprovalStatus.EXPIRED:
+                    expired += 1
+            if len(due) < 100:
+                break
+        for approval in await self.store.list(statuses={ApprovalStatus.APPROVED}, limit=100):
+            self._start_release(approval)
+        await self._fail_stale_releases(now)
+        await self._recheck_watched()
+        return expired
+
+    async def _expire(self, approval: Approval) -> Approval:
+        try:
+            expired = await self.store.transition(
+                approval.id,
+                expected={ApprovalStatus.PENDING},
+                to=ApprovalStatus.EXPIRED,
+                changes={
+                    "decided_by": TIMEOUT_ACTOR,
+                    "decided_at": self._clock(),
+                    "decided_via": TIMEOUT_ACTOR,
+                    "decision_reason": "nobody decided before the deadline; auto-denied",
+                },
+                audit=AuditEvent(
+                    AuditEventKind.EXPIRED, TIMEOUT_ACTOR, {"expires_at": approval.expires_at.isoformat()}
+                ),
+            )
+        except InvalidTransition as lost:
+            return lost.current
+        self._announce(expired)
+        return expired
+
+    async def _fail_stale_releases(self, now: datetime) -> None:
+        """A call claimed for release by a process that died has an unknown outcome: say so."""
+        for approval in await self.store.list(statuses={ApprovalStatus.RELEASED}, limit=100):
+            if approval.id in self._releasing or approval.released_at is None:
+                continue
+            if now - approval.released_at < self._stale_release_after:
+                continue
+            message = (
+                f"the broker replica {approval.released_by} that forwarded this call stopped before the "
+                "upstream answered; the outcome is unknown and the call was not retried"
+            )
+            try:
+                failed = await self.store.transition(
+                    approval.id,
+                    expected={ApprovalStatus.RELEASED},
+                    to=ApprovalStatus.FAILED,
+                    changes={"completed_at": now, "result": _failure_result(message)},
+                    audit=AuditEvent(
+                        AuditEventKind.FAILED, self.replica, {"error": "release outcome unknown"}
+                    ),
+                )
+            except InvalidTransition:
+                continue
+            self._announce(failed)
+
+    async def _recheck_watched(self) -> None:
+        """Wakes local waiters whose approval another process changed (one query for all of them)."""
+        if not self._watches:
+            return
+        current = await self.store.versions(list(self._watches))
+        for approval_id, watch in list(self._watches.items()):
+            seen = current.get(approval_id)
+            if seen is not None and seen != watch.last_seen:
+                self._wake(approval_id)
+
+    # -- notifications ----------------------------------------------------------------------------------
+
+    def notice_external_change(self, approval_id: str, *, status: ApprovalStatus | None = None) -> None:
+        """Another process changed an approval (e.g. a PostgreSQL notification): wake its waiters.
+
+        When the news is that it was approved and an agent waits on it here, this replica also
+        tries to release it at once. The deciding replica tries too; the store's compare-and-set
+        lets exactly one of them forward the call, so this only shortens the way to the agent.
+        """
+        self._wake(approval_id)
+        if (
+            status is ApprovalStatus.APPROVED
+            and approval_id in self._watches
+            and approval_id not in self._releasing
+            and self._tasks is not None
+            and not self.draining
+        ):
+            self._tasks.start_soon(self._release_if_approved, approval_id)
+
+    def notice_external_changes(self) -> None:
+        """News of other processes' changes may have been missed (a lost notification connection):
+        every local waiter re-reads its approval."""
+        for approval_id in list(self._watches):
+            self._wake(approval_id)
+
+    async def _release_if_approved(self, approval_id: str) -> None:
+        try:
+            approval = await self.store.get(approval_id)
+        except StoreUnavailable:
+            return  # the sweeper retries once the store is back
+        if approval is not None and approval.status is ApprovalStatus.APPROVED:
+            self._start_release(approval)
+
+    # -- scale-out (issue 6): counts and graceful drain ------------------------------------------------
+
+    @property
+    def held_calls(self) -> int:
+        """Agent requests waiting in `wait` in this process right now."""
+        return sum(watch.waiters for watch in self._watches.values())
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_deadline != math.inf
+
+    @property
+    def drain_deadline(self) -> float:
+        """`time.monotonic()` by which every waiter has been answered; infinite unless draining."""
+        return self._drain_deadline
+
+    def drain(self, grace: float) -> None:
+        """The process is stopping: `wait` returns by `grace` seconds from now with the approval as it
+        stands, and no new release is claimed here. Nothing is lost: the approvals stay in the store,
+        and the agents come back for them here after a restart or on another replica."""
+        if grace < 0:
+            raise ValueError(f"grace must not be negative, got {grace}")
+        self._drain_deadline = min(self._drain_deadline, time.monotonic() + grace)
+        # Sleeping waiters pick up the new deadline.
+        self.notice_external_changes()
+
+    async def finish_releases(self) -> None:
+        """Returns once no release started by this process is still forwarding its call."""
+        while self._releasing:
+            await self._releases_idle.wait()
+
+    def _wake(self, approval_id: str) -> None:
+        watch = self._watches.get(approval_id)
+        if watch is not None:
+            watch.event.set()
+            watch.event = anyio.Event()
+
+    def _announce(self, approval: Approval, *, opened: bool = False) -> None:
+        self._wake(approval.id)
+        if self._tasks is None:
+            return
+        for listener in self._listeners:
+            self._tasks.start_soon(self._tell, listener, approval, opened)
+
+    @staticmethod
+    async def _tell(listener: ApprovalListener, approval: Approval, opened: bool) -> None:
+        try:
+            if opened:
+                await listener.approval_opened(approval)
+            else:
+                await listener.approval_updated(approval)
+        except Exception:
+            # A channel outage must never change an approval's fate; the channel logs and retries itself.
+            logger.exception("approval channel %s failed on %s", type(listener).__name__, approval.id)
+
+
+def _failure_result(message: str) -> dict[str, Any]:
+    return {
+        "content": [{"type": "text", "text": f"The approved call could not be completed: {message}"}],
+        "isError": True,
+    }

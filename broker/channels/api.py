@@ -1,0 +1,162 @@
+"""The decisions API: approvers list, inspect and decide held calls over HTTP (also used by the CLI).
+
+No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime,
+and the per-router dependency alias below is local to `build_decisions_router`.
+"""
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
+from broker.approvals.approvers import ApproverDirectory
+from broker.approvals.ports import StoreUnavailable
+from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat() if moment is not None else None
+
+
+def approval_json(approval: Approval) -> dict[str, Any]:
+    return {
+        "id": approval.id,
+        "status": approval.status.value,
+        "agent": approval.agent,
+        "session_id": approval.session_id,
+        "server": approval.server,
+        "tool": approval.tool,
+        "upstream_tool": approval.upstream_tool,
+        "arguments": approval.arguments,
+        "arguments_sha256": approval.arguments_hash,
+        "policy_revision": approval.policy_revision,
+        "rule": approval.rule,
+        "rule_reason": approval.rule_reason,
+        "approvers": list(approval.approvers),
+        "created_at": _iso(approval.created_at),
+        "expires_at": _iso(approval.expires_at),
+        "decided_by": approval.decided_by,
+        "decided_at": _iso(approval.decided_at),
+        "decided_via": approval.decided_via,
+        "decision_reason": approval.decision_reason,
+        "released_at": _iso(approval.released_at),
+        "completed_at": _iso(approval.completed_at),
+        "result": approval.result,
+        "task_id": approval.task_id,
+    }
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "seq": record.seq,
+        "event": record.event,
+        "actor": record.actor,
+        "at": _iso(record.at),
+        "details": dict(record.details),
+    }
+
+
+def already_decided_message(current: Approval) -> str:
+    if current.decided_by is not None and current.decided_at is not None:
+        return (
+            f"already {current.status.value}: decided by {current.decided_by} "
+            f"via {current.decided_via} at {_iso(current.decided_at)}"
+        )
+    return f"already {current.status.value}"
+
+
+class DecisionBody(BaseModel):
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+def build_decisions_router(service: ApprovalService, directory: ApproverDirectory) -> APIRouter:
+    router = APIRouter(prefix="/api/approvals", tags=["approvals"])
+
+    def approver(request: Request) -> Approver:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        account = directory.by_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        if account is None:
+            raise HTTPException(
+                401,
+                "an approver token is required: 'Authorization: Bearer <token>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        return account.approver
+
+    Caller = Annotated[Approver, Depends(approver)]
+
+    @router.get("")
+    async def list_approvals(
+        caller: Caller,
+        status: Annotated[list[ApprovalStatus] | None, Query()] = None,
+        agent: str | None = None,
+        tool: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        before: datetime | None = None,
+    ) -> dict[str, Any]:
+        if before is not None and before.tzinfo is None:
+            raise HTTPException(422, "'before' needs a time zone, e.g. 2026-01-01T00:00:00Z")
+        try:
+            approvals = await service.store.list(
+                statuses=status, agent=agent, tool=tool, limit=limit, before=before
+            )
+        except StoreUnavailable as exc:
+            raise HTTPException(503, f"the approval store is unavailable: {exc}") from exc
+        return {
+            "approvals": [
+                {**approval_json(approval), "can_decide": service.may_decide(approval, caller) is None}
+                for approval in approvals
+            ]
+        }
+
+    @router.get("/{approval_id}")
+    async def show(approval_id: str, caller: Caller) -> dict[str, Any]:
+        try:
+            approval = await service.store.get(approval_id)
+            if approval is None:
+                raise HTTPException(404, f"no approval with id {approval_id!r}")
+            trail = await service.store.audit_trail(approval_id)
+        except StoreUnavailable as exc:
+            raise HTTPException(503, f"the approval store is unavailable: {exc}") from exc
+        return {
+            **approval_json(approval),
+            "can_decide": approval.status is ApprovalStatus.PENDING
+            and service.may_decide(approval, caller) is None,
+            "audit": [audit_json(record) for record in trail],
+        }
+
+    async def decide(approval_id: str, caller: Approver, approve: bool, reason: str | None) -> dict[str, Any]:
+        try:
+            approval = await service.decide(
+                approval_id, approver=caller, approve=approve, via="api", reason=reason
+            )
+        except ApprovalNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except NotAllowedToDecide as exc:
+            raise HTTPException(403, str(exc)) from exc
+        except InvalidTransition as exc:
+            raise HTTPException(
+                409, {"message": already_decided_message(exc.current), "approval": approval_json(exc.current)}
+            ) from exc
+        except StoreUnavailable as exc:
+            raise HTTPException(
+                503, f"the approval store is unavailable; nothing was decided: {exc}"
+            ) from exc
+        return approval_json(approval)
+
+    @router.post("/{approval_id}/approve")
+    async def approve(
+        approval_id: str, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
+    ) -> dict[str, Any]:
+        return await decide(approval_id, caller, True, body.reason if body else None)
+
+    @router.post("/{approval_id}/deny")
+    async def deny(
+        approval_id: str, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
+    ) -> dict[str, Any]:
+        return await decide(approval_id, caller, False, body.reason if body else None)
+
+    return router

@@ -1,0 +1,98 @@
+"""The approval store's schema. `migrations/versions/` must create exactly this (a test compares them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from broker.approvals.model import ApprovalStatus
+from broker.store.columns import CanonicalJSON, UTCDateTime
+
+_STATUS_VALUES = ", ".join(f"'{status.value}'" for status in ApprovalStatus)
+
+
+class StoreModel(
+    SQLModel, registry=registry(metadata=MetaData(naming_convention={"pk": "pk_%(table_name)s"}))
+):
+    """Base with a private registry, so other components' tables never leak into this schema."""
+
+
+class ApprovalRow(StoreModel, table=True):
+    __tablename__ = "approvals"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_STATUS_VALUES})", name="ck_approvals_status"),
+        Index("ix_approvals_status_expires_at", "status", "expires_at"),
+        Index("ix_approvals_request_key", "request_key"),
+        Index("ix_approvals_task_id", "task_id", unique=True),
+        Index("ix_approvals_created_at", "created_at"),
+    )
+
+    id: str = Field(sa_column=Column(Text, primary_key=True))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    agent: str = Field(sa_column=Column(Text, nullable=False))
+    session_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    server: str = Field(sa_column=Column(Text, nullable=False))
+    tool: str = Field(sa_column=Column(Text, nullable=False))
+    upstream_tool: str = Field(sa_column=Column(Text, nullable=False))
+    arguments: dict[str, Any] = Field(sa_column=Column(CanonicalJSON, nullable=False))
+    arguments_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    request_key: str = Field(sa_column=Column(String(64), nullable=False))
+    policy_revision: str = Field(sa_column=Column(Text, nullable=False))
+    rule: str = Field(sa_column=Column(Text, nullable=False))
+    rule_reason: str = Field(sa_column=Column(Text, nullable=False))
+    approvers: list[str] = Field(sa_column=Column(CanonicalJSON, nullable=False))
+    channels: list[str] = Field(sa_column=Column(CanonicalJSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    decided_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    decided_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    decided_via: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    decision_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    released_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    released_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    completed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(CanonicalJSON, nullable=True))
+    result_delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    task_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    slack_channel: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    slack_ts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+
+
+class AuditEventRow(StoreModel, table=True):
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_approval_id_seq", "approval_id", "seq"),)
+
+    # seq is assigned by the writer holding the chain lock (it is part of the hashed
+    # content), never by a sequence, so the column must not autoincrement.
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    approval_id: str = Field(
+        sa_column=Column(Text, ForeignKey("approvals.id", name="fk_audit_events_approval_id"), nullable=False)
+    )
+    event: str = Field(sa_column=Column(String(64), nullable=False))
+    actor: str = Field(sa_column=Column(Text, nullable=False))
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    # Plain text, not CanonicalJSON: verification must survive rows edited into invalid JSON.
+    details: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    hash: str = Field(sa_column=Column(String(64), nullable=False))
+
+
+metadata: MetaData = StoreModel.metadata
+approvals: Table = metadata.tables["approvals"]
+audit_events: Table = metadata.tables["audit_events"]

@@ -1,0 +1,305 @@
+"""One approval through ApprovalService on a real store: parking, attaching, deciding, releasing, who may decide."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import anyio
+import pytest
+
+from broker.approvals.model import ApprovalStatus
+from broker.approvals.ports import InvalidTransition
+from broker.approvals.service import TIMEOUT_ACTOR, Approver, NotAllowedToDecide, ReleaseFailed
+from tests.store.builders import new_approval
+from tests.store.conftest import ManualClock
+
+from .conftest import ORDER_RESULT, CountingReleaser, RecordingListener, ServiceFactory, sqlite_only
+
+pytestmark = pytest.mark.anyio
+
+S = ApprovalStatus
+ALICE = Approver("alice", frozenset({"trading-leads"}))
+BOB = Approver("bob", frozenset({"trading-leads"}))
+
+
+# -- parking and attaching ------------------------------------------------------------------------
+
+
+async def test_open_parks_a_pending_approval_and_tells_the_channels(
+    service: ServiceFactory, clock: ManualClock, listener: RecordingListener
+) -> None:
+    async with service() as approvals:
+        approval, created = await approvals.open(new_approval(timeout=timedelta(minutes=5)))
+
+        assert created
+        assert approval.status is S.PENDING
+        assert approval.created_at == clock.now
+        assert approval.expires_at == clock.now + timedelta(minutes=5)
+        assert await approvals.store.get(approval.id) == approval
+        await listener.until(lambda: len(listener.opened) == 1)
+        assert listener.opened == [approval]
+        trail = await approvals.store.audit_trail(approval.id)
+        assert [(r.event, r.actor) for r in trail] == [("requested", "agent-1")]
+
+
+async def test_repeating_the_identical_call_attaches_to_the_open_approval(service: ServiceFactory) -> None:
+    async with service() as approvals:
+        first, _ = await approvals.open(new_approval(arguments={"order": "A-17", "amount": 120}))
+        # Same call with its keys in another order: canonically identical.
+        again, created = await approvals.open(new_approval(arguments={"amount": 120, "order": "A-17"}))
+
+        assert not created
+        assert again.id == first.id
+        assert await approvals.store.pending_count() == 1
+        assert [r.event for r in await approvals.store.audit_trail(first.id)] == ["requested"]
+
+
+async def test_a_different_call_gets_its_own_approval(service: ServiceFactory) -> None:
+    async with service() as approvals:
+        first, _ = await approvals.open(new_approval())
+        differences: list[dict[str, object]] = [
+            {"arguments": {"order": "A-17", "amount": 121}},
+            {"agent": "agent-2"},
+            {"tool": "payments__chargeback"},
+        ]
+        for difference in differences:
+            other, created = await approvals.open(new_approval(**difference))
+            assert created, difference
+            assert other.id != first.id
+
+        assert await approvals.store.pending_count() == 1 + len(differences)
+
+
+async def test_a_new_policy_revision_asks_again(service: ServiceFactory) -> None:
+    async with service() as approvals:
+        first, _ = await approvals.open(new_approval(policy_revision="rev-1"))
+        second, created = await approvals.open(new_approval(policy_revision="rev-2"))
+
+        assert created
+        assert second.id != first.id
+        assert second.policy_revision == "rev-2"
+        # Repeats under the new revision attach to the new approval.
+        third, created_again = await approvals.open(new_approval(policy_revision="rev-2"))
+        assert (third.id, created_again) == (second.id, False)
+
+
+async def test_an_undelivered_outcome_is_handed_out_until_delivered_then_the_call_starts_over(
+    service: ServiceFactory,
+) -> None:
+    async with service() as approvals:
+        first, _ = await approvals.open(new_approval())
+        await approvals.decide(first.id, approver=ALICE, approve=False, via="slack", reason="not today")
+
+        attached, created = await approvals.open(new_approval())
+        assert not created
+        assert attached.id == first.id and attached.status is S.DENIED
+
+        assert await approvals.mark_delivered(attached, actor="agent-1")
+        assert not await approvals.mark_delivered(attached, actor="agent-1")
+
+        fresh, created = await approvals.open(new_approval())
+        assert created
+        assert fresh.id != first.id and fresh.status is S.PENDING
+
+
+async def test_repeating_a_call_after_its_deadline_reports_it_expired(
+    service: ServiceFactory, clock: ManualClock
+) -> None:
+    async with service() as approvals:
+        first, _ = await approvals.open(new_approval(timeout=timedelta(minutes=5)))
+        clock.advance(timedelta(minutes=5, seconds=1))
+
+        again, created = await approvals.open(new_approval(timeout=timedelta(minutes=5)))
+
+        assert not created
+        assert again.id == first.id
+        assert again.status is S.EXPIRED and again.decided_by == TIMEOUT_ACTOR
+
+
+# -- deciding and releasing -------------------------------------------------------------------------
+
+
+async def test_approve_releases_the_call_once_and_completes_with_the_upstream_result(
+    service: ServiceFactory, clock: ManualClock, releaser: CountingReleaser, listener: RecordingListener
+) -> None:
+    async with service() as approvals:
+        approval, _ = await approvals.open(new_approval())
+        clock.advance(timedelta(seconds=30))
+
+        decided = await approvals.decide(approval.id, approver=ALICE, approve=True, via="api", reason="ok")
+
+        assert decided.status is S.APPROVED
+        assert (decided.decided_by, decided.decided_at, decided.decided_via, decided.decision_reason) == (
+            "alice",
+            clock.now,
+            "api",
+            "ok",
+        )
+        with anyio.fail_after(10):
+            finished = await approvals.wait(approval.id, 10)
+        assert finished.status is S.COMPLETED
+        assert finished.result == ORDER_RESULT
+        assert finished.released_by == "replica-a"
+        [released] = releaser.calls
+        assert released.id == approval.id and released.status is S.RELEASED
+        assert released.arguments == approval.arguments and released.upstream_tool == "refund"
+        trail = await approvals.store.audit_trail(approval.id)
+        assert [r.event for r in trail] == ["requested", "approved", "released", "completed"]
+
+        # A later sweep finds nothing left to release.
+        await approvals.sweep()
+        assert len(releaser.calls) == 1
+        await listener.until(lambda: bool(listener.updates(approval.id, S.COMPLETED)))
+        assert [a.status for a in listener.updated] == [S.APPROVED, S.RELEASED, S.COMPLETED]
+
+
+async def test_deny_records_the_reason_and_never_reaches_the_upstream(
+    service: ServiceFactory, releaser: CountingReleaser
+) -> None:
+    async with service() as approvals:
+        approval, _ = await approvals.open(new_approval())
+
+        denied = await approvals.decide(
+            approval.id, approver=BOB, approve=False, via="web", reason="price looks wrong"
+        )
+
+        assert denied.status is S.DENIED
+        assert (denied.decided_by, denied.decided_via, denied.decision_reason) == (
+            "bob",
+            "web",
+            "price looks wrong",
+        )
+        with anyio.fail_after(5):
+            assert await approvals.wait(approval.id, 5) == denied
+        await approvals.sweep()
+        assert releaser.calls == []
+        trail = await approvals.store.audit_trail(approval.id)
+        assert [(r.event, r.actor, dict(r.details)) for r in trail][1:] == [
+            ("denied", "bob", {"via": "web", "reason": "price looks wrong"})
+        ]
+
+
+async def test_a_second_decision_is_refused_and_says_who_decided_when(
+    service: ServiceFactory, clock: ManualClock, releaser: CountingReleaser
+) -> None:
+    async with service() as approvals:
+        to_approve, _ = await approvals.open(new_approval(arguments={"order": "approve-me"}))
+        to_deny, _ = await approvals.open(new_approval(arguments={"order": "deny-me"}))
+        clock.advance(timedelta(seconds=12))
+        await approvals.decide(to_approve.id, approver=ALICE, approve=True, via="slack")
+        await approvals.decide(to_deny.id, approver=ALICE, approve=False, via="slack")
+        decided_at = clock.now
+        clock.advance(timedelta(seconds=3))
+
+        for approval in (to_approve, to_deny):
+            for second_approves in (True, False):
+                with pytest.raises(InvalidTransition) as refused:
+                    await approvals.decide(approval.id, approver=BOB, approve=second_approves, via="api")
+                assert refused.value.current.decided_by == "alice"
+                assert refused.value.current.decided_at == decided_at
+                assert refused.value.current.decided_via == "slack"
+                assert f"decided by alice at {decided_at.isoformat()}" in str(refused.value)
+
+        with anyio.fail_after(10):
+            assert (await approvals.wait(to_approve.id, 10)).status is S.COMPLETED
+        assert [call.id for call in releaser.calls] == [to_approve.id]
+        for approval, decision in ((to_approve, "approved"), (to_deny, "denied")):
+            events = [r.event for r in await approvals.store.audit_trail(approval.id)]
+            assert [e for e in events if e in ("approved", "denied")] == [decision]
+
+
+@sqlite_only
+async def test_an_upstream_that_cannot_take_the_call_fails_the_approval(
+    service: ServiceFactory, releaser: CountingReleaser
+) -> None:
+    releaser.failure = ReleaseFailed("upstream 'payments' is unavailable")
+    async with service() as approvals:
+        approval, _ = await approvals.open(new_approval())
+        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+
+        with anyio.fail_after(10):
+            failed = await approvals.wait(approval.id, 10)
+
+        assert failed.status is S.FAILED
+        assert failed.result is not None and failed.result["isError"] is True
+        assert "upstream 'payments' is unavailable" in failed.result["content"][0]["text"]
+        assert len(releaser.calls) == 1
+        [event] = [r for r in await approvals.store.audit_trail(approval.id) if r.event == "failed"]
+        assert dict(event.details) == {"error": "upstream 'payments' is unavailable"}
+
+
+@sqlite_only
+async def test_a_releaser_crash_still_ends_the_approval(
+    service: ServiceFactory, releaser: CountingReleaser
+) -> None:
+    releaser.failure = KeyError("boom")
+    async with service() as approvals:
+        approval, _ = await approvals.open(new_approval())
+        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+
+        with anyio.fail_after(10):
+            failed = await approvals.wait(approval.id, 10)
+
+        assert failed.status is S.FAILED
+        assert failed.result is not None
+        assert "internal error while forwarding" in failed.result["content"][0]["text"]
+
+
+@sqlite_only
+async def test_a_wait_without_an_outcome_returns_the_approval_as_it_stands(service: ServiceFactory) -> None:
+    async with service() as approvals:
+        approval, _ = await approvals.open(new_approval())
+        with anyio.fail_after(5):
+            assert (await approvals.wait(approval.id, 0.01)).status is S.PENDING
+
+
+# -- who may decide -----------------------------------------------------------------------------------
+
+
+@sqlite_only
+async def test_the_agent_cannot_approve_its_own_call(service: ServiceFactory) -> None:
+    async with service() as approvals:
+        approval, _ = await approvals.open(new_approval(agent="trader", approvers=("trader", "*")))
+
+        assert "cannot approve its own call" in (approvals.may_decide(approval, Approver("trader")) or "")
+        with pytest.raises(NotAllowedToDecide, match="trader is the agent"):
+            await approvals.decide(approval.id, approver=Approver("trader"), approve=True, via="api")
+        assert (await approvals.store.get(approval.id)) == approval
+
+
+@sqlite_only
+async def test_named_and_group_approvers(service: ServiceFactory) -> None:
+    async with service() as approvals:
+        approval, _ = await approvals.open(new_approval(approvers=("carol", "@trading-leads")))
+
+        assert approvals.may_decide(approval, Approver("carol")) is None
+        assert approvals.may_decide(approval, Approver("dave", frozenset({"trading-leads", "ops"}))) is None
+        refusal = approvals.may_decide(approval, Approver("erin", frozenset({"ops"})))
+        assert refusal is not None
+        assert "erin is not an approver" in refusal and "carol, @trading-leads" in refusal
+        # A group name is not a person: someone literally called "trading-leads" is not in the group.
+        assert approvals.may_decide(approval, Approver("trading-leads")) is not None
+
+        with pytest.raises(NotAllowedToDecide, match="erin is not an approver"):
+            await approvals.decide(
+                approval.id, approver=Approver("erin", frozenset({"ops"})), approve=False, via="api"
+            )
+        assert (await approvals.store.get(approval.id)) == approval
+        decided = await approvals.decide(
+            approval.id, approver=Approver("dave", frozenset({"trading-leads"})), approve=False, via="api"
+        )
+        assert decided.decided_by == "dave"
+
+
+@sqlite_only
+async def test_without_approvers_on_the_rule_the_defaults_apply(service: ServiceFactory) -> None:
+    async with service() as anyone:
+        approval, _ = await anyone.open(new_approval(approvers=()))
+        assert anyone.may_decide(approval, Approver("zed")) is None
+        assert anyone.may_decide(approval, Approver("agent-1")) is not None
+
+    async with service("replica-b", default_approvers=("@ops",)) as ops_only:
+        stored = await ops_only.store.get(approval.id)
+        assert stored is not None
+        assert ops_only.may_decide(stored, Approver("olga", frozenset({"ops"}))) is None
+        assert "(approvers: @ops)" in (ops_only.may_decide(stored, Approver("zed")) or "")

@@ -1,0 +1,291 @@
+"""Creating, reading and listing approvals, and the bookkeeping updates around them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from broker.approvals.audit import AuditEvent
+from broker.approvals.canonical import arguments_hash, request_key
+from broker.approvals.model import ApprovalStatus
+from broker.approvals.ports import ApprovalConflict, ApprovalNotFound, InvalidTransition
+from broker.store.engine import create_store
+from broker.store.sql import SqlApprovalStore
+
+from .builders import S, create, entering, new_approval, requested, walk_to
+from .conftest import ManualClock
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_create_returns_the_stored_pending_approval(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
+    arguments = {"order": "A-17", "note": "café ☕", "lines": [1, 2.5, None, True]}
+    approval = await create(store, arguments=arguments, task_id="task-1")
+
+    assert approval.id == "apv-000001"
+    assert approval.status is ApprovalStatus.PENDING
+    assert approval.version == 1
+    assert approval.created_at == clock.now
+    assert approval.expires_at == clock.now + timedelta(minutes=5)
+    assert approval.arguments == arguments
+    assert approval.arguments_hash == arguments_hash(arguments)
+    assert approval.request_key == request_key("agent-1", "payments__refund", arguments_hash(arguments))
+    assert approval.approvers == ("alice", "bob")
+    assert approval.channels == ("slack", "web")
+    assert approval.decided_by is None and approval.result is None and approval.result_delivered_at is None
+    assert await store.get(approval.id) == approval
+
+
+async def test_create_records_the_requested_event(store: SqlApprovalStore, clock: ManualClock) -> None:
+    approval = await store.create(
+        new_approval(), audit=AuditEvent("requested", "agent-1", {"session": "session-1"})
+    )
+
+    [record] = await store.audit_trail(approval.id)
+    assert (record.seq, record.event, record.actor, record.at) == (1, "requested", "agent-1", clock.now)
+    assert record.details == {"session": "session-1"}
+
+
+async def test_get_unknown_id_is_none(store: SqlApprovalStore) -> None:
+    assert await store.get("apv-missing") is None
+    assert await store.get_by_task("task-missing") is None
+
+
+async def test_get_by_task(store: SqlApprovalStore) -> None:
+    await create(store, task_id="task-1")
+    second = await create(store, task_id="task-2")
+
+    assert await store.get_by_task("task-2") == second
+
+
+async def test_a_task_id_belongs_to_one_approval(store: SqlApprovalStore) -> None:
+    first = await create(store, task_id="task-1")
+    second = await create(store)
+
+    with pytest.raises(ApprovalConflict, match=first.id):
+        await create(store, task_id="task-1")
+    with pytest.raises(ApprovalConflict, match=first.id):
+        await store.update_fields(second.id, {"task_id": "task-1"})
+    assert await store.get_by_task("task-1") == first
+
+
+async def test_duplicate_id_is_a_conflict(migrated_url: str, clock: ManualClock) -> None:
+    async with create_store(migrated_url, clock=clock, id_factory=lambda: "same-id") as store:
+        await create(store)
+        with pytest.raises(ApprovalConflict):
+            await create(store)
+        assert len(await store.list()) == 1
+
+
+async def test_list_is_newest_first_and_filters(store: SqlApprovalStore, clock: ManualClock) -> None:
+    first = await create(store, agent="agent-1", tool="payments__refund")
+    clock.advance(timedelta(seconds=1))
+    second = await create(store, agent="agent-2", tool="payments__refund")
+    clock.advance(timedelta(seconds=1))
+    third = await create(store, agent="agent-1", tool="shell__run")
+    second = await walk_to(store, second, S.DENIED)
+
+    assert [a.id for a in await store.list()] == [third.id, second.id, first.id]
+    assert [a.id for a in await store.list(agent="agent-1")] == [third.id, first.id]
+    assert [a.id for a in await store.list(tool="payments__refund")] == [second.id, first.id]
+    assert [a.id for a in await store.list(statuses={S.PENDING})] == [third.id, first.id]
+    assert [a.id for a in await store.list(statuses=[S.DENIED, S.EXPIRED])] == [second.id]
+    assert await store.list(statuses=[]) == []
+    assert [a.id for a in await store.list(limit=2)] == [third.id, second.id]
+    assert [a.id for a in await store.list(before=third.created_at)] == [second.id, first.id]
+    assert [a.id for a in await store.list(agent="agent-1", tool="shell__run")] == [third.id]
+
+
+async def test_list_breaks_time_ties_by_id(store: SqlApprovalStore) -> None:
+    created = [await create(store) for _ in range(3)]
+
+    assert [a.id for a in await store.list()] == [a.id for a in reversed(created)]
+
+
+async def test_list_refuses_silly_limits(store: SqlApprovalStore, clock: ManualClock) -> None:
+    for limit in (0, -1, 1001):
+        with pytest.raises(ValueError, match="limit"):
+            await store.list(limit=limit)
+        with pytest.raises(ValueError, match="limit"):
+            await store.due_for_expiry(clock.now, limit=limit)
+
+
+async def test_due_for_expiry_returns_overdue_pending_oldest_deadline_first(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
+    long_wait = await create(store, timeout=timedelta(minutes=10))
+    short_wait = await create(store, timeout=timedelta(minutes=1))
+    decided = await walk_to(store, await create(store, timeout=timedelta(minutes=1)), S.APPROVED)
+    not_yet = await create(store, timeout=timedelta(hours=1))
+
+    assert await store.due_for_expiry(clock.now) == []
+    exactly_due = short_wait.expires_at
+    assert [a.id for a in await store.due_for_expiry(exactly_due)] == [short_wait.id]
+    later = clock.now + timedelta(minutes=30)
+    assert [a.id for a in await store.due_for_expiry(later)] == [short_wait.id, long_wait.id]
+    assert [a.id for a in await store.due_for_expiry(later, limit=1)] == [short_wait.id]
+    assert decided.id not in {a.id for a in await store.due_for_expiry(later)}
+    assert not_yet.is_overdue(later) is False
+
+
+async def test_pending_count(store: SqlApprovalStore) -> None:
+    assert await store.pending_count() == 0
+    first = await create(store)
+    await create(store)
+    await walk_to(store, first, S.DENIED)
+
+    assert await store.pending_count() == 1
+
+
+async def test_find_open_by_request_key(store: SqlApprovalStore, clock: ManualClock) -> None:
+    approval = await create(store)
+    key = approval.request_key
+    other_arguments = await create(store, arguments={"order": "B-2"})
+
+    assert other_arguments.request_key != key
+    assert await store.find_open_by_request_key(key) == approval
+    assert await store.find_open_by_request_key("0" * 64) is None
+
+    # Still open while approved, released and completed-but-undelivered.
+    for status in (S.APPROVED, S.RELEASED, S.COMPLETED):
+        approval = await store.transition(
+            approval.id, expected={approval.status}, to=status, audit=entering(status)
+        )
+        assert await store.find_open_by_request_key(key) == approval
+
+    assert await store.mark_delivered(approval.id, clock.now) is True
+    assert await store.find_open_by_request_key(key) is None
+
+    clock.advance(timedelta(seconds=1))
+    retry = await create(store)
+    assert retry.request_key == key
+    assert await store.find_open_by_request_key(key) == retry
+
+
+async def test_find_or_create_attaches_until_the_outcome_is_delivered(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
+    first, created = await store.find_or_create(new_approval(), audit=requested())
+    assert created and first.status is S.PENDING
+    assert [r.event for r in await store.audit_trail(first.id)] == ["requested"]
+
+    again, created = await store.find_or_create(new_approval(), audit=requested("agent-retry"))
+    assert (again, created) == (first, False)
+    other, created = await store.find_or_create(new_approval(arguments={"order": "B-2"}), audit=requested())
+    assert created and other.id != first.id
+
+    denied = await walk_to(store, first, S.DENIED)
+    assert await store.find_or_create(new_approval(), audit=requested()) == (denied, False)
+    await store.mark_delivered(first.id, clock.now)
+    fresh, created = await store.find_or_create(new_approval(), audit=requested())
+    assert created and fresh.id not in {first.id, other.id}
+    assert [r.actor for r in await store.audit_trail(first.id)] == ["agent-1", "alice"]
+
+
+async def test_find_open_skips_cancelled_and_prefers_the_newest(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
+    denied = await walk_to(store, await create(store), S.DENIED)
+    clock.advance(timedelta(seconds=1))
+    newer = await create(store)
+
+    assert await store.find_open_by_request_key(newer.request_key) == newer
+    await walk_to(store, newer, S.CANCELLED)
+    # The cancelled one is skipped; the denial nobody has collected yet is still open.
+    assert await store.find_open_by_request_key(newer.request_key) == await store.get(denied.id)
+
+
+async def test_update_fields_changes_bookkeeping_only(store: SqlApprovalStore, clock: ManualClock) -> None:
+    approval = await create(store)
+
+    updated = await store.update_fields(
+        approval.id,
+        {"slack_channel": "C123", "slack_ts": "1700000000.0001"},
+        audit=AuditEvent("notified", "slack", {"channel": "C123"}),
+    )
+
+    assert (updated.slack_channel, updated.slack_ts, updated.version) == ("C123", "1700000000.0001", 2)
+    assert updated.status is S.PENDING
+    assert [r.event for r in await store.audit_trail(approval.id)] == ["requested", "notified"]
+    for forbidden in ("status", "decided_by", "arguments", "version", "id", "expires_at"):
+        with pytest.raises(ValueError, match=forbidden):
+            await store.update_fields(approval.id, {forbidden: "x"})
+    with pytest.raises(ValueError, match="at least one"):
+        await store.update_fields(approval.id, {})
+    with pytest.raises(ValueError, match="slack_ts"):
+        await store.update_fields(approval.id, {"slack_ts": 17})
+    with pytest.raises(ApprovalNotFound):
+        await store.update_fields("apv-missing", {"slack_ts": "1"})
+    assert await store.get(approval.id) == updated
+
+
+async def test_naive_datetimes_are_refused(store: SqlApprovalStore, clock: ManualClock) -> None:
+    approval = await walk_to(store, await create(store), S.DENIED)
+    naive = clock.now.replace(tzinfo=None)
+
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.mark_delivered(approval.id, naive)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.due_for_expiry(naive)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.update_fields(approval.id, {"result_delivered_at": naive})
+
+
+async def test_mark_delivered(store: SqlApprovalStore, clock: ManualClock) -> None:
+    approval = await create(store)
+    with pytest.raises(InvalidTransition) as raised:
+        await store.mark_delivered(approval.id, clock.now)
+    assert raised.value.current.status is S.PENDING
+
+    approval = await walk_to(store, approval, S.FAILED)
+    delivered = AuditEvent("delivered", "agent-1")
+    assert await store.mark_delivered(approval.id, clock.now, audit=delivered) is True
+    assert await store.mark_delivered(approval.id, clock.now + timedelta(seconds=1), audit=delivered) is False
+
+    stored = await store.get(approval.id)
+    assert stored is not None
+    assert stored.result_delivered_at == clock.now and stored.is_delivered
+    assert [r.event for r in await store.audit_trail(approval.id)].count("delivered") == 1
+    with pytest.raises(ApprovalNotFound):
+        await store.mark_delivered("apv-missing", clock.now)
+
+
+async def test_append_audit_needs_an_existing_approval(store: SqlApprovalStore) -> None:
+    approval = await create(store)
+
+    await store.append_audit(
+        AuditEvent("slack_post_failed", "slack", {"error": "channel_not_found"}, approval.id)
+    )
+    with pytest.raises(ApprovalNotFound):
+        await store.append_audit(AuditEvent("notified", "slack", approval_id="apv-missing"))
+    with pytest.raises(ValueError, match="approval_id"):
+        await store.append_audit(AuditEvent("notified", "slack"))
+
+    trail = await store.audit_trail(approval.id)
+    assert [(r.event, r.details) for r in trail] == [
+        ("requested", {}),
+        ("slack_post_failed", {"error": "channel_not_found"}),
+    ]
+
+
+async def test_audit_event_for_another_approval_is_refused(store: SqlApprovalStore) -> None:
+    approval = await create(store)
+    other = await create(store)
+
+    with pytest.raises(ValueError, match="recorded for"):
+        await store.transition(
+            approval.id,
+            expected={S.PENDING},
+            to=S.APPROVED,
+            audit=AuditEvent("approved", "alice", approval_id=other.id),
+        )
+    assert (await store.get(approval.id)).status is S.PENDING  # type: ignore[union-attr]
+
+
+async def test_requested_event_defaults(store: SqlApprovalStore) -> None:
+    approval = await store.create(new_approval(), audit=requested("agent-9"))
+
+    assert [r.actor for r in await store.audit_trail(approval.id)] == ["agent-9"]
