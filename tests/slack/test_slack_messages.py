@@ -1,0 +1,193 @@
+"""What the Slack messages say: escaping, long arguments, and every outcome."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from broker.approvals import Approval, ApprovalStatus, NewApproval
+from broker.channels.slack.blocks import SECTION_TEXT_LIMIT, approval_message, escape
+from broker.channels.slack.notifier import RetrySchedule, slack_destination
+from tests.slack.fake_slack import FakeSlack
+from tests.slack.rig import slack_broker
+
+pytestmark = pytest.mark.anyio
+
+CREATED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def code_block(text: str) -> str:
+    return text.split("```\n", 1)[1].rsplit("\n```", 1)[0]
+
+
+def approval(status: ApprovalStatus = ApprovalStatus.PENDING, **changes: Any) -> Approval:
+    new = NewApproval(
+        agent="trader",
+        server="exchange",
+        tool="place_order",
+        upstream_tool="place_order",
+        arguments={"symbol": "BTCUSD", "quantity": 10},
+        policy_revision="r1",
+        rule="rules[1]",
+        rule_reason="big orders",
+        timeout=timedelta(minutes=5),
+    )
+    base = Approval(
+        id="01JAPPROVAL0000000000000000",
+        status=status,
+        agent=new.agent,
+        session_id=None,
+        server=new.server,
+        tool=new.tool,
+        upstream_tool=new.upstream_tool,
+        arguments=dict(new.arguments),
+        arguments_hash=new.arguments_hash,
+        request_key=new.request_key,
+        policy_revision=new.policy_revision,
+        rule=new.rule,
+        rule_reason=new.rule_reason,
+        approvers=(),
+        channels=(),
+        created_at=CREATED,
+        expires_at=CREATED + new.timeout,
+        version=1,
+        decided_by="alice" if status is not ApprovalStatus.PENDING else None,
+        decided_at=CREATED + timedelta(minutes=1) if status is not ApprovalStatus.PENDING else None,
+        decided_via="slack" if status is not ApprovalStatus.PENDING else None,
+    )
+    return replace(base, **changes)
+
+
+def mention(name: str | None) -> str:
+    return f"<@U-{name}>"
+
+
+async def test_arguments_cannot_mention_anyone(tmp_path: Path) -> None:
+    hostile = {"note": "<!channel> ping <@U0ALICE> & <!subteam^S0RISK> ```</code>", "<!here>": "x"}
+    async with FakeSlack() as fake, slack_broker(tmp_path, fake) as rig:
+        with anyio.fail_after(20):
+            opened = await rig.open_approval(arguments=hostile)
+            message = await rig.message_of(opened)
+            shown = message.blocks[2]["text"]["text"]
+            inside = code_block(shown)
+            assert "<" not in inside and ">" not in inside
+            assert "&lt;!channel&gt; ping &lt;@U0ALICE&gt; &amp; &lt;!subteam^S0RISK&gt;" in inside
+            assert "```" not in inside  # cannot close the code block early either
+            unescaped = html.unescape(inside).replace("\u200b", "")
+            assert json.loads(unescaped) == hostile
+            assert fake.replies == []
+
+
+async def test_long_arguments_are_cut_in_the_message_and_given_whole_in_the_thread(tmp_path: Path) -> None:
+    arguments = {"memo": "a&b<c>" * 2000, "schedule": [{"leg": n, "note": "x" * 40} for n in range(150)]}
+    async with FakeSlack() as fake, slack_broker(tmp_path, fake) as rig:
+        with anyio.fail_after(20):
+            opened = await rig.open_approval(arguments=arguments)
+            message = await rig.message_of(opened)
+            shown = message.blocks[2]["text"]["text"]
+            assert len(shown) <= SECTION_TEXT_LIMIT
+            assert f"SHA-256 `{opened.arguments_hash[:12]}`" in shown
+            assert "Truncated: the full arguments follow in this thread" in shown
+            assert code_block(shown).endswith("…")
+            assert "&amp;b&lt;c&gt;" in shown and not shown.split("```")[1].rstrip("…\n").endswith("&")
+
+            replies = fake.replies
+            assert len(replies) > 5 and all(reply.thread_ts == message.ts for reply in replies)
+            assert all(len(reply.text) <= 4000 for reply in replies)
+            assert replies[0].text.startswith(f"Arguments, part 1/{len(replies)}:")
+            whole = "".join(code_block(reply.text) for reply in replies)
+            assert json.loads(html.unescape(whole)) == arguments
+            trail = await rig.broker.store.audit_trail(opened.id)
+            notified = next(record for record in trail if record.event == "notified")
+            assert notified.details["thread_replies"] == len(replies)
+
+
+def test_huge_arguments_stop_after_twenty_replies_and_point_to_the_api() -> None:
+    rendered = approval_message(approval(arguments={"blob": "z" * 200_000}), mention=mention)
+    assert len(rendered.thread_replies) == 21
+    assert "more characters are not shown here" in rendered.thread_replies[-1]
+    assert "/api/approvals/01JAPPROVAL0000000000000000" in rendered.thread_replies[-1]
+
+
+@pytest.mark.parametrize(
+    ("status", "changes", "header", "says"),
+    [
+        (
+            ApprovalStatus.APPROVED,
+            {},
+            "Approved: place_order",
+            "*Approved* by <@U-alice> at <!date^1772366460^",
+        ),
+        (ApprovalStatus.RELEASED, {}, "Approved: place_order", "Forwarding to `exchange`…"),
+        (
+            ApprovalStatus.COMPLETED,
+            {"result": {"content": [{"type": "text", "text": "ok"}], "isError": False}},
+            "Completed: place_order",
+            ":heavy_check_mark: *Completed OK*",
+        ),
+        (
+            ApprovalStatus.COMPLETED,
+            {"result": {"content": [{"type": "text", "text": "insufficient <funds>"}], "isError": True}},
+            "Completed: place_order",
+            ":warning: *The tool reported an error:* insufficient &lt;funds&gt;",
+        ),
+        (
+            ApprovalStatus.FAILED,
+            {"result": {"content": [{"type": "text", "text": "upstream down"}], "isError": True}},
+            "Failed: place_order",
+            ":x: *Failed*: upstream down",
+        ),
+        (
+            ApprovalStatus.DENIED,
+            {"decision_reason": "no & never", "decided_via": "web"},
+            "Denied: place_order",
+            ":no_entry: *Denied* by <@U-alice> (via web) at <!date^1772366460^{date_short_pretty} {time}|"
+            "2026-03-01 12:01 UTC>: no &amp; never",
+        ),
+        (ApprovalStatus.EXPIRED, {}, "Expired: place_order", ":hourglass: *Expired, auto-denied* at"),
+        (ApprovalStatus.CANCELLED, {}, "Cancelled: place_order", "*Cancelled by the agent* at"),
+    ],
+)
+def test_each_outcome_replaces_the_buttons(
+    status: ApprovalStatus, changes: dict[str, Any], header: str, says: str
+) -> None:
+    rendered = approval_message(approval(status, **changes), mention=mention)
+    assert rendered.blocks[0]["text"]["text"] == header
+    assert [block["type"] for block in rendered.blocks] == [
+        "header",
+        "section",
+        "section",
+        "context",
+        "section",
+    ]
+    assert says in rendered.blocks[-1]["text"]["text"]
+    assert rendered.text.startswith(escape(header))
+
+
+def test_a_denial_reason_cannot_overflow_the_section() -> None:
+    rendered = approval_message(approval(ApprovalStatus.DENIED, decision_reason="&" * 2000), mention=mention)
+    assert len(rendered.blocks[-1]["text"]["text"]) <= SECTION_TEXT_LIMIT
+    assert rendered.blocks[-1]["text"]["text"].endswith("&amp;…")
+
+
+def test_rules_choose_the_slack_channel() -> None:
+    assert slack_destination(approval(channels=("web", "slack:C0123")), "#default") == "C0123"
+    assert slack_destination(approval(channels=("slack:#risk", "slack:#other")), "#default") == "#risk"
+    assert slack_destination(approval(channels=("slack",)), "#default") == "#default"
+    assert slack_destination(approval(channels=()), "#default") == "#default"
+    assert slack_destination(approval(channels=()), None) is None
+    assert slack_destination(approval(channels=("web",)), "#default") is None
+
+
+def test_the_retry_schedule_backs_off_and_gives_up_after_about_ten_minutes() -> None:
+    delays = list(RetrySchedule().delays())
+    assert delays[:5] == [2, 4, 8, 16, 32]
+    assert max(delays) == 120 and 480 <= sum(delays) <= 600
+    assert list(RetrySchedule(first_delay=1, max_delay=1, give_up_after=3).delays()) == [1, 1, 1]
