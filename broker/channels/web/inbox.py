@@ -1,0 +1,528 @@
+"""The web inbox: pages for approvers, the decisions they make there, and the live event stream.
+
+No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime.
+"""
+
+import logging
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import FormData
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+
+from broker.approvals.approvers import ApproverDirectory
+from broker.approvals.audit import AuditRecord
+from broker.approvals.clock import Clock, utc_now
+from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.ports import ApprovalNotFound, InvalidTransition, StoreUnavailable
+from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.channels.web.assets import InboxAssets
+from broker.channels.web.events import EventStreamResponse, InboxEvents
+from broker.channels.web.hardening import HardenedRoute
+from broker.channels.web.presenters import HISTORY_STATUSES, ending, template_environment
+from broker.channels.web.signin import Viewer, WebSignin
+from broker.channels.web.tools_view import ToolSources, tool_rows
+from broker.config.settings import WebSettings
+
+logger = logging.getLogger(__name__)
+
+MAX_REASON_LENGTH = 2000
+INBOX_LIMIT = 200
+HISTORY_PAGE = 50
+
+
+class WebInbox:
+    """The inbox's pages and endpoints over one approval service; `router()` mounts them at the root."""
+
+    def __init__(
+        self,
+        service: ApprovalService,
+        directory: ApproverDirectory,
+        settings: WebSettings,
+        *,
+        events: InboxEvents,
+        tools: ToolSources,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._service = service
+        self._store = service.store
+        self._events = events
+        self._tools = tools
+        self._clock = clock
+        self.signin = WebSignin(directory, settings, clock=clock)
+        self._templates = template_environment()
+        self._static = InboxAssets()
+
+    # -- rendering ---------------------------------------------------------------------------------
+
+    def _page(
+        self,
+        request: Request,
+        viewer: Viewer,
+        template: str,
+        *,
+        status: int = 200,
+        section: str | None = None,
+        pending_count: int | None = None,
+        **context: Any,
+    ) -> HTMLResponse:
+        html = self._templates.get_template(template).render(
+            viewer=viewer,
+            csrf_token=viewer.session.csrf_token,
+            asset=self._static.url,
+            section=section,
+            pending_count=pending_count,
+            **context,
+        )
+        response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+        if viewer.fresh:
+            self.signin.write_cookie(response, viewer.session, request)
+        return response
+
+    def _message(
+        self, request: Request, viewer: Viewer, *, status: int, title: str, message: str, **extra: Any
+    ) -> HTMLResponse:
+        return self._page(
+            request, viewer, "message.html", status=status, title=title, message=message, **extra
+        )
+
+    def _unavailable(self, request: Request, viewer: Viewer, exc: StoreUnavailable) -> HTMLResponse:
+        logger.warning("web inbox: approval store unavailable: %s", exc)
+        return self._message(
+            request,
+            viewer,
+            status=503,
+            title="Approval store unavailable",
+            message="The broker cannot reach its approval store right now, so nothing can be shown or "
+            "decided. Held calls stay held. Try again in a moment.",
+        )
+
+    def _gate(self, request: Request) -> Viewer | Response:
+        """The signed-in viewer, or the response that sends everybody else to sign in."""
+        viewer = self.signin.viewer(request)
+        if viewer.account is not None:
+            return viewer
+        if viewer.proxy_user is not None:
+            return self._message(
+                request,
+                viewer,
+                status=403,
+                title="Not an approver",
+                message=f"The sign-in proxy says you are {viewer.proxy_user}, but {viewer.proxy_user} is "
+                "not an approver in this broker's configuration.",
+            )
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        response = RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+        if viewer.fresh:
+            self.signin.write_cookie(response, viewer.session, request)
+        return response
+
+    def _fragment_gate(self, request: Request) -> Viewer | Response:
+        viewer = self.signin.viewer(request)
+        if viewer.account is None:
+            return PlainTextResponse("sign in first", status_code=401)
+        return viewer
+
+    async def _pending_count(self) -> int:
+        return await self._store.pending_count()
+
+    # -- inbox ---------------------------------------------------------------------------------------
+
+    async def _inbox_context(self, viewer: Viewer) -> dict[str, Any]:
+        now = self._clock()
+        approver = viewer.approver
+        pending = await self._store.list(statuses={ApprovalStatus.PENDING}, limit=INBOX_LIMIT)
+        # The sweeper may not have expired these yet; they can no longer be approved, so they are not shown.
+        rows = [
+            {
+                "approval": approval,
+                "can_decide": approver is not None and self._service.may_decide(approval, approver) is None,
+            }
+            for approval in pending
+            if not approval.is_overdue(now)
+        ]
+        return {"rows": rows, "pending_count": len(rows), "truncated": len(pending) >= INBOX_LIMIT}
+
+    async def inbox(self, request: Request) -> Response:
+        viewer = self._gate(request)
+        if isinstance(viewer, Response):
+            return viewer
+        try:
+            context = await self._inbox_context(viewer)
+        except StoreUnavailable as exc:
+            return self._unavailable(request, viewer, exc)
+        return self._page(request, viewer, "inbox.html", section="inbox", **context)
+
+    async def inbox_rows(self, request: Request) -> Response:
+        viewer = self._fragment_gate(request)
+        if isinstance(viewer, Response):
+            return viewer
+        try:
+            context = await self._inbox_context(viewer)
+        except StoreUnavailable:
+            return PlainTextResponse("approval store unavailable", status_code=503)
+        return self._page(request, viewer, "inbox_rows.html", **context)
+
+    # -- one approval -----------------------------------------------------------------------------------
+
+    def _detail_context(
+        self, approval: Approval, trail: list[AuditRecord], viewer: Viewer, notice: str | None = None
+    ) -> dict[str, Any]:
+        approver = viewer.approver
+        refusal = self._service.may_decide(approval, approver) if approver is not None else "not signed in"
+        overdue = approval.is_overdue(self._clock())
+        return {
+            "approval": approval,
+            "trail": trail,
+            "ending": ending(approval),
+            "refusal": refusal,
+            "overdue": overdue,
+            "can_decide": approval.status is ApprovalStatus.PENDING and refusal is None and not overdue,
+            "notice": notice,
+            "max_reason": MAX_REASON_LENGTH,
+        }
+
+    async def _load(self, approval_id: str) -> tuple[Approval, list[AuditRecord]] | None:
+        approval = await self._store.get(approval_id)
+        if approval is None:
+            return None
+        return approval, await self._store.audit_trail(approval_id)
+
+    def _not_found(self, request: Request, viewer: Viewer, approval_id: str) -> HTMLResponse:
+        return self._message(
+            request,
+            viewer,
+            status=404,
+            title="No such approval",
+            message=f"There is no approval {approval_id}.",
+        )
+
+    async def detail(self, request: Request, approval_id: str) -> Response:
+        viewer = self._gate(request)
+        if isinstance(viewer, Response):
+            return viewer
+        try:
+            loaded = await self._load(approval_id)
+            count = await self._pending_count()
+        except StoreUnavailable as exc:
+            return self._unavailable(request, viewer, exc)
+        if loaded is None:
+            return self._not_found(request, viewer, approval_id)
+        context = self._detail_context(*loaded, viewer)
+        return self._page(request, viewer, "detail.html", section="inbox", pending_count=count, **context)
+
+    async def panel(self, request: Request, approval_id: str) -> Response:
+        viewer = self._fragment_gate(request)
+        if isinstance(viewer, Response):
+            return viewer
+        try:
+            loaded = await self._load(approval_id)
+        except StoreUnavailable:
+            return PlainTextResponse("approval store unavailable", status_code=503)
+        if loaded is None:
+            return PlainTextResponse("no such approval", status_code=404)
+        return self._page(request, viewer, "panel.html", **self._detail_context(*loaded, viewer))
+
+    async def decide(self, request: Request, approval_id: str, *, approve: bool) -> Response:
+        viewer = self.signin.viewer(request)
+        form = await request.form()
+        refused = self._check_csrf(request, viewer, form)
+        if refused is not None:
+            return refused
+        if viewer.approver is None:
+            return self._message(
+                request,
+                viewer,
+                status=403,
+                title="Signed out",
+                message="Your session has ended. Sign in again, then decide.",
+                link=("/login?" + urlencode({"next": f"/approvals/{approval_id}"}), "Sign in"),
+            )
+        reason = str(form.get("reason") or "").strip() or None
+        if reason is not None and len(reason) > MAX_REASON_LENGTH:
+            return self._message(
+                request,
+                viewer,
+                status=400,
+                title="Reason too long",
+                message=f"A reason may be at most {MAX_REASON_LENGTH} characters; nothing was decided.",
+            )
+        try:
+            await self._service.decide(
+                approval_id, approver=viewer.approver, approve=approve, via="web", reason=reason
+            )
+        except ApprovalNotFound:
+            return self._not_found(request, viewer, approval_id)
+        except NotAllowedToDecide as exc:
+            return self._message(request, viewer, status=403, title="Not allowed to decide", message=str(exc))
+        except InvalidTransition as exc:
+            # Somebody (or the deadline) got there first: show who, instead of failing quietly.
+            return await self._already_decided(request, viewer, exc.current)
+        except StoreUnavailable as exc:
+            return self._unavailable(request, viewer, exc)
+        return RedirectResponse(f"/approvals/{approval_id}", status_code=303)
+
+    async def _already_decided(self, request: Request, viewer: Viewer, current: Approval) -> Response:
+        try:
+            trail = await self._store.audit_trail(current.id)
+            count = await self._pending_count()
+        except StoreUnavailable as exc:
+            return self._unavailable(request, viewer, exc)
+        context = self._detail_context(current, trail, viewer, notice="already")
+        return self._page(
+            request, viewer, "detail.html", status=409, section="inbox", pending_count=count, **context
+        )
+
+    # -- history ------------------------------------------------------------------------------------------
+
+    async def history(self, request: Request) -> Response:
+        viewer = self._gate(request)
+        if isinstance(viewer, Response):
+            return viewer
+        params = request.query_params
+        status = params.get("status", "")
+        agent = params.get("agent", "").strip()
+        tool = params.get("tool", "").strip()
+        before_text = params.get("before", "").strip()
+        problems = []
+        statuses = set(HISTORY_STATUSES)
+        if status:
+            if status not in {value.value for value in HISTORY_STATUSES}:
+                problems.append(f"unknown status {status!r}")
+            else:
+                statuses = {ApprovalStatus(status)}
+        before = None
+        if before_text:
+            before = _parse_moment(before_text)
+            if before is None:
+                problems.append(f"'before' must be an ISO 8601 time with a zone, got {before_text!r}")
+        filters = {"status": status, "agent": agent, "tool": tool, "before": before_text}
+        if problems:
+            return self._page(
+                request,
+                viewer,
+                "history.html",
+                status=400,
+                section="history",
+                filters=filters,
+                statuses=HISTORY_STATUSES,
+                approvals=[],
+                problems=problems,
+                older=None,
+                newest="/history",
+            )
+        try:
+            approvals = await self._store.list(
+                statuses=statuses, agent=agent or None, tool=tool or None, limit=HISTORY_PAGE, before=before
+            )
+            count = await self._pending_count()
+        except StoreUnavailable as exc:
+            return self._unavailable(request, viewer, exc)
+        query = {key: value for key, value in filters.items() if value and key != "before"}
+        newest = "/history" + (f"?{urlencode(query)}" if query else "") if before is not None else None
+        older = None
+        if len(approvals) == HISTORY_PAGE:
+            older = "/history?" + urlencode({**query, "before": approvals[-1].created_at.isoformat()})
+        return self._page(
+            request,
+            viewer,
+            "history.html",
+            section="history",
+            pending_count=count,
+            filters=filters,
+            statuses=HISTORY_STATUSES,
+            approvals=approvals,
+            problems=[],
+            older=older,
+            newest=newest,
+        )
+
+    # -- tools ----------------------------------------------------------------------------------------------
+
+    async def tools(self, request: Request) -> Response:
+        viewer = self._gate(request)
+        if isinstance(viewer, Response):
+            return viewer
+        try:
+            count = await self._pending_count()
+        except StoreUnavailable as exc:
+            return self._unavailable(request, viewer, exc)
+        policy = self._tools.policy()
+        return self._page(
+            request,
+            viewer,
+            "tools.html",
+            section="tools",
+            pending_count=count,
+            tools=tool_rows(self._tools, policy),
+            servers=self._tools.servers(),
+            policy_revision=policy.revision,
+        )
+
+    # -- signing in and out ---------------------------------------------------------------------------------
+
+    def _check_csrf(self, request: Request, viewer: Viewer, form: FormData) -> Response | None:
+        submitted = form.get("csrf_token")
+        if viewer.fresh or not viewer.session.csrf_matches(submitted if isinstance(submitted, str) else None):
+            return self._message(
+                request,
+                viewer,
+                status=403,
+                title="Form expired",
+                message="This form's security token is missing or out of date, so nothing was done. "
+                "Go back, reload the page and try again.",
+            )
+        return None
+
+    async def login_form(self, request: Request) -> Response:
+        viewer = self.signin.viewer(request)
+        target = _local_target(request.query_params.get("next"))
+        if viewer.account is not None:
+            return RedirectResponse(target, status_code=303)
+        return self._page(request, viewer, "login.html", next=target, error=None, username="")
+
+    async def login(self, request: Request) -> Response:
+        viewer = self.signin.viewer(request)
+        form = await request.form()
+        refused = self._check_csrf(request, viewer, form)
+        if refused is not None:
+            return refused
+        username = str(form.get("username") or "").strip()
+        password = str(form.get("password") or "")
+        target = _local_target(str(form.get("next") or ""))
+        address = request.client.host if request.client is not None else "unknown"
+        if not username or not password:
+            return self._page(
+                request,
+                viewer,
+                "login.html",
+                status=400,
+                next=target,
+                error="Enter your user name and password.",
+                username=username,
+            )
+        outcome = await self.signin.sign_in(username, password, address)
+        if outcome.retry_after is not None:
+            minutes = max(1, round(outcome.retry_after.total_seconds() / 60))
+            logger.warning("web sign-in for %r from %s throttled", username, address)
+            return self._page(
+                request,
+                viewer,
+                "login.html",
+                status=429,
+                next=target,
+                error=f"Too many failed sign-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}.",
+                username=username,
+            )
+        if outcome.account is None:
+            logger.warning("web sign-in failed for %r from %s", username, address)
+            return self._page(
+                request,
+                viewer,
+                "login.html",
+                status=401,
+                next=target,
+                error="Wrong user name or password.",
+                username=username,
+            )
+        logger.info("web sign-in: %s from %s", outcome.account.name, address)
+        response = RedirectResponse(target, status_code=303)
+        self.signin.write_cookie(response, self.signin.session_for(outcome.account), request)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        viewer = self.signin.viewer(request)
+        form = await request.form()
+        refused = self._check_csrf(request, viewer, form)
+        if refused is not None:
+            return refused
+        response = RedirectResponse("/login", status_code=303)
+        self.signin.clear_cookie(response, request)
+        return response
+
+    # -- live updates and assets --------------------------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        viewer = self._fragment_gate(request)
+        if isinstance(viewer, Response):
+            return viewer
+        return EventStreamResponse(self._events)
+
+    # -- routing -----------------------------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        router = APIRouter(route_class=HardenedRoute, include_in_schema=False)
+        inbox = self
+
+        @router.get("/")
+        async def inbox_page(request: Request) -> Response:
+            return await inbox.inbox(request)
+
+        @router.get("/inbox/rows")
+        async def inbox_rows(request: Request) -> Response:
+            return await inbox.inbox_rows(request)
+
+        @router.get("/approvals/{approval_id}")
+        async def approval_page(request: Request, approval_id: str) -> Response:
+            return await inbox.detail(request, approval_id)
+
+        @router.get("/approvals/{approval_id}/panel")
+        async def approval_panel(request: Request, approval_id: str) -> Response:
+            return await inbox.panel(request, approval_id)
+
+        @router.post("/approvals/{approval_id}/approve")
+        async def approve(request: Request, approval_id: str) -> Response:
+            return await inbox.decide(request, approval_id, approve=True)
+
+        @router.post("/approvals/{approval_id}/deny")
+        async def deny(request: Request, approval_id: str) -> Response:
+            return await inbox.decide(request, approval_id, approve=False)
+
+        @router.get("/history")
+        async def history(request: Request) -> Response:
+            return await inbox.history(request)
+
+        @router.get("/tools")
+        async def tools(request: Request) -> Response:
+            return await inbox.tools(request)
+
+        @router.get("/login")
+        async def login_form(request: Request) -> Response:
+            return await inbox.login_form(request)
+
+        @router.post("/login")
+        async def login(request: Request) -> Response:
+            return await inbox.login(request)
+
+        @router.post("/logout")
+        async def logout(request: Request) -> Response:
+            return await inbox.logout(request)
+
+        @router.get("/events")
+        async def events(request: Request) -> Response:
+            return await inbox.events(request)
+
+        @router.get("/static/{name}")
+        async def static(name: str) -> Response:
+            return inbox._static.response(name)
+
+        return router
+
+
+def _local_target(candidate: str | None) -> str:
+    """`next` only ever points back into this site: no scheme, no other host, no protocol-relative URL."""
+    if not candidate or not candidate.startswith("/") or candidate.startswith(("//", "/\\")):
+        return "/"
+    if any(ord(char) < 0x20 for char in candidate):
+        return "/"
+    return candidate
+
+
+def _parse_moment(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
