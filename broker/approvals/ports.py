@@ -78,22 +78,14 @@ class ApprovalStore(Protocol):
     async def find_or_create(self, new: NewApproval, *, audit: AuditEvent) -> tuple[Approval, bool]:
         """Attach to the open approval for this exact call, or create it: atomically, across replicas.
 
-        Returns the approval and whether it was created (then with `audit` recorded).
-        "Open" is as in `find_open_by_request_key`; use this instead of that
-        followed by `create`, which lets identical calls arriving together each
-        park their own approval.
+        "Open" is the newest approval with the same request key that is not cancelled and
+        whose outcome has not been delivered yet: pending/approved/released, or a finished
+        outcome still waiting for its agent. Returns the approval and whether it was
+        created (then with `audit` recorded).
         """
         ...
 
     async def get(self, approval_id: str) -> Approval | None: ...
-
-    async def find_open_by_request_key(self, request_key: str) -> Approval | None:
-        """Newest approval for this request key that a repeated call should attach to.
-
-        That is any approval not cancelled whose result has not been delivered yet:
-        pending/approved/released, or a finished outcome still waiting for its agent.
-        """
-        ...
 
     async def get_by_task(self, task_id: str) -> Approval | None: ...
 

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 ANY_APPROVER = "*"
 TIMEOUT_ACTOR = "timeout"
+POLICY_ACTOR = "policy"
 
 
 class NotAllowedToDecide(ApprovalError):
@@ -145,29 +146,47 @@ class ApprovalService:
     async def open(self, new: NewApproval) -> tuple[Approval, bool]:
         """The approval for this call: an open one for the same call, or a new pending one.
 
-        A repeated identical call (same agent, tool, canonical arguments, policy revision)
-        attaches instead of asking the humans twice. Returns (approval, created).
+        A repeated identical call (same agent, tool, canonical arguments) attaches instead of
+        asking the humans twice, also when identical calls arrive together on several replicas.
+        A still-pending approval asked under another policy revision is cancelled as superseded
+        and the call asked again under the rule now in force: left open, it could be approved
+        too and reach the upstream a second time with nobody waiting for its result.
+        Returns (approval, created).
         """
-        existing = await self.store.find_open_by_request_key(new.request_key)
-        if existing is not None and existing.policy_revision == new.policy_revision:
-            if existing.is_overdue(self._clock()):
-                existing = await self._expire(existing)
-            return existing, False
-        approval = await self.store.create(
-            new,
-            audit=AuditEvent(
-                AuditEventKind.REQUESTED,
-                new.agent,
-                {
-                    "tool": new.tool,
-                    "server": new.server,
-                    "rule": new.rule,
-                    "policy_revision": new.policy_revision,
-                },
-            ),
+        requested = AuditEvent(
+            AuditEventKind.REQUESTED,
+            new.agent,
+            {
+                "tool": new.tool,
+                "server": new.server,
+                "rule": new.rule,
+                "policy_revision": new.policy_revision,
+            },
         )
-        self._announce(approval, opened=True)
-        return approval, True
+        while True:
+            approval, created = await self.store.find_or_create(new, audit=requested)
+            if created:
+                self._announce(approval, opened=True)
+                return approval, True
+            if approval.is_overdue(self._clock()):
+                expired, _ = await self._expire(approval)
+                return expired, False
+            if (
+                approval.status is not ApprovalStatus.PENDING
+                or approval.policy_revision == new.policy_revision
+            ):
+                return approval, False
+            try:
+                await self._withdraw(
+                    approval.id,
+                    actor=POLICY_ACTOR,
+                    via=POLICY_ACTOR,
+                    reason=f"superseded: the policy changed (revision {new.policy_revision}) and the call was asked again",
+                )
+            except InvalidTransition as lost:
+                if lost.current.status is not ApprovalStatus.CANCELLED:
+                    return lost.current, False  # decided meanwhile: that outcome stands
+            # Cancelled (by us or a racing identical call): the next round creates or attaches.
 
     async def wait(self, approval_id: str, timeout: float) -> Approval:
         """The approval once it has an outcome for the agent, or as it stands after `timeout` seconds."""
@@ -186,7 +205,7 @@ class ApprovalService:
                 if approval.is_terminal:
                     return approval
                 if approval.is_overdue(self._clock()):
-                    approval = await self._expire(approval)
+                    approval, _ = await self._expire(approval)
                     if approval.is_terminal:
                         return approval
                 remaining = until - time.monotonic()
@@ -220,6 +239,9 @@ class ApprovalService:
 
     async def cancel(self, approval_id: str, *, actor: str, reason: str) -> Approval:
         """The agent withdrew the call before anybody decided; raises InvalidTransition once decided."""
+        return await self._withdraw(approval_id, actor=actor, via="agent", reason=reason)
+
+    async def _withdraw(self, approval_id: str, *, actor: str, via: str, reason: str) -> Approval:
         approval = await self.store.transition(
             approval_id,
             expected={ApprovalStatus.PENDING},
@@ -227,7 +249,7 @@ class ApprovalService:
             changes={
                 "decided_by": actor,
                 "decided_at": self._clock(),
-                "decided_via": "agent",
+                "decided_via": via,
                 "decision_reason": reason,
             },
             audit=AuditEvent(AuditEventKind.CANCELLED, actor, {"reason": reason}),
@@ -266,7 +288,7 @@ class ApprovalService:
         target = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
         if approval.is_overdue(self._clock()):
             # The deadline wins over a late click, even if the sweeper has not run yet.
-            expired = await self._expire(approval)
+            expired, _ = await self._expire(approval)
             raise InvalidTransition(expired, expected={ApprovalStatus.PENDING}, to=target)
         now = self._clock()
         decided = await self.store.transition(
@@ -394,8 +416,8 @@ class ApprovalService:
         while True:
             due = await self.store.due_for_expiry(now, limit=100)
             for approval in due:
-                if (await self._expire(approval)).status is ApprovalStatus.EXPIRED:
-                    expired += 1
+                _, won = await self._expire(approval)
+                expired += won
             if len(due) < 100:
                 break
         for approval in await self.store.list(statuses={ApprovalStatus.APPROVED}, limit=100):
@@ -404,7 +426,9 @@ class ApprovalService:
         await self._recheck_watched()
         return expired
 
-    async def _expire(self, approval: Approval) -> Approval:
+    async def _expire(self, approval: Approval) -> tuple[Approval, bool]:
+        """Expires a pending approval: the row as it now stands, and whether this call expired it
+        (False when a decision or another replica's sweep got there first)."""
         try:
             expired = await self.store.transition(
                 approval.id,
@@ -421,9 +445,9 @@ class ApprovalService:
                 ),
             )
         except InvalidTransition as lost:
-            return lost.current
+            return lost.current, False
         self._announce(expired)
-        return expired
+        return expired, True
 
     async def _fail_stale_releases(self, now: datetime) -> None:
         """A call claimed for release by a process that died has an unknown outcome: say so."""

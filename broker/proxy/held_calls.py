@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.approvals import Approval, ApprovalStatus, InvalidTransition, NewApproval, StoreUnavailable
-from broker.approvals.service import ApprovalService, CallReleaser, ReleaseFailed
+from broker.approvals.service import POLICY_ACTOR, ApprovalService, CallReleaser, ReleaseFailed
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.gateway import AgentContext, Notify
@@ -300,7 +300,9 @@ def status_text(approval: Approval) -> str:
         return f"denied by {approval.decided_by}"
     if status is ApprovalStatus.EXPIRED:
         return "expired: nobody decided before the deadline (auto-denied)"
-    return "cancelled by the agent"
+    if approval.decided_via != POLICY_ACTOR or not approval.decision_reason:
+        return "cancelled by the agent"
+    return f"cancelled: {approval.decision_reason}"
 
 
 def outcome_result(approval: Approval) -> JsonObject:

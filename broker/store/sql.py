@@ -113,11 +113,6 @@ class SqlApprovalStore:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else _approval_from_row(row)
 
-    async def find_open_by_request_key(self, request_key: str) -> Approval | None:
-        async with self._reading("find open approval") as conn:
-            row = (await conn.execute(_open_by_request_key(request_key))).mappings().first()
-        return None if row is None else _approval_from_row(row)
-
     async def list(
         self,
         *,

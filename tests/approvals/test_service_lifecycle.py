@@ -78,9 +78,25 @@ async def test_a_new_policy_revision_asks_again(service: ServiceFactory) -> None
         assert created
         assert second.id != first.id
         assert second.policy_revision == "rev-2"
+        # Left pending, the first could be approved too and reach the upstream with nobody waiting.
+        superseded = await approvals.store.get(first.id)
+        assert superseded is not None and superseded.status is S.CANCELLED
+        assert (superseded.decided_by, superseded.decided_via) == ("policy", "policy")
+        assert superseded.decision_reason is not None and "rev-2" in superseded.decision_reason
         # Repeats under the new revision attach to the new approval.
         third, created_again = await approvals.open(new_approval(policy_revision="rev-2"))
         assert (third.id, created_again) == (second.id, False)
+
+
+async def test_a_decided_call_keeps_its_outcome_across_a_policy_revision(service: ServiceFactory) -> None:
+    async with service() as approvals:
+        first, _ = await approvals.open(new_approval(policy_revision="rev-1"))
+        await approvals.decide(first.id, approver=ALICE, approve=False, via="web", reason="no")
+
+        attached, created = await approvals.open(new_approval(policy_revision="rev-2"))
+
+        assert not created
+        assert (attached.id, attached.status) == (first.id, S.DENIED)
 
 
 async def test_an_undelivered_outcome_is_handed_out_until_delivered_then_the_call_starts_over(

@@ -138,11 +138,6 @@ async def test_many_approvals_clicked_on_both_replicas_are_each_released_once(
         assert len(releaser.calls) == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: open() is find-then-create with nothing making it atomic, so identical calls arriving "
-    "together each park their own approval (humans asked twice; both could be approved and sent)",
-)
 async def test_identical_calls_arriving_together_share_one_approval(service: ServiceFactory) -> None:
     async with service("replica-a") as replica_a, service("replica-b") as replica_b:
         opened: list[tuple[Approval, bool]] = []
@@ -157,6 +152,28 @@ async def test_identical_calls_arriving_together_share_one_approval(service: Ser
 
         assert len({approval.id for approval, _ in opened}) == 1
         assert sum(1 for _, created in opened if created) == 1
+
+
+async def test_identical_calls_under_a_new_policy_revision_supersede_the_old_approval_once(
+    service: ServiceFactory,
+) -> None:
+    async with service("replica-a") as replica_a, service("replica-b") as replica_b:
+        old, _ = await replica_a.open(new_approval(policy_revision="rev-1"))
+        opened: list[tuple[Approval, bool]] = []
+
+        async def call(approvals: ApprovalService) -> None:
+            opened.append(await approvals.open(new_approval(policy_revision="rev-2")))
+
+        with anyio.fail_after(RACE_TIMEOUT):
+            async with anyio.create_task_group() as group:
+                for n in range(10):
+                    group.start_soon(call, replica_a if n % 2 else replica_b)
+
+        assert len({approval.id for approval, _ in opened}) == 1
+        assert sum(1 for _, created in opened if created) == 1
+        assert opened[0][0].id != old.id
+        trail = [record.event for record in await replica_a.store.audit_trail(old.id)]
+        assert trail == ["requested", "cancelled"]
 
 
 # -- the deadline against the click ------------------------------------------------------------------
@@ -289,11 +306,6 @@ async def test_two_sweeping_replicas_expire_each_due_approval_exactly_once(
         assert (await replica_a.store.verify_audit_chain()).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: sweep() counts an approval another replica expired first as its own (_expire returns "
-    "the winner's row, whose status is also expired)",
-)
 @sqlite_only
 async def test_concurrent_sweeps_report_each_expiry_once(service: ServiceFactory, clock: ManualClock) -> None:
     async with service("replica-a") as replica_a, service("replica-b") as replica_b:

@@ -153,6 +153,13 @@ def test_huge_arguments_stop_after_twenty_replies_and_point_to_the_api() -> None
         ),
         (ApprovalStatus.EXPIRED, {}, "Expired: place_order", ":hourglass: *Expired, auto-denied* at"),
         (ApprovalStatus.CANCELLED, {}, "Cancelled: place_order", "*Cancelled by the agent* at"),
+        (
+            ApprovalStatus.CANCELLED,
+            {"decided_via": "policy", "decision_reason": "superseded: <b>policy</b> changed"},
+            "Cancelled: place_order",
+            "*Cancelled by the broker* at <!date^1772366460^{date_short_pretty} {time}|2026-03-01 12:01 UTC>: "
+            "superseded: &lt;b&gt;policy&lt;/b&gt; changed",
+        ),
     ],
 )
 def test_each_outcome_replaces_the_buttons(

@@ -140,29 +140,26 @@ async def test_pending_count(store: SqlApprovalStore) -> None:
     assert await store.pending_count() == 1
 
 
-async def test_find_open_by_request_key(store: SqlApprovalStore, clock: ManualClock) -> None:
+async def test_find_or_create_attaches_while_the_call_is_open(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
     approval = await create(store)
-    key = approval.request_key
     other_arguments = await create(store, arguments={"order": "B-2"})
-
-    assert other_arguments.request_key != key
-    assert await store.find_open_by_request_key(key) == approval
-    assert await store.find_open_by_request_key("0" * 64) is None
+    assert other_arguments.request_key != approval.request_key
 
     # Still open while approved, released and completed-but-undelivered.
-    for status in (S.APPROVED, S.RELEASED, S.COMPLETED):
-        approval = await store.transition(
-            approval.id, expected={approval.status}, to=status, audit=entering(status)
-        )
-        assert await store.find_open_by_request_key(key) == approval
+    for status in (S.PENDING, S.APPROVED, S.RELEASED, S.COMPLETED):
+        if status is not S.PENDING:
+            approval = await store.transition(
+                approval.id, expected={approval.status}, to=status, audit=entering(status)
+            )
+        assert await store.find_or_create(new_approval(), audit=requested()) == (approval, False)
 
     assert await store.mark_delivered(approval.id, clock.now) is True
-    assert await store.find_open_by_request_key(key) is None
-
     clock.advance(timedelta(seconds=1))
-    retry = await create(store)
-    assert retry.request_key == key
-    assert await store.find_open_by_request_key(key) == retry
+    retry, created = await store.find_or_create(new_approval(), audit=requested())
+    assert created and retry.request_key == approval.request_key and retry.id != approval.id
+    assert await store.find_or_create(new_approval(), audit=requested()) == (retry, False)
 
 
 async def test_find_or_create_attaches_until_the_outcome_is_delivered(
@@ -185,17 +182,20 @@ async def test_find_or_create_attaches_until_the_outcome_is_delivered(
     assert [r.actor for r in await store.audit_trail(first.id)] == ["agent-1", "alice"]
 
 
-async def test_find_open_skips_cancelled_and_prefers_the_newest(
+async def test_find_or_create_skips_cancelled_and_prefers_the_newest(
     store: SqlApprovalStore, clock: ManualClock
 ) -> None:
     denied = await walk_to(store, await create(store), S.DENIED)
     clock.advance(timedelta(seconds=1))
     newer = await create(store)
 
-    assert await store.find_open_by_request_key(newer.request_key) == newer
+    assert await store.find_or_create(new_approval(), audit=requested()) == (newer, False)
     await walk_to(store, newer, S.CANCELLED)
     # The cancelled one is skipped; the denial nobody has collected yet is still open.
-    assert await store.find_open_by_request_key(newer.request_key) == await store.get(denied.id)
+    assert await store.find_or_create(new_approval(), audit=requested()) == (
+        await store.get(denied.id),
+        False,
+    )
 
 
 async def test_update_fields_changes_bookkeeping_only(store: SqlApprovalStore, clock: ManualClock) -> None:

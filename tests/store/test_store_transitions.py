@@ -12,7 +12,7 @@ from broker.approvals.ports import ApprovalNotFound, InvalidTransition
 from broker.approvals.transitions import ALLOWED_TRANSITIONS
 from broker.store.sql import SqlApprovalStore
 
-from .builders import PATH_TO, S, create, entering, walk_to
+from .builders import PATH_TO, S, create, entering, new_approval, requested, walk_to
 from .conftest import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -87,7 +87,8 @@ async def test_transition_can_deliver_in_the_same_step(store: SqlApprovalStore, 
     )
 
     assert done.is_delivered and done.is_terminal
-    assert await store.find_open_by_request_key(done.request_key) is None
+    again, created = await store.find_or_create(new_approval(), audit=requested())
+    assert created and again.id != done.id
 
 
 async def test_forbidden_transitions_are_refused_and_change_nothing(store: SqlApprovalStore) -> None:

@@ -31,7 +31,7 @@ def every_store_operation(store: SqlApprovalStore, clock: ManualClock) -> list[C
         lambda: store.create(new_approval(), audit=requested()),
         lambda: store.get("apv-000001"),
         lambda: store.get_by_task("task-1"),
-        lambda: store.find_open_by_request_key("0" * 64),
+        lambda: store.find_or_create(new_approval(), audit=requested()),
         lambda: store.list(),
         lambda: store.transition(
             "apv-000001", expected={S.PENDING}, to=S.APPROVED, audit=entering(S.APPROVED)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.service import POLICY_ACTOR
 
 SECTION_TEXT_LIMIT = 3000
 """Slack refuses a section whose text is longer than this."""
@@ -125,7 +126,7 @@ def outcome_text(approval: Approval, mention: Mention) -> str:
     elif status is ApprovalStatus.EXPIRED:
         text = f":hourglass: *Expired, auto-denied* at {at}: nobody decided before the deadline."
     elif status is ApprovalStatus.CANCELLED:
-        text = f":leftwards_arrow_with_hook: *Cancelled by the agent* at {at}."
+        text = f":leftwards_arrow_with_hook: *Cancelled {_cancelled_by(approval)}* at {at}{_cancel_reason(approval)}."
     else:
         text = f"Status: {status.value}"
     return text
@@ -142,8 +143,18 @@ def already_decided_text(approval: Approval, mention: Mention) -> str:
     if approval.status is ApprovalStatus.DENIED:
         return f"This call was already denied by {decider} at {at}."
     if approval.status is ApprovalStatus.CANCELLED:
-        return f"The agent cancelled this call at {at}."
+        return f"This call was cancelled {_cancelled_by(approval)} at {at}{_cancel_reason(approval)}."
     return f"This call was already approved by {decider} at {at}."
+
+
+def _cancelled_by(approval: Approval) -> str:
+    return "by the broker" if approval.decided_via == POLICY_ACTOR else "by the agent"
+
+
+def _cancel_reason(approval: Approval) -> str:
+    if approval.decided_via != POLICY_ACTOR or not approval.decision_reason:
+        return ""
+    return f": {_escaped_within(approval.decision_reason, 500)}"
 
 
 def _result_excerpt(approval: Approval, limit: int = 500) -> str:
