@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from http import HTTPStatus
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from broker.proxy.upstream.background import BackgroundTasks
@@ -23,6 +24,13 @@ from broker.proxy.upstream.base import (
     UpstreamRpcError,
     UpstreamTimeout,
     UpstreamUnavailable,
+)
+from broker.proxy.upstream.http_client import (
+    ConnectFailed,
+    ConnectionLost,
+    HttpClient,
+    HttpClientError,
+    Response,
 )
 from broker.proxy.upstream.jsonrpc import (
     INTERNAL_ERROR,
@@ -60,7 +68,8 @@ class StreamableHttpConnection:
         self._configured_headers = dict(spec.headers)
         self._connect_timeout = connect_timeout
         self._router = NotificationRouter(spec.name, on_notification)
-        self._http: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
+        self._target = request_target(spec.url)
         self._post_headers = {
             "Accept": f"application/json, {EVENT_STREAM}",
             "Content-Type": "application/json",
@@ -82,10 +91,9 @@ class StreamableHttpConnection:
         return self._session_id
 
     async def start(self) -> JsonObject:
-        self._http = aiohttp.ClientSession(
-            headers=self._configured_headers,
-            # Reads have no deadline: answers take as long as tools run, and callers bound that.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+        # Reads have no deadline: answers take as long as tools run, and callers bound that.
+        self._http = HttpClient(
+            self._url, headers=self._configured_headers, connect_timeout=self._connect_timeout
         )
         result = await self.request("initialize", initialize_params())
         self._post_headers[PROTOCOL_HEADER] = negotiated_version(self.server, result)
@@ -131,17 +139,11 @@ class StreamableHttpConnection:
     async def notify(self, method: str, params: JsonObject | None = None) -> None:
         if self._close_reason is not None:
             raise UpstreamUnavailable(self.server, self._close_reason)
-        http = self._session()
         try:
-            async with http.post(
-                self._url,
-                data=orjson.dumps(notification_message(method, params)),
-                headers=self._post_headers,
-                allow_redirects=False,
-            ) as response:
+            async with await self._post(notification_message(method, params)) as response:
                 if response.status not in (200, 202, 204):
                     raise await self._failure(response, "POST")
-        except aiohttp.ClientError as exc:
+        except HttpClientError as exc:
             raise self._transport_failure(exc) from exc
 
     async def wait_closed(self) -> None:
@@ -154,22 +156,17 @@ class StreamableHttpConnection:
         if http is None:
             return
         if self._session_id is not None:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with (
-                    asyncio.timeout(CLOSE_TIMEOUT_SECONDS),
-                    http.delete(self._url, headers=self._post_headers, allow_redirects=False),
-                ):
-                    pass
-        await http.close()
+            with contextlib.suppress(HttpClientError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    response = await http.request("DELETE", self._target, headers=self._post_headers)
+                    response.release()
+        await http.aclose()
 
     async def _exchange(
         self, request_id: int, message: JsonObject, on_notification: NotificationHandler | None
     ) -> JsonObject:
-        http = self._session()
         try:
-            async with http.post(
-                self._url, data=orjson.dumps(message), headers=self._post_headers, allow_redirects=False
-            ) as response:
+            async with await self._post(message) as response:
                 if self._session_id is None:
                     self._adopt_session(response)
                 if response.status != 200:
@@ -182,13 +179,21 @@ class StreamableHttpConnection:
                 raise UpstreamRpcError(
                     self.server, INTERNAL_ERROR, f"answer has unexpected Content-Type {content_type!r}"
                 )
-        except aiohttp.ClientError as exc:
+        except HttpClientError as exc:
             raise self._transport_failure(exc) from exc
         except SseEventTooLarge as exc:
             raise UpstreamRpcError(self.server, INTERNAL_ERROR, str(exc)) from None
 
-    def _adopt_session(self, response: aiohttp.ClientResponse) -> None:
-        session_id = response.headers.get(SESSION_HEADER)
+    async def _post(self, message: JsonObject) -> Response:
+        return await self._session().request(
+            "POST", self._target, headers=self._post_headers, body=orjson.dumps(message)
+        )
+
+    async def _get_stream(self, last_event_id: str | None) -> Response:
+        return await self._session().request("GET", self._target, headers=self._stream_headers(last_event_id))
+
+    def _adopt_session(self, response: Response) -> None:
+        session_id = response.headers.get(SESSION_HEADER.lower())
         if session_id:
             self._session_id = session_id
             self._post_headers[SESSION_HEADER] = session_id
@@ -206,7 +211,7 @@ class StreamableHttpConnection:
         raise UpstreamRpcError(self.server, INTERNAL_ERROR, "answer does not contain the response")
 
     async def _answer_from_streams(
-        self, response: aiohttp.ClientResponse, request_id: int, on_notification: NotificationHandler | None
+        self, response: Response, request_id: int, on_notification: NotificationHandler | None
     ) -> JsonObject:
         """Read the answer from the POST's event stream, resuming it if the server cuts it short."""
         parser = SseParser()
@@ -224,9 +229,7 @@ class StreamableHttpConnection:
                 raise UpstreamUnavailable(self.server, "response stream keeps ending without an answer")
             delay = DEFAULT_RETRY_SECONDS if parser.retry_ms is None else parser.retry_ms / 1000
             await asyncio.sleep(delay)
-            async with self._session().get(
-                self._url, headers=self._stream_headers(last_event_id), allow_redirects=False
-            ) as resumed:
+            async with await self._get_stream(last_event_id) as resumed:
                 if resumed.status != 200 or resumed.content_type != EVENT_STREAM:
                     raise await self._failure(resumed, "GET")
                 events_before = parser.events_seen
@@ -238,12 +241,12 @@ class StreamableHttpConnection:
 
     async def _read_stream(
         self,
-        response: aiohttp.ClientResponse,
+        response: Response,
         parser: SseParser,
         request_id: int,
         on_notification: NotificationHandler | None,
     ) -> JsonObject | None:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.chunks():
             for event in parser.feed(chunk):
                 if not event.data or event.event != "message":
                     continue  # priming events carry only an id to resume from
@@ -278,9 +281,7 @@ class StreamableHttpConnection:
         while True:
             problem = ""
             try:
-                async with self._session().get(
-                    self._url, headers=self._stream_headers(last_event_id), allow_redirects=False
-                ) as response:
+                async with await self._get_stream(last_event_id) as response:
                     if response.status == 404 and self._session_id is not None:
                         self._lose("the server ended the session (HTTP 404)")
                         return
@@ -301,10 +302,10 @@ class StreamableHttpConnection:
                         if parser.retry_ms is not None:
                             retry_seconds = parser.retry_ms / 1000
                         problem = "stream ended"
-            except aiohttp.ClientConnectorError as exc:
+            except ConnectFailed as exc:
                 self._lose(describe_transport_error(self._url, exc))
                 return
-            except aiohttp.ClientError as exc:
+            except HttpClientError as exc:
                 problem = describe_transport_error(self._url, exc)
             except SseEventTooLarge as exc:
                 problem = str(exc)
@@ -346,27 +347,25 @@ class StreamableHttpConnection:
 
     async def _post_quietly(self, message: JsonObject) -> None:
         try:
-            async with self._session().post(
-                self._url, data=orjson.dumps(message), headers=self._post_headers, allow_redirects=False
-            ) as response:
+            async with await self._post(message) as response:
                 if response.status not in (200, 202, 204):
                     logger.warning("upstream '%s': %s", self.server, await self._failure(response, "POST"))
-        except (aiohttp.ClientError, UpstreamError) as exc:
+        except (HttpClientError, UpstreamError) as exc:
             logger.warning("upstream '%s': could not deliver %s: %s", self.server, message.get("method"), exc)
 
-    async def _failure(self, response: aiohttp.ClientResponse, verb: str) -> UpstreamError:
+    async def _failure(self, response: Response, verb: str) -> UpstreamError:
         """The error an unexpected HTTP status stands for."""
         status = response.status
         if status == 404 and self._session_id is not None:
             self._lose("the server ended the session (HTTP 404)")
             return UpstreamUnavailable(self.server, "the server ended the session (HTTP 404)")
         if 300 <= status < 400:
-            location = response.headers.get("Location", "?")
+            location = response.headers.get("location", "?")
             return UpstreamUnavailable(
                 self.server,
                 f"{verb} {self._url} was redirected (HTTP {status}) to {location}; configure that URL",
             )
-        body = await response.content.read(4096)
+        body = await response.read(4096)
         if response.content_type == "application/json":
             with contextlib.suppress(orjson.JSONDecodeError):
                 error = orjson.loads(body).get("error") if body.startswith(b"{") else None
@@ -376,16 +375,16 @@ class StreamableHttpConnection:
                         self.server, code if isinstance(code, int) else INTERNAL_ERROR, error["message"]
                     )
         snippet = body[:300].decode("utf-8", "replace").strip()
+        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         return UpstreamUnavailable(
-            self.server,
-            f"{verb} {self._url} answered HTTP {status} {response.reason or ''}: {snippet}".rstrip(": "),
+            self.server, f"{verb} {self._url} answered HTTP {status} {reason}: {snippet}".rstrip(": ")
         )
 
-    def _transport_failure(self, exc: aiohttp.ClientError) -> UpstreamUnavailable:
+    def _transport_failure(self, exc: HttpClientError) -> UpstreamUnavailable:
         self._lose(describe_transport_error(self._url, exc))
         return UpstreamUnavailable(self.server, describe_transport_error(self._url, exc))
 
-    def _session(self) -> aiohttp.ClientSession:
+    def _session(self) -> HttpClient:
         if self._http is None:
             raise UpstreamUnavailable(self.server, "connection was never started")
         return self._http
@@ -399,19 +398,24 @@ class StreamableHttpConnection:
         self._closed.set()
 
 
-def describe_transport_error(url: str, exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot reach {url}: {exc.os_error}"
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+def request_target(url: str) -> str:
+    """The path and query of `url`, as the request line names them."""
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def describe_transport_error(url: str, exc: HttpClientError) -> str:
+    if isinstance(exc, ConnectFailed):
+        return f"cannot reach {url}: {exc}"
+    if isinstance(exc, ConnectionLost):
         return f"{url} dropped the connection mid-answer"
-    return f"talking to {url} failed: {exc or type(exc).__name__}"
+    return f"talking to {url} failed: {exc}"
 
 
-async def _finish_body(response: aiohttp.ClientResponse) -> None:
+async def _finish_body(response: Response) -> None:
     """Give the server a moment to end the stream after the answer, so keep-alive can reuse it."""
-    if response.content.at_eof():
+    if response.at_eof:
         return
-    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+    with contextlib.suppress(TimeoutError, HttpClientError):
         async with asyncio.timeout(STREAM_END_GRACE_SECONDS):
-            while await response.content.readany():
-                pass
+            await response.read()

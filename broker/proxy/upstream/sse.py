@@ -10,11 +10,11 @@ import asyncio
 import logging
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
 import orjson
 
 from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamUnavailable
-from broker.proxy.upstream.http import EVENT_STREAM, describe_transport_error
+from broker.proxy.upstream.http import EVENT_STREAM, describe_transport_error, request_target
+from broker.proxy.upstream.http_client import HttpClient, HttpClientError, Response
 from broker.proxy.upstream.jsonrpc import initialize_params, negotiated_version
 from broker.proxy.upstream.multiplexed import MultiplexedConnection
 from broker.proxy.upstream.spec import SseServer
@@ -33,22 +33,21 @@ class SseConnection(MultiplexedConnection):
         self._url = spec.url
         self._configured_headers = dict(spec.headers)
         self._connect_timeout = connect_timeout
-        self._http: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._endpoint: asyncio.Future[str] | None = None
         self._endpoint_url = ""
 
     async def start(self) -> JsonObject:
-        self._http = aiohttp.ClientSession(
-            headers=self._configured_headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+        self._http = HttpClient(
+            self._url, headers=self._configured_headers, connect_timeout=self._connect_timeout
         )
         try:
-            stream = await self._http.get(
-                self._url,
+            stream = await self._http.request(
+                "GET",
+                request_target(self._url),
                 headers={"Accept": EVENT_STREAM, "Cache-Control": "no-cache"},
-                allow_redirects=False,
             )
-        except aiohttp.ClientError as exc:
+        except HttpClientError as exc:
             raise UpstreamUnavailable(self.server, describe_transport_error(self._url, exc)) from exc
         if stream.status != 200 or stream.content_type != EVENT_STREAM:
             stream.release()
@@ -68,18 +67,19 @@ class SseConnection(MultiplexedConnection):
         if self._http is None or not self._endpoint_url:
             raise UpstreamUnavailable(self.server, "connection was never started")
         try:
-            async with self._http.post(
-                self._endpoint_url, data=orjson.dumps(message), headers=_JSON_HEADERS, allow_redirects=False
+            async with await self._http.request(
+                "POST", request_target(self._endpoint_url), headers=_JSON_HEADERS, body=orjson.dumps(message)
             ) as response:
                 if response.status in (200, 202, 204):
+                    await response.read()
                     return
-                body = (await response.content.read(300)).decode("utf-8", "replace").strip()
+                body = (await response.read(300)).decode("utf-8", "replace").strip()
                 problem = f"POST {self._endpoint_url} answered HTTP {response.status}: {body}".rstrip(": ")
                 if response.status == 404:
                     # The server no longer knows this stream's session.
                     self._lose(problem)
                 raise UpstreamUnavailable(self.server, problem)
-        except aiohttp.ClientError as exc:
+        except HttpClientError as exc:
             reason = describe_transport_error(self._endpoint_url, exc)
             self._lose(reason)
             raise UpstreamUnavailable(self.server, reason) from exc
@@ -93,12 +93,12 @@ class SseConnection(MultiplexedConnection):
         except UpstreamUnavailable as exc:
             logger.warning("upstream '%s': could not deliver %s: %s", self.server, message.get("method"), exc)
 
-    async def _read_events(self, stream: aiohttp.ClientResponse) -> None:
+    async def _read_events(self, stream: Response) -> None:
         reason = f"{self._url} ended the event stream"
         try:
             async with stream:
                 parser = SseParser()
-                async for chunk in stream.content.iter_any():
+                async for chunk in stream.chunks():
                     for event in parser.feed(chunk):
                         if event.event == "endpoint":
                             self._adopt_endpoint(event.data)
@@ -113,7 +113,7 @@ class SseConnection(MultiplexedConnection):
                                 )
                                 continue
                             await self._receive(message)
-        except aiohttp.ClientError as exc:
+        except HttpClientError as exc:
             reason = describe_transport_error(self._url, exc)
         except SseEventTooLarge as exc:
             reason = str(exc)
@@ -141,4 +141,4 @@ class SseConnection(MultiplexedConnection):
             self._endpoint.cancel()
         await self._background.cancel_all()
         if self._http is not None:
-            await self._http.close()
+            await self._http.aclose()

@@ -117,12 +117,20 @@ class StdioConnection(MultiplexedConnection):
     async def _send(self, message: JsonObject) -> None:
         stdin = self._stdin
         if stdin is None or stdin.is_closing():
-            raise UpstreamUnavailable(self.server, self._close_reason or "server process is not running")
+            raise UpstreamUnavailable(self.server, await self._why_not_running())
         stdin.write(orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE))
         try:
             await stdin.drain()
         except ConnectionError as exc:
             raise UpstreamUnavailable(self.server, f"server process stopped reading: {exc}") from exc
+
+    async def _why_not_running(self) -> str:
+        # A process that already exited closes its pipes before the stdout reader has collected
+        # its exit code; wait for that, so the agent reads "exited with code N".
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EXIT_REPORT_SECONDS * 2):
+                await self.wait_closed()
+        return self._close_reason or "server process is not running"
 
     def _send_soon(self, message: JsonObject) -> None:
         stdin = self._stdin

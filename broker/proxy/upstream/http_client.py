@@ -1,0 +1,361 @@
+"""A small HTTP/1.1 client for the upstream connections: keep-alive, streamed bodies, nothing else.
+
+Every allowed ``tools/call`` through an HTTP upstream is one POST, so this client sits on the
+broker's hot path. A general-purpose client spends several times the broker's whole CPU budget
+per request on features an MCP upstream never needs (cookies, redirects, proxies, multipart,
+compression negotiation); this one formats the request head itself and parses the answer with
+httptools (llhttp, the parser uvicorn uses), on asyncio's protocol callbacks.
+
+Exception tree::
+
+    HttpClientError               the request got no complete HTTP answer
+    ├── ConnectFailed             no connection could be made (refused, unresolvable, TLS, timeout)
+    ├── ConnectionLost            the server closed or reset the connection before the answer ended
+    └── BadResponse               the bytes that came back are not HTTP/1.1
+
+An answer with any status is a `Response`, not an error: the caller decides what a 404 means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Final, Self, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+MAX_IDLE_CONNECTIONS: Final = 16
+READ_BUFFER_HIGH_WATER: Final = 1024 * 1024
+"""Bytes of unread body after which reading from the socket pauses until the consumer catches up."""
+
+
+class HttpClientError(Exception):
+    pass
+
+
+class ConnectFailed(HttpClientError):
+    pass
+
+
+class ConnectionLost(HttpClientError):
+    pass
+
+
+class BadResponse(HttpClientError):
+    pass
+
+
+def _check_header(name: str, value: str) -> None:
+    if any(c in name for c in "\r\n:") or not name or any(c in value for c in "\r\n"):
+        raise ValueError(f"invalid HTTP header {name!r}: names and values may not contain line breaks")
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection carrying one request at a time."""
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+        self._failure: HttpClientError | None = None
+        self._paused = False
+        self._loop = asyncio.get_running_loop()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._failure = None
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._header_name = ""
+        self._headers_done: asyncio.Future[None] = self._loop.create_future()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._data_ready: asyncio.Event = asyncio.Event()
+        self.complete = False
+        self._keep_alive = False
+        self.received_any = False
+
+    @property
+    def reusable(self) -> bool:
+        transport = self._transport
+        return self.lost is None and transport is not None and not transport.is_closing()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(BadResponse(f"the server's answer is not valid HTTP/1.1: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost is None:
+            self.lost = exc or ConnectionResetError("connection closed by the server")
+        if self._headers_done.done() and not self.complete and self._ends_at_close():
+            # No length and no chunking: the body was delimited by the server closing (HTTP/1.0 style).
+            self.on_message_complete()
+            return
+        self._fail(ConnectionLost(f"the connection was closed before the answer ended ({self.lost})"))
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if not self._headers_done.done():
+            self._headers_done.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        self._data_ready.set()
+        if self._buffered > READ_BUFFER_HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        # Asked now: once this callback returns, llhttp starts on the next message and forgets.
+        self._keep_alive = self._parser.should_keep_alive()
+        self.complete = True
+        self._data_ready.set()
+
+    # -- used by HttpClient and Response ----------------------------------------------------------
+
+    def send(self, head: bytes, body: bytes) -> None:
+        assert self._transport is not None
+        self._reset()
+        self._transport.write(head + body if len(body) < 65536 else head)
+        if len(body) >= 65536:
+            self._transport.write(body)
+
+    async def wait_for_headers(self) -> None:
+        await self._headers_done
+
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of body, or None once the body has ended."""
+        while not self._chunks:
+            if self.complete:
+                return None
+            if self._failure is not None:
+                raise self._failure
+            self._data_ready.clear()
+            await self._data_ready.wait()
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered <= READ_BUFFER_HIGH_WATER // 4 and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    def keeps_alive(self) -> bool:
+        return self.complete and self._keep_alive and self.reusable
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _ends_at_close(self) -> bool:
+        return (
+            "content-length" not in self.headers
+            and "chunked" not in self.headers.get("transfer-encoding", "").lower()
+        )
+
+    @property
+    def drained(self) -> bool:
+        return self.complete and not self._chunks
+
+    def _fail(self, error: HttpClientError) -> None:
+        if self._failure is None:
+            self._failure = error
+        if not self._headers_done.done():
+            self._headers_done.set_exception(error)
+            # Nobody may be awaiting it yet (or any more); mark it retrieved so asyncio stays quiet.
+            self._headers_done.exception()
+        self._data_ready.set()
+
+
+class Response:
+    """An answer whose head has arrived; the body is read (or streamed) from it.
+
+    Use it as an async context manager: leaving it returns a fully read connection to the
+    pool and closes one whose body was abandoned halfway.
+    """
+
+    def __init__(self, connection: _Connection, client: HttpClient) -> None:
+        self._connection = connection
+        self._client = client
+        self._released = False
+        self.status = connection.status
+        self.headers: Mapping[str, str] = connection.headers
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lowercased, without parameters (``text/event-stream``)."""
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+    @property
+    def at_eof(self) -> bool:
+        return self._connection.drained
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in the pieces the network delivers it; raises ConnectionLost if it is cut short."""
+        while (chunk := await self._connection.next_chunk()) is not None:
+            yield chunk
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body, or its first `limit` bytes (the rest is then abandoned)."""
+        parts: list[bytes] = []
+        size = 0
+        while (limit is None or size < limit) and (chunk := await self._connection.next_chunk()) is not None:
+            parts.append(chunk)
+            size += len(chunk)
+        body = b"".join(parts)
+        return body if limit is None else body[:limit]
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._client._give_back(self._connection)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class HttpClient:
+    """Requests to one origin (scheme, host, port) over a small pool of kept-alive connections."""
+
+    def __init__(
+        self,
+        origin_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(origin_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {origin_url!r}")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        default_port = self._port == (443 if parts.scheme == "https" else 80)
+        host_header = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if not default_port:
+            host_header = f"{host_header}:{self._port}"
+        fixed = {"Host": host_header, **(headers or {})}
+        for name, value in fixed.items():
+            _check_header(name, value)
+        self._fixed_head = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
+        self._connect_timeout = connect_timeout
+        self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._closed = False
+
+    async def request(
+        self, method: str, target: str, *, headers: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> Response:
+        """Sends one request and returns once the answer's head has arrived.
+
+        `target` is the path (and query) on this client's origin. A kept-alive connection that
+        the server closed just as the request went out is replaced once: the server cannot
+        have acted on a request it never read.
+        """
+        if self._closed:
+            raise ConnectionLost("the client is closed")
+        head = self._head(method, target, headers, body)
+        for attempt in (1, 2):
+            connection, reused = self._take_idle()
+            if connection is None:
+                connection = await self._connect()
+            self._busy.add(connection)
+            try:
+                connection.send(head, body)
+                await connection.wait_for_headers()
+            except ConnectionLost:
+                self._discard(connection)
+                if reused and not connection.received_any and attempt == 1:
+                    continue
+                raise
+            except BaseException:
+                self._discard(connection)
+                raise
+            return Response(connection, self)
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for connection in [*self._idle, *self._busy]:
+            connection.close()
+        self._idle.clear()
+        self._busy.clear()
+
+    def _head(self, method: str, target: str, headers: Mapping[str, str] | None, body: bytes) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), self._fixed_head]
+        if headers:
+            for name, value in headers.items():
+                _check_header(name, value)
+            lines.append("".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1"))
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _take_idle(self) -> tuple[_Connection | None, bool]:
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable:
+                return connection, True
+            connection.close()
+        return None, False
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, connection = await loop.create_connection(
+                    _Connection,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise ConnectFailed(f"no connection within {self._connect_timeout:g} s") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectFailed(str(exc) or type(exc).__name__) from exc
+        return connection
+
+    def _give_back(self, connection: _Connection) -> None:
+        self._busy.discard(connection)
+        if not self._closed and connection.keeps_alive() and len(self._idle) < MAX_IDLE_CONNECTIONS:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    def _discard(self, connection: _Connection) -> None:
+        self._busy.discard(connection)
+        connection.close()
