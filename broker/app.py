@@ -77,6 +77,8 @@ class Broker:
             replica=f"{os.uname().nodename}-{os.getpid()}-{os.urandom(2).hex()}",
             default_approvers=settings.approvals.default_approvers,
             sweep_interval=settings.approvals.sweep_interval,
+            policy=lambda: self.policy_file.holder.current,
+            principals=settings.acts_for,
         )
         self.approvals.set_releaser(
             UpstreamReleaser(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,6 +37,8 @@ from broker.approvals.ports import (
     InvalidTransition,
     StoreUnavailable,
 )
+from broker.policy import Policy
+from broker.policy.decision import Action, Decision
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,11 @@ class ReleaseFailed(Exception):
 
 
 class CallReleaser(Protocol):
+    def can_release(self, approval: Approval) -> bool:
+        """False while the call cannot be forwarded yet (its upstream is not connected): the
+        approval then stays approved, unclaimed, and a later sweep tries again."""
+        ...
+
     async def release(self, approval: Approval) -> dict[str, Any]:
         """Forwards the approved call exactly as stored; returns the upstream's CallToolResult.
 
@@ -99,6 +106,8 @@ class ApprovalService:
         sweep_interval: float = 1.0,
         stale_release_after: timedelta = timedelta(minutes=15),
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        policy: Callable[[], Policy] | None = None,
+        principals: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.store = store
         self.replica = replica
@@ -106,7 +115,11 @@ class ApprovalService:
         self._default_approvers = tuple(default_approvers)
         self._sweep_interval = sweep_interval
         self._stale_release_after = stale_release_after
+        # A release still running when another replica would call it stale must end first.
+        self._release_timeout = max(stale_release_after.total_seconds() * 0.8, 0.01)
         self._sleep = sleep
+        self._policy = policy
+        self._principals = principals or {}
         self._releaser: CallReleaser | None = None
         self._listeners: list[ApprovalListener] = []
         self._watches: dict[str, _Watch] = {}
@@ -115,7 +128,6 @@ class ApprovalService:
         self.store_available = True
         """False while the sweeper cannot reach the store; the proxy then forwards nothing (fail closed)."""
         self._store_state_changed = anyio.Event()
-        # -- scale-out (issue 6): graceful drain --
         self._drain_deadline = math.inf
         self._releases_idle = anyio.Event()
         self._releases_idle.set()
@@ -260,17 +272,45 @@ class ApprovalService:
     # -- deciding -------------------------------------------------------------------------------
 
     def may_decide(self, approval: Approval, approver: Approver) -> str | None:
-        """None when `approver` may decide `approval`, else the reason they may not."""
+        """None when `approver` may decide `approval`, else the reason they may not.
+
+        The approver must be named both by the rule that held the call and, when the policy has
+        been reloaded since and still requires approval, by the rule in force now: a reload that
+        narrows who may approve applies to calls already waiting.
+        """
         if approver.name == approval.agent:
             return f"{approver.name} is the agent that made this call and cannot approve its own call"
-        allowed = approval.approvers or self._default_approvers
+        if approver.name in self._principals.get(approval.agent, ()):
+            return f"{approver.name} is who agent {approval.agent} acts for and cannot approve its own call"
+        refusal = self._not_named(approver, approval.approvers, approval.rule)
+        if refusal is not None:
+            return refusal
+        current = self._decision_now(approval)
+        if (
+            current is not None
+            and current.action is Action.REQUIRE_APPROVAL
+            and current.revision != approval.policy_revision
+            and current.approval is not None
+        ):
+            return self._not_named(
+                approver, current.approval.approvers, f"{current.rule} (revision {current.revision})"
+            )
+        return None
+
+    def _not_named(self, approver: Approver, approvers: Sequence[str], rule: str) -> str | None:
+        allowed = approvers or self._default_approvers
         for entry in allowed:
             if entry == ANY_APPROVER or entry == approver.name:
                 return None
             if entry.startswith("@") and entry[1:] in approver.groups:
                 return None
-        return (
-            f"{approver.name} is not an approver for rule {approval.rule} (approvers: {', '.join(allowed)})"
+        return f"{approver.name} is not an approver for rule {rule} (approvers: {', '.join(allowed)})"
+
+    def _decision_now(self, approval: Approval) -> Decision | None:
+        if self._policy is None:
+            return None
+        return self._policy().decide(
+            approval.upstream_tool, server=approval.server, agent=approval.agent, arguments=approval.arguments
         )
 
     async def decide(
@@ -285,6 +325,13 @@ class ApprovalService:
         refusal = self.may_decide(approval, approver)
         if refusal is not None:
             raise NotAllowedToDecide(refusal)
+        current = self._decision_now(approval)
+        if approve and current is not None and current.action in (Action.DENY, Action.HIDE):
+            raise NotAllowedToDecide(
+                f"the policy in force (revision {current.revision}) now "
+                f"{'hides' if current.action is Action.HIDE else 'denies'} this call "
+                f"by rule {current.rule}; it can only be denied"
+            )
         target = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
         if approval.is_overdue(self._clock()):
             # The deadline wins over a late click, even if the sweeper has not run yet.
@@ -321,6 +368,10 @@ class ApprovalService:
             # A stopping replica claims nothing new: the approval stays approved in the store and
             # another replica's sweep (or this one's after a restart) releases it.
             return
+        if self._releaser is not None and not self._releaser.can_release(approval):
+            # E.g. just after a restart, before the upstream has connected: claiming now would
+            # fail the call for good, while a later sweep can still forward it.
+            return
         self._releasing.add(approval.id)
         if self._releases_idle.is_set():
             self._releases_idle = anyio.Event()
@@ -354,10 +405,18 @@ class ApprovalService:
             return None
         self._announce(claimed)
         try:
-            result = await self._releaser.release(claimed)
+            with anyio.fail_after(self._release_timeout):
+                result = await self._releaser.release(claimed)
+        except TimeoutError:
+            outcome = ApprovalStatus.FAILED
+            result = _failure_result(
+                f"the upstream did not answer within {self._release_timeout:g} s; whether it ran the call "
+                "is unknown, and it was not retried"
+            )
+            details: dict[str, Any] = {"error": "release timed out"}
         except ReleaseFailed as exc:
             outcome, result = ApprovalStatus.FAILED, _failure_result(str(exc))
-            details: dict[str, Any] = {"error": str(exc)}
+            details = {"error": str(exc)}
         except Exception as exc:
             # Anything unexpected still ends the approval: an agent must never wait on a call
             # that nobody is forwarding any more.
@@ -422,6 +481,7 @@ class ApprovalService:
                 break
         for approval in await self.store.list(statuses={ApprovalStatus.APPROVED}, limit=100):
             self._start_release(approval)
+        await self._fail_unreleasable(now)
         await self._fail_stale_releases(now)
         await self._recheck_watched()
         return expired
@@ -448,6 +508,40 @@ class ApprovalService:
             return lost.current, False
         self._announce(expired)
         return expired, True
+
+    async def _fail_unreleasable(self, now: datetime) -> None:
+        """An approved call whose upstream stayed unreachable for as long as a release may take
+        is failed rather than forwarded long after the human decided."""
+        if self._releaser is None or self.draining:
+            return
+        for approval in await self.store.list(statuses={ApprovalStatus.APPROVED}, limit=100):
+            decided_at = approval.decided_at or approval.created_at
+            if approval.id in self._releasing or now - decided_at < self._stale_release_after:
+                continue
+            if self._releaser.can_release(approval):
+                continue
+            try:
+                claimed = await self.store.transition(
+                    approval.id,
+                    expected={ApprovalStatus.APPROVED},
+                    to=ApprovalStatus.RELEASED,
+                    changes={"released_at": now, "released_by": self.replica},
+                    audit=AuditEvent(AuditEventKind.RELEASED, self.replica, {"forwarded": False}),
+                )
+            except InvalidTransition:
+                continue
+            message = (
+                f"upstream '{approval.server}' stayed unreachable for "
+                f"{self._stale_release_after.total_seconds():g} s after the approval; the call was not forwarded"
+            )
+            failed = await self.store.transition(
+                claimed.id,
+                expected={ApprovalStatus.RELEASED},
+                to=ApprovalStatus.FAILED,
+                changes={"completed_at": now, "result": _failure_result(message)},
+                audit=AuditEvent(AuditEventKind.FAILED, self.replica, {"error": "upstream unreachable"}),
+            )
+            self._announce(failed)
 
     async def _fail_stale_releases(self, now: datetime) -> None:
         """A call claimed for release by a process that died has an unknown outcome: say so."""
@@ -517,7 +611,7 @@ class ApprovalService:
         if approval is not None and approval.status is ApprovalStatus.APPROVED:
             self._start_release(approval)
 
-    # -- scale-out (issue 6): counts and graceful drain ------------------------------------------------
+    # -- counts and graceful drain ------------------------------------------------------------------
 
     @property
     def held_calls(self) -> int:

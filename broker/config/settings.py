@@ -49,6 +49,8 @@ class _AgentEntry(BaseModel):
     api_key: str | None = None
     api_key_env: str | None = None
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    acts_for: list[str] = []
+    """Approvers (names in `approvers`) this agent acts for: they may not approve its calls."""
 
     @model_validator(mode="after")
     def _exactly_one_key(self) -> _AgentEntry:
@@ -255,6 +257,8 @@ class BrokerSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     credentials: Mapping[str, AgentCredential] = field(default_factory=dict)
+    acts_for: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Agent -> the approvers it acts for, who may not approve its calls."""
     allow_anonymous: bool = False
     allowed_origins: frozenset[str] | None = None
     database_url: str = "sqlite:///broker.db"
@@ -347,6 +351,17 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
         )
     if clash := sorted(set(config.agents) & set(config.approvers)):
         raise ConfigError(f"{path}: {', '.join(clash)} cannot be both an agent and an approver")
+    agent_keys = {credential.key_sha256: agent for agent, credential in credentials.items()}
+    for account in approvers:
+        if account.token_sha256 is not None and account.token_sha256 in agent_keys:
+            # Otherwise the agent could approve its own calls through the decisions API.
+            raise ConfigError(
+                f"{path}: approvers.{account.name}: its token is the API key of agent "
+                f"{agent_keys[account.token_sha256]}; agents must never be able to decide"
+            )
+    for agent, entry in config.agents.items():
+        if unknown := sorted(set(entry.acts_for) - set(config.approvers)):
+            raise ConfigError(f"{path}: agents.{agent}.acts_for: {', '.join(unknown)} is not in approvers")
 
     # -- web inbox ------------------------------------------------------------------------
     session_secret = None
@@ -385,6 +400,9 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
         host=config.listen.host,
         port=config.listen.port,
         credentials=credentials,
+        acts_for={
+            agent: frozenset(entry.acts_for) for agent, entry in config.agents.items() if entry.acts_for
+        },
         allow_anonymous=config.allow_anonymous,
         allowed_origins=frozenset(config.allowed_origins) if config.allowed_origins is not None else None,
         database_url=resolved_database_url,

@@ -339,6 +339,9 @@ class UpstreamReleaser(CallReleaser):
         self._policy = policy
         self._forward = forward
 
+    def can_release(self, approval: Approval) -> bool:
+        return self._upstreams.is_connected(approval.server)
+
     async def release(self, approval: Approval) -> JsonObject:
         tool = self._upstreams.resolve(approval.tool)
         if tool is None or tool.name != approval.upstream_tool or tool.server != approval.server:
@@ -350,7 +353,8 @@ class UpstreamReleaser(CallReleaser):
         )
         if decision.action is Action.DENY or decision.action is Action.HIDE:
             raise ReleaseFailed(
-                f"the policy in force (revision {decision.revision}) now {decision.action.value}s this call "
+                f"the policy in force (revision {decision.revision}) now "
+                f"{'hides' if decision.action is Action.HIDE else 'denies'} this call "
                 f"by rule {decision.rule}; it was not forwarded"
             )
         try:

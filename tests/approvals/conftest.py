@@ -15,6 +15,7 @@ import pytest
 
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import ApprovalService
+from broker.policy import Policy
 from broker.store.sql import SqlApprovalStore
 from tests.store.conftest import ManualClock
 
@@ -40,9 +41,17 @@ class CountingReleaser:
     result: dict[str, Any] = field(default_factory=lambda: dict(ORDER_RESULT))
     failure: BaseException | None = None
     calls: list[Approval] = field(default_factory=list)
+    upstream_connected: bool = True
+    hang: anyio.Event | None = None
+    """When set, a release waits on it (an upstream that does not answer)."""
+
+    def can_release(self, approval: Approval) -> bool:
+        return self.upstream_connected
 
     async def release(self, approval: Approval) -> dict[str, Any]:
         self.calls.append(approval)
+        if self.hang is not None:
+            await self.hang.wait()
         if self.failure is not None:
             raise self.failure
         return self.result
@@ -116,6 +125,8 @@ def service(
         stale_release_after: timedelta = timedelta(minutes=15),
         default_approvers: tuple[str, ...] = ("*",),
         store: SqlApprovalStore | None = None,
+        policy: Callable[[], Policy] | None = None,
+        principals: dict[str, frozenset[str]] | None = None,
     ) -> AsyncIterator[ApprovalService]:
         own_store = store if store is not None else open_store()
         approvals = ApprovalService(
@@ -124,6 +135,8 @@ def service(
             clock=service_clock if service_clock is not None else clock,
             default_approvers=default_approvers,
             stale_release_after=stale_release_after,
+            policy=policy,
+            principals=principals,
         )
         approvals.set_releaser(releaser)
         approvals.add_listener(listener)

@@ -10,6 +10,7 @@ import pytest
 from broker.approvals.model import ApprovalStatus
 from broker.approvals.ports import InvalidTransition
 from broker.approvals.service import TIMEOUT_ACTOR, Approver, NotAllowedToDecide, ReleaseFailed
+from broker.policy import load_policy
 from tests.store.builders import new_approval
 from tests.store.conftest import ManualClock
 
@@ -319,3 +320,127 @@ async def test_without_approvers_on_the_rule_the_defaults_apply(service: Service
         assert stored is not None
         assert ops_only.may_decide(stored, Approver("olga", frozenset({"ops"}))) is None
         assert "(approvers: @ops)" in (ops_only.may_decide(stored, Approver("zed")) or "")
+
+
+@sqlite_only
+async def test_whom_the_agent_acts_for_cannot_approve_its_call(service: ServiceFactory) -> None:
+    async with service(principals={"trading-bot": frozenset({"alice"})}) as approvals:
+        approval, _ = await approvals.open(new_approval(agent="trading-bot"))
+
+        with pytest.raises(NotAllowedToDecide, match="alice is who agent trading-bot acts for"):
+            await approvals.decide(approval.id, approver=ALICE, approve=True, via="slack")
+        decided = await approvals.decide(approval.id, approver=BOB, approve=True, via="slack")
+        assert decided.decided_by == "bob"
+
+
+# -- the policy in force when the human decides ---------------------------------------------------------
+
+APPROVERS_POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: refund
+    action: require_approval
+    approvers: [{approvers}]
+"""
+
+
+@sqlite_only
+async def test_a_reload_that_narrows_the_approvers_applies_to_calls_already_waiting(
+    service: ServiceFactory,
+) -> None:
+    policy = load_policy(APPROVERS_POLICY.format(approvers='"*"'))
+    async with service(policy=lambda: policy) as approvals:
+        approval, _ = await approvals.open(
+            new_approval(tool="refund", upstream_tool="refund", approvers=(), policy_revision=policy.revision)
+        )
+        policy = load_policy(APPROVERS_POLICY.format(approvers='"@risk"'))
+
+        erin = Approver("erin", frozenset({"ops"}))
+        with pytest.raises(NotAllowedToDecide, match=r"erin is not an approver for rule rules\[0\]"):
+            await approvals.decide(approval.id, approver=erin, approve=True, via="api")
+        decided = await approvals.decide(
+            approval.id, approver=Approver("rita", frozenset({"risk"})), approve=True, via="api"
+        )
+        assert decided.status is S.APPROVED
+
+
+@sqlite_only
+async def test_a_call_the_policy_now_denies_can_only_be_denied(
+    service: ServiceFactory, releaser: CountingReleaser
+) -> None:
+    policy = load_policy(APPROVERS_POLICY.format(approvers='"*"'))
+    async with service(policy=lambda: policy) as approvals:
+        approval, _ = await approvals.open(
+            new_approval(tool="refund", upstream_tool="refund", policy_revision=policy.revision)
+        )
+        policy = load_policy('{"version": "1", "default": "deny"}')
+
+        with pytest.raises(NotAllowedToDecide, match="now denies this call"):
+            await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+        denied = await approvals.decide(approval.id, approver=ALICE, approve=False, via="api")
+        assert denied.status is S.DENIED
+        assert releaser.calls == []
+
+
+# -- an approved call whose upstream is not there yet ---------------------------------------------------
+
+
+@sqlite_only
+async def test_an_approved_call_waits_for_its_upstream_to_connect(
+    service: ServiceFactory, releaser: CountingReleaser
+) -> None:
+    releaser.upstream_connected = False
+    async with service() as approvals:
+        approval, _ = await approvals.open(new_approval())
+        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+        await approvals.sweep()
+
+        assert (await approvals.store.get(approval.id)).status is S.APPROVED  # type: ignore[union-attr]
+        assert releaser.calls == []
+
+        releaser.upstream_connected = True
+        await approvals.sweep()
+        with anyio.fail_after(10):
+            done = await approvals.wait(approval.id, 10)
+        assert done.status is S.COMPLETED
+        assert releaser.calls_for(approval.id) == 1
+
+
+@sqlite_only
+async def test_an_approved_call_whose_upstream_stays_away_fails_without_being_forwarded(
+    service: ServiceFactory, releaser: CountingReleaser, clock: ManualClock
+) -> None:
+    releaser.upstream_connected = False
+    async with service(stale_release_after=timedelta(minutes=15)) as approvals:
+        approval, _ = await approvals.open(new_approval())
+        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+        clock.advance(timedelta(minutes=14))
+        await approvals.sweep()
+        assert (await approvals.store.get(approval.id)).status is S.APPROVED  # type: ignore[union-attr]
+
+        clock.advance(timedelta(minutes=1))
+        await approvals.sweep()
+
+        failed = await approvals.store.get(approval.id)
+        assert failed is not None and failed.status is S.FAILED
+        assert failed.result is not None and "stayed unreachable" in failed.result["content"][0]["text"]
+        assert releaser.calls == []
+
+
+@sqlite_only
+async def test_a_release_that_never_answers_fails_before_another_replica_calls_it_stale(
+    service: ServiceFactory, releaser: CountingReleaser
+) -> None:
+    releaser.hang = anyio.Event()
+    async with service(stale_release_after=timedelta(milliseconds=250)) as approvals:
+        approval, _ = await approvals.open(new_approval())
+        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+
+        with anyio.fail_after(10):
+            failed = await approvals.wait(approval.id, 10)
+
+        assert failed.status is S.FAILED
+        assert failed.result is not None
+        assert "did not answer within 0.2 s" in failed.result["content"][0]["text"]
+        assert releaser.calls_for(approval.id) == 1

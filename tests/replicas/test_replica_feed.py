@@ -34,6 +34,9 @@ RESULT = {"content": [{"type": "text", "text": "done"}], "isError": False}
 class RecordingReleaser:
     released: list[str] = field(default_factory=list)
 
+    def can_release(self, approval: Approval) -> bool:
+        return True
+
     async def release(self, approval: Approval) -> dict[str, Any]:
         self.released.append(approval.id)
         return RESULT

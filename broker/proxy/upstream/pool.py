@@ -165,6 +165,10 @@ class UpstreamPool:
     def resolve(self, exposed_name: str) -> UpstreamTool | None:
         return self._tools_by_exposed_name.get(exposed_name)
 
+    def is_connected(self, server: str) -> bool:
+        known = self._servers.get(server)
+        return known is not None and known.state == "connected"
+
     def status(self) -> list[ServerStatus]:
         return [
             ServerStatus(
