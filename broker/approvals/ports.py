@@ -135,6 +135,11 @@ class ApprovalStore(Protocol):
         """Record that the outcome reached the agent; True only for the single caller that did it."""
         ...
 
+    async def assign_task(self, approval_id: str, task_id: str) -> Approval:
+        """Give the approval a task id unless it has one already; returns the row either way, so
+        every task-augmented caller of one approval sees the same task."""
+        ...
+
     async def due_for_expiry(self, now: datetime, *, limit: int = 100) -> builtins.list[Approval]:
         """Pending approvals whose deadline is at or before `now`, oldest deadline first."""
         ...

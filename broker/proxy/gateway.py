@@ -44,6 +44,19 @@ Notify = Callable[[str, JsonObject], Awaitable[None]]
 """Sends a notification on the stream of the request being served (a no-op when it has none)."""
 
 
+class AgentRequest:
+    """The agent's side of one request in flight."""
+
+    __slots__ = ("notify", "withdrawn")
+
+    def __init__(self, notify: Notify) -> None:
+        self.notify = notify
+        self.withdrawn = False
+        """Set by the endpoint before it cancels the request because the agent withdrew it
+        (``notifications/cancelled``, ending its session, or closing the stream where the protocol
+        makes that a cancellation), as opposed to a lost connection or a broker shutdown."""
+
+
 @dataclass(frozen=True, slots=True)
 class AgentContext:
     agent: str
@@ -88,9 +101,11 @@ class ApprovalGate(Protocol):
         arguments: dict[str, Any],
         decision: Decision,
         params: JsonObject,
-        notify: Notify,
+        request: AgentRequest,
     ) -> JsonObject:
-        """Returns the agent's CallToolResult (or a CreateTaskResult for task-augmented calls)."""
+        """Returns the agent's CallToolResult (or a CreateTaskResult for task-augmented calls).
+
+        A request the agent withdraws while it waits withdraws the approval too."""
         ...
 
     async def check(self, ctx: AgentContext, arguments: dict[str, Any]) -> JsonObject: ...
@@ -175,10 +190,10 @@ class Gateway:
     # -- dispatch -----------------------------------------------------------------------
 
     async def dispatch(
-        self, ctx: AgentContext, method: str, params: JsonObject | None, notify: Notify
+        self, ctx: AgentContext, method: str, params: JsonObject | None, request: AgentRequest
     ) -> JsonObject:
         if method == "tools/call":
-            result = await self._call_tool(ctx, params, notify)
+            result = await self._call_tool(ctx, params, request)
             if ctx.modern and "resultType" not in result:
                 result["resultType"] = "complete"
             return result
@@ -221,7 +236,9 @@ class Gateway:
             self._listing_cache[key] = listing
         return listing
 
-    async def _call_tool(self, ctx: AgentContext, params: JsonObject | None, notify: Notify) -> JsonObject:
+    async def _call_tool(
+        self, ctx: AgentContext, params: JsonObject | None, request: AgentRequest
+    ) -> JsonObject:
         if params is None:
             raise RpcError(INVALID_PARAMS, "tools/call needs params with a tool name")
         name = params.get("name")
@@ -259,10 +276,10 @@ class Gateway:
                     return _rate_limited_result(name, decision, decision_id, verdict.retry_after)
             if action is Action.REQUIRE_APPROVAL:
                 self.call_counts.require_approval += 1
-                return await self._hold(ctx, tool, arguments, decision, params, notify)
+                return await self._hold(ctx, tool, arguments, decision, params, request)
             self.call_counts.allow += 1
             self._record(decision, ctx, tool, arguments, None)
-            return await self._forward(ctx, tool, arguments, params, notify)
+            return await self._forward(ctx, tool, arguments, params, request.notify)
 
         if action is Action.HIDE:
             self.call_counts.hide += 1
@@ -278,7 +295,7 @@ class Gateway:
         arguments: dict[str, Any],
         decision: Decision,
         params: JsonObject,
-        notify: Notify,
+        request: AgentRequest,
     ) -> JsonObject:
         if self._approvals is None:
             # Fail closed: a call that needs a human never goes through because nobody is there to ask.
@@ -290,7 +307,7 @@ class Gateway:
                 decision_id,
             )
         self._record(decision, ctx, tool, arguments, "held")
-        return await self._approvals.hold(ctx, tool, arguments, decision, params, notify)
+        return await self._approvals.hold(ctx, tool, arguments, decision, params, request)
 
     async def _forward(
         self,

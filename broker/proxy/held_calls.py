@@ -24,11 +24,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
+
 from broker.approvals import Approval, ApprovalStatus, InvalidTransition, NewApproval, StoreUnavailable
+from broker.approvals.model import DELIVERABLE_STATUSES
 from broker.approvals.service import POLICY_ACTOR, ApprovalService, CallReleaser, ReleaseFailed
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
-from broker.proxy.gateway import AgentContext, Notify
+from broker.proxy.gateway import AgentContext, AgentRequest, Notify
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from broker.proxy.upstream.base import JsonObject, UpstreamError, UpstreamRpcError
 from broker.proxy.upstream.pool import UpstreamPool, UpstreamTool
@@ -102,7 +105,7 @@ class HeldCalls:
         arguments: dict[str, Any],
         decision: Decision,
         params: JsonObject,
-        notify: Notify,
+        request: AgentRequest,
     ) -> JsonObject:
         requirement = decision.approval
         timeout = requirement.timeout_seconds if requirement is not None else 300.0
@@ -127,7 +130,10 @@ class HeldCalls:
         except StoreUnavailable as exc:
             # Fail closed: a call that cannot be parked is not forwarded either.
             return _store_down_result(tool.exposed_name, str(exc))
-        if isinstance(task, dict) and approval.task_id is not None:
+        if isinstance(task, dict):
+            if approval.task_id is None:
+                # The same call was parked earlier without a task; this caller still gets one.
+                approval = await self._service.store.assign_task(approval.id, self._new_task_id())
             return {"task": self._task(approval)}
 
         meta = params.get("_meta")
@@ -138,10 +144,27 @@ class HeldCalls:
         else:
             budget = self._hold_budget
         try:
-            return await self._await_outcome(ctx, approval, budget, notify, progress_token)
+            return await self._await_outcome(ctx, approval, budget, request.notify, progress_token)
         except StoreUnavailable as exc:
             # The approval itself is safe in the store; the agent can come back for it.
             return _store_down_result(tool.exposed_name, f"{exc}; approval {approval.id} is kept")
+        except anyio.get_cancelled_exc_class():
+            if request.withdrawn:
+                with anyio.CancelScope(shield=True):
+                    await self._withdraw(ctx, approval)
+            raise
+
+    async def _withdraw(self, ctx: AgentContext, approval: Approval) -> None:
+        """The agent withdrew the call it was waiting on: nobody is left to receive an approved
+        result, so the approval must not be decided any more."""
+        try:
+            await self._service.cancel(approval.id, actor=ctx.agent, reason="the agent withdrew the call")
+        except InvalidTransition:
+            pass  # already decided: that outcome stands (an approved call is released regardless)
+        except StoreUnavailable:
+            logger.warning(
+                "approval %s: the agent withdrew the call, but the store is unreachable", approval.id
+            )
 
     async def _await_outcome(
         self, ctx: AgentContext, approval: Approval, budget: float, notify: Notify, progress_token: Any
@@ -168,7 +191,8 @@ class HeldCalls:
         return await self._deliver(ctx, approval)
 
     async def _deliver(self, ctx: AgentContext, approval: Approval) -> JsonObject:
-        await self._service.mark_delivered(approval, actor=ctx.agent)
+        if approval.status in DELIVERABLE_STATUSES:
+            await self._service.mark_delivered(approval, actor=ctx.agent)
         return outcome_result(approval)
 
     def _waiting_message(self, approval: Approval) -> str:

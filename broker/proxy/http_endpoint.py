@@ -27,7 +27,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from starlette.types import Message, Receive, Scope, Send
 
 from broker.proxy.change_feed import ChangeFeed
-from broker.proxy.gateway import AgentContext, Gateway
+from broker.proxy.gateway import AgentContext, AgentRequest, Gateway
 from broker.proxy.identity import Authenticator
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
@@ -331,7 +331,7 @@ class McpHttpEndpoint:
         elif method == "notifications/cancelled":
             request_id: Any = (params or {}).get("requestId")
             if valid_request_id(request_id):
-                session.cancel(request_id)
+                session.withdraw(request_id)
 
     async def _modern(
         self,
@@ -382,15 +382,18 @@ class McpHttpEndpoint:
         channel = ResponseChannel(
             send, accepts_sse=b"text/event-stream" in headers.get(b"accept", b""), extra_headers=extra_headers
         )
+        request = AgentRequest(channel.notify)
         response: dict[str, Any]
         status = 200
         scope = anyio.CancelScope()
         if session is not None:
-            session.in_flight[request_id] = scope
-        watch = _DisconnectWatch(receive, scope)
+            session.in_flight[request_id] = (scope, request)
+        # 2026-07-28: closing the response stream is how a client cancels. Before it, a dropped
+        # connection is not a cancellation: the client may come back for the result.
+        watch = _DisconnectWatch(receive, scope, request if context.modern else None)
         try:
             with scope:
-                result = await self._gateway.dispatch(context, method, params, channel.notify)
+                result = await self._gateway.dispatch(context, method, params, request)
             if scope.cancelled_caught:
                 response = error_message(request_id, RpcError(REQUEST_CANCELLED, "Request cancelled"))
             else:
@@ -508,7 +511,7 @@ class McpHttpEndpoint:
         if session_header is None or self._sessions.get(session_header.decode("latin-1"), agent) is None:
             await _reject(send, 404, INVALID_REQUEST, "Session not found")
             return
-        self._sessions.close(session_header.decode("latin-1"))
+        self._sessions.close(session_header.decode("latin-1"), withdraw=True)
         await _respond(send, 200, None, [])
 
 
@@ -540,11 +543,12 @@ async def _next_or_timeout(
 class _DisconnectWatch:
     """Cancels a request whose client hung up, but only starts watching once the call turns out slow."""
 
-    __slots__ = ("_receive", "_scope", "_task", "_timer", "disconnected")
+    __slots__ = ("_receive", "_request", "_scope", "_task", "_timer", "disconnected")
 
-    def __init__(self, receive: Receive, scope: anyio.CancelScope) -> None:
+    def __init__(self, receive: Receive, scope: anyio.CancelScope, withdraws: AgentRequest | None) -> None:
         self._receive = receive
         self._scope = scope
+        self._request = withdraws
         self._task: asyncio.Task[None] | None = None
         self.disconnected = False
         self._timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY, self._start)
@@ -556,6 +560,8 @@ class _DisconnectWatch:
         message: Message = await self._receive()
         if message["type"] == "http.disconnect":
             self.disconnected = True
+            if self._request is not None:
+                self._request.withdrawn = True
             self._scope.cancel()
 
     def stop(self) -> None:

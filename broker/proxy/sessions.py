@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from broker.proxy.gateway import AgentContext
+from broker.proxy.gateway import AgentContext, AgentRequest
 from broker.proxy.jsonrpc import RequestId
 
 
@@ -21,17 +21,22 @@ class AgentSession:
     last_seen: float
     initialized: bool = False
     listening: bool = False
-    in_flight: dict[RequestId, anyio.CancelScope] = field(default_factory=dict)
+    in_flight: dict[RequestId, tuple[anyio.CancelScope, AgentRequest]] = field(default_factory=dict)
 
-    def cancel(self, request_id: RequestId) -> bool:
-        scope = self.in_flight.get(request_id)
-        if scope is None:
+    def withdraw(self, request_id: RequestId) -> bool:
+        """The agent cancelled one of its requests (``notifications/cancelled``)."""
+        entry = self.in_flight.get(request_id)
+        if entry is None:
             return False
+        scope, request = entry
+        request.withdrawn = True
         scope.cancel()
         return True
 
-    def close(self) -> None:
-        for scope in self.in_flight.values():
+    def close(self, *, withdraw: bool) -> None:
+        """Ends every request in flight; `withdraw` when the agent itself ended the session."""
+        for scope, request in self.in_flight.values():
+            request.withdrawn = request.withdrawn or withdraw
             scope.cancel()
         self.in_flight.clear()
 
@@ -76,10 +81,10 @@ class SessionRegistry:
         session.last_seen = self._clock()
         return session
 
-    def close(self, session_id: str) -> None:
+    def close(self, session_id: str, *, withdraw: bool = False) -> None:
         session = self._sessions.pop(session_id, None)
         if session is not None:
-            session.close()
+            session.close(withdraw=withdraw)
 
     def reap_idle(self) -> int:
         horizon = self._clock() - self._idle_timeout

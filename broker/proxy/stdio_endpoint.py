@@ -17,7 +17,7 @@ from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from broker.proxy.change_feed import ChangeFeed
-from broker.proxy.gateway import AgentContext, Gateway
+from broker.proxy.gateway import AgentContext, AgentRequest, Gateway
 from broker.proxy.http_endpoint import PROTOCOL_VERSION_META_KEY
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
@@ -151,7 +151,7 @@ class StdioEndpoint:
         with anyio.CancelScope() as scope:
             self._in_flight[request_id] = scope
             try:
-                return await self._gateway.dispatch(context, method, params, notify)
+                return await self._gateway.dispatch(context, method, params, AgentRequest(notify))
             finally:
                 self._in_flight.pop(request_id, None)
         return None

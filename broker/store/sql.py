@@ -304,6 +304,23 @@ class SqlApprovalStore:
                 raise InvalidTransition(current, expected=DELIVERABLE_STATUSES)
             return False
 
+    async def assign_task(self, approval_id: str, task_id: str) -> Approval:
+        async with self._writing("assign task") as conn:
+            await _ensure_task_free(conn, task_id, approval_id)
+            statement = (
+                update(approvals)
+                .where(approvals.c.id == approval_id, approvals.c.task_id.is_(None))
+                .values(task_id=task_id, version=approvals.c.version + 1)
+                .returning(*approvals.c)
+            )
+            row = (await conn.execute(statement)).mappings().first()
+            if row is not None:
+                return _approval_from_row(row)
+            current = await _fetch(conn, approval_id)
+            if current is None:
+                raise ApprovalNotFound(approval_id)
+            return current
+
     # -- audit ---------------------------------------------------------------------------------
 
     async def append_audit(self, event: AuditEvent) -> None:

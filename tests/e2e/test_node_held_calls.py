@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from broker.approvals import ApprovalStatus
 from tests.e2e.harness import AGENT_KEYS, exchange_server, make_settings, running_broker
 from tests.e2e.test_approvals_flow import BIG_ORDER, POLICY, text_of, watch
 from tests.e2e.test_node_peers import Step, pytestmark, run_node_client
@@ -55,9 +57,8 @@ async def test_progress_keeps_a_typescript_client_waiting_past_its_timeout(tmp_p
     assert "Waiting for human approval" in call["progress"][0].get("message", "")
 
 
-async def test_without_progress_resets_the_typescript_client_times_out_and_can_come_back(
-    tmp_path: Path,
-) -> None:
+async def test_a_typescript_client_that_times_out_withdraws_its_call(tmp_path: Path) -> None:
+    # The client's timeout sends notifications/cancelled: nobody would receive an approved result.
     steps: list[Step] = [
         {
             "op": "call_tool",
@@ -65,15 +66,41 @@ async def test_without_progress_resets_the_typescript_client_times_out_and_can_c
             "arguments": BIG_ORDER,
             "timeoutMs": 1000,
             "progress": True,
-        },
-        {"op": "call_tool", "name": "place_order", "arguments": BIG_ORDER, "timeoutMs": 20000},
+        }
     ]
     async with running_broker(make_settings(tmp_path, POLICY, exchange_server())) as running:
+        feed = watch(running)
         with anyio.fail_after(40):
-            timed_out, came_back = await run_while_approving(running, steps, approve_after=2.0)
-            # The client gave up, but the approval is still pending for the human: nothing was lost.
+            [timed_out] = await run_node_client(f"{running.url}/mcp", steps, api_key=AGENT_KEYS["trader"])
+            approval = await feed.opened.receive()
+            withdrawn = await running.broker.approvals.wait(approval.id, 10)
     assert not timed_out["ok"] and timed_out["error"]["code"] == -32001
-    assert came_back["ok"] and came_back["result"]["structuredContent"]["quantity"] == 10
+    assert withdrawn.status is ApprovalStatus.CANCELLED and withdrawn.decided_via == "agent"
+
+
+async def test_with_a_hold_budget_under_its_timeout_the_typescript_client_comes_back_for_the_result(
+    tmp_path: Path,
+) -> None:
+    call: list[Step] = [{"op": "call_tool", "name": "place_order", "arguments": BIG_ORDER, "timeoutMs": 5000}]
+    settings = make_settings(tmp_path, POLICY, exchange_server())
+    settings = replace(settings, approvals=replace(settings.approvals, hold_budget=0.5))
+    async with running_broker(settings) as running:
+        feed = watch(running)
+        url, key = f"{running.url}/mcp", AGENT_KEYS["trader"]
+        with anyio.fail_after(40):
+            [pending] = await run_node_client(url, call, api_key=key)
+            approval = await feed.opened.receive()
+            async with running.approver("alice") as alice:
+                assert (await alice.post(f"/api/approvals/{approval.id}/approve")).status_code == 200
+            # Another client process, another session: the identical call collects the result.
+            [came_back] = await run_node_client(url, call, api_key=key)
+    assert pending["ok"] and pending["result"]["isError"]
+    assert text_of_result(pending["result"]).startswith("Pending human approval")
+    assert came_back["ok"] and came_back["result"]["structuredContent"]["quantity"] == 10, came_back
+
+
+def text_of_result(result: dict[str, Any]) -> str:
+    return " ".join(block.get("text", "") for block in result["content"])
 
 
 async def test_the_typescript_client_awaits_a_held_call_as_a_task(tmp_path: Path) -> None:
