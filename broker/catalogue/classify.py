@@ -1,32 +1,47 @@
 """Guess what an MCP tool does from its definition: category, risk, and the reasons why.
 
-Evidence, strongest first:
+Evidence:
 
-1. The tool name, split into words (``binance_us_cust_cancelOrder`` -> binance, us, cust,
+1. The MCP annotations (``readOnlyHint``, ``destructiveHint``, ``idempotentHint``,
+   ``openWorldHint``), read as one claim about the tool. They come first, but they come from
+   a server we do not trust, so they are used asymmetrically (see below).
+2. The tool name, split into words (``binance_us_cust_cancelOrder`` -> binance, us, cust,
    cancel, order). Vendor prefixes need no special handling: words that mean nothing to the
    tables in `broker.catalogue.vocabulary` are simply not evidence.
-2. Phrases in the description and title ("irreversible", "transfers funds").
-3. Input schema property names (``amount`` with ``recipient``, ``private_key``, ``command``).
+3. The description and title: telling phrases anywhere ("irreversible", "transfers funds"),
+   unless negated ("never places an order"), and the opening words when they open with an
+   action ("Places a market sell order ...").
+4. Input schema property names (``amount`` with ``recipient``, ``private_key``, ``command``).
 
 Tool names are verb first, and many words are verbs and nouns at once (swap, transfer,
-order, mark, close). A name therefore reads as a *query* when its first telling word is a
-read word (``get_swap_quote``), or when it opens with a word that may be a noun and ends
-with a read word (``transfer_history``), and in both cases every other telling word may
-be a noun: ``get_or_create_user`` is not a query, ``get_order_updates`` is (plurals are nouns).
-A query stays read-only/low whatever money words it mentions, except for words that are
-dangerous even to read: secrets (``get_api_key``) and code execution. The riskiest remaining finding decides; equal risks go to the category a
-reviewer most needs to see. A write on a trading venue or about orders or funds becomes
-financial/high; a destructive action on orders or funds becomes critical. A name with no
-telling word falls back to the first words of the description, and failing that the tool
-is treated as write/medium: unknown effects are not assumed harmless.
+order, mark, close). A name is split into clauses at ``and``/``or``/``then``
+(``quote_and_swap`` is two actions). A clause reads as a *query* when it opens with a read
+verb (``get_swap_quote``), or when it opens with a noun and ends with a read word
+(``transfer_history``, ``market_data``), and in both cases every other telling word may be
+a noun: ``get_or_create_user`` is not a query, ``get_order_updates`` is (plurals are
+nouns). A read *noun* in front does not make a query: in ``market_sell`` and
+``balance_transfer`` the last word is the action. A name is a query only when no clause
+acts.
 
-Annotations are hints from a server we do not trust, so they are used asymmetrically:
-``destructiveHint: true`` and ``readOnlyHint: false`` only ever raise the risk and are
-always believed. ``readOnlyHint: true`` lowers a tool to read_only/low only when the name,
-description and arguments at most weakly suggest a write (write/medium); when they say
-destructive, financial, code, credentials or messaging, or anything high-risk, the hint is
-ignored and the reasons say so. A lying server can therefore make a tool look riskier, but
-never make ``aave_withdraw`` look safe.
+In a query, money words in the name are nouns (``get_withdraw_fee``), and arguments that
+only say money is involved (``amount``, ``quantity``) are noted but do not count when a read
+verb leads the name (``get_swap_quote(amount)`` quotes, it does not swap). Everything else
+counts: secrets and code execution, telling description phrases and an action-led
+description opening, and every argument of a name that is not led by a read verb. The
+riskiest finding decides; equal risks go to the category a reviewer most needs to see. A
+write on a trading venue or about orders or funds becomes financial/high; a destructive
+action on orders or funds becomes critical. A name with no telling word falls back to the
+first words of the description, and failing that the tool is treated as write/medium:
+unknown effects are not assumed harmless.
+
+Annotations may raise the rating freely: ``destructiveHint: true`` claims destructive/high,
+``readOnlyHint: false`` claims write/medium, or external_communication/high when
+``openWorldHint: true`` says the writes reach outside systems. They may lower it only when
+the other evidence is weak (at most write/medium): ``readOnlyHint: true`` on ``aave_withdraw``
+is overridden, on ``refresh_cache`` it is accepted. ``idempotentHint`` never changes the
+rating (one call does its harm however often it is repeated) but is reported. Every
+classification's reasons say which annotations were used, agreed, were overridden, or that
+there were none.
 """
 
 from __future__ import annotations
@@ -64,6 +79,14 @@ MAX_NAME_LENGTH: Final = 512
 MAX_DESCRIPTION_CHARS: Final = 4096
 
 _WEAK_EVIDENCE: Final = frozenset({Category.READ_ONLY, Category.WRITE})
+ANNOTATION_HINTS: Final = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
+# Words that join two actions in one name: "quote_and_swap" swaps.
+_CONJUNCTIONS: Final = frozenset({"and", "or", "then"})
+# "Never places an order", "without sending funds": a telling phrase right after one of these is denied.
+_NEGATIONS: Final = frozenset(
+    {"no", "not", "never", "without", "nor", "doesn", "don", "isn", "won", "cannot"}
+)
+_NEGATION_REACH: Final = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +94,42 @@ class _Finding:
     category: Category
     risk: Risk
     reason: str
-    overrides_read: bool = False
+    # Where in the words the finding was made, and what its signal needed: the description's
+    # opening counts only its verb and the objects that verb makes telling ("places ... order").
+    position: int | None = None
+    needs: frozenset[str] = frozenset()
 
     @property
     def weight(self) -> tuple[int, int]:
         return self.risk.rank, self.category.precedence
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What the annotations say; `category` is None when they do not say what the tool does."""
+
+    category: Category | None
+    risk: Risk
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Clause:
+    findings: list[_Finding]
+    query: bool
+    led_by_read_verb: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """What a run of identifier-like words says: its findings, whether it reads as a query,
+    whether a read verb leads that query, and, when the words open with an action, the
+    findings about that action: the opening verb and the objects it makes telling."""
+
+    findings: list[_Finding]
+    query: bool
+    led_by_read_verb: bool
+    opening: list[_Finding]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +148,29 @@ def _index(signals: Sequence[Signal]) -> dict[str, tuple[Signal, ...]]:
 
 
 _NAME_INDEX: Final = _index(NAME_SIGNALS)
+# Words that start a two-word term ("api" of "api_key"): only after these is the pair looked up.
+_PAIR_STARTS: Final = frozenset(term.split("_", 1)[0] for term in _NAME_INDEX if "_" in term)
+
+
+def _opening_bounds() -> dict[str, tuple[int, int]]:
+    """For each word that can open an action: the weightiest finding it or its objects can make."""
+    bounds: dict[str, tuple[int, int]] = {}
+    for signal in NAME_SIGNALS:
+        if signal.category is Category.READ_ONLY:
+            continue
+        weight = (signal.risk.rank, signal.category.precedence)
+        for term in signal.terms:
+            bounds[term] = max(bounds.get(term, weight), weight)
+    for signal in NAME_SIGNALS:
+        if signal.category is Category.READ_ONLY:
+            continue
+        weight = (signal.risk.rank, signal.category.precedence)
+        for term in signal.needs & bounds.keys():
+            bounds[term] = max(bounds[term], weight)
+    return bounds
+
+
+_OPENING_BOUNDS: Final = _opening_bounds()
 # "get_order_updates": the plural of a verb names things, so it does not stop a name reading as a query.
 _PLURAL_TERMS: Final = frozenset(
     plural_of(term) for signal in NAME_SIGNALS for term in signal.terms if plural_of(term) in signal.terms
@@ -119,11 +196,22 @@ def _terms(tokens: Sequence[str]) -> set[str]:
     return terms
 
 
+def _leading_terms(tokens: Sequence[str]) -> list[str]:
+    return [tokens[0], f"{tokens[0]}_{tokens[1]}"] if len(tokens) > 1 else [tokens[0]]
+
+
+def _opening_bound(tokens: Sequence[str]) -> tuple[int, int] | None:
+    """The weightiest finding an opening with these first words could add, if any: most
+    descriptions open with a read verb or a noun, and then the opening is not read at all."""
+    bounds = [_OPENING_BOUNDS[term] for term in _leading_terms(tokens) if term in _OPENING_BOUNDS]
+    return max(bounds) if bounds else None
+
+
 def _quoted(term: str) -> str:
     return f"'{term}'"
 
 
-def _describe_term(match: _Match, present: set[str]) -> str:
+def _describe_term(match: _Match, present: set[str] | frozenset[str]) -> str:
     helper = sorted(match.signal.needs & present)
     return f"{_quoted(match.term)} (with {_quoted(helper[0])})" if helper else _quoted(match.term)
 
@@ -165,12 +253,35 @@ class _Classifier:
         self.annotations = self._annotations(definition.get("annotations"))
 
     def classify(self) -> ToolClassification:
-        findings, read_intent = self._name_findings(self.name_words, "name token")
-        if not findings and self.description:
-            lead = words(_SENTENCE_END.split(self.description, maxsplit=1)[0])[:DESCRIPTION_LEAD_WORDS]
-            findings, read_intent = self._name_findings(lead, "description word")
-        findings += self._description_findings(read_intent)
-        findings += self._argument_findings(read_intent)
+        findings, noted = self._evidence()
+        ordered = sorted(findings, key=lambda finding: finding.weight, reverse=True)
+        category, risk = ordered[0].category, ordered[0].risk
+        reasons = _unique([*(finding.reason for finding in ordered), *noted])
+        category, risk, reasons = self._escalate(category, risk, reasons)
+        category, risk, reasons, annotation_reason = self._apply_annotations(category, risk, reasons)
+        category, risk, reasons = self._escalate(category, risk, reasons)
+        kept = _unique([*reasons, *self.notes])
+        if annotation_reason not in kept[:MAX_REASONS]:
+            kept = [*kept[: MAX_REASONS - 1], annotation_reason]
+        return ToolClassification(self.server, self.name, category, risk, tuple(kept[:MAX_REASONS]))
+
+    # -- evidence ---------------------------------------------------------------------------
+
+    def _evidence(self) -> tuple[list[_Finding], list[str]]:
+        """Findings that count, and reasons that were weighed but do not count."""
+        reading = self._read(self.name_words, "name token")
+        lead = words(_SENTENCE_END.split(self.description, maxsplit=1)[0])[:DESCRIPTION_LEAD_WORDS]
+        findings = list(reading.findings)
+        if not findings and lead:
+            reading = self._read(lead, "description word")
+            findings = list(reading.findings)
+        elif lead:
+            bound = _opening_bound(lead)
+            if bound is not None and bound > max(finding.weight for finding in findings):
+                findings += self._read(lead, "description word").opening
+        findings += self._description_findings()
+        counted, noted = self._argument_findings(read_verb_query=reading.query and reading.led_by_read_verb)
+        findings += counted
         if not findings:
             findings.append(
                 _Finding(
@@ -180,99 +291,130 @@ class _Classifier:
                     "state-changing",
                 )
             )
-        ordered = sorted(findings, key=lambda finding: finding.weight, reverse=True)
-        category, risk = ordered[0].category, ordered[0].risk
-        reasons = _unique(finding.reason for finding in ordered)
+        return findings, noted
 
-        category, risk, reasons = self._apply_annotations(category, risk, reasons)
-        category, risk, reasons = self._escalate(category, risk, reasons)
-        return ToolClassification(
-            self.server, self.name, category, risk, tuple(_unique([*reasons, *self.notes])[:MAX_REASONS])
-        )
+    def _read(self, tokens: Sequence[str], label: str) -> _Reading:
+        """Identifier-like words, clause by clause: a name is a query only when no clause acts."""
+        findings: list[_Finding] = []
+        queries: list[bool] = []
+        acts = False
+        # The name's own words are already in the context; a description's are not.
+        present = self.context if tokens is self.name_words else _terms(tokens) | self.context
+        ends = [len(tokens)]
+        if not _CONJUNCTIONS.isdisjoint(tokens):
+            ends = [*(i for i, token in enumerate(tokens) if token in _CONJUNCTIONS), len(tokens)]
+        start = 0
+        for end in ends:
+            clause = _Clause(*self._clause_findings(tokens[start:end], label, present, offset=start))
+            start = end + 1
+            if not clause.findings:
+                continue
+            findings += clause.findings
+            if clause.query:
+                queries.append(clause.led_by_read_verb)
+            else:
+                acts = True
+        if acts:
+            findings = [finding for finding in findings if finding.category is not Category.READ_ONLY]
+        query = bool(queries) and not acts
+        opening: list[_Finding] = []
+        if acts and any(finding.position == 0 for finding in findings):
+            leading = _leading_terms(tokens)
+            opening = [
+                finding
+                for finding in findings
+                if finding.position == 0 or not finding.needs.isdisjoint(leading)
+            ]
+        return _Reading(findings, query, query and any(queries), opening)
 
-    # -- evidence ---------------------------------------------------------------------------
-
-    def _name_findings(self, tokens: Sequence[str], label: str) -> tuple[list[_Finding], bool]:
-        """Findings from identifier-like words, and whether those words read as a query."""
-        terms = _terms(tokens)
-        present = terms | self.context
+    def _clause_findings(
+        self, tokens: Sequence[str], label: str, present: set[str] | frozenset[str], *, offset: int
+    ) -> tuple[list[_Finding], bool, bool]:
+        """Findings from one clause, whether it reads as a query, and whether a read verb leads it."""
         matches: list[_Match] = []
         for position, token in enumerate(tokens):
-            candidates = [token]
-            if position + 1 < len(tokens):
-                candidates.append(f"{token}_{tokens[position + 1]}")
-            for term in candidates:
-                for signal in _NAME_INDEX.get(term, ()):
+            for signal in _NAME_INDEX.get(token, ()):
+                if self._fires(signal, present):
+                    matches.append(_Match(token, position, signal))
+            if token in _PAIR_STARTS and position + 1 < len(tokens):
+                pair = f"{token}_{tokens[position + 1]}"
+                for signal in _NAME_INDEX.get(pair, ()):
                     if self._fires(signal, present):
-                        matches.append(_Match(term, position, signal))
+                        matches.append(_Match(pair, position, signal))
         if not matches:
-            return [], False
-        acting = [match for match in matches if match.signal.category is not Category.READ_ONLY]
-        nouns = {id(match) for match in matches if match.signal.also_a_noun or match.term in _PLURAL_TERMS}
-        first = min(matches, key=lambda match: match.position)
-        last = max(matches, key=lambda match: match.position)
-        first_reads = any(
-            match.signal.category is Category.READ_ONLY
-            for match in matches
-            if match.position == first.position
-        )
-        last_reads = any(
-            match.signal.category is Category.READ_ONLY
-            for match in matches
-            if match.position == last.position
-        )
-        first_is_noun = all(
-            id(match) in nouns or match.signal.category is Category.READ_ONLY
-            for match in matches
-            if match.position == first.position
-        )
-        read_intent = (first_reads or (first_is_noun and last_reads)) and all(
-            id(match) in nouns or match.signal.overrides_read for match in acting
-        )
+            return [], False, False
+        first = matches[0].position
+        last = matches[-1].position
+        acting = False
+        led_by_read_verb = last_reads = False
+        first_is_noun = every_action_may_be_a_noun = True
+        for match in matches:
+            signal = match.signal
+            reads = signal.category is Category.READ_ONLY
+            noun = signal.also_a_noun or match.term in _PLURAL_TERMS
+            if not reads:
+                acting = True
+                every_action_may_be_a_noun = every_action_may_be_a_noun and (noun or signal.overrides_read)
+            if match.position == first:
+                # A read noun in front ("market_sell") names what is acted on; only a read verb
+                # makes a query.
+                led_by_read_verb = led_by_read_verb or (reads and not signal.also_a_noun)
+                first_is_noun = first_is_noun and (noun or reads)
+            if match.position == last:
+                last_reads = last_reads or reads
+        query = (led_by_read_verb or (first_is_noun and last_reads)) and every_action_may_be_a_noun
         findings: list[_Finding] = []
         for match in matches:
             signal = match.signal
-            if read_intent and signal.category is not Category.READ_ONLY and not signal.overrides_read:
+            if query and signal.category is not Category.READ_ONLY and not signal.overrides_read:
                 continue
-            if not read_intent and signal.category is Category.READ_ONLY and acting:
+            if not query and signal.category is Category.READ_ONLY and acting:
                 continue
             findings.append(
                 _Finding(
                     signal.category,
                     signal.risk,
                     f"{label} {_describe_term(match, present)} {signal.meaning}",
-                    signal.overrides_read,
+                    match.position + offset,
+                    signal.needs,
                 )
             )
-        return findings, read_intent
+        return findings, query, query and led_by_read_verb
 
-    def _fires(self, signal: Signal, present: set[str]) -> bool:
+    def _fires(self, signal: Signal, present: set[str] | frozenset[str]) -> bool:
         if signal.needs and signal.needs.isdisjoint(present):
             return False
         return not (signal.unless and not signal.unless.isdisjoint(present))
 
-    def _description_findings(self, read_intent: bool) -> list[_Finding]:
+    def _description_findings(self) -> list[_Finding]:
         findings = []
-        for phrase in dict.fromkeys(_PHRASES.findall(self.description)):
-            signal = _PHRASE_SIGNAL[phrase]
-            if read_intent and not signal.overrides_read:
+        seen: set[str] = set()
+        for found in _PHRASES.finditer(self.description):
+            phrase = found.group(0)
+            if phrase in seen:
                 continue
+            signal = _PHRASE_SIGNAL[phrase]
+            before = words(self.description[max(0, found.start() - _NEGATION_REACH) : found.start()])
+            negation = next((word for word in reversed(before[-3:]) if word in _NEGATIONS), None)
+            if negation is not None:
+                self.notes.append(f"description mentions '{phrase}' after '{negation}'; read as a negation")
+                continue
+            seen.add(phrase)
             findings.append(
                 _Finding(signal.category, signal.risk, f"description mentions '{phrase}', {signal.meaning}")
             )
         return findings
 
-    def _argument_findings(self, read_intent: bool) -> list[_Finding]:
+    def _argument_findings(self, *, read_verb_query: bool) -> tuple[list[_Finding], list[str]]:
         whole = set(self.argument_names)
         parts: set[str] = set()
         for argument in self.argument_names:
             parts |= _terms(argument.split("_"))
         findings = []
+        noted = []
         for argument in sorted(whole | parts):
             for signal in _ARGUMENT_INDEX.get(argument, ()):
                 if signal.whole_name and argument not in whole:
-                    continue
-                if read_intent and not signal.overrides_read:
                     continue
                 # Needs name whole arguments: 'to' or 'recipient', not the 'address' in 'token_address'.
                 if not self._fires(signal, whole):
@@ -281,54 +423,76 @@ class _Classifier:
                 subject = f"argument {_quoted(argument)}" + (
                     f" (with {_quoted(helper[0])})" if helper else ""
                 )
+                if read_verb_query and not signal.overrides_read:
+                    noted.append(
+                        f"{subject} {signal.meaning}, but a read verb leads the name: a query about "
+                        "money (noted, not counted)"
+                    )
+                    continue
                 findings.append(_Finding(signal.category, signal.risk, f"{subject} {signal.meaning}"))
-        return findings
+        return findings, noted
 
     # -- annotations and escalation ---------------------------------------------------------
 
+    def _annotation_claim(self, evidence: Category) -> _Claim | None:
+        """What the four hints together say the tool is, or None when the server gave none."""
+        hints = self.annotations
+        if not hints:
+            return None
+        read_only = hints.get("readOnlyHint")
+        destructive = hints.get("destructiveHint")
+        open_world = hints.get("openWorldHint")
+        said = ", ".join(f"{key}={str(value).lower()}" for key, value in hints.items())
+        if destructive is True:
+            if read_only is True:
+                return _Claim(
+                    Category.DESTRUCTIVE,
+                    Risk.HIGH,
+                    f"annotations ({said}) contradict each other; the riskier, destructive, is believed",
+                )
+            return _Claim(Category.DESTRUCTIVE, Risk.HIGH, f"annotations ({said}) say it may destroy data")
+        writes = read_only is False or (read_only is None and evidence is not Category.READ_ONLY)
+        if writes and open_world is True:
+            return _Claim(
+                Category.EXTERNAL_COMMUNICATION,
+                Risk.HIGH,
+                f"annotations ({said}) say it changes state in an open world of outside systems",
+            )
+        if read_only is False:
+            return _Claim(Category.WRITE, Risk.MEDIUM, f"annotations ({said}) say it changes state")
+        if read_only is True:
+            where = "; it reads from outside systems" if open_world is True else ""
+            return _Claim(Category.READ_ONLY, Risk.LOW, f"annotations ({said}) say it only reads{where}")
+        return _Claim(None, Risk.LOW, f"annotations ({said}) do not say whether it reads, writes or destroys")
+
     def _apply_annotations(
         self, category: Category, risk: Risk, reasons: list[str]
-    ) -> tuple[Category, Risk, list[str]]:
-        destructive = self.annotations.get("destructiveHint")
-        read_only = self.annotations.get("readOnlyHint")
-        if destructive is True:
-            if category in _WEAK_EVIDENCE:
-                return (
-                    Category.DESTRUCTIVE,
-                    max(risk, Risk.HIGH),
-                    ["annotation destructiveHint=true", *reasons],
-                )
-            return category, max(risk, Risk.HIGH), [*reasons, "annotation destructiveHint=true agrees"]
-        if read_only is False and category is Category.READ_ONLY:
-            return (
-                Category.WRITE,
-                Risk.MEDIUM,
-                ["annotation readOnlyHint=false: the server says it writes", *reasons],
-            )
-        if read_only is True:
-            if category is Category.READ_ONLY:
-                return category, risk, [*reasons, "annotation readOnlyHint=true agrees"]
-            if category is Category.WRITE and risk <= Risk.MEDIUM:
-                return (
-                    Category.READ_ONLY,
-                    Risk.LOW,
-                    [
-                        "annotation readOnlyHint=true accepted: name and description only weakly suggest a "
-                        "write",
-                        *reasons,
-                    ],
-                )
-            return (
-                category,
-                risk,
-                [
-                    *reasons[:1],
-                    "annotation readOnlyHint=true ignored: contradicted by name, description or arguments "
-                    "(annotations are untrusted hints)",
-                    *reasons[1:],
-                ],
-            )
-        return category, risk, reasons
+    ) -> tuple[Category, Risk, list[str], str]:
+        claim = self._annotation_claim(category)
+        if claim is None:
+            note = "no MCP annotations; classified from name, description and arguments"
+            return category, risk, [*reasons, note], note
+        said = claim.reason
+        if claim.category is None:
+            return category, risk, [*reasons, said], said
+        evidence = (risk.rank, category.precedence)
+        if (claim.risk.rank, claim.category.precedence) > evidence:
+            note = f"{said}: raises the rating from {category.value}/{risk.value}"
+            return claim.category, claim.risk, [note, *reasons], note
+        if (claim.category, claim.risk) == (category, risk):
+            note = f"{said}: agrees"
+            return category, risk, [*reasons[:1], note, *reasons[1:]], note
+        if claim.risk == risk:
+            note = f"{said}: agrees on {risk.value} risk; {category.value} is the more telling category"
+            return category, risk, [*reasons[:1], note, *reasons[1:]], note
+        if category in _WEAK_EVIDENCE and risk <= Risk.MEDIUM:
+            note = f"{said}: accepted, since name and description only weakly suggest {category.value}"
+            return claim.category, claim.risk, [note, *reasons], note
+        note = (
+            f"{said}: overridden, since name, description or arguments say {category.value}/{risk.value} "
+            "(annotations are untrusted hints and never lower strong evidence)"
+        )
+        return category, risk, [*reasons[:1], note, *reasons[1:]], note
 
     def _escalate(
         self, category: Category, risk: Risk, reasons: list[str]
@@ -381,7 +545,7 @@ class _Classifier:
             self.notes.append("annotations are not an object and were ignored")
             return {}
         hints: dict[str, bool] = {}
-        for key in ("readOnlyHint", "destructiveHint"):
+        for key in ANNOTATION_HINTS:
             value = annotations.get(key)
             if isinstance(value, bool):
                 hints[key] = value
@@ -397,9 +561,14 @@ def _collect_properties(schema: Mapping[str, Any], names: list[str], *, depth: i
     for key, child in properties.items():
         if not isinstance(key, str):
             continue
-        names.append("_".join(words(key)))
+        names.append(_argument_name(key))
         if depth + 1 < MAX_SCHEMA_DEPTH and isinstance(child, Mapping):
             _collect_properties(child, names, depth=depth + 1)
+
+
+@lru_cache(maxsize=4096)
+def _argument_name(key: str) -> str:
+    return "_".join(words(key))
 
 
 def _unique(reasons: Iterable[str]) -> list[str]:

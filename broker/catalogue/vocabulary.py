@@ -90,9 +90,9 @@ SENDABLE_MONEY = _plurals(
 # Converting these is a trade, not arithmetic.
 _CONVERTIBLE = TRADING_VENUES | MONEY_OBJECTS | _plurals("dust coin token crypto asset balance")
 
-ORDER_VERBS = _exact(
-    "place create submit post new open modify amend edit update replace execute send add set make"
-)
+ORDER_VERBS = _plurals(
+    "place create submit post open modify amend edit update replace execute send add set make"
+) | _exact("new")
 
 READ_VERBS = _plurals(
     "get list fetch read query search find lookup look describe show view check estimate quote simulate "
@@ -114,6 +114,11 @@ _SECRETS = _plurals(
     "mnemonic seed_phrase seedphrase recovery_phrase credential access_token auth_token refresh_token "
     "bearer_token session_token keystore keypair key_pair access_key signing_key totp"
 )
+# Servers keep API keys and database passwords in their environment; not bare "environment",
+# which usually means staging or production.
+_ENVIRONMENT = _exact(
+    "env envs environ dotenv envvar envvars env_var env_vars environment_variable environment_variables"
+)
 # Managing a secret without seeing it: listing labels, reading its permissions, revoking it.
 _SECRET_MANAGEMENT = _plurals("delete remove revoke list permission scope restriction label") | _exact(
     "disable"
@@ -134,6 +139,13 @@ NAME_SIGNALS: tuple[Signal, ...] = (
         Risk.HIGH,
         "suggests managing credentials without revealing them",
         needs=_SECRET_MANAGEMENT,
+        overrides_read=True,
+    ),
+    Signal(
+        _ENVIRONMENT,
+        Category.CREDENTIALS,
+        Risk.CRITICAL,
+        "suggests reading or changing environment variables, where servers keep their credentials",
         overrides_read=True,
     ),
     Signal(
@@ -174,6 +186,13 @@ NAME_SIGNALS: tuple[Signal, ...] = (
         Category.FINANCIAL,
         Risk.CRITICAL,
         "suggests moving money",
+    ),
+    Signal(
+        _exact("drain drains"),
+        Category.FINANCIAL,
+        Risk.CRITICAL,
+        "suggests emptying an account or wallet of its funds",
+        needs=DESTRUCTIVE_MONEY_OBJECTS | SENDABLE_MONEY | TRADING_VENUES | _plurals("balance pool"),
     ),
     Signal(
         _exact("sign signs"),
@@ -277,6 +296,19 @@ NAME_SIGNALS: tuple[Signal, ...] = (
         Category.DESTRUCTIVE,
         Risk.HIGH,
         "suggests a destructive action",
+    ),
+    Signal(
+        _exact("drain drains nuke nukes"),
+        Category.DESTRUCTIVE,
+        Risk.HIGH,
+        "suggests emptying or destroying something",
+    ),
+    Signal(
+        _exact("format formats reformat reformats"),
+        Category.DESTRUCTIVE,
+        Risk.HIGH,
+        "suggests erasing a disk or volume",
+        needs=_plurals("disk drive volume partition device filesystem fs storage ssd hdd usb"),
     ),
     Signal(
         _plurals("close"),

@@ -119,14 +119,20 @@ def test_a_lying_read_only_hint_does_not_make_a_withdrawal_safe() -> None:
 
     assert (result.category, result.risk) == (Category.FINANCIAL, Risk.CRITICAL)
     assert result.reasons[0] == "name token 'withdraw' suggests moving money"
-    assert any("readOnlyHint=true ignored" in reason and "untrusted" in reason for reason in result.reasons)
+    assert result.reasons[1] == (
+        "annotations (readOnlyHint=true) say it only reads: overridden, since name, description or "
+        "arguments say financial/critical (annotations are untrusted hints and never lower strong evidence)"
+    )
 
 
 def test_a_read_only_hint_is_believed_when_the_name_only_weakly_suggests_a_write() -> None:
     result = classify_tool(tool("refresh_cache", annotations={"readOnlyHint": True}), "notes")
 
     assert (result.category, result.risk) == (Category.READ_ONLY, Risk.LOW)
-    assert result.reasons[0].startswith("annotation readOnlyHint=true accepted")
+    assert result.reasons[0] == (
+        "annotations (readOnlyHint=true) say it only reads: accepted, since name and description only "
+        "weakly suggest write"
+    )
 
 
 def test_hints_that_raise_risk_are_always_believed() -> None:
@@ -134,15 +140,18 @@ def test_hints_that_raise_risk_are_always_believed() -> None:
     writes = classify_tool(tool("get_report", annotations={"readOnlyHint": False}), "notes")
 
     assert (destructive.category, destructive.risk) == (Category.DESTRUCTIVE, Risk.HIGH)
-    assert destructive.reasons[0] == "annotation destructiveHint=true"
+    assert destructive.reasons[0] == (
+        "annotations (destructiveHint=true) say it may destroy data: raises the rating from read_only/low"
+    )
     assert (writes.category, writes.risk) == (Category.WRITE, Risk.MEDIUM)
+    assert writes.reasons[0].startswith("annotations (readOnlyHint=false) say it changes state: raises")
 
 
 def test_an_honest_read_only_hint_is_noted() -> None:
     result = classify_tool(tool("get_ticker", annotations={"readOnlyHint": True}), "exchange")
 
     assert result.risk is Risk.LOW
-    assert "annotation readOnlyHint=true agrees" in result.reasons
+    assert "annotations (readOnlyHint=true) say it only reads: agrees" in result.reasons
 
 
 def test_an_irreversible_description_is_destructive_and_critical_when_it_moves_money() -> None:
@@ -286,3 +295,179 @@ def test_classifying_two_thousand_tools_is_fast() -> None:
         timings.append(time.perf_counter() - started)
 
     assert min(timings) < 0.1, f"best of three: {min(timings) * 1000:.1f} ms for 2,000 tools"
+
+
+MARKET_SELL_DESCRIPTION = "Places a market sell order for the given symbol and quantity."
+
+
+ACTIONS_AFTER_A_READ_NOUN = [
+    ("market_buy", Category.FINANCIAL, Risk.HIGH),
+    ("market_sell", Category.FINANCIAL, Risk.HIGH),
+    ("spot_market_buy", Category.FINANCIAL, Risk.HIGH),
+    ("binance_market_sell", Category.FINANCIAL, Risk.HIGH),
+    ("balance_transfer", Category.FINANCIAL, Risk.CRITICAL),
+    ("quote_and_swap", Category.FINANCIAL, Risk.CRITICAL),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "category", "risk"),
+    [
+        *ACTIONS_AFTER_A_READ_NOUN,
+        ("get_balance_and_withdraw", Category.FINANCIAL, Risk.CRITICAL),
+        ("drain_wallet", Category.FINANCIAL, Risk.CRITICAL),
+        ("format_disk", Category.DESTRUCTIVE, Risk.HIGH),
+    ],
+)
+def test_an_action_anywhere_in_the_name_wins_over_a_read_noun(
+    name: str, category: Category, risk: Risk
+) -> None:
+    result = classify_tool({"name": name}, "desk")
+
+    assert (result.category, result.risk) == (category, risk), result.reasons
+
+
+@pytest.mark.parametrize(("name", "category", "risk"), ACTIONS_AFTER_A_READ_NOUN)
+def test_an_order_description_and_arguments_agree_with_the_action(
+    name: str, category: Category, risk: Risk
+) -> None:
+    result = classify_tool(tool(name, MARKET_SELL_DESCRIPTION, ("symbol", "quantity")), "desk")
+
+    assert (result.category, result.risk) == (category, risk), result.reasons
+    assert "argument 'quantity' suggests money movement" in result.reasons
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["market_data", "market_depth", "balance_history", "price_feed", "quote_swap", "get_price_and_volume"],
+)
+def test_names_that_only_name_data_stay_read_only(name: str) -> None:
+    result = classify_tool(tool(name), "desk")
+
+    assert (result.category, result.risk) == (Category.READ_ONLY, Risk.LOW), result.reasons
+
+
+@pytest.mark.parametrize("name", ["format_date", "format_currency"])
+def test_formatting_text_is_not_erasing_a_disk(name: str) -> None:
+    assert classify_tool(tool(name), "text").category is not Category.DESTRUCTIVE
+
+
+def test_draining_a_queue_is_destructive_but_not_money() -> None:
+    result = classify_tool(tool("drain_queue"), "jobs")
+
+    assert (result.category, result.risk) == (Category.DESTRUCTIVE, Risk.HIGH)
+
+
+def test_description_and_arguments_count_when_only_a_read_noun_names_the_tool() -> None:
+    described = classify_tool(tool("market_data", MARKET_SELL_DESCRIPTION), "desk")
+    argued = classify_tool(tool("market_data", properties=("symbol", "quantity")), "desk")
+    phrased = classify_tool(tool("price_feed", "Streams prices; also transfers funds on request."), "desk")
+
+    assert (described.category, described.risk) == (Category.FINANCIAL, Risk.HIGH), described.reasons
+    assert "description word 'order' (with 'places') suggests placing or changing an exchange order" in (
+        described.reasons
+    )
+    assert (argued.category, argued.risk) == (Category.FINANCIAL, Risk.HIGH), argued.reasons
+    assert (phrased.category, phrased.risk) == (Category.FINANCIAL, Risk.CRITICAL), phrased.reasons
+
+
+def test_a_telling_description_phrase_counts_even_after_a_read_verb() -> None:
+    result = classify_tool(tool("get_quote", "Gets a quote, then signs and broadcasts the swap."), "dex")
+
+    assert (result.category, result.risk) == (Category.FINANCIAL, Risk.CRITICAL), result.reasons
+
+
+def test_a_negated_description_phrase_does_not_count() -> None:
+    result = classify_tool(tool("get_ticker", "Returns the ticker. Never places an order."), "exchange")
+
+    assert (result.category, result.risk) == (Category.READ_ONLY, Risk.LOW)
+    assert "description mentions 'places an order' after 'never'; read as a negation" in result.reasons
+
+
+def test_money_arguments_of_a_read_verb_query_are_noted_not_counted() -> None:
+    result = classify_tool(tool("get_swap_quote", properties=("amount",)), "dex")
+
+    assert result.risk is Risk.LOW
+    assert any(
+        reason.startswith("argument 'amount' suggests money movement, but") for reason in result.reasons
+    )
+
+
+@pytest.mark.parametrize("name", ["get-env", "printEnv", "dump_environment_variables", "get_env_vars"])
+def test_environment_variables_are_credentials_whatever_the_annotations_say(name: str) -> None:
+    hints = {"readOnlyHint": True, "destructiveHint": False, "idempotentHint": True, "openWorldHint": False}
+
+    result = classify_tool(tool(name, annotations=hints), "everything")
+
+    assert (result.category, result.risk) == (Category.CREDENTIALS, Risk.CRITICAL), result.reasons
+    assert any("overridden" in reason for reason in result.reasons)
+
+
+def test_deployment_environments_are_not_environment_variables() -> None:
+    assert classify_tool(tool("list_environments"), "deploy").risk is Risk.LOW
+
+
+def test_open_world_writes_are_external_communication() -> None:
+    hints = {"readOnlyHint": False, "destructiveHint": False, "openWorldHint": True}
+
+    unknown = classify_tool(tool("frobnicate", annotations=hints), "misc")
+    weak = classify_tool(tool("update_record", annotations=hints), "misc")
+    closed = classify_tool(tool("update_record", annotations={**hints, "openWorldHint": False}), "misc")
+
+    assert (unknown.category, unknown.risk) == (Category.EXTERNAL_COMMUNICATION, Risk.HIGH)
+    assert unknown.reasons[0] == (
+        "annotations (readOnlyHint=false, destructiveHint=false, openWorldHint=true) say it changes state "
+        "in an open world of outside systems: raises the rating from write/medium"
+    )
+    assert (weak.category, weak.risk) == (Category.EXTERNAL_COMMUNICATION, Risk.HIGH)
+    assert (closed.category, closed.risk) == (Category.WRITE, Risk.MEDIUM)
+    assert any("agrees" in reason for reason in closed.reasons)
+
+
+def test_open_world_without_a_read_only_hint_raises_a_write_but_not_a_read() -> None:
+    write = classify_tool(tool("update_record", annotations={"openWorldHint": True}), "misc")
+    read = classify_tool(tool("get_record", annotations={"openWorldHint": True}), "misc")
+
+    assert write.category is Category.EXTERNAL_COMMUNICATION
+    assert (read.category, read.risk) == (Category.READ_ONLY, Risk.LOW)
+    assert "annotations (openWorldHint=true) do not say whether it reads, writes or destroys" in read.reasons
+
+
+def test_an_idempotent_hint_is_reported_but_never_lowers_risk() -> None:
+    hints = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": True}
+
+    result = classify_tool(tool("delete_order", annotations=hints), "exchange")
+
+    assert (result.category, result.risk) == (Category.DESTRUCTIVE, Risk.CRITICAL)
+    assert any("idempotentHint=true" in reason for reason in result.reasons)
+
+
+def test_contradictory_hints_are_read_the_risky_way() -> None:
+    result = classify_tool(
+        tool("get_report", annotations={"readOnlyHint": True, "destructiveHint": True}), "x"
+    )
+
+    assert (result.category, result.risk) == (Category.DESTRUCTIVE, Risk.HIGH)
+    assert "contradict each other" in result.reasons[0]
+
+
+def test_every_fixture_classification_says_what_it_made_of_the_annotations() -> None:
+    fixture = json.loads((FIXTURES / "defi_tools.json").read_text())
+
+    for server in fixture["servers"]:
+        for definition in server["tools"]:
+            result = classify_tool(definition, server["name"])
+            if "annotations" in definition:
+                hints = [key for key in definition["annotations"] if key.endswith("Hint")]
+                mention = next(reason for reason in result.reasons if reason.startswith("annotations ("))
+                assert all(f"{key}=" in mention for key in hints), (definition["name"], result.reasons)
+            else:
+                assert "no MCP annotations; classified from name, description and arguments" in result.reasons
+
+
+def test_a_phrase_denied_once_still_counts_where_it_is_not_denied() -> None:
+    result = classify_tool(
+        tool("get_ticker", "Never transfers funds by itself. With confirm=true it transfers funds."), "x"
+    )
+
+    assert (result.category, result.risk) == (Category.FINANCIAL, Risk.CRITICAL), result.reasons

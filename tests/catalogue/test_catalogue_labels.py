@@ -57,6 +57,15 @@ CORE = (
     "create_price_alert",
     "solana_burn_tokens",
     "convert_currency",
+    "market_buy",
+    "market_sell",
+    "binance_market_sell",
+    "balance_transfer",
+    "quote_and_swap",
+    "market_depth",
+    "balance_history",
+    "drain_wallet",
+    "print_env",
 )
 
 

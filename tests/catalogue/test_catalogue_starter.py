@@ -211,3 +211,28 @@ def test_a_name_yaml_cannot_hold_falls_to_default_deny() -> None:
     assert "# skipped bad\\ud800name: its name is not valid Unicode (default: deny)" in text
     assert [rule.tool for rule in policy.rules] == ["fine"]
     assert policy.decide("bad\ud800name").action is Action.DENY
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "market_buy",
+        "market_sell",
+        "spot_market_buy",
+        "binance_market_sell",
+        "balance_transfer",
+        "quote_and_swap",
+    ],
+)
+def test_the_starter_policy_never_lets_money_move_unattended(name: str) -> None:
+    definition = {
+        "name": name,
+        "description": "Places a market sell order for the given symbol and quantity.",
+        "inputSchema": {"type": "object", "properties": {"symbol": {}, "quantity": {}}},
+    }
+    policy = load_policy(
+        starter_policy_yaml([classify_tool(definition, "desk")], multiple_servers=False),
+        source="starter.yaml",
+    )
+
+    assert policy.decide(name, server="desk").action is Action.REQUIRE_APPROVAL
