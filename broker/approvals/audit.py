@@ -2,9 +2,12 @@
 
 Every row's hash covers the previous row's hash, so editing a row breaks its own
 hash and deleting one leaves a gap in `seq` (or, if the rows after it were
-renumbered and rehashed, a prev_hash that no longer matches). What a chain alone
-cannot reveal is the loss of its newest rows; `AuditVerification.head_hash` is
-there so operators can anchor the head somewhere else.
+renumbered and rehashed, a prev_hash that no longer matches). A chain alone cannot
+reveal the loss of its newest rows, so verification also checks that every approval
+still has the events its status implies (an approval that is completed has its
+``approved``, ``released`` and ``completed`` events), and operators can anchor the
+head elsewhere: `AuditVerification.head_seq`/`head_hash` recorded today must still
+be in the chain tomorrow (``broker audit verify --expect-head SEQ:HASH``).
 """
 
 from __future__ import annotations
@@ -102,6 +105,25 @@ class AuditRecord:
         )
 
 
+_PATHS: Mapping[ApprovalStatus, tuple[str, ...]] = {
+    ApprovalStatus.PENDING: ("requested",),
+    ApprovalStatus.APPROVED: ("requested", "approved"),
+    ApprovalStatus.RELEASED: ("requested", "approved", "released"),
+    ApprovalStatus.COMPLETED: ("requested", "approved", "released", "completed"),
+    ApprovalStatus.FAILED: ("requested", "approved", "released", "failed"),
+    ApprovalStatus.DENIED: ("requested", "denied"),
+    ApprovalStatus.EXPIRED: ("requested", "expired"),
+    ApprovalStatus.CANCELLED: ("requested", "cancelled"),
+}
+
+
+def missing_events(status: ApprovalStatus, recorded: set[str], *, delivered: bool) -> tuple[str, ...]:
+    """The events an approval in `status` (its outcome `delivered` to the agent or not) must have
+    in the log but has not."""
+    required = (*_PATHS[status], "delivered") if delivered else _PATHS[status]
+    return tuple(event for event in required if event not in recorded)
+
+
 class ChainProblem(enum.StrEnum):
     HASH_MISMATCH = "hash_mismatch"
     """The row's content no longer matches its hash: it was modified."""
@@ -111,6 +133,10 @@ class ChainProblem(enum.StrEnum):
     """A seq is absent: the row was deleted."""
     UNREADABLE_ROW = "unreadable_row"
     """The row's details are not valid JSON: it was modified outside the broker."""
+    MISSING_EVENTS = "missing_events"
+    """An approval lacks events its status implies: rows at the end of the chain were deleted."""
+    HEAD_MISSING = "head_missing"
+    """The head recorded earlier is no longer in the chain: its newest rows were deleted or rewritten."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +144,7 @@ class AuditVerification:
     ok: bool
     rows_checked: int
     head_hash: str
+    head_seq: int = 0
     broken_seq: int | None = None
     problem: ChainProblem | None = None
     explanation: str | None = None
@@ -130,7 +157,9 @@ class ChainVerifier:
         self._expected_seq = 1
         self._prev_hash = GENESIS_HASH
         self._rows = 0
-        self._failure: tuple[int, ChainProblem, str] | None = None
+        self._failure: tuple[int | None, ChainProblem, str] | None = None
+        self.hashes_at: dict[int, str] = {}
+        """Hashes of the rows whose seq was asked for in advance (anchors), as verified."""
 
     @property
     def broken(self) -> bool:
@@ -163,6 +192,8 @@ class ChainVerifier:
         self._rows += 1
         self._expected_seq += 1
         self._prev_hash = record.hash
+        if record.seq in self.hashes_at:
+            self.hashes_at[record.seq] = record.hash
         return True
 
     def unreadable(self, seq: int, reason: str) -> None:
@@ -174,14 +205,23 @@ class ChainVerifier:
         else:
             self._fail(seq, ChainProblem.UNREADABLE_ROW, f"seq {seq} cannot be read: {reason}")
 
-    def result(self) -> AuditVerification:
+    def fail(self, problem: ChainProblem, explanation: str, *, seq: int | None = None) -> None:
+        """Report a break found outside the chain's own links (see ChainProblem)."""
         if self._failure is None:
-            return AuditVerification(ok=True, rows_checked=self._rows, head_hash=self._prev_hash)
+            self._failure = (seq, problem, explanation)
+
+    def result(self) -> AuditVerification:
+        head_seq = self._expected_seq - 1
+        if self._failure is None:
+            return AuditVerification(
+                ok=True, rows_checked=self._rows, head_hash=self._prev_hash, head_seq=head_seq
+            )
         seq, problem, explanation = self._failure
         return AuditVerification(
             ok=False,
             rows_checked=self._rows,
             head_hash=self._prev_hash,
+            head_seq=head_seq,
             broken_seq=seq,
             problem=problem,
             explanation=explanation,

@@ -171,6 +171,7 @@ class ApprovalService:
             {
                 "tool": new.tool,
                 "server": new.server,
+                "arguments_sha256": new.arguments_hash,
                 "rule": new.rule,
                 "policy_revision": new.policy_revision,
             },

@@ -33,7 +33,14 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from broker.approvals.audit import AuditEvent, AuditRecord, AuditVerification, ChainVerifier
+from broker.approvals.audit import (
+    AuditEvent,
+    AuditRecord,
+    AuditVerification,
+    ChainProblem,
+    ChainVerifier,
+    missing_events,
+)
 from broker.approvals.canonical import GENESIS_HASH, audit_hash, canonical_json
 from broker.approvals.clock import Clock, require_utc
 from broker.approvals.model import DELIVERABLE_STATUSES, Approval, ApprovalStatus, NewApproval
@@ -339,11 +346,17 @@ class SqlApprovalStore:
             rows = (await conn.execute(query)).mappings().all()
         return [_record_from_row(row, details=_parse_details(row["seq"], row["details"])) for row in rows]
 
-    async def verify_audit_chain(self, *, batch_size: int = 500) -> AuditVerification:
-        """Walk the whole chain in seq order, `batch_size` rows per query, and report the first break."""
+    async def verify_audit_chain(
+        self, *, batch_size: int = 500, expected_head: tuple[int, str] | None = None
+    ) -> AuditVerification:
+        """Walk the whole chain in seq order, `batch_size` rows per query, and report the first break;
+        then check every approval against its events, and that `expected_head` (a head recorded
+        earlier: seq, hash) is still in the chain."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         verifier = ChainVerifier()
+        if expected_head is not None:
+            verifier.hashes_at[expected_head[0]] = ""
         # Timestamps are read as raw text on SQLite, where a hand-edited row can hold
         # anything, so a tampered value is reported instead of crashing the walk.
         at_column = (
@@ -373,6 +386,19 @@ class SqlApprovalStore:
                     if not verifier.feed(record):
                         break
                 last_seq = batch[-1]["seq"]
+            if not verifier.broken:
+                await _check_events_cover_statuses(conn, verifier)
+        if expected_head is not None and not verifier.broken:
+            seq, expected_hash = expected_head
+            found = verifier.hashes_at.get(seq)
+            if found != expected_hash:
+                verifier.fail(
+                    ChainProblem.HEAD_MISSING,
+                    f"the head recorded earlier (seq {seq}, {expected_hash[:12]}…) is "
+                    + ("no longer in the chain" if not found else f"now {found[:12]}…")
+                    + ": rows at the end of the log were deleted or rewritten",
+                    seq=seq,
+                )
         return verifier.result()
 
     async def close(self) -> None:
@@ -471,6 +497,28 @@ class SqlApprovalStore:
                 hash=digest,
             )
         )
+
+
+async def _check_events_cover_statuses(conn: AsyncConnection, verifier: ChainVerifier) -> None:
+    recorded: dict[str, set[str]] = {}
+    events = select(audit_events.c.approval_id, audit_events.c.event).group_by(
+        audit_events.c.approval_id, audit_events.c.event
+    )
+    for approval_id, event in (await conn.execute(events)).all():
+        recorded.setdefault(approval_id, set()).add(event)
+    statuses = select(approvals.c.id, approvals.c.status, approvals.c.result_delivered_at).order_by(
+        approvals.c.created_at, approvals.c.id
+    )
+    for approval_id, raw_status, delivered_at in (await conn.execute(statuses)).all():
+        status = ApprovalStatus(raw_status)
+        missing = missing_events(status, recorded.get(approval_id, set()), delivered=delivered_at is not None)
+        if missing:
+            verifier.fail(
+                ChainProblem.MISSING_EVENTS,
+                f"approval {approval_id} is {status.value} but its {', '.join(missing)} event(s) are "
+                "missing: audit rows were deleted",
+            )
+            return
 
 
 def _open_by_request_key(request_key: str) -> Select[Any]:

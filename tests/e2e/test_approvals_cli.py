@@ -64,8 +64,26 @@ async def test_audit_verify_detects_modified_and_deleted_rows(tmp_path: Path) ->
     code, out, err = await cli("audit", "verify", "--database-url", url)
     assert code == 0, err
     assert "audit log intact" in out
+    head = re.search(r"head (\d+:[0-9a-f]{64})", out)
+    assert head is not None, out
 
     database = url.removeprefix("sqlite:///")
+    # The newest row removed: the chain itself stays consistent, but the approval's status
+    # needs an event that is gone, and the recorded head is gone too.
+    with sqlite3.connect(database) as conn:
+        newest = conn.execute("SELECT * FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        conn.execute("DELETE FROM audit_events WHERE seq = ?", (newest[0],))
+    code, _, err = await cli("audit", "verify", "--database-url", url)
+    assert code == 1 and "missing_events" in err, err
+    code, _, err = await cli("audit", "verify", "--database-url", url, "--expect-head", head.group(1))
+    assert code == 1, err
+    with sqlite3.connect(database) as conn:
+        conn.execute(f"INSERT INTO audit_events VALUES ({', '.join('?' * len(newest))})", newest)
+    code, _, err = await cli("audit", "verify", "--database-url", url, "--expect-head", head.group(1))
+    assert code == 0, err
+    code, _, err = await cli("audit", "verify", "--database-url", url, "--expect-head", "nonsense")
+    assert code == 2 and "--expect-head" in err
+
     with sqlite3.connect(database) as conn:
         (actor,) = conn.execute("SELECT actor FROM audit_events WHERE seq = 1").fetchone()
         conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")

@@ -197,3 +197,25 @@ async def test_audit_records_transition_details(store: SqlApprovalStore) -> None
 
 def store_is_postgres(store: SqlApprovalStore) -> bool:
     return "postgres" in repr(store._engine.url)
+
+
+async def test_deleting_the_newest_rows_is_reported(
+    store: SqlApprovalStore, clock: ManualClock, raw_sql: RawSql
+) -> None:
+    await build_history(store, clock)
+    intact = await store.verify_audit_chain()
+    assert (intact.ok, intact.head_seq) == (True, 6)
+
+    # The last approval's "cancelled" event: the chain alone stays consistent.
+    await raw_sql("DELETE FROM audit_events WHERE seq = 6")
+
+    verification = await store.verify_audit_chain()
+    assert (verification.ok, verification.problem) == (False, ChainProblem.MISSING_EVENTS)
+    assert "is cancelled but its cancelled event(s) are missing" in (verification.explanation or "")
+
+    # Both of its rows and the approval itself: only the head recorded earlier tells.
+    await raw_sql("DELETE FROM audit_events WHERE seq = 5")
+    await raw_sql("DELETE FROM approvals WHERE id NOT IN (SELECT approval_id FROM audit_events)")
+    assert (await store.verify_audit_chain()).ok
+    anchored = await store.verify_audit_chain(expected_head=(intact.head_seq, intact.head_hash))
+    assert (anchored.ok, anchored.problem, anchored.broken_seq) == (False, ChainProblem.HEAD_MISSING, 6)
