@@ -6,18 +6,29 @@ and prints what these functions return.
 """
 
 from broker.catalogue.classify import classify_tool, classify_tools
-from broker.catalogue.diff import DecisionChange, DecisionSnapshot, diff_policies, render_diff
+from broker.catalogue.diff import (
+    Audience,
+    DecisionChange,
+    DecisionSnapshot,
+    DecisionStep,
+    PossibleDecisions,
+    diff_policies,
+    render_diff,
+)
 from broker.catalogue.errors import CatalogueError, StarterPolicyError, ToolDefinitionError
 from broker.catalogue.model import CatalogueTool, Category, Risk, ToolClassification
 from broker.catalogue.report import render_table, to_json
 from broker.catalogue.starter import starter_policy_yaml
 
 __all__ = [
+    "Audience",
     "CatalogueError",
     "CatalogueTool",
     "Category",
     "DecisionChange",
     "DecisionSnapshot",
+    "DecisionStep",
+    "PossibleDecisions",
     "Risk",
     "StarterPolicyError",
     "ToolClassification",

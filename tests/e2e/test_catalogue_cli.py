@@ -76,3 +76,30 @@ def test_scan_without_upstreams_is_a_usage_error(tmp_path: Path) -> None:
     bad.write_text('{"mcpServers": {"a__b": {"command": "x"}}}')
     result = broker("tools", "scan", "--servers", str(bad))
     assert result.returncode == 2 and "a__b" in result.stderr
+
+
+def test_diff_shows_loosened_conditions_and_rules_for_one_agent(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    new = tmp_path / "new.yaml"
+    old.write_text(
+        'version: "1"\ndefault: deny\nrules:\n'
+        "  - {tool: place_order, action: allow}\n"
+        '  - {tool: place_order, action: require_approval, when: {"args.quantity": {gt: 5}}}\n'
+    )
+    new.write_text(
+        'version: "1"\ndefault: deny\nrules:\n'
+        "  - {tool: place_order, action: allow}\n"
+        '  - {tool: place_order, action: require_approval, when: {"args.quantity": {gt: 5000000}}}\n'
+        "  - {tool: withdraw, action: allow, agents: [trading-bot]}\n"
+    )
+
+    result = broker("policy", "diff", str(old), str(new), "--servers", servers_file(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith("exchange__")}
+    assert "when args.quantity gt 5000000: require_approval" in rows["exchange__place_order"]
+    assert "every agent" in rows["exchange__place_order"]
+    assert "trading-bot" in rows["exchange__withdraw"]
+    assert set(rows) == {"exchange__place_order", "exchange__withdraw"}
+    assert "2 tools change." in lines
