@@ -14,6 +14,7 @@ from broker.approvals.ports import (
     ApprovalNotFound,
     ApprovalStore,
     InvalidTransition,
+    InvalidValue,
     StoreUnavailable,
 )
 from broker.approvals.transitions import ALLOWED_TRANSITIONS, check_transition, is_allowed
@@ -33,6 +34,7 @@ __all__ = [
     "AuditVerification",
     "ChainProblem",
     "InvalidTransition",
+    "InvalidValue",
     "NewApproval",
     "StoreUnavailable",
     "check_transition",

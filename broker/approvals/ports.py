@@ -7,6 +7,7 @@ Exception tree::
     ├── InvalidTransition          the approval is not in a state the caller expected
     │                              (lost a race, or already decided); `.current` is the fresh row
     ├── ApprovalConflict           a unique value (approval id, task id) is already taken
+    ├── InvalidValue               a value the store cannot keep (e.g. a NUL character); nothing changed
     └── StoreUnavailable           the database could not be reached or failed mid-operation;
                                    callers must fail closed (never forward a held call on this)
 
@@ -58,6 +59,10 @@ class InvalidTransition(ApprovalError):
 
 class ApprovalConflict(ApprovalError):
     """A value that must be unique is already used by another approval."""
+
+
+class InvalidValue(ApprovalError, ValueError):
+    """A value (e.g. a decision reason) the database cannot store; the caller sent bad input."""
 
 
 class StoreUnavailable(ApprovalError):

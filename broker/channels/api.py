@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
 from broker.approvals.approvers import ApproverDirectory
-from broker.approvals.ports import StoreUnavailable
+from broker.approvals.ports import InvalidValue, StoreUnavailable
 from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
 
 
@@ -141,6 +141,8 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
             raise HTTPException(
                 409, {"message": already_decided_message(exc.current), "approval": approval_json(exc.current)}
             ) from exc
+        except InvalidValue as exc:
+            raise HTTPException(422, f"nothing was decided: {exc}") from exc
         except StoreUnavailable as exc:
             raise HTTPException(
                 503, f"the approval store is unavailable; nothing was decided: {exc}"

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
 
-from broker.approvals.ports import StoreUnavailable
+from broker.approvals.ports import InvalidValue, StoreUnavailable
 
 _UNREACHABLE = (sa_exc.DisconnectionError, sa_exc.TimeoutError, OSError, TimeoutError)
 
@@ -22,6 +22,11 @@ def store_unavailable_on_db_error(operation: str) -> Iterator[None]:
         # domain error where it can happen, and anywhere else it is a bug to surface.
         if isinstance(error, sa_exc.IntegrityError):
             raise
+        if isinstance(error, sa_exc.DataError):
+            # The server refused a value (bad encoding, out of range): bad input, not an outage.
+            raise InvalidValue(
+                f"{operation}: the database refused a value: {_first_line(error.orig)}"
+            ) from error
         raise StoreUnavailable(f"{operation} failed: database error: {_first_line(error.orig)}") from error
     except _UNREACHABLE as error:
         raise StoreUnavailable(f"{operation} failed: database unreachable: {_first_line(error)}") from error

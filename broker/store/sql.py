@@ -44,7 +44,7 @@ from broker.approvals.audit import (
 from broker.approvals.canonical import GENESIS_HASH, audit_hash, canonical_json
 from broker.approvals.clock import Clock, require_utc
 from broker.approvals.model import DELIVERABLE_STATUSES, Approval, ApprovalStatus, NewApproval
-from broker.approvals.ports import ApprovalConflict, ApprovalNotFound, InvalidTransition
+from broker.approvals.ports import ApprovalConflict, ApprovalNotFound, InvalidTransition, InvalidValue
 from broker.approvals.transitions import check_transition
 from broker.store.database import writing
 from broker.store.failures import store_unavailable_on_db_error
@@ -56,6 +56,8 @@ AUDIT_CHAIN_LOCK = int.from_bytes(
 """PostgreSQL advisory lock key serializing appends to the audit chain."""
 
 MAX_LIST_LIMIT = 1000
+_NUL = "\x00"
+"""PostgreSQL text cannot hold it; refused on every backend so both behave alike."""
 _NO_CHANGES: Mapping[str, Any] = MappingProxyType({})
 
 # Fields a transition may set alongside the status, with the type each must have.
@@ -111,10 +113,14 @@ class SqlApprovalStore:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, approval_id: str) -> Approval | None:
+        if _NUL in approval_id:
+            return None  # no id holds one, and PostgreSQL would refuse the query
         async with self._reading("get approval") as conn:
             return await _fetch(conn, approval_id)
 
     async def get_by_task(self, task_id: str) -> Approval | None:
+        if _NUL in task_id:
+            return None
         query = select(approvals).where(approvals.c.task_id == task_id)
         async with self._reading("get approval by task") as conn:
             row = (await conn.execute(query)).mappings().first()
@@ -130,6 +136,8 @@ class SqlApprovalStore:
         before: datetime | None = None,
     ) -> builtins.list[Approval]:
         _check_limit(limit)
+        if _NUL in (agent or "") or _NUL in (tool or ""):
+            return []
         query = select(approvals)
         if statuses is not None:
             wanted = sorted({ApprovalStatus(status).value for status in statuses})
@@ -572,6 +580,8 @@ def _validated_changes(changes: Mapping[str, Any], allowed: Mapping[str, type]) 
         elif isinstance(value, dict):
             canonical_json(value)  # refuse values that would not survive storage
             values[name] = value
+        elif isinstance(value, str) and _NUL in value:
+            raise InvalidValue(f"{name} contains a NUL character, which the store cannot keep")
         else:
             values[name] = value
     return values

@@ -285,3 +285,22 @@ async def test_held_calls_can_be_awaited_as_mcp_tasks(tmp_path: Path) -> None:
                 assert again["error"]["code"] == -32602 and "already cancelled" in again["error"]["message"]
                 unknown = await rpc(9, "tasks/get", {"taskId": "nope"})
                 assert unknown["error"]["code"] == -32602
+
+
+async def test_a_reason_the_store_cannot_keep_is_refused_with_422(tmp_path: Path) -> None:
+    async with running_broker(make_settings(tmp_path, POLICY, exchange_server())) as running:
+        feed = watch(running)
+        with anyio.fail_after(30):
+            async with running.client() as client, anyio.create_task_group() as tasks:
+                tasks.start_soon(client.call_tool, "place_order", BIG_ORDER)
+                approval = await feed.opened.receive()
+                async with running.approver("alice") as alice:
+                    refused = await alice.post(
+                        f"/api/approvals/{approval.id}/deny", json={"reason": "bad\u0000reason"}
+                    )
+                    assert refused.status_code == 422 and "NUL" in refused.text
+                    assert (await alice.get("/api/approvals/a%00b")).status_code == 404
+                    assert (await alice.get("/api/approvals", params={"agent": "a\u0000"})).json() == {
+                        "approvals": []
+                    }
+                    assert (await alice.post(f"/api/approvals/{approval.id}/deny")).status_code == 200

@@ -9,7 +9,7 @@ import pytest
 from broker.approvals.audit import AuditEvent
 from broker.approvals.canonical import arguments_hash, request_key
 from broker.approvals.model import ApprovalStatus
-from broker.approvals.ports import ApprovalConflict, ApprovalNotFound, InvalidTransition
+from broker.approvals.ports import ApprovalConflict, ApprovalNotFound, InvalidTransition, InvalidValue
 from broker.store.engine import create_store
 from broker.store.sql import SqlApprovalStore
 
@@ -289,3 +289,20 @@ async def test_requested_event_defaults(store: SqlApprovalStore) -> None:
     approval = await store.create(new_approval(), audit=requested("agent-9"))
 
     assert [r.actor for r in await store.audit_trail(approval.id)] == ["agent-9"]
+
+
+async def test_a_nul_character_is_bad_input_on_every_backend(store: SqlApprovalStore) -> None:
+    approval = await create(store)
+
+    assert await store.get("apv\x00") is None
+    assert await store.get_by_task("t\x00") is None
+    assert await store.list(agent="agent-1\x00") == []
+    with pytest.raises(InvalidValue, match="decision_reason contains a NUL character"):
+        await store.transition(
+            approval.id,
+            expected={S.PENDING},
+            to=S.DENIED,
+            changes={"decision_reason": "no\x00pe"},
+            audit=entering(S.DENIED),
+        )
+    assert await store.get(approval.id) == approval

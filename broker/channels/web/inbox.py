@@ -16,7 +16,7 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditRecord
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.model import Approval, ApprovalStatus
-from broker.approvals.ports import ApprovalNotFound, InvalidTransition, StoreUnavailable
+from broker.approvals.ports import ApprovalNotFound, InvalidTransition, InvalidValue, StoreUnavailable
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
 from broker.channels.web.assets import InboxAssets
 from broker.channels.web.events import EventStreamResponse, InboxEvents
@@ -260,6 +260,8 @@ class WebInbox:
         except InvalidTransition as exc:
             # Somebody (or the deadline) got there first: show who, instead of failing quietly.
             return await self._already_decided(request, viewer, exc.current)
+        except InvalidValue as exc:
+            return self._message(request, viewer, status=400, title="Not decided", message=str(exc))
         except StoreUnavailable as exc:
             return self._unavailable(request, viewer, exc)
         return RedirectResponse(f"/approvals/{approval_id}", status_code=303)
