@@ -103,7 +103,7 @@ class Broker:
         )
         # -- web inbox: every approval change in this process reaches the open pages ------------
         self.inbox_events = InboxEvents()
-        self.approvals.add_listener(self.inbox_events)
+        self.approvals.add_listener(self.inbox_events, hears_other_replicas=True)
         self.web_inbox = (
             WebInbox(
                 self.approvals,

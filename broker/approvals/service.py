@@ -122,6 +122,7 @@ class ApprovalService:
         self._principals = principals or {}
         self._releaser: CallReleaser | None = None
         self._listeners: list[ApprovalListener] = []
+        self._mirrors: list[ApprovalListener] = []
         self._watches: dict[str, _Watch] = {}
         self._releasing: set[str] = set()
         self._tasks: TaskGroup | None = None
@@ -137,8 +138,13 @@ class ApprovalService:
     def set_releaser(self, releaser: CallReleaser) -> None:
         self._releaser = releaser
 
-    def add_listener(self, listener: ApprovalListener) -> None:
+    def add_listener(self, listener: ApprovalListener, *, hears_other_replicas: bool = False) -> None:
+        """`listener` hears every change this service makes. With `hears_other_replicas` it also
+        hears those other replicas announce (for views such as the web inbox); channels that act
+        on a change (posting to Slack, counting decisions) must not, or they would act twice."""
         self._listeners.append(listener)
+        if hears_other_replicas:
+            self._mirrors.append(listener)
 
     @asynccontextmanager
     async def running(self, *, sweep: bool = True) -> AsyncIterator[ApprovalService]:
@@ -589,6 +595,8 @@ class ApprovalService:
         lets exactly one of them forward the call, so this only shortens the way to the agent.
         """
         self._wake(approval_id)
+        if self._mirrors and self._tasks is not None:
+            self._tasks.start_soon(self._mirror, approval_id)
         if (
             status is ApprovalStatus.APPROVED
             and approval_id in self._watches
@@ -603,6 +611,18 @@ class ApprovalService:
         every local waiter re-reads its approval."""
         for approval_id in list(self._watches):
             self._wake(approval_id)
+
+    async def _mirror(self, approval_id: str) -> None:
+        try:
+            approval = await self.store.get(approval_id)
+        except StoreUnavailable:
+            return  # views resync when they reconnect
+        if approval is None:
+            return
+        # Other replicas announce a pending approval only when they create it.
+        opened = approval.status is ApprovalStatus.PENDING
+        for listener in self._mirrors:
+            await self._tell(listener, approval, opened)
 
     async def _release_if_approved(self, approval_id: str) -> None:
         try:

@@ -22,6 +22,7 @@ from broker.approvals.service import ApprovalService, Approver
 from broker.store.engine import create_store
 from broker.store.migrate import upgrade
 from broker.store.notify import CHANNEL, ApprovalChange, ReplicaFeed, asyncpg_dsn
+from tests.approvals.conftest import RecordingListener
 from tests.store.builders import new_approval
 
 pytestmark = [pytest.mark.anyio]
@@ -245,3 +246,20 @@ def test_only_postgresql_urls_are_accepted() -> None:
     assert (
         asyncpg_dsn("postgresql+asyncpg://u:p%40ss@db:5433/broker") == "postgresql://u:p%40ss@db:5433/broker"
     )
+
+
+@pytest.mark.postgres
+async def test_views_hear_what_other_replicas_change_and_acting_channels_do_not(url: str) -> None:
+    async with replica(url, "a") as a, replica(url, "b") as b:
+        view, channel = RecordingListener(), RecordingListener()
+        b.service.add_listener(view, hears_other_replicas=True)
+        b.service.add_listener(channel)
+
+        with anyio.fail_after(10):
+            held, _ = await a.service.open(new_approval())
+            await view.until(lambda: bool(view.opened))
+            await a.service.decide(held.id, approver=ALICE, approve=False, via="api", reason="no")
+            await view.until(lambda: bool(view.updates(held.id, ApprovalStatus.DENIED)))
+
+        assert [approval.id for approval in view.opened] == [held.id]
+        assert channel.opened == [] and channel.updated == []
