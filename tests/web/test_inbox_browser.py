@@ -139,7 +139,7 @@ async def test_a_held_call_appears_live_and_approving_it_releases_the_call(
             await listed.locator("a.tool").click()
             await expect(page.locator("pre.json").first).to_contain_text('"quantity": 10')
             await expect(page.get_by_text("orders above 5 units need a second pair of eyes")).to_be_visible()
-            await expect(page.get_by_text(approval.arguments_hash)).to_be_visible()
+            await expect(page.locator("dd.hash")).to_have_text(approval.arguments_hash)
             await page.get_by_label("Reason").fill("checked with the desk")
             await page.get_by_role("button", name="Approve").click()
             await expect(page.locator(".ending")).to_contain_text("Approved by alice via web")

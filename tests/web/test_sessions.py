@@ -94,3 +94,15 @@ def test_the_throttle_forgets_the_oldest_keys_beyond_its_bound() -> None:
         throttle.failed(f"user{index}", f"10.0.0.{index}")
     assert throttle.retry_after("user0", "10.0.0.200") is None
     assert throttle.retry_after("user9", "10.0.0.200") is not None
+
+
+def test_attempts_still_being_checked_count_against_the_limit() -> None:
+    clock = FakeClock()
+    throttle = SigninThrottle(clock=clock, max_failures=3, window=timedelta(minutes=10))
+    # A burst sent together: only as many may be checked at once as failures are still allowed.
+    admitted = [throttle.begin("alice", f"10.0.0.{n}") is None for n in range(10)]
+    assert admitted == [True] * 3 + [False] * 7
+    throttle.failed("alice", "10.0.0.0")
+    throttle.succeeded("alice", "10.0.0.1")
+    throttle.failed("alice", "10.0.0.2")
+    assert throttle.begin("alice", "10.0.0.3") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
+import anyio
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -129,3 +130,20 @@ def test_cookies_are_secure_over_https_as_far_as_a_trusted_proxy_says(
     cookie = response.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
     assert ("; secure" in cookie) is secure
+
+
+async def test_a_burst_of_guesses_sent_together_is_limited_like_guesses_in_a_row() -> None:
+    signin = WebSignin(directory("pw"), WebSettings())
+    outcomes = []
+
+    async def guess(n: int) -> None:
+        outcomes.append(await signin.sign_in("alice", f"guess-{n}", "192.0.2.9"))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tasks:
+            for n in range(20):
+                tasks.start_soon(guess, n)
+
+    checked = [outcome for outcome in outcomes if outcome.retry_after is None]
+    assert len(checked) == 5  # the throttle's limit: the rest were turned away unchecked
+    assert all(outcome.account is None for outcome in outcomes)

@@ -141,20 +141,26 @@ class WebSignin:
     # -- signing in -----------------------------------------------------------------------------
 
     async def sign_in(self, user: str, password: str, address: str) -> SigninOutcome:
-        wait = self.throttle.retry_after(user, address)
+        wait = self.throttle.begin(user, address)
         if wait is not None:
             return SigninOutcome(None, retry_after=wait)
         account = self._directory.by_name(user)
         stored = self._hashes.get(user) if account is not None else None
-        # An unknown name costs as much as a wrong password, so timing does not reveal who exists.
-        target = stored if stored is not None else await self._decoy_hash()
-        candidate = password[:MAX_PASSWORD_LENGTH]
-        matches = await anyio.to_thread.run_sync(verify_password, candidate, target, limiter=self._hashing)
-        if account is None or stored is None or not matches:
-            self.throttle.failed(user, address)
-            return SigninOutcome(None)
-        self.throttle.succeeded(user, address)
-        return SigninOutcome(account)
+        signed_in = False
+        try:
+            # An unknown name costs as much as a wrong password, so timing does not reveal who exists.
+            target = stored if stored is not None else await self._decoy_hash()
+            candidate = password[:MAX_PASSWORD_LENGTH]
+            matches = await anyio.to_thread.run_sync(
+                verify_password, candidate, target, limiter=self._hashing
+            )
+            signed_in = account is not None and stored is not None and matches
+        finally:
+            if signed_in:
+                self.throttle.succeeded(user, address)
+            else:
+                self.throttle.failed(user, address)
+        return SigninOutcome(account if signed_in else None)
 
     def session_for(self, account: ApproverAccount) -> Session:
         if account.password_hash is None:
