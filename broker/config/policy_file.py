@@ -25,9 +25,8 @@ class ReloadOutcome:
 
 
 def read_policy(path: Path) -> Policy:
-    """Loads a policy file; raises PolicyError (with line numbers) or OSError."""
-    text = path.read_text(encoding="utf-8")
-    return load_policy(text, source=str(path))
+    """Loads a policy file; raises PolicyError (with line numbers, also for bytes that are not UTF-8) or OSError."""
+    return load_policy(path.read_bytes(), source=str(path))
 
 
 class PolicyFile:
@@ -39,10 +38,10 @@ class PolicyFile:
         self.holder = PolicyHolder(self._load_initial())
 
     def _load_initial(self) -> Policy:
-        text = self.path.read_text(encoding="utf-8")
+        data = self.path.read_bytes()
         self._fingerprint = self._stat()
-        self._digest = hashlib.sha256(text.encode()).hexdigest()
-        return load_policy(text, source=str(self.path))
+        self._digest = hashlib.sha256(data).hexdigest()
+        return load_policy(data, source=str(self.path))
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -52,20 +51,28 @@ class PolicyFile:
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def reload(self) -> ReloadOutcome:
-        """Re-reads the file; on any error the last good policy stays in force."""
-        current = self.holder.current
+        """Re-reads the file; on any error the last good policy stays in force. Never raises:
+        it runs from the watch task and the SIGHUP handler, where an exception would stop reloads."""
+        try:
+            return self._reload(self.holder.current)
+        except Exception as exc:
+            in_force = self.holder.current.revision
+            logger.exception("policy reload failed unexpectedly; revision %s stays in force", in_force)
+            return ReloadOutcome(False, in_force, f"reload failed: {exc!r}")
+
+    def _reload(self, current: Policy) -> ReloadOutcome:
         self._fingerprint = self._stat()
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except OSError as exc:
             message = f"cannot read {self.path}: {exc.strerror or exc}; keeping revision {current.revision}"
             logger.error("policy reload failed: %s", message)
             return ReloadOutcome(False, current.revision, message)
-        digest = hashlib.sha256(text.encode()).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
             return ReloadOutcome(False, current.revision)
         try:
-            policy = load_policy(text, source=str(self.path))
+            policy = load_policy(data, source=str(self.path))
         except PolicyError as exc:
             logger.error("policy reload rejected, keeping revision %s:\n%s", current.revision, exc)
             return ReloadOutcome(False, current.revision, str(exc))
@@ -82,5 +89,10 @@ class PolicyFile:
         """Polls the file's identity: portable, and cheap enough at one stat per interval."""
         while True:
             await sleep(interval)
-            if self._stat() != self._fingerprint:
-                self.reload()
+            try:
+                if self._stat() != self._fingerprint:
+                    self.reload()
+            except Exception:
+                logger.exception(
+                    "policy watch: checking %s failed; trying again in %g s", self.path, interval
+                )

@@ -292,6 +292,14 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        data = exc.object
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = len(data[data.rfind(b"\n", 0, exc.start) + 1 : exc.start].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            f"{path}:{line}:{column}: not valid UTF-8: byte 0x{data[exc.start]:02x} ({exc.reason}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_JSON_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
 def describe_value(value: object) -> str:
@@ -130,7 +132,8 @@ def parse_document(text: str, *, source: str) -> Node:
     looks_like_json = json_text.lstrip(" \t\r\n")[:1] in ("{", "[")
     if json_only or looks_like_json:
         try:
-            json.loads(json_text)
+            # Integers are converted (and over-long ones reported with their position) by _JsonTree.
+            json.loads(json_text, parse_int=len)
         except json.JSONDecodeError as error:
             json_problem = PolicyProblem(source, error.lineno, error.colno, f"invalid JSON: {error.msg}")
             if json_only:
@@ -217,7 +220,14 @@ class _JsonTree:
                 items.append(item)
                 offset = self._after_member(offset)
             return SequenceNode(tuple(items), line, column), offset + 1
-        scalar, end = self._decoder.raw_decode(self._text, offset)
+        try:
+            scalar, end = self._decoder.raw_decode(self._text, offset)
+        except ValueError:
+            # The text parsed once already, so only an integer too long to convert gets here.
+            number = _JSON_NUMBER.match(self._text, offset)
+            assert number is not None
+            self._problems.add(line, column, _too_many_digits(number.end() - offset))
+            return ScalarNode(None, line, column), number.end()
         return ScalarNode(scalar, line, column), end
 
     def _object(self, offset: int, line: int, column: int) -> tuple[Node, int]:
@@ -353,11 +363,25 @@ class _YamlTree:
             return None
         try:
             value: ScalarValue = self._constructor.construct_object(node)
+            if type(value) is int:
+                # Hexadecimal, octal and binary integers convert without Python's digit limit, but
+                # could then not be printed in a message or an explanation.
+                str(value)
         except yaml.MarkedYAMLError as error:
             problem = _marked_problem(self._problems.source, error)
             self._problems.add(problem.line, problem.column, problem.message)
             return None
+        except ValueError:
+            self._problems.add(line, column, _too_many_digits(len(node.value)))
+            return None
         return value
+
+
+def _too_many_digits(length: int) -> str:
+    return (
+        f"number too long ({length} characters): integers are limited to "
+        f"{sys.get_int_max_str_digits()} digits"
+    )
 
 
 def _marked_problem(source: str, error: yaml.MarkedYAMLError) -> PolicyProblem:

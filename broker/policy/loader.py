@@ -1,4 +1,4 @@
-"""Policy text in, a ready `Policy` out: parse, validate, compile."""
+"""Policy text in, a ready `Policy` out: decode, parse, validate, compile."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 
 from broker.policy.document import parse_document
 from broker.policy.engine import Policy
+from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.schema import compile_document
 
 
@@ -14,12 +15,35 @@ def policy_revision(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
-def load_policy(text: str, *, source: str = "<policy>") -> Policy:
+def decode_policy(data: bytes, *, source: str = "<policy>") -> str:
+    """The text of a policy file, which must be UTF-8 (as JSON and YAML require).
+
+    Raises PolicyError pointing at the first byte that is not UTF-8, such as a comment an
+    editor saved as Latin-1.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        column = len(data[line_start : error.start].decode("utf-8", "replace")) + 1
+        message = f"not valid UTF-8: byte 0x{data[error.start]:02x} ({error.reason}); save the file as UTF-8"
+        raise PolicyError([PolicyProblem(source, line, column, message)]) from None
+
+
+def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
     """Load a JSON or YAML policy document; raises PolicyError listing every problem found.
 
-    `source` names the text in error messages (``source:line:col: message``); a name ending
-    in ``.json`` makes the text JSON-only.
+    `text` may be the file's bytes, which must then be UTF-8. `source` names the text in error
+    messages (``source:line:col: message``); a name ending in ``.json`` makes the text JSON-only.
     """
+    if isinstance(text, bytes):
+        text = decode_policy(text, source=source)
     revision = policy_revision(text)
-    parts = compile_document(parse_document(text, source=source), source=source, revision=revision)
+    try:
+        parts = compile_document(parse_document(text, source=source), source=source, revision=revision)
+    except (ValueError, RecursionError) as error:
+        # The parser reports what it knows with a position; whatever slips past it must still reach
+        # the operator as a policy problem, never as a crash of the reload or of the CLI.
+        raise PolicyError([PolicyProblem(source, 1, 1, f"cannot be loaded: {error}")]) from None
     return Policy(revision=revision, default=parts.default, hides=parts.hides, rules=parts.rules)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import selectors
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,7 +104,8 @@ def test_the_quickstart_demo_serves_the_exchange_with_its_policy(tmp_path: Path)
     assert (tmp_path / "broker-demo.db").exists()
 
 
-def test_sighup_and_file_changes_reload_the_policy_and_bad_edits_are_refused(tmp_path: Path) -> None:
+def exchange_config(tmp_path: Path, *, policy_poll_seconds: float) -> Path:
+    """A config for the demo exchange whose policy (policy.yaml) allows get_ticker alone."""
     policy = tmp_path / "policy.yaml"
     policy.write_text('version: "1"\ndefault: deny\nrules:\n  - tool: get_ticker\n    action: allow\n')
     servers = {
@@ -110,10 +113,15 @@ def test_sighup_and_file_changes_reload_the_policy_and_bad_edits_are_refused(tmp
     }
     (tmp_path / "servers.json").write_text(json.dumps(servers))
     (tmp_path / "broker.yaml").write_text(
-        "servers: servers.json\npolicy: policy.yaml\npolicy_poll_seconds: 3600\n"
+        f"servers: servers.json\npolicy: policy.yaml\npolicy_poll_seconds: {policy_poll_seconds}\n"
         f"agents: {{bot: {{api_key_sha256: {hashlib.sha256(KEY.encode()).hexdigest()}}}}}\n"
         f"database_url: sqlite:///{tmp_path / 'b.db'}\n"
     )
+    return policy
+
+
+def test_sighup_and_file_changes_reload_the_policy_and_bad_edits_are_refused(tmp_path: Path) -> None:
+    policy = exchange_config(tmp_path, policy_poll_seconds=3600)
     with serve(["--config", str(tmp_path / "broker.yaml")], tmp_path) as (process, url):
 
         def revision() -> str:
@@ -146,6 +154,58 @@ def test_sighup_and_file_changes_reload_the_policy_and_bad_edits_are_refused(tmp
     assert f"policy reloaded: revision {first} -> {second}" in stderr
     assert "policy reload rejected, keeping revision " + second in stderr
     assert '"action":"allow"' in stderr and '"event":"decision"' in stderr
+
+
+class StderrWatch:
+    """Reads a running broker's stderr as it comes, so a test can wait (bounded) for a log line."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        self._fd = process.stderr.fileno()
+        self.text = ""
+
+    def wait_for(self, needle: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._fd, selectors.EVENT_READ)
+            while needle not in self.text:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    raise AssertionError(
+                        f"{needle!r} not logged within {timeout} s; stderr so far:\n{self.text}"
+                    )
+                chunk = os.read(self._fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"broker exited before logging {needle!r}:\n{self.text}")
+                self.text += chunk.decode("utf-8", "replace")
+
+
+def test_the_watched_policy_survives_unreadable_edits_and_keeps_reloading(tmp_path: Path) -> None:
+    policy = exchange_config(tmp_path, policy_poll_seconds=0.05)
+    with serve(["--config", str(tmp_path / "broker.yaml")], tmp_path) as (process, url):
+        stderr = StderrWatch(process)
+        first = str(httpx.get(f"{url}/api/tools").json()["policy_revision"])
+
+        policy.write_bytes('version: "1"\ndefault: allow\n# café\n'.encode("latin-1"))
+        stderr.wait_for("policy.yaml:3:6: not valid UTF-8")
+        policy.write_text(
+            'version: "1"\ndefault: allow\nrules: [{tool: x, action: allow, when: {"args.q": {gt: '
+            + "9" * 5000
+            + "}}}]\n"
+        )
+        stderr.wait_for("number too long")
+
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        assert httpx.get(f"{url}/api/tools").json()["policy_revision"] == first
+        ticker = call(url, "tools/call", {"name": "get_ticker", "arguments": {"symbol": "BTCUSD"}}, KEY)
+        assert ticker["result"]["isError"] is False  # type: ignore[index]
+        balances = call(url, "tools/call", {"name": "get_balances", "arguments": {}}, KEY)
+        assert balances["result"]["isError"] is True  # type: ignore[index]
+
+        policy.write_text('version: "1"\ndefault: deny\nrules:\n  - tool: "get_*"\n    action: allow\n')
+        stderr.wait_for(f"policy reloaded: revision {first} -> ")
+        balances = call(url, "tools/call", {"name": "get_balances", "arguments": {}}, KEY)
+        assert balances["result"]["isError"] is False  # type: ignore[index]
 
 
 def test_without_a_key_agents_are_turned_away(tmp_path: Path) -> None:
