@@ -12,13 +12,14 @@ from typing import Any
 import orjson
 
 from broker.policy.decision import Decision
+from broker.proxy import exact_json
 
 DECISION_LOGGER = "broker.decisions"
 
 
 def arguments_digest(arguments: Mapping[str, Any] | None) -> str:
-    """SHA-256 of the arguments' canonical JSON: sorted keys, no whitespace."""
-    return hashlib.sha256(orjson.dumps(arguments or {}, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """SHA-256 of the arguments' canonical JSON: sorted keys, no whitespace, integers exact."""
+    return hashlib.sha256(exact_json.dumps(arguments or {}, sort_keys=True)).hexdigest()
 
 
 def counter_ids(prefix: str | None = None) -> Callable[[], str]:

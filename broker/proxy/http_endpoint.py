@@ -21,7 +21,6 @@ import logging
 from typing import Any, Final
 
 import anyio
-import orjson
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, classify_inbound_request
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope, Send
@@ -33,10 +32,12 @@ from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
-    PARSE_ERROR,
     REQUEST_CANCELLED,
     RequestId,
     RpcError,
+    check_nesting,
+    decode,
+    encode,
     error_message,
     notification_message,
     result_message,
@@ -60,7 +61,7 @@ DISCONNECT_WATCH_DELAY: Final = 0.25
 
 
 def sse_event(message: dict[str, Any]) -> bytes:
-    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+    return b"event: message\ndata: " + encode(message) + b"\n\n"
 
 
 class ResponseChannel:
@@ -101,7 +102,7 @@ class ResponseChannel:
         if self._streaming:
             await self._send({"type": "http.response.body", "body": sse_event(message), "more_body": False})
             return
-        body = orjson.dumps(message)
+        body = encode(message)
         await self._send(
             {
                 "type": "http.response.start",
@@ -119,7 +120,7 @@ class ResponseChannel:
 async def _respond(
     send: Send, status: int, payload: dict[str, Any] | None, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    body = orjson.dumps(payload) if payload is not None else b""
+    body = encode(payload) if payload is not None else b""
     response_headers = [(b"content-length", str(len(body)).encode()), *headers]
     if payload is not None:
         response_headers.append((b"content-type", b"application/json"))
@@ -207,9 +208,9 @@ class McpHttpEndpoint:
         if body is None:
             return
         try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            await _reject(send, 400, PARSE_ERROR, f"Parse error: {exc}")
+            message = decode(body)
+        except RpcError as exc:
+            await _reject(send, 400, exc.code, exc.message)
             return
         if not isinstance(message, dict):
             await _reject(
@@ -244,6 +245,12 @@ class McpHttpEndpoint:
                 send, 400, INVALID_PARAMS, "Invalid params: 'params' must be an object", request_id=request_id
             )
             return
+        if params is not None:
+            try:
+                check_nesting(body, params)
+            except RpcError as exc:
+                await _reject(send, 400, exc.code, exc.message, request_id=request_id)
+                return
 
         if method == "initialize":
             if has_id:

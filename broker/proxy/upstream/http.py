@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from broker.proxy import exact_json
 from broker.proxy.upstream.background import BackgroundTasks
 from broker.proxy.upstream.base import (
     JsonObject,
@@ -186,7 +187,7 @@ class StreamableHttpConnection:
 
     async def _post(self, message: JsonObject) -> Response:
         return await self._session().request(
-            "POST", self._target, headers=self._post_headers, body=orjson.dumps(message)
+            "POST", self._target, headers=self._post_headers, body=exact_json.dumps(message)
         )
 
     async def _get_stream(self, last_event_id: str | None) -> Response:

@@ -1,7 +1,8 @@
 """JSON-RPC plumbing every upstream transport shares.
 
-Messages stay plain dicts from ``orjson`` end to end: the gateway forwards results
-untouched, so validating them into models would only cost CPU on the hot path.
+Messages stay plain dicts from ``orjson`` (or `broker.proxy.exact_json` where integers
+outgrow 64 bits) end to end: the gateway forwards results untouched, so validating them
+into models would only cost CPU on the hot path.
 """
 
 from __future__ import annotations

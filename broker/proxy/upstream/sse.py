@@ -12,6 +12,7 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 
+from broker.proxy import exact_json
 from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamUnavailable
 from broker.proxy.upstream.http import EVENT_STREAM, describe_transport_error, request_target
 from broker.proxy.upstream.http_client import HttpClient, HttpClientError, Response
@@ -68,7 +69,10 @@ class SseConnection(MultiplexedConnection):
             raise UpstreamUnavailable(self.server, "connection was never started")
         try:
             async with await self._http.request(
-                "POST", request_target(self._endpoint_url), headers=_JSON_HEADERS, body=orjson.dumps(message)
+                "POST",
+                request_target(self._endpoint_url),
+                headers=_JSON_HEADERS,
+                body=exact_json.dumps(message),
             ) as response:
                 if response.status in (200, 202, 204):
                     await response.read()

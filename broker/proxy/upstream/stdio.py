@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import orjson
 
+from broker.proxy import exact_json
 from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamUnavailable
 from broker.proxy.upstream.jsonrpc import initialize_params, negotiated_version
 from broker.proxy.upstream.multiplexed import MultiplexedConnection
@@ -118,7 +119,7 @@ class StdioConnection(MultiplexedConnection):
         stdin = self._stdin
         if stdin is None or stdin.is_closing():
             raise UpstreamUnavailable(self.server, await self._why_not_running())
-        stdin.write(orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE))
+        stdin.write(exact_json.dumps(message) + b"\n")
         try:
             await stdin.drain()
         except ConnectionError as exc:
@@ -135,7 +136,7 @@ class StdioConnection(MultiplexedConnection):
     def _send_soon(self, message: JsonObject) -> None:
         stdin = self._stdin
         if stdin is not None and not stdin.is_closing():
-            stdin.write(orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE))
+            stdin.write(exact_json.dumps(message) + b"\n")
 
     async def _read_stdout(self, stdout: asyncio.StreamReader) -> None:
         reason = "server process closed its stdout"
@@ -144,7 +145,7 @@ class StdioConnection(MultiplexedConnection):
                 if line.isspace():
                     continue
                 try:
-                    message = orjson.loads(line)
+                    message = exact_json.loads(line)
                 except orjson.JSONDecodeError:
                     logger.warning(
                         "upstream '%s': skipped a stdout line that is not JSON: %.200r", self.server, line
