@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,14 +24,14 @@ from broker.policy.holder import PolicyHolder
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.decision_log import DecisionLog
 from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
-from broker.proxy.ratelimit import RateLimiter
+from broker.proxy.ratelimit import RateLimiter, RateVerdict
 from broker.proxy.upstream.base import (
     JsonObject,
     UpstreamRpcError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from broker.proxy.upstream.pool import UpstreamTool
+from broker.proxy.upstream.pool import ServerStatus, UpstreamTool
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class Upstreams(Protocol):
     def tools(self) -> Any: ...
 
     def resolve(self, exposed_name: str) -> UpstreamTool | None: ...
+
+    def status(self) -> Sequence[ServerStatus]: ...
 
     async def call_tool(
         self,
@@ -259,7 +261,17 @@ class Gateway:
         if tool is None and self._approvals is not None and name == self._approvals.check_tool_name:
             return await self._approvals.check(ctx, arguments)
         if tool is None:
-            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
+            policy = self._policy.current
+            server, qualified, bare = name.partition("__")
+            hidden = policy.decide(bare, server=server) if qualified else policy.decide(name)
+            if hidden.action is Action.HIDE:
+                # The same answer as for a hidden tool that exists: what is hidden is not revealed either way.
+                self.call_counts.hide += 1
+                decision_id = self._decisions.record(
+                    hidden, agent=ctx.agent, session=ctx.session, tool=name, server="", arguments=arguments
+                )
+                return _hidden_result(name, hidden, decision_id)
+            raise RpcError(INVALID_PARAMS, _unknown_tool_message(name, self._upstreams.status()))
 
         decision = self._policy.current.decide(
             tool.name, server=tool.server, agent=ctx.agent, arguments=arguments
@@ -273,7 +285,7 @@ class Gateway:
                 if not verdict.allowed:
                     self.call_counts.rate_limited += 1
                     decision_id = self._record(decision, ctx, tool, arguments, "rate_limited")
-                    return _rate_limited_result(name, decision, decision_id, verdict.retry_after)
+                    return _rate_limited_result(name, decision, decision_id, verdict)
             if action is Action.REQUIRE_APPROVAL:
                 self.call_counts.require_approval += 1
                 return await self._hold(ctx, tool, arguments, decision, params, request)
@@ -286,6 +298,8 @@ class Gateway:
         else:
             self.call_counts.deny += 1
         decision_id = self._record(decision, ctx, tool, arguments, None)
+        if action is Action.HIDE:
+            return _hidden_result(name, decision, decision_id)
         return _denied_result(name, decision, decision_id)
 
     async def _hold(
@@ -413,16 +427,42 @@ def _denied_result(name: str, decision: Decision, decision_id: str) -> JsonObjec
     )
 
 
-def _rate_limited_result(name: str, decision: Decision, decision_id: str, retry_after: float) -> JsonObject:
-    limit = decision.rate_limit
-    assert limit is not None
-    result = _error_result(
-        f"Rate limit exceeded: '{name}' allows {limit.max_calls} calls per {limit.window_seconds:g} s "
-        f"in one session (policy rule {decision.rule}). Retry after {retry_after:g} s.",
+def _hidden_result(name: str, decision: Decision, decision_id: str) -> JsonObject:
+    # Unlike a denial, this must not confirm that such a tool exists.
+    return _error_result(
+        f"Policy violation: '{name}' may not be called under this policy (policy rule {decision.rule}, "
+        f"policy revision {decision.revision}): {decision.reason}. Retrying will not help.",
         decision,
         decision_id,
     )
-    result["_meta"][DECISION_META_KEY]["retryAfterSeconds"] = retry_after
+
+
+def _unknown_tool_message(name: str, servers: Sequence[ServerStatus]) -> str:
+    down = [f"'{server.name}'" for server in servers if server.state != "connected"]
+    if not down:
+        return f"Unknown tool: {name}"
+    return (
+        f"Unknown tool: {name}. Upstream server(s) not connected right now: {', '.join(down)}; their tools "
+        "are unknown until they connect, so if the tool belongs to one of them, retry shortly."
+    )
+
+
+def _rate_limited_result(name: str, decision: Decision, decision_id: str, verdict: RateVerdict) -> JsonObject:
+    limit = decision.rate_limit
+    assert limit is not None
+    if verdict.unavailable is not None:
+        text = (
+            f"Not forwarded: '{name}' is rate limited (policy rule {decision.rule}) and the broker cannot "
+            f"count calls right now: {verdict.unavailable}. It refuses such calls until it can (fails "
+            f"closed). Retry after {verdict.retry_after:g} s."
+        )
+    else:
+        text = (
+            f"Rate limit exceeded: '{name}' allows {limit.max_calls} calls per {limit.window_seconds:g} s "
+            f"in one session (policy rule {decision.rule}). Retry after {verdict.retry_after:g} s."
+        )
+    result = _error_result(text, decision, decision_id)
+    result["_meta"][DECISION_META_KEY]["retryAfterSeconds"] = verdict.retry_after
     return result
 
 
