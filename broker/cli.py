@@ -41,6 +41,8 @@ def configure_logging(level: str) -> None:
     decision_handler.setFormatter(logging.Formatter("%(message)s"))
     decisions.handlers[:] = [decision_handler]
     decisions.propagate = False
+    # Every decision is logged whatever the verbosity: --log-level quiets diagnostics, not the audit trail.
+    decisions.setLevel(logging.INFO)
 
 
 def _settings(args: argparse.Namespace) -> BrokerSettings:
@@ -52,6 +54,10 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
             settings = load_settings(Path(args.config), environ=environ)
         except ConfigError as exc:
             _fail(str(exc))
+        except (ValueError, RecursionError) as exc:
+            # What the config parser does not report with a position (an integer too long to
+            # convert, nesting too deep) still ends in a message, not a traceback.
+            _fail(f"{args.config}: cannot be loaded: {exc}")
     else:
         state_dir = Path(environ.get("BROKER_STATE_DIR", ".")).resolve()
         settings = demo_settings(environ=environ, state_dir=state_dir)
@@ -138,11 +144,9 @@ def _draining_server(config: Any, broker: Any) -> Any:
 
 
 async def _serve_stdio(broker: Any, agent: str) -> int:
-    from broker.proxy.stdio_endpoint import StdioEndpoint
+    from broker.proxy.stdio_endpoint import StdioEndpoint, open_stdin
 
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    reader = await open_stdin()
     endpoint = StdioEndpoint(
         broker.gateway, agent=agent, changes=broker.changes, session_id=f"stdio:{os.getpid()}"
     )
@@ -155,7 +159,7 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
     failed = False
     for name in args.files:
         try:
-            policy = load_policy(Path(name).read_text(encoding="utf-8"), source=name)
+            policy = load_policy(Path(name).read_bytes(), source=name)
         except OSError as exc:
             print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
             failed = True
@@ -203,7 +207,7 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
 
 def _load_policy_file(name: str) -> Any:
     try:
-        return load_policy(Path(name).read_text(encoding="utf-8"), source=name)
+        return load_policy(Path(name).read_bytes(), source=name)
     except OSError as exc:
         _fail(f"{name}: cannot read: {exc.strerror or exc}")
     except PolicyError as exc:

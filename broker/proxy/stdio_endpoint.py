@@ -12,7 +12,6 @@ import sys
 from typing import Any, BinaryIO
 
 import anyio
-import orjson
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -23,9 +22,12 @@ from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
-    PARSE_ERROR,
+    MAX_MESSAGE_BYTES,
     RequestId,
     RpcError,
+    check_nesting,
+    decode,
+    encode,
     error_message,
     notification_message,
     result_message,
@@ -35,6 +37,40 @@ from broker.proxy.jsonrpc import (
 logger = logging.getLogger(__name__)
 
 
+async def open_stdin() -> asyncio.StreamReader:
+    """The process's stdin as a reader that takes messages as large as the HTTP endpoint does."""
+    loop = asyncio.get_running_loop()
+    # asyncio's default line limit is 64 KiB: one larger tools/call would end the whole session.
+    reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """The next line, b"" at the end of input; raises _LineTooLong once a longer line is skipped."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as end:
+        return end.partial
+    except asyncio.LimitOverrunError as overrun:
+        consumed = overrun.consumed
+    # Discard the line up to its end; the reader holds at most about two limits of it at a time.
+    while True:
+        await reader.readexactly(consumed)
+        try:
+            await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            raise _LineTooLong from None
+        except asyncio.LimitOverrunError as overrun:
+            consumed = overrun.consumed
+        else:
+            raise _LineTooLong
+
+
 class StdioEndpoint:
     def __init__(self, gateway: Gateway, *, agent: str, changes: ChangeFeed, session_id: str) -> None:
         self._gateway = gateway
@@ -42,7 +78,7 @@ class StdioEndpoint:
         self._context = AgentContext(agent=agent, session=session_id)
         self._modern_context = AgentContext(agent=agent, session=session_id, modern=True)
         self._write_lock = anyio.Lock()
-        self._in_flight: dict[RequestId, anyio.CancelScope] = {}
+        self._in_flight: dict[RequestId, tuple[anyio.CancelScope, AgentRequest]] = {}
         self._output: BinaryIO = sys.stdout.buffer
 
     async def serve(self, reader: asyncio.StreamReader, output: BinaryIO) -> None:
@@ -51,7 +87,19 @@ class StdioEndpoint:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._forward_changes)
             while True:
-                line = await reader.readline()
+                try:
+                    line = await _read_line(reader)
+                except _LineTooLong:
+                    await self._write(
+                        error_message(
+                            None,
+                            RpcError(
+                                INVALID_REQUEST,
+                                f"Request too large: a message may be at most {MAX_MESSAGE_BYTES} bytes",
+                            ),
+                        )
+                    )
+                    continue
                 if not line:
                     break
                 if line.strip():
@@ -59,8 +107,18 @@ class StdioEndpoint:
             tasks.cancel_scope.cancel()
 
     async def _write(self, message: dict[str, Any]) -> None:
+        try:
+            data = encode(message)
+        except TypeError:
+            # Not even the standard library can write it (nesting beyond the interpreter's limit):
+            # the client still gets an answer for its request id.
+            logger.exception("cannot encode the answer to %r as JSON", message.get("id"))
+            error = RpcError(
+                INTERNAL_ERROR, "Internal error in the broker: the answer cannot be encoded as JSON"
+            )
+            data = encode(error_message(message.get("id"), error))
         async with self._write_lock:
-            self._output.write(orjson.dumps(message) + b"\n")
+            self._output.write(data + b"\n")
             self._output.flush()
 
     async def _forward_changes(self) -> None:
@@ -70,9 +128,9 @@ class StdioEndpoint:
 
     async def _handle_line(self, line: bytes, tasks: anyio.abc.TaskGroup) -> None:
         try:
-            message = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            await self._write(error_message(None, RpcError(PARSE_ERROR, f"Parse error: {exc}")))
+            message = decode(line)
+        except RpcError as exc:
+            await self._write(error_message(None, exc))
             return
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             await self._write(
@@ -102,12 +160,21 @@ class StdioEndpoint:
                 error_message(request_id, RpcError(INVALID_PARAMS, "'params' must be an object"))
             )
             return
+        if params is not None:
+            try:
+                check_nesting(line, params)
+            except RpcError as exc:
+                await self._write(error_message(request_id, exc))
+                return
         tasks.start_soon(self._serve_request, message, request_id, method, params)
 
     def _notification(self, method: str, params: Any) -> None:
         if method == "notifications/cancelled" and isinstance(params, dict):
-            scope = self._in_flight.get(params.get("requestId"))  # type: ignore[arg-type]
-            if scope is not None:
+            request_id = params.get("requestId")
+            entry = self._in_flight.get(request_id) if valid_request_id(request_id) else None
+            if entry is not None:
+                scope, request = entry
+                request.withdrawn = True
                 scope.cancel()
 
     async def _serve_request(
@@ -148,10 +215,11 @@ class StdioEndpoint:
         async def notify(notification_method: str, notification_params: dict[str, Any]) -> None:
             await self._write(notification_message(notification_method, notification_params))
 
+        request = AgentRequest(notify)
         with anyio.CancelScope() as scope:
-            self._in_flight[request_id] = scope
+            self._in_flight[request_id] = (scope, request)
             try:
-                return await self._gateway.dispatch(context, method, params, AgentRequest(notify))
+                return await self._gateway.dispatch(context, method, params, request)
             finally:
                 self._in_flight.pop(request_id, None)
         return None

@@ -83,3 +83,44 @@ def test_serve_rejects_a_broken_config(tmp_path: Path) -> None:
     result = broker("serve", "--config", str(tmp_path / "broker.yaml"))
     assert result.returncode == 2
     assert "listen.port" in result.stderr
+
+
+def test_policy_check_and_explain_report_unreadable_files_with_exit_code_2(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes('version: "1"\ndefault: deny\n# café\n'.encode("latin-1"))
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"version": "1",\n "default": ' + "9" * 5000 + "}\n")
+    checked = broker("policy", "check", str(latin), str(huge))
+    assert checked.returncode == 2
+    assert "Traceback" not in checked.stderr
+    assert f"{latin}:3:6: not valid UTF-8" in checked.stderr
+    assert f"{huge}:2:13: number too long" in checked.stderr
+    explained = broker("policy", "explain", str(latin), "get_ticker")
+    assert explained.returncode == 2
+    assert "Traceback" not in explained.stderr
+    assert f"{latin}:3:6: not valid UTF-8" in explained.stderr
+
+
+def test_serve_refuses_unreadable_config_and_policy_files_with_exit_code_2(tmp_path: Path) -> None:
+    (tmp_path / "servers.json").write_text('{"mcpServers": {}}')
+    config = tmp_path / "broker.yaml"
+    config.write_bytes("servers: servers.json\npolicy: policy.yaml\n# café\n".encode("latin-1"))
+    bad_config = broker("serve", "--config", str(config))
+    assert bad_config.returncode == 2
+    assert "Traceback" not in bad_config.stderr
+    assert f"{config}:3:6: not valid UTF-8" in bad_config.stderr
+
+    config.write_text("servers: servers.json\npolicy: policy.yaml\nlisten: {port: " + "9" * 5000 + "}\n")
+    long_number = broker("serve", "--config", str(config))
+    assert long_number.returncode == 2
+    assert "Traceback" not in long_number.stderr
+    assert f"{config}: cannot be loaded" in long_number.stderr
+
+    config.write_text("servers: servers.json\npolicy: policy.yaml\n")
+    (tmp_path / "policy.yaml").write_bytes('version: "1"\ndefault: deny\n# café\n'.encode("latin-1"))
+    bad_policy = broker("serve", "--config", str(config))
+    assert bad_policy.returncode == 2
+    assert "Traceback" not in bad_policy.stderr
+    assert (
+        "refusing to start" in bad_policy.stderr and "policy.yaml:3:6: not valid UTF-8" in bad_policy.stderr
+    )
