@@ -127,6 +127,11 @@ def test_the_example_exchange_policy_loads_and_means_what_its_comments_say() -> 
     assert decide("place_order", **bot, arguments={"quantity": "250"}).rule == "large-orders"
     market = {"quantity": 1, "type": "MARKET", "symbol": "BTCUSDT"}
     assert decide("place_order", **bot, arguments=market).rule == "market-orders"
+    # "any market order waits for a human": whatever the symbol and however the type is spelled.
+    for order_type, symbol in [("market", "btcusdt"), ("Market", "ETH-EUR"), ("STOP_MARKET", "BTCUSD")]:
+        arguments = {"quantity": 1, "type": order_type, "symbol": symbol}
+        assert decide("place_order", **bot, arguments=arguments).rule == "market-orders", arguments
+    assert decide("place_order", **bot, arguments={"quantity": 1, "type": "LIMIT"}).rule == "small-orders"
     assert decide("place_order", server="exchange", agent="x").rule == "orders-from-other-agents"
     assert decide("binance_us_cust_cancel_order", server="exchange").rule == "cancel-needs-human"
     assert decide("withdraw", server="exchange", agent="trading-bot").rule == "no-withdrawals"
