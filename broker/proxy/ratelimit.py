@@ -11,12 +11,21 @@ from typing import Protocol
 
 from broker.policy.decision import RateLimit
 
+UNAVAILABLE_RETRY_AFTER = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class RateVerdict:
     allowed: bool
     retry_after: float = 0.0
     """Seconds until the oldest counted call leaves the window (0 when allowed)."""
+    unavailable: str | None = None
+    """Why the call could not be counted (the shared counters are unreachable); refused then."""
+
+    @classmethod
+    def uncounted(cls, why: str) -> RateVerdict:
+        """Fail closed: a call that cannot be counted is refused, and the agent told why."""
+        return cls(False, UNAVAILABLE_RETRY_AFTER, why)
 
 
 class RateLimiter(Protocol):

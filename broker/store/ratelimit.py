@@ -34,7 +34,6 @@ from broker.store.notify import asyncpg_dsn
 logger = logging.getLogger(__name__)
 
 TABLE = "rate_limit_hits"
-UNAVAILABLE_RETRY_AFTER = 1.0
 """What a refused agent is told to wait while the shared counters are unreachable."""
 
 _HIT = f"""
@@ -110,7 +109,7 @@ class PostgresRateLimiter:
             if not self._failing:
                 logger.error("shared rate limits unreachable; refusing rate-limited calls: %s", exc)
                 self._failing = True
-            return RateVerdict(False, UNAVAILABLE_RETRY_AFTER)
+            return RateVerdict.uncounted("the shared rate-limit counters (PostgreSQL) are unreachable")
         if self._failing:
             logger.warning("shared rate limits reachable again")
             self._failing = False

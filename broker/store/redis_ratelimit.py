@@ -29,7 +29,6 @@ from broker.proxy.ratelimit import RateVerdict
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "broker:ratelimit:"
-UNAVAILABLE_RETRY_AFTER = 1.0
 
 # KEYS[1]: the key; ARGV: now, window (s), max calls, a member name unique to this call.
 # Returns {1, "0"} when counted, {0, seconds until a slot frees} when refused. Lua numbers
@@ -101,7 +100,7 @@ class RedisRateLimiter:
             if not self._failing:
                 logger.error("shared rate limits (Redis) unreachable; refusing rate-limited calls: %s", exc)
                 self._failing = True
-            return RateVerdict(False, UNAVAILABLE_RETRY_AFTER)
+            return RateVerdict.uncounted("the shared rate-limit counters (Redis) are unreachable")
         if self._failing:
             logger.warning("shared rate limits (Redis) reachable again")
             self._failing = False

@@ -133,7 +133,7 @@ async def test_an_unreachable_redis_refuses_rate_limited_calls(caplog: pytest.Lo
     with anyio.fail_after(20):
         async with RedisRateLimiter("redis://127.0.0.1:1/0", timeout=0.5) as limiter:
             verdicts = [await limiter.hit(KEY, RateLimit(100, 60)) for _ in range(2)]
-    assert verdicts == [RateVerdict(False, 1.0)] * 2
+    assert verdicts == [RateVerdict.uncounted("the shared rate-limit counters (Redis) are unreachable")] * 2
     assert len([record for record in caplog.records if "unreachable" in record.getMessage()]) == 1
 
 
@@ -153,7 +153,9 @@ async def test_calls_are_refused_while_the_database_is_gone(caplog: pytest.LogCa
                         await conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
                 finally:
                     await admin.dispose()
-                assert await limiter.hit(KEY, limit) == RateVerdict(False, 1.0)
+                assert await limiter.hit(KEY, limit) == RateVerdict.uncounted(
+                    "the shared rate-limit counters (PostgreSQL) are unreachable"
+                )
     assert any("unreachable" in record.getMessage() for record in caplog.records)
 
 
