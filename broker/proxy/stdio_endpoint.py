@@ -104,6 +104,9 @@ class StdioEndpoint:
                     break
                 if line.strip():
                     await self._handle_line(line, tasks)
+            # The client closed stdin: it is gone for good, and so is its interest in held calls.
+            for _, request in self._in_flight.values():
+                request.withdrawn = True
             tasks.cancel_scope.cancel()
 
     async def _write(self, message: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from broker.policy import load_policy
+from broker.store.engine import create_store
 
 pytestmark = pytest.mark.anyio
 
@@ -150,13 +152,16 @@ class RawStdioBroker:
 
 
 @asynccontextmanager
-async def raw_stdio_broker(tmp_path: Path, *extra: str) -> AsyncIterator[RawStdioBroker]:
-    (tmp_path / "policy.json").write_text(json.dumps(LAB_POLICY))
+async def raw_stdio_broker(
+    tmp_path: Path, *extra: str, policy: dict[str, Any] = LAB_POLICY
+) -> AsyncIterator[RawStdioBroker]:
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
     servers = {"mcpServers": {"lab": {"command": sys.executable, "args": [str(DEMO_SERVER), "stdio"]}}}
     (tmp_path / "servers.json").write_text(json.dumps(servers))
     config = tmp_path / "broker.yaml"
     config.write_text(
         f"servers: servers.json\npolicy: policy.json\ndatabase_url: sqlite:///{tmp_path}/b.db\n"
+        "approvals: {progress_interval: 0.1}\n"
     )
     command = [
         sys.executable,
@@ -333,3 +338,48 @@ async def test_integers_beyond_64_bits_reach_the_upstream_and_the_policy_exactly
         logged = await broker.finish()
     hashes = [json.loads(line)["args_sha256"] for line in logged.splitlines() if '"event":"decision"' in line]
     assert hashes[-1] == hashlib.sha256(f'{{"a":{a + 1},"b":0}}'.encode()).hexdigest()
+
+
+# -- held calls the client withdraws -----------------------------------------------------------
+
+HELD_POLICY = {"version": "1", "default": "deny", "rules": [{"tool": "echo", "action": "require_approval"}]}
+
+
+async def start_held_call(broker: RawStdioBroker, request_id: int) -> str:
+    """Sends a held call with a progress token; returns its approval id once the broker holds it."""
+    await broker.send(
+        {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "hi"}, "_meta": {"progressToken": "p"}},
+        }
+    )
+    while True:
+        message = await broker.receive()
+        if message.get("method") == "notifications/progress":
+            found = re.search(r"approval (\S+)\)", message["params"]["message"])
+            assert found is not None, message
+            return found.group(1)
+
+
+async def stored_status(tmp_path: Path, approval_id: str) -> str:
+    async with create_store(f"sqlite:///{tmp_path}/b.db") as store:
+        approval = await store.get(approval_id)
+    assert approval is not None
+    return approval.status.value
+
+
+async def test_a_cancelled_held_call_and_a_closed_stdin_withdraw_their_approvals(tmp_path: Path) -> None:
+    async with raw_stdio_broker(tmp_path, policy=HELD_POLICY) as broker:
+        first = await start_held_call(broker, 100)
+        await broker.send(
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 100}}
+        )
+        checked = await broker.call("check_approval", {"approval_id": first})
+        assert text_of(checked).startswith("Cancelled:"), checked
+
+        second = await start_held_call(broker, 101)
+        await broker.finish()
+    assert await stored_status(tmp_path, first) == "cancelled"
+    assert await stored_status(tmp_path, second) == "cancelled"
