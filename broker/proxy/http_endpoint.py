@@ -32,6 +32,7 @@ from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    MAX_MESSAGE_BYTES,
     REQUEST_CANCELLED,
     RequestId,
     RpcError,
@@ -148,7 +149,7 @@ class McpHttpEndpoint:
         authenticator: Authenticator,
         sessions: SessionRegistry,
         changes: ChangeFeed,
-        max_body_bytes: int = 4 * 1024 * 1024,
+        max_body_bytes: int = MAX_MESSAGE_BYTES,
         keepalive_seconds: float = 15.0,
         allowed_origins: frozenset[str] | None = None,
     ) -> None:

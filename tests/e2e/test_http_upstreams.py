@@ -83,6 +83,7 @@ async def test_allow_deny_and_hide_through_streamable_http_and_sse_upstreams(
                 # The upstream adds what the agent sent, digit for digit.
                 summed = await client.call_tool("legacy__add", {"a": 2**70, "b": 2**64 + 1})
                 assert not summed.is_error and text_of(summed) == str(2**70 + 2**64 + 1)
+                assert summed.structured_content == {"result": 2**70 + 2**64 + 1}
                 huge = await client.call_tool("legacy__add", {"a": 2**70 + 1, "b": 0})
                 assert huge.is_error and "too large to add unattended" in text_of(huge)
 

@@ -83,6 +83,28 @@ async def test_an_expired_session_closes_the_connection(
             await connection.aclose()
 
 
+@pytest.mark.parametrize("transport", ["http", "http-json", "sse"])
+async def test_integers_beyond_64_bits_come_back_exact(
+    start_http_server: StartServer, transport: str
+) -> None:
+    server = await start_http_server(transport)
+    connection = (
+        SseConnection(SseServer("demo", server.url, {}), Notifications())
+        if transport == "sse"
+        else StreamableHttpConnection(HttpServer("demo", server.url, {}), Notifications())
+    )
+    try:
+        with anyio.fail_after(15):
+            await connection.start()
+            summed = await connection.request(
+                "tools/call", {"name": "add", "arguments": {"a": 2**70, "b": 1}}
+            )
+    finally:
+        with anyio.fail_after(10):
+            await connection.aclose()
+    assert summed["structuredContent"] == {"result": 2**70 + 1}
+
+
 async def test_json_answers_from_a_stateless_server(start_http_server: StartServer) -> None:
     server = await start_http_server("http-json")
     connection = StreamableHttpConnection(HttpServer("demo", server.url, {}), Notifications())

@@ -201,7 +201,7 @@ class StreamableHttpConnection:
 
     def _answer_from_json(self, body: bytes, request_id: int) -> JsonObject:
         try:
-            decoded = orjson.loads(body)
+            decoded = exact_json.loads(body)
         except orjson.JSONDecodeError:
             raise UpstreamRpcError(self.server, INTERNAL_ERROR, "answer is not valid JSON") from None
         # A batch is legal in protocol 2025-03-26; the answer is the element carrying our id.
@@ -327,7 +327,7 @@ class StreamableHttpConnection:
 
     def _decode(self, data: str) -> JsonObject | None:
         try:
-            message = orjson.loads(data)
+            message = exact_json.loads(data)
         except orjson.JSONDecodeError:
             logger.warning("upstream '%s': skipped an event that is not JSON: %.200r", self.server, data)
             return None

@@ -108,7 +108,7 @@ class SseConnection(MultiplexedConnection):
                             self._adopt_endpoint(event.data)
                         elif event.event == "message" and event.data:
                             try:
-                                message = orjson.loads(event.data)
+                                message = exact_json.loads(event.data)
                             except orjson.JSONDecodeError:
                                 logger.warning(
                                     "upstream '%s': skipped an event that is not JSON: %.200r",
