@@ -101,7 +101,6 @@ class Broker:
             changes=self.changes,
             allowed_origins=settings.allowed_origins,
         )
-        # -- web inbox: every approval change in this process reaches the open pages ------------
         self.inbox_events = InboxEvents()
         self.approvals.add_listener(self.inbox_events, hears_other_replicas=True)
         self.web_inbox = (
@@ -120,7 +119,6 @@ class Broker:
             if settings.web.enabled
             else None
         )
-        # -- scale-out (issue 6): replicas on one PostgreSQL, metrics, graceful drain ------------
         self.metrics = BrokerMetrics(
             calls=self.gateway.call_counts,
             upstream_latency=self.gateway.upstream_latency,
@@ -137,8 +135,6 @@ class Broker:
             self.approvals.add_listener(self.replica_feed)
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        # -- end scale-out ----------------------------------------------------------------------
-        # -- Slack (issue 4): prompts with Approve/Deny buttons, kept current on every change ----
         self.slack = (
             SlackChannel(
                 settings.slack,
@@ -152,7 +148,6 @@ class Broker:
         )
         if self.slack is not None:
             self.approvals.add_listener(self.slack.notifier)
-        # -- end Slack --------------------------------------------------------------------------
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
         self.gateway.tools_changed()
@@ -168,7 +163,7 @@ class Broker:
             stack.push_async_callback(self.store.close)
             pending = await self.store.pending_count()
             logger.info("approval store ready (%d pending approvals)", pending)
-            if self.slack is not None:  # Slack (issue 4): entered first, so it outlives the listener calls
+            if self.slack is not None:  # entered first, so it outlives the listener calls
                 await stack.enter_async_context(self.slack.running())
             await stack.enter_async_context(self.approvals.running())
             await stack.enter_async_context(self.upstreams)
@@ -183,28 +178,24 @@ class Broker:
                 self.settings.policy_path,
                 self.policy_file.holder.current.revision,
             )
-            # -- scale-out (issue 6) --
             if isinstance(self.rate_limiter, AbstractAsyncContextManager):
                 await stack.enter_async_context(self.rate_limiter)
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(self.policy_file.watch, self.settings.policy_poll_seconds)
             tasks.start_soon(self._reap_sessions)
             self._install_sighup()
-            # -- scale-out (issue 6) --
             self._loop = asyncio.get_running_loop()
             if self.replica_feed is not None:
                 tasks.start_soon(self.replica_feed.run, self.approvals)
             try:
                 yield self
             finally:
-                # -- scale-out (issue 6): a call being forwarded now finishes before the upstreams close
+                # A call being forwarded now finishes before the upstreams close
                 with anyio.move_on_after(self.settings.shutdown_grace_seconds):
                     await self.approvals.finish_releases()
                 self.mcp_endpoint.shutdown()
                 self.inbox_events.close()
                 tasks.cancel_scope.cancel()
-
-    # -- scale-out (issue 6): graceful drain -------------------------------------------------------
 
     def drain(self) -> None:
         """The process was asked to stop (SIGTERM): readiness fails so balancers send no new work, and
@@ -226,14 +217,10 @@ class Broker:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.drain)
 
-    # -- end scale-out ------------------------------------------------------------------------------
-
     def _install_sighup(self) -> None:
         if not hasattr(signal, "SIGHUP"):
             return
         try:
-            import asyncio
-
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.policy_file.reload)
         except (NotImplementedError, RuntimeError):
             logger.debug("SIGHUP reload unavailable in this event loop")
@@ -282,7 +269,7 @@ class Broker:
 
         @api.get("/readyz")
         async def readyz() -> JSONResponse:
-            # -- scale-out (issue 6): not ready while draining or while the schema is not this code's
+            # Not ready while draining or while the schema is not this code's
             if broker.draining:
                 return JSONResponse({"status": "draining"}, status_code=503)
             try:
@@ -301,7 +288,6 @@ class Broker:
                 )
             return JSONResponse({"status": "ready"})
 
-        # -- scale-out (issue 6) --
         @api.get("/metrics")
         async def metrics() -> Response:
             return Response(await broker.metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -309,7 +295,7 @@ class Broker:
         api.include_router(build_decisions_router(broker.approvals, broker.approvers))
         if broker.web_inbox is not None:
             api.include_router(broker.web_inbox.router())
-        slack_router = broker.slack.router() if broker.slack is not None else None  # Slack (issue 4)
+        slack_router = broker.slack.router() if broker.slack is not None else None
         if slack_router is not None:
             api.include_router(slack_router)
 
@@ -351,9 +337,6 @@ class BrokerASGI:
 
 def current_environ() -> dict[str, str]:
     return dict(os.environ)
-
-
-# -- scale-out (issue 6) ----------------------------------------------------------------------------
 
 
 def rate_limiter_for(settings: BrokerSettings) -> RateLimiter:

@@ -97,7 +97,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             settings.host,
             settings.port,
         )
-        # -- web inbox --
         if settings.web.enabled:
             logging.getLogger("broker").warning(
                 "demo mode: web inbox at http://%s:%d/ (sign in as demo, password demo)",
@@ -111,7 +110,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         lifespan="on",
         access_log=False,
-        # -- scale-out (issue 6): the drain's grace runs inside uvicorn's graceful shutdown
+        # The drain's grace runs inside uvicorn's graceful shutdown
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds) + SHUTDOWN_MARGIN_SECONDS,
         # The web inbox decides itself which proxies it believes (web.trusted_proxies); uvicorn's
         # rewriting of the client address from X-Forwarded-For would hide the real peer from it.
@@ -120,8 +119,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _draining_server(config, broker).run()
     return 0
 
-
-# -- scale-out (issue 6) ------------------------------------------------------------------------
 
 SHUTDOWN_MARGIN_SECONDS = 5
 """How much longer uvicorn's graceful shutdown lasts than the drain grace: held agents are
@@ -138,9 +135,6 @@ def _draining_server(config: Any, broker: Any) -> Any:
             super().handle_exit(sig, frame)
 
     return DrainingServer(config)
-
-
-# -- end scale-out ------------------------------------------------------------------------------
 
 
 async def _serve_stdio(broker: Any, agent: str) -> int:
@@ -425,9 +419,6 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- web inbox ---------------------------------------------------------------------------------
-
-
 def _cmd_hash_password(args: argparse.Namespace) -> int:
     from getpass import getpass
 
@@ -444,9 +435,6 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
         _fail("the password is empty")
     print(hash_password(password))
     return 0
-
-
-# -- end web inbox -----------------------------------------------------------------------------
 
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
@@ -573,7 +561,6 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(handler=_cmd_tools_scan)
 
-    # -- web inbox --
     hash_command = commands.add_parser(
         "hash-password",
         help="print the scrypt hash of a password for approvers.<name>.password_hash",

@@ -70,7 +70,6 @@ class _ApproverEntry(BaseModel):
     slack_user: str | None = None
     password_hash: str | None = None
 
-    # -- web inbox ----------------------------------------------------------------------
     @field_validator("password_hash")
     @classmethod
     def _usable_password_hash(cls, value: str | None) -> str | None:
@@ -99,7 +98,6 @@ class _Listen(BaseModel):
     port: int = Field(default=8765, ge=0, le=65535)
 
 
-# -- web inbox ----------------------------------------------------------------------------
 class _Web(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -126,10 +124,6 @@ class _Web(BaseModel):
         return self
 
 
-# -- end web inbox ------------------------------------------------------------------------
-
-
-# -- scale-out (issue 6) ------------------------------------------------------------------
 class _RateLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,10 +131,6 @@ class _RateLimits(BaseModel):
     redis_url: str | None = None
 
 
-# -- end scale-out ------------------------------------------------------------------------
-
-
-# -- Slack (issue 4) ----------------------------------------------------------------------
 class _Slack(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -166,9 +156,6 @@ class _Slack(BaseModel):
         return value
 
 
-# -- end Slack ----------------------------------------------------------------------------
-
-
 class _ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -187,7 +174,7 @@ class _ConfigFile(BaseModel):
     web: _Web = _Web()
     rate_limits: _RateLimits = _RateLimits()
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
-    slack: _Slack | None = None  # Slack (issue 4)
+    slack: _Slack | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +186,6 @@ class ApprovalSettings:
     sweep_interval: float = 1.0
 
 
-# -- web inbox ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WebSettings:
     enabled: bool = True
@@ -212,10 +198,6 @@ class WebSettings:
     """None: Secure cookies when the request came over https."""
 
 
-# -- end web inbox ------------------------------------------------------------------------
-
-
-# -- scale-out (issue 6) ------------------------------------------------------------------
 @dataclass(frozen=True)
 class RateLimitSettings:
     backend: Literal["memory", "database", "redis"] | None = None
@@ -225,10 +207,6 @@ class RateLimitSettings:
     """For backend redis; BROKER_REDIS_URL overrides it."""
 
 
-# -- end scale-out ------------------------------------------------------------------------
-
-
-# -- Slack (issue 4) ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class SlackSettings:
     bot_token: str
@@ -244,9 +222,6 @@ class SlackSettings:
     """The Web API base URL; None: https://slack.com/api/."""
     user_groups: Mapping[str, str] = field(default_factory=dict)
     group_cache_seconds: float = 300.0
-
-
-# -- end Slack ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -271,7 +246,7 @@ class BrokerSettings:
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     shutdown_grace_seconds: float = 20.0
     """On SIGTERM: held agents may still receive decisions this long, then get a 'pending' answer."""
-    slack: SlackSettings | None = None  # Slack (issue 4): None when the config has no slack block
+    slack: SlackSettings | None = None  # None when the config has no slack block
 
 
 def _parse_document(text: str, source: str) -> Any:
@@ -371,7 +346,6 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
         if unknown := sorted(set(entry.acts_for) - set(config.approvers)):
             raise ConfigError(f"{path}: agents.{agent}.acts_for: {', '.join(unknown)} is not in approvers")
 
-    # -- web inbox ------------------------------------------------------------------------
     session_secret = None
     if config.web.session_secret_env:
         session_secret = environ.get(config.web.session_secret_env)
@@ -392,12 +366,9 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
         ),
         cookie_secure=config.web.cookie_secure,
     )
-    # -- end web inbox --------------------------------------------------------------------
 
-    # -- scale-out (issue 6) --------------------------------------------------------------
     resolved_database_url = environ.get("BROKER_DATABASE_URL") or config.database_url or "sqlite:///broker.db"
     rate_limits = _rate_limit_settings(config.rate_limits, resolved_database_url, environ, path)
-    # -- end scale-out --------------------------------------------------------------------
 
     slack = _slack_settings(config.slack, environ, path) if config.slack is not None else None  # Slack
 
@@ -432,7 +403,6 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
     )
 
 
-# -- scale-out (issue 6) --------------------------------------------------------------------
 def _rate_limit_settings(
     entry: _RateLimits, database_url: str, environ: Mapping[str, str], path: Path
 ) -> RateLimitSettings:
@@ -460,10 +430,6 @@ def _rate_limit_settings(
     return RateLimitSettings(backend=entry.backend, redis_url=redis_url if entry.backend == "redis" else None)
 
 
-# -- end scale-out --------------------------------------------------------------------------
-
-
-# -- Slack (issue 4) ------------------------------------------------------------------------
 def _slack_secret(
     entry: _Slack, name: str, environ: Mapping[str, str], path: Path, *, required: bool
 ) -> str | None:
@@ -494,9 +460,6 @@ def _slack_settings(entry: _Slack, environ: Mapping[str, str], path: Path) -> Sl
         user_groups=dict(entry.user_groups),
         group_cache_seconds=entry.group_cache_seconds,
     )
-
-
-# -- end Slack ------------------------------------------------------------------------------
 
 
 DEMO_PASSWORD_HASH = "scrypt$32768$8$1$8-ltD1B6Bn3_E6yBhgKCoQ$N_Tn72YPBmeke6v1u6MuUVKhTgA5GMS_PTMZG3hf21g"

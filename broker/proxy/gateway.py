@@ -140,7 +140,7 @@ class Gateway:
         self._token_counter = itertools.count(1)
         self._listing_cache: dict[tuple[str, str, int], list[JsonObject]] = {}
         self._tools_generation = 0
-        # -- scale-out (issue 6): metrics; plain integers, read by broker.observability at scrape time
+        # Metrics; plain integers, read by broker.observability at scrape time
         self.call_counts = CallCounts()
         self.upstream_latency = UpstreamLatency()
 
