@@ -167,3 +167,20 @@ class ApprovalStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def swap_slack_message(
+        self,
+        approval_id: str,
+        *,
+        expected_ts: str | None,
+        channel: str | None,
+        ts: str | None,
+        audit: AuditEvent | None = None,
+    ) -> tuple[Approval, bool]:
+        """Set slack_channel and slack_ts only if slack_ts is still `expected_ts` (None: unset).
+
+        A compare-and-set across replicas, so that one of them claims a message's post. Returns
+        the approval as it now stands and whether this call changed it; `audit` is written in the
+        same transaction, only by the winner. Raises ApprovalNotFound.
+        """
+        ...

@@ -506,6 +506,41 @@ class SqlApprovalStore:
             )
         )
 
+    async def swap_slack_message(
+        self,
+        approval_id: str,
+        *,
+        expected_ts: str | None,
+        channel: str | None,
+        ts: str | None,
+        audit: AuditEvent | None = None,
+    ) -> tuple[Approval, bool]:
+        """Compare-and-set of the Slack message fields; see ApprovalStore.swap_slack_message."""
+        values = _validated_changes({"slack_channel": channel, "slack_ts": ts}, _BOOKKEEPING_FIELDS)
+        if expected_ts is not None and not isinstance(expected_ts, str):
+            raise ValueError(f"expected_ts must be a string or None, got {type(expected_ts).__name__}")
+        event = None if audit is None else audit.for_approval(approval_id)
+        unchanged = (
+            approvals.c.slack_ts.is_(None) if expected_ts is None else approvals.c.slack_ts == expected_ts
+        )
+        async with self._writing("swap Slack message") as conn:
+            now = self._now()
+            statement = (
+                update(approvals)
+                .where(approvals.c.id == approval_id, unchanged)
+                .values(version=approvals.c.version + 1, **values)
+                .returning(*approvals.c)
+            )
+            row = (await conn.execute(statement)).mappings().first()
+            if row is None:
+                current = await _fetch(conn, approval_id)
+                if current is None:
+                    raise ApprovalNotFound(approval_id)
+                return current, False
+            if event is not None:
+                await self._append(conn, event, now)
+            return _approval_from_row(row), True
+
 
 async def _check_events_cover_statuses(conn: AsyncConnection, verifier: ChainVerifier) -> None:
     recorded: dict[str, set[str]] = {}
