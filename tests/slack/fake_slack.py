@@ -2,8 +2,8 @@
 
 slack_sdk talks to it over real HTTP through `base_url`. It records every call, keeps the
 messages it was asked to post and update, checks the Block Kit limits Slack enforces, and can
-be told to rate-limit a method (HTTP 429 with Retry-After) or to go down entirely (connection
-refused) and come back on the same port.
+be told to rate-limit a method (HTTP 429 with Retry-After), to hold a method's calls unanswered
+(a request in flight), or to go down entirely (connection refused) and come back on the same port.
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ class FakeSlack:
         self.calls: list[SlackCall] = []
         self.messages: dict[tuple[str, str], Message] = {}
         self.replies: list[Message] = []
+        self.deleted: list[Message] = []
         self.socket_received: list[dict[str, Any]] = []
         self._rate_limits: dict[str, list[float]] = {}
+        self._holds: dict[str, anyio.Event] = {}
         self._next_ts = 0
         self._changed = anyio.Event()
         self._socket: web.WebSocketResponse | None = None
@@ -104,6 +106,15 @@ class FakeSlack:
         """The next `times` calls of `method` get HTTP 429 with this Retry-After."""
         self._rate_limits.setdefault(method, []).extend([retry_after] * times)
 
+    def hold(self, method: str) -> None:
+        """Calls of `method` are recorded but not answered until `release(method)`."""
+        self._holds.setdefault(method, anyio.Event())
+
+    def release(self, method: str) -> None:
+        gate = self._holds.pop(method, None)
+        if gate is not None:
+            gate.set()
+
     # -- what the tests look at ------------------------------------------------------------------
 
     def calls_to(self, method: str) -> list[SlackCall]:
@@ -147,6 +158,10 @@ class FakeSlack:
         header = request.headers.get("Authorization", "")
         token = header.removeprefix("Bearer ") if header.startswith("Bearer ") else params.pop("token", None)
         self.calls.append(SlackCall(method, params, token))
+        gate = self._holds.get(method)
+        if gate is not None:
+            self._changed_now()
+            await gate.wait()
         try:
             response = self._answer(method, params, token)
         finally:
@@ -169,6 +184,7 @@ class FakeSlack:
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
+            "chat.delete": self._delete,
             "chat.postEphemeral": self._post_ephemeral,
             "views.open": self._views_open,
             "usergroups.users.list": self._usergroup_users,
@@ -216,6 +232,13 @@ class FakeSlack:
         message.text = str(params.get("text", ""))
         message.blocks = list(params.get("blocks") or [])
         message.history.append({"text": message.text, "blocks": message.blocks})
+        return _ok(channel=message.channel, ts=message.ts)
+
+    def _delete(self, params: dict[str, Any]) -> web.Response:
+        message = self.messages.pop((str(params.get("channel")), str(params.get("ts"))), None)
+        if message is None:
+            return _error("message_not_found")
+        self.deleted.append(message)
         return _ok(channel=message.channel, ts=message.ts)
 
     def _post_ephemeral(self, params: dict[str, Any]) -> web.Response:

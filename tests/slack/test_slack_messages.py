@@ -6,6 +6,7 @@ import html
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from broker.approvals import Approval, ApprovalStatus, NewApproval
 from broker.channels.slack.blocks import SECTION_TEXT_LIMIT, approval_message, escape
-from broker.channels.slack.notifier import RetrySchedule, slack_destination
+from broker.channels.slack.notifier import RetrySchedule, slack_destination, worth_recording
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.rig import slack_broker
 
@@ -193,8 +194,16 @@ def test_rules_choose_the_slack_channel() -> None:
     assert slack_destination(approval(channels=("web",)), "#default") is None
 
 
-def test_the_retry_schedule_backs_off_and_gives_up_after_about_ten_minutes() -> None:
-    delays = list(RetrySchedule().delays())
-    assert delays[:5] == [2, 4, 8, 16, 32]
-    assert max(delays) == 120 and 480 <= sum(delays) <= 600
-    assert list(RetrySchedule(first_delay=1, max_delay=1, give_up_after=3).delays()) == [1, 1, 1]
+def test_the_retry_schedule_backs_off_up_to_a_cap_and_never_gives_up() -> None:
+    delays = list(islice(RetrySchedule().delays(), 1000))
+    assert delays[:8] == [2, 4, 8, 16, 32, 64, 120, 120]
+    assert set(delays[6:]) == {120}  # a day-long outage is still retried every two minutes
+    assert RetrySchedule().delay(10**6) == 120
+    assert list(islice(RetrySchedule(first_delay=1, max_delay=1).delays(), 3)) == [1, 1, 1]
+    with pytest.raises(ValueError, match="first_delay <= max_delay"):
+        RetrySchedule(first_delay=5, max_delay=1)
+
+
+def test_a_long_outage_leaves_a_handful_of_failures_in_the_audit_trail() -> None:
+    recorded = [attempt for attempt in range(1, 1000) if worth_recording(attempt)]
+    assert recorded == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]

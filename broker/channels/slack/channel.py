@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 
 import anyio
 from fastapi import APIRouter
@@ -36,6 +37,10 @@ class SlackChannel:
         clock: Clock = utc_now,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        reconcile_interval: float = 30.0,
+        reconcile_sleep: Sleep = anyio.sleep,
+        look_back: timedelta = timedelta(days=7),
+        claim_lease: timedelta = timedelta(minutes=2),
     ) -> None:
         if settings.mode == "socket" and not settings.app_token:
             raise ValueError("Slack Socket Mode needs an app-level token")
@@ -55,6 +60,11 @@ class SlackChannel:
             default_channel=settings.default_channel,
             schedule=schedule,
             sleep=sleep,
+            clock=clock,
+            reconcile_interval=reconcile_interval,
+            reconcile_sleep=reconcile_sleep,
+            look_back=look_back,
+            claim_lease=claim_lease,
         )
         """Register with `ApprovalService.add_listener`."""
         self.interactions = InteractionHandler(service, self.api, self.people, clock=clock)
@@ -74,6 +84,7 @@ class SlackChannel:
     async def running(self) -> AsyncIterator[SlackChannel]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.api.connected())
+            await stack.enter_async_context(self.notifier.running())
             await stack.enter_async_context(self.interactions.running())
             if self.settings.mode == "socket" and self.settings.app_token:
                 await stack.enter_async_context(

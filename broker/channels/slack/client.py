@@ -99,6 +99,9 @@ class SlackApi:
             ),
         )
 
+    async def delete_message(self, message: PostedMessage) -> None:
+        await self._call("chat.delete", self.web_client.chat_delete(channel=message.channel, ts=message.ts))
+
     async def post_ephemeral(self, channel: str, user: str, text: str) -> None:
         await self._call(
             "chat.postEphemeral", self.web_client.chat_postEphemeral(channel=channel, user=user, text=text)

@@ -1,32 +1,44 @@
-"""Keeps one Slack message per approval truthful: posted when the approval opens, rewritten on every change.
+"""Keeps one Slack message per approval truthful: posted while the approval waits, rewritten on every
+change, and put right after restarts, outages and races between replicas.
 
-Slack's availability never touches an approval's fate: failures are logged, recorded in the
-audit trail and retried with a bounded exponential backoff, while the approval stays pending
-for the web inbox and the API.
+What it takes to finish the job is kept in the store, so any replica can finish what another began:
 
-One writer per message: every post and update for an approval runs under that approval's
-lock and renders the approval as the store has it *now*, so whichever write lands last shows
-the latest state, whatever order the change notifications arrived in.
+* where the message is: the approval's slack_channel and slack_ts. While a post is under way,
+  slack_ts holds a claim (``claim:<writer>:<until>``) set by compare-and-set, so one replica posts
+  and every other one leaves the message to it; the claim of a writer that died lapses at <until>
+  (Unix time), and a writer that finds its lapsed claim taken over deletes its own duplicate.
+* what the message shows: the status named by the approval's last ``notified`` or ``slack_updated``
+  audit event, recorded once Slack has accepted the message.
+
+A worker (one task per approval and process) brings the message in line with the store and, while
+Slack fails, retries with capped exponential backoff for as long as it takes: Slack's availability
+never touches an approval's fate, and no outage is long enough to make the broker give up. Failures
+are logged on every attempt and recorded in the audit trail on attempts 1, 2, 4, 8, ..., so a long
+outage leaves a handful of events rather than hundreds. Changes made in this process start a worker
+at once; a reconciler on every replica looks through the store on start and then periodically for
+messages that are missing or stale because the process that should have written them stopped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import enum
 import logging
+import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
-from broker.approvals.model import Approval
-from broker.approvals.ports import ApprovalError, ApprovalStore
-from broker.channels.slack.blocks import ApprovalMessage, approval_message
+from broker.approvals.clock import Clock, utc_now
+from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.ports import ApprovalError, ApprovalStore, StoreUnavailable
+from broker.channels.slack.blocks import approval_message
 from broker.channels.slack.client import PostedMessage, SlackApi
 from broker.channels.slack.errors import SlackRateLimited, SlackRejected, SlackUnavailable
 from broker.channels.slack.people import SlackPeople
@@ -36,30 +48,54 @@ logger = logging.getLogger(__name__)
 AUDIT_ACTOR = "slack"
 POST_FAILED = "slack_post_failed"
 UPDATE_FAILED = "slack_update_failed"
+DELETE_FAILED = "slack_delete_failed"
+UPDATED = "slack_updated"
+DUPLICATE_DELETED = "slack_duplicate_deleted"
+SHOWN_EVENTS = frozenset({AuditEventKind.NOTIFIED.value, UPDATED})
+"""Audit events whose ``status`` detail says what the message showed from then on."""
 SLACK_CHANNEL_PREFIX = "slack:"
+CLAIM_PREFIX = "claim:"
+
+LIVE_STATUSES = frozenset({ApprovalStatus.PENDING, ApprovalStatus.APPROVED, ApprovalStatus.RELEASED})
+FINISHED_STATUSES = frozenset(status for status in ApprovalStatus if status.is_terminal)
+PAGE_SIZE = 1000
+PASS_OVERLAP = timedelta(minutes=1)
+"""How far back of the previous pass's start a pass looks for finished approvals: covers
+transactions that committed after their created_at, and clocks of replicas slightly apart."""
 
 Sleep = Callable[[float], Awaitable[None]]
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
 class RetrySchedule:
-    """Exponential backoff for calls to Slack: first_delay, doubling up to max_delay, until the
-    waits add up to give_up_after (2 s … 120 s for about ten minutes by default)."""
+    """Capped exponential backoff for calls to Slack: first_delay, doubling up to max_delay, and
+    then max_delay for as long as the call keeps failing."""
 
     first_delay: float = 2.0
     max_delay: float = 120.0
-    give_up_after: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first_delay <= self.max_delay:
+            raise ValueError(f"need 0 < first_delay <= max_delay, got {self.first_delay}, {self.max_delay}")
+
+    def delay(self, failures: int) -> float:
+        """The wait after the `failures`-th failure in a row (counting from 1)."""
+        return min(self.first_delay * 2.0 ** min(max(failures - 1, 0), 60), self.max_delay)
 
     def delays(self) -> Iterator[float]:
-        waited, delay = 0.0, self.first_delay
-        while waited + delay <= self.give_up_after:
-            yield delay
-            waited += delay
-            delay = min(delay * 2, self.max_delay)
+        """The waits after one failure after another, without end."""
+        failures = 0
+        while True:
+            failures += 1
+            yield self.delay(failures)
 
 
 DEFAULT_RETRY_SCHEDULE = RetrySchedule()
+
+
+def worth_recording(attempt: int) -> bool:
+    """Failures recorded in the audit trail: attempts 1, 2, 4, 8, ... (the rest are only logged)."""
+    return attempt >= 1 and attempt & (attempt - 1) == 0
 
 
 def slack_destination(approval: Approval, default_channel: str | None) -> str | None:
@@ -76,36 +112,72 @@ def slack_destination(approval: Approval, default_channel: str | None) -> str | 
     return None
 
 
-class _KeyedLocks:
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    writer: str
+    until: float
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (anyio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
+    @classmethod
+    def of(cls, slack_ts: str | None) -> _Claim | None:
+        if slack_ts is None or not slack_ts.startswith(CLAIM_PREFIX):
+            return None
+        writer, _, until = slack_ts[len(CLAIM_PREFIX) :].rpartition(":")
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            return cls(writer, float(until))
+        except ValueError:
+            return cls(writer, 0.0)  # unreadable: as good as lapsed
+
+    def lapsed(self, now: datetime) -> bool:
+        return now.timestamp() >= self.until
+
+    def __str__(self) -> str:
+        return f"{CLAIM_PREFIX}{self.writer}:{self.until:.3f}"
+
+
+def _message_of(approval: Approval) -> PostedMessage | None:
+    if approval.slack_channel and approval.slack_ts and _Claim.of(approval.slack_ts) is None:
+        return PostedMessage(approval.slack_channel, approval.slack_ts)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unrecorded:
+    """A message Slack accepted that is not stored with its approval yet."""
+
+    claim: str
+    requested_channel: str
+    message: PostedMessage
+    status: ApprovalStatus
+    thread_replies: list[str]
 
 
 @dataclass(slots=True)
-class _Shown:
-    message: PostedMessage
-    digest: str
+class _Worker:
+    again: bool = False
+    """A change arrived while the worker was busy: look at the approval once more before stopping."""
+    failure_event: str = POST_FAILED
+    status: ApprovalStatus | None = None
+    unrecorded: _Unrecorded | None = None
+    duplicate: PostedMessage | None = None
+    replies: tuple[PostedMessage, list[str]] | None = None
+    finished: anyio.Event = field(default_factory=anyio.Event)
+
+
+class _Glance(enum.Enum):
+    FINE = "fine"
+    BUSY = "busy"
+    """A worker here, or another writer's claim, is on it."""
+    MISSING = "missing"
+    """No message although one is owed: post it now (the claim keeps other replicas out)."""
+    SUSPECT = "suspect"
+    """Maybe stale or maybe owed; a worker finds out, once nobody put it right for a whole pass."""
 
 
 class SlackNotifier:
-    """The approval listener that posts and updates the Slack messages."""
+    """The approval listener that posts and updates the Slack messages, and their reconciler."""
 
-    MEMORY = 2000
-    """Messages remembered in-process (to skip identical rewrites and to outlive a failed store write)."""
+    MEMORY = 10_000
+    """Approvals remembered in-process as settled (or refused by Slack), to spare the store reads."""
 
     def __init__(
         self,
@@ -116,6 +188,12 @@ class SlackNotifier:
         default_channel: str | None,
         schedule: RetrySchedule = DEFAULT_RETRY_SCHEDULE,
         sleep: Sleep = anyio.sleep,
+        clock: Clock = utc_now,
+        reconcile_interval: float = 30.0,
+        reconcile_sleep: Sleep = anyio.sleep,
+        look_back: timedelta = timedelta(days=7),
+        claim_lease: timedelta = timedelta(minutes=2),
+        writer: str | None = None,
     ) -> None:
         self._store = store
         self._api = api
@@ -123,154 +201,382 @@ class SlackNotifier:
         self._default_channel = default_channel
         self._schedule = schedule
         self._sleep = sleep
-        self._locks = _KeyedLocks()
-        self._shown: OrderedDict[str, _Shown] = OrderedDict()
+        self._clock = clock
+        self._reconcile_interval = reconcile_interval
+        self._reconcile_sleep = reconcile_sleep
+        self._look_back = look_back
+        self._claim_lease = claim_lease
+        self._writer = writer or uuid.uuid4().hex[:12]
+        self._workers: dict[str, _Worker] = {}
+        self._settled: OrderedDict[str, ApprovalStatus] = OrderedDict()
+        """Approval id -> a status at which its message (or its absence) was found truthful."""
+        self._refused: OrderedDict[str, ApprovalStatus] = OrderedDict()
+        """Approval id -> the status at which Slack refused its message (not retried at that status)."""
+        self._owed: set[str] = set()
+        """Posts this process began while the approval waited: still made if it is decided meanwhile."""
+        self._watched: set[str] = set()
+        self._suspects: dict[str, int] = {}
+        self._finished_since: datetime | None = None
+        self._passes = anyio.Lock()
+        self._tasks: TaskGroup | None = None
+
+    # -- the approval listener ---------------------------------------------------------------------
 
     async def approval_opened(self, approval: Approval) -> None:
-        channel = slack_destination(approval, self._default_channel)
-        if channel is None:
+        if slack_destination(approval, self._default_channel) is None:
             return
-        async with self._locks.hold(approval.id):
-            posted = await self._retrying(approval.id, POST_FAILED, lambda: self._post(approval, channel))
-            if posted is None:
-                return
-            message, replies = posted
-            for reply in replies:
-                reply_once = partial(
-                    self._api.post_message, message.channel, text=reply, thread_ts=message.ts
-                )
-                sent = await self._retrying(approval.id, POST_FAILED, reply_once)
-                if sent is None:
-                    break
+        await self._bring_in_line(approval.id)
 
     async def approval_updated(self, approval: Approval) -> None:
-        if slack_destination(approval, self._default_channel) is None and approval.id not in self._shown:
+        if slack_destination(approval, self._default_channel) is None and approval.slack_ts is None:
             return  # its rule keeps it out of Slack
-        async with self._locks.hold(approval.id):
-            await self._retrying(
-                approval.id, UPDATE_FAILED, lambda: self._update(approval), audit_every_failure=False
-            )
+        await self._bring_in_line(approval.id)
 
     async def settled(self, approval_id: str) -> None:
-        """Returns once no post or update of this approval's message is under way (e.g. before shutdown)."""
-        async with self._locks.hold(approval_id):
+        """Returns once no worker of this process is busy with the approval's message."""
+        worker = self._workers.get(approval_id)
+        if worker is not None:
+            await worker.finished.wait()
+
+    # -- the reconciler ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SlackNotifier]:
+        """The reconciler loop (a pass on start, then one every `reconcile_interval` seconds) and
+        the workers it starts."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            tasks.start_soon(self._reconcile_forever)
+            try:
+                yield self
+            finally:
+                tasks.cancel_scope.cancel()
+                self._tasks = None
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except StoreUnavailable as exc:
+                logger.warning("Slack reconciliation: the approval store is unavailable: %s", exc)
+            except Exception:
+                logger.exception("Slack reconciliation failed (will try again)")
+            await self._reconcile_sleep(self._reconcile_interval)
+
+    async def reconcile(self) -> None:
+        """One pass over the store: starts a worker for every approval whose message is owed but
+        missing, and for every one whose message was already suspect (maybe stale, or maybe owed)
+        in the previous pass, unchanged, with no worker of this process on it. A change made here
+        is put right at once by its own worker, and one made on another replica by that replica's:
+        waiting a pass keeps the replicas from rewriting the same message twice. The first pass
+        does not wait: whatever it finds was left behind before this process started.
+
+        Each pass looks at the approvals still waiting or being forwarded; at those that finished
+        since they were last seen (so a change made anywhere is looked at, also by replicas
+        that never saw the approval waiting); and, on the first pass, at those created within
+        `look_back` that finished, for changes a stopped process never showed.
+        """
+        if self._tasks is None:
+            raise RuntimeError("SlackNotifier.running() must be entered before reconciling")
+        async with self._passes:
+            first = self._finished_since is None
+            started = self._clock()
+            live = {approval.id: approval for approval in await self._all(LIVE_STATUSES)}
+            candidates = dict(live)
+            # Listed after the live ones: an approval finishing in between is in one list or the other.
+            since = self._finished_since or started - self._look_back
+            candidates.update(await self._finished_since_then(since))
+            for approval_id in self._watched - candidates.keys():
+                approval = await self._store.get(approval_id)
+                if approval is not None:
+                    candidates[approval_id] = approval
+            now = self._clock()
+            suspects: dict[str, int] = {}
+            watched = set(live)
+            for approval in candidates.values():
+                glance = self._glance(approval, now)
+                if glance is _Glance.FINE:
+                    continue
+                watched.add(approval.id)
+                if glance is _Glance.MISSING or (
+                    glance is _Glance.SUSPECT
+                    and (first or self._suspects.get(approval.id) == approval.version)
+                ):
+                    self._start(approval.id)
+                elif glance is _Glance.SUSPECT:
+                    suspects[approval.id] = approval.version
+            self._suspects = suspects
+            self._watched = watched
+            self._finished_since = started - PASS_OVERLAP
+
+    def _glance(self, approval: Approval, now: datetime) -> _Glance:
+        """What the approval's row alone says about its message (no further store reads)."""
+        if approval.id in self._workers:
+            return _Glance.BUSY
+        message = _message_of(approval)
+        if message is None and slack_destination(approval, self._default_channel) is None:
+            return _Glance.FINE
+        if approval.status in (self._refused.get(approval.id), self._settled.get(approval.id)):
+            return _Glance.FINE
+        if message is not None:
+            # While pending, the message can only show the prompt it was posted with.
+            return _Glance.FINE if approval.status is ApprovalStatus.PENDING else _Glance.SUSPECT
+        claim = _Claim.of(approval.slack_ts)
+        if claim is not None and not claim.lapsed(now):
+            return _Glance.BUSY
+        if approval.status is ApprovalStatus.PENDING or claim is not None:
+            return _Glance.MISSING
+        return _Glance.SUSPECT  # decided before it was posted: whether a post is owed is in its audit trail
+
+    async def _finished_since_then(self, since: datetime) -> dict[str, Approval]:
+        """Finished approvals created at or after `since` that have (or had to have) a message."""
+        found: dict[str, Approval] = {}
+        before: datetime | None = None
+        while True:
+            page = await self._store.list(statuses=FINISHED_STATUSES, limit=PAGE_SIZE, before=before)
+            for approval in page:
+                if approval.created_at < since:
+                    return found
+                if (
+                    approval.slack_ts is not None
+                    or slack_destination(approval, self._default_channel) is not None
+                ):
+                    found[approval.id] = approval
+            if len(page) < PAGE_SIZE:
+                return found
+            before = page[-1].created_at
+
+    async def _all(self, statuses: Collection[ApprovalStatus]) -> list[Approval]:
+        found: list[Approval] = []
+        before: datetime | None = None
+        while True:
+            page = await self._store.list(statuses=statuses, limit=PAGE_SIZE, before=before)
+            found.extend(page)
+            if len(page) < PAGE_SIZE:
+                return found
+            before = page[-1].created_at
+
+    def _start(self, approval_id: str) -> None:
+        assert self._tasks is not None
+        self._tasks.start_soon(self._bring_in_line_reporting, approval_id)
+
+    async def _bring_in_line_reporting(self, approval_id: str) -> None:
+        try:
+            await self._bring_in_line(approval_id)
+        except Exception:
+            logger.exception("approval %s: keeping its Slack message current failed", approval_id)
+
+    # -- the worker ----------------------------------------------------------------------------------
+
+    async def _bring_in_line(self, approval_id: str) -> None:
+        worker = self._workers.get(approval_id)
+        if worker is not None:
+            worker.again = True
             return
+        worker = self._workers[approval_id] = _Worker()
+        try:
+            await self._work(approval_id, worker)
+        finally:
+            del self._workers[approval_id]
+            self._owed.discard(approval_id)
+            worker.finished.set()
 
-    # -- one attempt each ----------------------------------------------------------------------
+    async def _work(self, approval_id: str, worker: _Worker) -> None:
+        """Steps until the message tells the truth, backing off while Slack (or the store) fails."""
+        failures = 0
+        while True:
+            worker.again = False
+            try:
+                progressed = await self._step(approval_id, worker)
+            except SlackRejected as exc:
+                logger.error("approval %s: %s; not retrying", approval_id, exc)
+                await self._audit(
+                    approval_id,
+                    worker.failure_event,
+                    {"error": str(exc), "attempt": failures + 1, "final": True},
+                )
+                if worker.status is not None:
+                    _remember(self._refused, approval_id, worker.status, self.MEMORY)
+                return
+            except (SlackUnavailable, StoreUnavailable) as exc:
+                failures += 1
+                delay = (
+                    exc.retry_after if isinstance(exc, SlackRateLimited) else self._schedule.delay(failures)
+                )
+                logger.warning(
+                    "approval %s: %s; retrying in %gs (attempt %d)", approval_id, exc, delay, failures
+                )
+                # Slack asking us to slow down is no failure; the store being down cannot record one.
+                outage = isinstance(exc, SlackUnavailable) and not isinstance(exc, SlackRateLimited)
+                if outage and worth_recording(failures):
+                    details = {"error": str(exc), "attempt": failures, "final": False, "retry_in": delay}
+                    await self._audit(approval_id, worker.failure_event, details)
+                await self._sleep(delay)
+                continue
+            failures = 0
+            if not progressed and not worker.again:
+                return
 
-    async def _post(self, snapshot: Approval, channel: str) -> tuple[PostedMessage, list[str]]:
-        current = await self._latest(snapshot)
-        already = self._message_of(current)
-        if already is not None:
-            return already, []
-        rendered = approval_message(current, mention=self._people.mention)
-        message = await self._api.post_message(channel, text=rendered.text, blocks=rendered.blocks)
-        self._remember(current.id, message, _digest(rendered))
+    async def _step(self, approval_id: str, worker: _Worker) -> bool:
+        """One write towards the truth; False when there is nothing (more) to write."""
+        if worker.duplicate is not None:
+            worker.failure_event = DELETE_FAILED
+            await self._delete_duplicate(approval_id, worker.duplicate)
+            worker.duplicate = None
+            return True
+        if worker.unrecorded is not None:
+            await self._record_post(approval_id, worker, worker.unrecorded)
+            return True
+        current = await self._store.get(approval_id)
+        if current is None:
+            return False
+        worker.status = current.status
+        if self._refused.get(approval_id) is current.status:
+            return False
+        message = _message_of(current)
+        if message is None:
+            return await self._post_if_owed(current, worker)
+        if await self._update_if_stale(current, message, worker):
+            return True
+        if worker.replies is not None:
+            worker.failure_event = POST_FAILED
+            thread, replies = worker.replies
+            while replies:
+                await self._api.post_message(thread.channel, text=replies[0], thread_ts=thread.ts)
+                replies.pop(0)
+            worker.replies = None
+            return True
+        return False
+
+    async def _post_if_owed(self, current: Approval, worker: _Worker) -> bool:
+        channel = slack_destination(current, self._default_channel)
+        if channel is None:
+            return False
+        now = self._clock()
+        claim = _Claim.of(current.slack_ts)
+        if claim is not None and claim.writer != self._writer and not claim.lapsed(now):
+            # Another replica is posting; it reads the approval again once it stored the message.
+            return False
+        if not await self._post_owed(current, claim):
+            _remember(self._settled, current.id, current.status, self.MEMORY)
+            return False
+        self._owed.add(current.id)
+        mine = str(_Claim(self._writer, (now + self._claim_lease).timestamp()))
+        claimed, won = await self._store.swap_slack_message(
+            current.id, expected_ts=current.slack_ts, channel=None, ts=mine
+        )
+        if not won:
+            return True  # somebody moved first: look again
+        rendered = approval_message(claimed, mention=self._people.mention)
+        worker.failure_event = POST_FAILED
+        try:
+            message = await self._api.post_message(channel, text=rendered.text, blocks=rendered.blocks)
+        except BaseException:
+            await self._give_back(current.id, mine)
+            raise
         logger.info(
             "approval %s: posted to Slack channel %s (ts %s)", current.id, message.channel, message.ts
         )
-        try:
-            await self._store.update_fields(
-                current.id,
-                {"slack_channel": message.channel, "slack_ts": message.ts},
-                audit=AuditEvent(
-                    AuditEventKind.NOTIFIED,
-                    AUDIT_ACTOR,
-                    {
-                        "channel": message.channel,
-                        "requested_channel": channel,
-                        "ts": message.ts,
-                        "thread_replies": len(rendered.thread_replies),
-                    },
-                ),
-            )
-        except ApprovalError as exc:
-            # The message is out; this process still knows where it is and keeps it current.
-            logger.error("approval %s: could not record its Slack message %s: %s", current.id, message, exc)
-        return message, rendered.thread_replies
+        worker.unrecorded = _Unrecorded(mine, channel, message, claimed.status, rendered.thread_replies)
+        await self._record_post(current.id, worker, worker.unrecorded)
+        return True
 
-    async def _update(self, snapshot: Approval) -> None:
-        current = await self._latest(snapshot)
-        message = self._message_of(current)
-        if message is None:
-            return  # not posted (yet): the post renders whatever the approval is by then
-        rendered = approval_message(current, mention=self._people.mention)
-        digest = _digest(rendered)
-        shown = self._shown.get(current.id)
-        if shown is not None and shown.digest == digest:
-            return
-        await self._api.update_message(message, text=rendered.text, blocks=rendered.blocks)
-        self._remember(current.id, message, digest)
-        logger.info("approval %s: Slack message updated (%s)", current.id, current.status.value)
+    async def _post_owed(self, current: Approval, lapsed_claim: _Claim | None) -> bool:
+        """A prompt is owed while the approval waits; after that only if a post was begun in time
+        (and failed, or its writer stopped), so the channel still learns how the request ended."""
+        if current.status is ApprovalStatus.PENDING or lapsed_claim is not None or current.id in self._owed:
+            return True
+        return any(record.event == POST_FAILED for record in await self._store.audit_trail(current.id))
 
-    async def _latest(self, snapshot: Approval) -> Approval:
-        """The approval as stored now; the snapshot when the store cannot say or is behind it."""
-        try:
-            fresh = await self._store.get(snapshot.id)
-        except ApprovalError as exc:
+    async def _record_post(self, approval_id: str, worker: _Worker, posted: _Unrecorded) -> None:
+        message = posted.message
+        stored, won = await self._store.swap_slack_message(
+            approval_id,
+            expected_ts=posted.claim,
+            channel=message.channel,
+            ts=message.ts,
+            audit=AuditEvent(
+                AuditEventKind.NOTIFIED,
+                AUDIT_ACTOR,
+                {
+                    "channel": message.channel,
+                    "requested_channel": posted.requested_channel,
+                    "ts": message.ts,
+                    "thread_replies": len(posted.thread_replies),
+                    "status": posted.status.value,
+                },
+            ),
+        )
+        worker.unrecorded = None
+        if not won:
+            # The claim lapsed before Slack answered and another writer took the post over.
             logger.warning(
-                "approval %s: store unavailable, showing the state last announced: %s", snapshot.id, exc
+                "approval %s: another writer posted its Slack message (%s); deleting this one (%s)",
+                approval_id,
+                stored.slack_ts,
+                message.ts,
             )
-            return snapshot
-        if fresh is None or fresh.version < snapshot.version:
-            return snapshot
-        return fresh
+            worker.duplicate = message
+            return
+        _remember(self._settled, approval_id, posted.status, self.MEMORY)
+        if posted.thread_replies:
+            worker.replies = (message, list(posted.thread_replies))
+        # The worker's next step reads the approval again: a change made while the post was in
+        # flight (on any replica, which left the message to this writer) is shown right after.
 
-    def _message_of(self, approval: Approval) -> PostedMessage | None:
-        if approval.slack_channel and approval.slack_ts:
-            return PostedMessage(approval.slack_channel, approval.slack_ts)
-        shown = self._shown.get(approval.id)
-        return shown.message if shown is not None else None
-
-    def _remember(self, approval_id: str, message: PostedMessage, digest: str) -> None:
-        self._shown[approval_id] = _Shown(message, digest)
-        self._shown.move_to_end(approval_id)
-        while len(self._shown) > self.MEMORY:
-            self._shown.popitem(last=False)
-
-    # -- retrying ------------------------------------------------------------------------------
-
-    async def _retrying(
-        self,
-        approval_id: str,
-        failure_event: str,
-        attempt: Callable[[], Awaitable[_T]],
-        *,
-        audit_every_failure: bool = True,
-    ) -> _T | None:
-        """`attempt` until it succeeds, Slack refuses it, or the schedule runs out (then None)."""
-        delays = self._schedule.delays()
-        number = 0
-        while True:
-            number += 1
+    async def _give_back(self, approval_id: str, claim: str) -> None:
+        """Releases a claim after a failed post, so that the next attempt (here or elsewhere) can
+        begin before the claim would lapse."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
-                return await attempt()
-            except SlackRejected as exc:
-                logger.error("approval %s: %s (attempt %d); not retrying", approval_id, exc, number)
-                await self._audit(
-                    approval_id, failure_event, {"error": str(exc), "attempt": number, "final": True}
+                await self._store.swap_slack_message(approval_id, expected_ts=claim, channel=None, ts=None)
+            except ApprovalError as exc:
+                logger.warning("approval %s: claim %s stays until it lapses: %s", approval_id, claim, exc)
+
+    async def _update_if_stale(self, current: Approval, message: PostedMessage, worker: _Worker) -> bool:
+        if await self._shown(current) is current.status:
+            _remember(self._settled, current.id, current.status, self.MEMORY)
+            return False
+        rendered = approval_message(current, mention=self._people.mention)
+        worker.failure_event = UPDATE_FAILED
+        await self._api.update_message(message, text=rendered.text, blocks=rendered.blocks)
+        _remember(self._settled, current.id, current.status, self.MEMORY)
+        logger.info("approval %s: Slack message updated (%s)", current.id, current.status.value)
+        try:
+            await self._store.append_audit(
+                AuditEvent(
+                    UPDATED,
+                    AUDIT_ACTOR,
+                    {"status": current.status.value, "version": current.version},
+                    approval_id=current.id,
                 )
-                return None
-            except SlackUnavailable as exc:
-                delay = next(delays, None)
-                if delay is not None and isinstance(exc, SlackRateLimited):
-                    # Slack said how long to wait; the schedule still bounds how often we ask.
-                    delay = min(exc.retry_after, self._schedule.give_up_after)
-                details: dict[str, Any] = {"error": str(exc), "attempt": number, "final": delay is None}
-                if delay is None:
-                    logger.error(
-                        "approval %s: giving up on Slack after %d attempts: %s", approval_id, number, exc
-                    )
-                else:
-                    details["retry_in"] = delay
-                    logger.warning(
-                        "approval %s: %s; retrying in %gs (attempt %d)", approval_id, exc, delay, number
-                    )
-                if audit_every_failure or delay is None:
-                    await self._audit(approval_id, failure_event, details)
-                if delay is None:
-                    return None
-                await self._sleep(delay)
+            )
+        except ApprovalError as exc:
+            # The message is right; without the record, a reconciler may rewrite it once more.
+            logger.error("approval %s: could not record the Slack update: %s", current.id, exc)
+        return True
+
+    async def _shown(self, current: Approval) -> ApprovalStatus | None:
+        """The status the approval's message shows, as far as the records say."""
+        if current.status is ApprovalStatus.PENDING:
+            return ApprovalStatus.PENDING
+        if self._settled.get(current.id) is current.status:
+            return current.status
+        for record in reversed(await self._store.audit_trail(current.id)):
+            if record.event in SHOWN_EVENTS:
+                try:
+                    return ApprovalStatus(str(record.details.get("status")))
+                except ValueError:
+                    return None  # recorded before messages named their status: rewrite it to be sure
+        return None
+
+    async def _delete_duplicate(self, approval_id: str, duplicate: PostedMessage) -> None:
+        try:
+            await self._api.delete_message(duplicate)
+        except SlackRejected as exc:
+            if exc.code != "message_not_found":
+                raise
+        await self._audit(approval_id, DUPLICATE_DELETED, {"channel": duplicate.channel, "ts": duplicate.ts})
 
     async def _audit(self, approval_id: str, event: str, details: Mapping[str, Any]) -> None:
         try:
@@ -279,6 +585,10 @@ class SlackNotifier:
             logger.error("approval %s: could not record %s in the audit trail: %s", approval_id, event, exc)
 
 
-def _digest(rendered: ApprovalMessage) -> str:
-    payload = json.dumps({"text": rendered.text, "blocks": rendered.blocks}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+def _remember(
+    memory: OrderedDict[str, ApprovalStatus], approval_id: str, status: ApprovalStatus, size: int
+) -> None:
+    memory[approval_id] = status
+    memory.move_to_end(approval_id)
+    while len(memory) > size:
+        memory.popitem(last=False)
