@@ -27,7 +27,7 @@ from broker.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from broker.observability.metrics import BrokerMetrics
 from broker.policy import Policy
 from broker.proxy.change_feed import ChangeFeed
-from broker.proxy.decision_log import DecisionLog
+from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
 from broker.proxy.held_calls import HeldCalls, UpstreamReleaser
 from broker.proxy.http_endpoint import McpHttpEndpoint
@@ -54,6 +54,7 @@ class Broker:
         *,
         environ: Mapping[str, str],
         slack_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,  # Slack retry backoff (tests inject)
+        decision_sink: DecisionSink | None = None,
     ) -> None:
         self.settings = settings
         self.environ = environ
@@ -62,11 +63,12 @@ class Broker:
         servers = parse_servers(settings.servers_document, environ=environ)
         self.upstreams = UpstreamPool(servers, environ=environ, on_tools_changed=self._upstream_tools_changed)
         self.rate_limiter = rate_limiter_for(settings)
+        self.decisions = DecisionLog(sink=decision_sink)
         self.gateway = Gateway(
             policy=self.policy_file.holder,
             upstreams=self.upstreams,
             rate_limiter=self.rate_limiter,
-            decisions=DecisionLog(),
+            decisions=self.decisions,
             changes=self.changes,
             call_timeout=settings.upstream_call_timeout,
         )
@@ -196,6 +198,7 @@ class Broker:
                 self.mcp_endpoint.shutdown()
                 self.inbox_events.close()
                 tasks.cancel_scope.cancel()
+                self.decisions.sink.flush()
 
     def drain(self) -> None:
         """The process was asked to stop (SIGTERM): readiness fails so balancers send no new work, and

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
 from broker.policy import PolicyError, load_policy
-from broker.proxy.decision_log import DECISION_LOGGER
+from broker.proxy.decision_log import DECISION_LOGGER, BufferedLineSink
 
 EXIT_USAGE = 2
 
@@ -80,7 +80,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     settings = _settings(args)
     try:
-        broker = Broker(settings, environ=dict(os.environ))
+        broker = Broker(settings, environ=dict(os.environ), decision_sink=BufferedLineSink(sys.stderr.buffer))
     except PolicyError as exc:
         _fail(f"refusing to start: the policy is invalid\n{exc}")
     except ServerConfigError as exc:

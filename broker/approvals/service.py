@@ -486,10 +486,17 @@ class ApprovalService:
                 expired += won
             if len(due) < 100:
                 break
-        for approval in await self.store.list(statuses={ApprovalStatus.APPROVED}, limit=100):
+        # One read for both: a sweep runs every second on every replica.
+        underway = await self.store.list(
+            statuses={ApprovalStatus.APPROVED, ApprovalStatus.RELEASED}, limit=200
+        )
+        approved = [approval for approval in underway if approval.status is ApprovalStatus.APPROVED]
+        for approval in approved:
             self._start_release(approval)
-        await self._fail_unreleasable(now)
-        await self._fail_stale_releases(now)
+        await self._fail_unreleasable(now, approved)
+        await self._fail_stale_releases(
+            now, [approval for approval in underway if approval.status is ApprovalStatus.RELEASED]
+        )
         await self._recheck_watched()
         return expired
 
@@ -516,12 +523,12 @@ class ApprovalService:
         self._announce(expired)
         return expired, True
 
-    async def _fail_unreleasable(self, now: datetime) -> None:
+    async def _fail_unreleasable(self, now: datetime, approved: Sequence[Approval]) -> None:
         """An approved call whose upstream stayed unreachable for as long as a release may take
         is failed rather than forwarded long after the human decided."""
         if self._releaser is None or self.draining:
             return
-        for approval in await self.store.list(statuses={ApprovalStatus.APPROVED}, limit=100):
+        for approval in approved:
             decided_at = approval.decided_at or approval.created_at
             if approval.id in self._releasing or now - decided_at < self._stale_release_after:
                 continue
@@ -550,9 +557,9 @@ class ApprovalService:
             )
             self._announce(failed)
 
-    async def _fail_stale_releases(self, now: datetime) -> None:
+    async def _fail_stale_releases(self, now: datetime, released: Sequence[Approval]) -> None:
         """A call claimed for release by a process that died has an unknown outcome: say so."""
-        for approval in await self.store.list(statuses={ApprovalStatus.RELEASED}, limit=100):
+        for approval in released:
             if approval.id in self._releasing or approval.released_at is None:
                 continue
             if now - approval.released_at < self._stale_release_after:

@@ -264,3 +264,54 @@ def test_headers_cannot_smuggle_lines() -> None:
         HttpClient("http://127.0.0.1:1/mcp", headers={"X-Token": "a\r\nX-Admin: yes"})
     with pytest.raises(ValueError, match="not an http"):
         HttpClient("ftp://127.0.0.1/mcp")
+
+
+async def test_a_stream_released_before_its_end_is_reused_once_it_ends_or_closed_if_it_does_not(
+    server: tuple[ScriptedServer, str],
+) -> None:
+    scripted, url = server
+    finish = asyncio.Event()
+
+    async def streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await scripted.read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            writer.write(b"5\r\nfirst\r\n")
+            await writer.drain()
+            await finish.wait()
+            finish.clear()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    scripted.handler = streams
+    client = HttpClient(url)
+    try:
+        with anyio.fail_after(5):
+            response = await client.request("GET", "/mcp")
+            assert await anext(response.chunks()) == b"first"
+            ended = asyncio.Event()
+            response.release_when_complete(5.0)
+            response._connection.on_complete = _chain(response._connection.on_complete, ended.set)
+            finish.set()
+            await ended.wait()
+            again = await client.request("GET", "/mcp")
+            assert scripted.connections == 1  # the finished stream's connection was reused
+
+            assert await anext(again.chunks()) == b"first"
+            again.release_when_complete(0.01)  # not handed back before its end: a new connection serves
+            second = await client.request("GET", "/mcp")
+            assert scripted.connections == 2
+            second.release()
+    finally:
+        await client.aclose()
+
+
+def _chain(first: Callable[[], None] | None, then: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        if first is not None:
+            first()
+        then()
+
+    return both

@@ -218,7 +218,8 @@ class StreamableHttpConnection:
         parser = SseParser()
         answer = await self._read_stream(response, parser, request_id, on_notification)
         if answer is not None:
-            await _finish_body(response)
+            # The stream ends right after the answer; waiting for that would delay the agent.
+            response.release_when_complete(STREAM_END_GRACE_SECONDS)
             return answer
         attempts = 0
         while answer is None:
@@ -411,12 +412,3 @@ def describe_transport_error(url: str, exc: HttpClientError) -> str:
     if isinstance(exc, ConnectionLost):
         return f"{url} dropped the connection mid-answer"
     return f"talking to {url} failed: {exc}"
-
-
-async def _finish_body(response: Response) -> None:
-    """Give the server a moment to end the stream after the answer, so keep-alive can reuse it."""
-    if response.at_eof:
-        return
-    with contextlib.suppress(TimeoutError, HttpClientError):
-        async with asyncio.timeout(STREAM_END_GRACE_SECONDS):
-            await response.read()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, Self, cast
 from urllib.parse import urlsplit
 
@@ -63,6 +63,8 @@ class _Connection(asyncio.Protocol):
         self._failure: HttpClientError | None = None
         self._paused = False
         self._loop = asyncio.get_running_loop()
+        self.on_complete: Callable[[], None] | None = None
+        """Called once the current answer has ended (set by `Response.release_when_complete`)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -138,6 +140,9 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = self._parser.should_keep_alive()
         self.complete = True
         self._data_ready.set()
+        if self.on_complete is not None:
+            done, self.on_complete = self.on_complete, None
+            done()
 
     # -- used by HttpClient and Response ----------------------------------------------------------
 
@@ -237,6 +242,25 @@ class Response:
             return
         self._released = True
         self._client._give_back(self._connection)
+
+    def release_when_complete(self, grace: float) -> None:
+        """Done with the body, whose end is due any moment (a stream after its last event): hand the
+        connection back once it ends, or close it if that takes longer than `grace` seconds. The
+        caller answers its own caller now instead of waiting for the end."""
+        if self._released:
+            return
+        connection = self._connection
+        if connection.complete:
+            self.release()
+            return
+        self._released = True
+        timer = asyncio.get_running_loop().call_later(grace, self._client._discard, connection)
+
+        def ended() -> None:
+            timer.cancel()
+            self._client._give_back(connection)
+
+        connection.on_complete = ended
 
     async def __aenter__(self) -> Self:
         return self
