@@ -10,6 +10,8 @@ no write fails later with SQLITE_BUSY_SNAPSHOT after having read stale rows.
 from __future__ import annotations
 
 import enum
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import event
@@ -111,7 +113,7 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor, within=busy_timeout_ms / 1000)
             # synchronous stays FULL: the approved -> released mark must be on disk before the call
             # goes upstream, or a power cut could let a restarted broker release it a second time.
             cursor.execute("PRAGMA synchronous = FULL")
@@ -125,3 +127,18 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
 
     event.listen(engine.sync_engine, "connect", on_connect)
     event.listen(engine.sync_engine, "begin", on_begin)
+
+
+def _enable_wal(cursor: Any, *, within: float) -> None:
+    # Switching a new file to WAL needs its exclusive lock, and SQLite answers "database is
+    # locked" at once instead of waiting for it (the busy timeout does not apply), e.g. when
+    # several replicas open a fresh database together. This runs in the driver's own thread.
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
