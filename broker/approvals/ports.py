@@ -151,8 +151,10 @@ class ApprovalStore(Protocol):
 
     async def pending_count(self) -> int: ...
 
-    async def versions(self, approval_ids: Collection[str]) -> dict[str, tuple[ApprovalStatus, int]]:
-        """Status and version of each existing approval among `approval_ids`, in one round trip."""
+    async def changes_since(self, seq: int | None) -> tuple[int, set[str]]:
+        """Approvals with audit events after `seq` (every state change writes one), and the newest
+        seq to ask from next time; with None, only the newest seq. One indexed range read however
+        many approvals are watched."""
         ...
 
     async def append_audit(self, event: AuditEvent) -> None:

@@ -15,6 +15,7 @@ Exception tree (in addition to `broker.approvals.ports`)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -91,7 +92,9 @@ class _Watch:
     """Wakes waiters on one approval; re-armed after every change."""
 
     event: anyio.Event = field(default_factory=anyio.Event)
-    last_seen: tuple[ApprovalStatus, int] | None = None
+    latest: Approval | None = None
+    """The row a change in this process left, handed to the waiters it wakes so they need not read
+    it again; None after news from elsewhere, which they must read from the store."""
     waiters: int = 0
 
 
@@ -124,6 +127,7 @@ class ApprovalService:
         self._listeners: list[ApprovalListener] = []
         self._mirrors: list[ApprovalListener] = []
         self._watches: dict[str, _Watch] = {}
+        self._changes_seen: int | None = None
         self._releasing: set[str] = set()
         self._tasks: TaskGroup | None = None
         self.store_available = True
@@ -149,6 +153,9 @@ class ApprovalService:
     @asynccontextmanager
     async def running(self, *, sweep: bool = True) -> AsyncIterator[ApprovalService]:
         """Background work: releases, listener calls and (unless disabled) the sweeper loop."""
+        with contextlib.suppress(StoreUnavailable):
+            # Before any agent waits, so the first sweep's re-check misses no change.
+            self._changes_seen, _ = await self.store.changes_since(None)
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             if sweep:
@@ -212,6 +219,7 @@ class ApprovalService:
         watch = self._watches.setdefault(approval_id, _Watch())
         watch.waiters += 1
         deadline = time.monotonic() + timeout
+        known: Approval | None = None
         try:
             while True:
                 # A draining process answers its waiters by the drain deadline (see `drain`).
@@ -219,8 +227,8 @@ class ApprovalService:
                 # Taken before the read: a change announced while the read is in flight sets this
                 # event, so a stale row can never put the waiter to sleep on a later one.
                 event = watch.event
-                approval = await self._fresh(approval_id)
-                watch.last_seen = (approval.status, approval.version)
+                approval = known if known is not None else await self._fresh(approval_id)
+                known = None
                 if approval.is_terminal:
                     return approval
                 if approval.is_overdue(self._clock()):
@@ -232,6 +240,8 @@ class ApprovalService:
                     return approval
                 with anyio.move_on_after(min(remaining, self._seconds_until(approval))):
                     await event.wait()
+                if event.is_set():
+                    known = watch.latest
         finally:
             watch.waiters -= 1
             if watch.waiters == 0 and self._watches.get(approval_id) is watch:
@@ -583,14 +593,15 @@ class ApprovalService:
             self._announce(failed)
 
     async def _recheck_watched(self) -> None:
-        """Wakes local waiters whose approval another process changed (one query for all of them)."""
-        if not self._watches:
-            return
-        current = await self.store.versions(list(self._watches))
-        for approval_id, watch in list(self._watches.items()):
-            seen = current.get(approval_id)
-            if seen is not None and seen != watch.last_seen:
-                self._wake(approval_id)
+        """Wakes local waiters whose approval another process changed: the safety net under the
+        replica notifications. It reads what changed since the last pass, not every watched
+        approval, so ten thousand waiting agents cost no more than one."""
+        seq, changed = await self.store.changes_since(self._changes_seen)
+        if self._changes_seen is not None:
+            for approval_id in changed:
+                if approval_id in self._watches:
+                    self._wake(approval_id)
+        self._changes_seen = seq
 
     # -- notifications ----------------------------------------------------------------------------------
 
@@ -670,14 +681,19 @@ class ApprovalService:
         while self._releasing:
             await self._releases_idle.wait()
 
-    def _wake(self, approval_id: str) -> None:
+    def _wake(self, approval_id: str, changed: Approval | None = None) -> None:
         watch = self._watches.get(approval_id)
         if watch is not None:
+            if changed is None:
+                watch.latest = None
+            elif watch.latest is None or changed.version > watch.latest.version:
+                # Announcements of one process's changes may run out of commit order: keep the newest.
+                watch.latest = changed
             watch.event.set()
             watch.event = anyio.Event()
 
     def _announce(self, approval: Approval, *, opened: bool = False) -> None:
-        self._wake(approval.id)
+        self._wake(approval.id, approval)
         if self._tasks is None:
             return
         for listener in self._listeners:

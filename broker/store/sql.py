@@ -179,19 +179,14 @@ class SqlApprovalStore:
         async with self._reading("count pending approvals") as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def versions(self, approval_ids: Collection[str]) -> dict[str, tuple[ApprovalStatus, int]]:
-        found: dict[str, tuple[ApprovalStatus, int]] = {}
-        ordered = sorted(set(approval_ids))
-        async with self._reading("read approval versions") as conn:
-            # Chunked so the statement stays under every backend's bound-parameter limit.
-            for start in range(0, len(ordered), 500):
-                chunk = ordered[start : start + 500]
-                query = select(approvals.c.id, approvals.c.status, approvals.c.version).where(
-                    approvals.c.id.in_(chunk)
-                )
-                for row in (await conn.execute(query)).all():
-                    found[row.id] = (ApprovalStatus(row.status), int(row.version))
-        return found
+    async def changes_since(self, seq: int | None) -> tuple[int, set[str]]:
+        async with self._reading("read recent changes") as conn:
+            if seq is None:
+                newest = (await conn.execute(select(func.max(audit_events.c.seq)))).scalar()
+                return int(newest or 0), set()
+            query = select(audit_events.c.seq, audit_events.c.approval_id).where(audit_events.c.seq > seq)
+            rows = (await conn.execute(query)).all()
+        return max((row.seq for row in rows), default=seq), {row.approval_id for row in rows}
 
     # -- writes --------------------------------------------------------------------------------
 
