@@ -6,7 +6,9 @@ measures the broker's resident memory before and after, then approves a sample o
 at a time through the decisions API and times, for each, decision request sent -> the agent's
 held call answered with the upstream's result.
 
-    python bench/held_calls.py [--held 10000] [--sample 500] [--database-url postgresql://...]
+    python bench/held_calls.py [--held 10000] [--sample 500] [--postgres [--admin-url URL]]
+
+With --postgres the broker runs on a fresh PostgreSQL database created for the run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from databases import DEFAULT_ADMIN_URL, fresh_postgres_database
 from proxy_overhead import ACCEPT, open_session, wait_for_port
 
 from broker.approvals import ApprovalStatus
@@ -66,10 +69,18 @@ async def main() -> None:
     parser.add_argument("--held", type=int, default=10_000)
     parser.add_argument("--sample", type=int, default=500)
     parser.add_argument("--port", type=int, default=18800)
-    parser.add_argument("--database-url")
+    parser.add_argument("--postgres", action="store_true", help="a fresh PostgreSQL database, not SQLite")
+    parser.add_argument("--admin-url", default=DEFAULT_ADMIN_URL)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="broker-held-"))
-    database_url = args.database_url or f"sqlite:///{work / 'broker.db'}"
+    if args.postgres:
+        async with fresh_postgres_database(args.admin_url, "bench_held") as database_url:
+            await run(args, work, database_url)
+    else:
+        await run(args, work, f"sqlite:///{work / 'broker.db'}")
+
+
+async def run(args: argparse.Namespace, work: Path, database_url: str) -> None:
     config = write_config(work, args.port, database_url)
     broker = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import secrets
 import statistics
 import sys
 import tempfile
@@ -28,13 +27,12 @@ import time
 from pathlib import Path
 
 import aiohttp
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from databases import DEFAULT_ADMIN_URL, fresh_postgres_database
 from proxy_overhead import ACCEPT, cpu_seconds, drive, open_session, summary, wait_for_port
 
 from broker.approvals import ApprovalStatus
-from broker.store.database import build_engine
 from broker.store.engine import create_store
 
 AGENT_KEY = "bench-agent-key"
@@ -148,14 +146,14 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port-base", type=int, default=18900)
-    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--admin-url", default=DEFAULT_ADMIN_URL)
     args = parser.parse_args()
+    async with fresh_postgres_database(args.admin_url, "bench_replicas") as database_url:
+        await run(args, database_url)
 
-    name = f"bench_replicas_{secrets.token_hex(4)}"
-    admin = build_engine(args.admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    database_url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+
+async def run(args: argparse.Namespace, database_url: str) -> None:
+
     work = Path(tempfile.mkdtemp(prefix="broker-replicas-"))
     upstream_port, port_a, port_b = args.port_base, args.port_base + 1, args.port_base + 2
     quiet = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
@@ -219,9 +217,6 @@ async def main() -> None:
                     await asyncio.wait_for(process.wait(), 30)
                 except TimeoutError:
                     process.kill()
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.dispose()
 
 
 if __name__ == "__main__":
