@@ -250,9 +250,7 @@ class SqlApprovalStore:
             )
             row = (await conn.execute(statement)).mappings().first()
             if row is None:
-                current = await _fetch(conn, approval_id)
-                if current is None:
-                    raise ApprovalNotFound(approval_id)
+                current = await _fetch_existing(conn, approval_id)
                 raise InvalidTransition(current, expected=expected_statuses, to=to)
             await self._append(conn, event, now)
             return _approval_from_row(row)
@@ -307,9 +305,7 @@ class SqlApprovalStore:
                 if event is not None:
                     await self._append(conn, event, now)
                 return True
-            current = await _fetch(conn, approval_id)
-            if current is None:
-                raise ApprovalNotFound(approval_id)
+            current = await _fetch_existing(conn, approval_id)
             if current.status not in DELIVERABLE_STATUSES:
                 raise InvalidTransition(current, expected=DELIVERABLE_STATUSES)
             return False
@@ -326,9 +322,7 @@ class SqlApprovalStore:
             row = (await conn.execute(statement)).mappings().first()
             if row is not None:
                 return _approval_from_row(row)
-            current = await _fetch(conn, approval_id)
-            if current is None:
-                raise ApprovalNotFound(approval_id)
+            current = await _fetch_existing(conn, approval_id)
             return current
 
     # -- audit ---------------------------------------------------------------------------------
@@ -528,9 +522,7 @@ class SqlApprovalStore:
             )
             row = (await conn.execute(statement)).mappings().first()
             if row is None:
-                current = await _fetch(conn, approval_id)
-                if current is None:
-                    raise ApprovalNotFound(approval_id)
+                current = await _fetch_existing(conn, approval_id)
                 return current, False
             if event is not None:
                 await self._append(conn, event, now)
@@ -581,6 +573,14 @@ def _request_key_lock(request_key: str) -> int:
 async def _fetch(conn: AsyncConnection, approval_id: str) -> Approval | None:
     row = (await conn.execute(select(approvals).where(approvals.c.id == approval_id))).mappings().first()
     return None if row is None else _approval_from_row(row)
+
+
+async def _fetch_existing(conn: AsyncConnection, approval_id: str) -> Approval:
+    """The row a compare-and-set did not change, to say why; ApprovalNotFound if there is none."""
+    current = await _fetch(conn, approval_id)
+    if current is None:
+        raise ApprovalNotFound(approval_id)
+    return current
 
 
 async def _ensure_task_free(conn: AsyncConnection, task_id: str, approval_id: str) -> None:
