@@ -322,8 +322,7 @@ class SqlApprovalStore:
             row = (await conn.execute(statement)).mappings().first()
             if row is not None:
                 return _approval_from_row(row)
-            current = await _fetch_existing(conn, approval_id)
-            return current
+            return await _fetch_existing(conn, approval_id)
 
     # -- audit ---------------------------------------------------------------------------------
 
