@@ -103,6 +103,45 @@ class RunningBroker:
         return httpx2.AsyncClient(base_url=self.url, headers=headers, timeout=30)
 
 
+class RawSession:
+    """JSON-RPC over /mcp written by hand, in one 2025-11-25 session: for what SDK clients do not send."""
+
+    ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+    def __init__(self, http: httpx2.AsyncClient) -> None:
+        self.http = http
+        self.headers: dict[str, str] = {}
+
+    async def open(self) -> dict[str, Any]:
+        """Initializes the session; returns the initialize result."""
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"},
+            },
+        }
+        opened = await self.http.post("/mcp", json=initialize, headers=self.ACCEPT)
+        self.headers = {
+            **self.ACCEPT,
+            "Mcp-Session-Id": opened.headers["mcp-session-id"],
+            "Mcp-Protocol-Version": "2025-11-25",
+        }
+        result: dict[str, Any] = opened.json()["result"]
+        return result
+
+    async def rpc(self, request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
+            headers=self.headers,
+        )
+        return dict(response.json())
+
+
 @asynccontextmanager
 async def serve_asgi(app: Any) -> AsyncIterator[str]:
     """Serves `app` on a kernel-chosen loopback port; the socket listens before the URL is handed out."""

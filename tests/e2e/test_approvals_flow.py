@@ -10,7 +10,7 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from broker.approvals import Approval, ApprovalStatus
-from tests.e2e.harness import RunningBroker, exchange_server, make_settings, running_broker
+from tests.e2e.harness import RawSession, RunningBroker, exchange_server, make_settings, running_broker
 
 pytestmark = pytest.mark.anyio
 
@@ -225,35 +225,13 @@ async def test_past_the_hold_budget_the_agent_can_come_back_for_the_result(tmp_p
 
 
 async def test_held_calls_can_be_awaited_as_mcp_tasks(tmp_path: Path) -> None:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
-    accept = {"Accept": "application/json, text/event-stream"}
     async with running_broker(make_settings(tmp_path, POLICY, exchange_server())) as running:
         with anyio.fail_after(30):
             async with running.raw() as http:
-                opened = await http.post("/mcp", json=init, headers=accept)
-                assert opened.json()["result"]["capabilities"]["tasks"]["requests"]["tools"]["call"] == {}
-                session = {
-                    **accept,
-                    "Mcp-Session-Id": opened.headers["mcp-session-id"],
-                    "Mcp-Protocol-Version": "2025-11-25",
-                }
-
-                async def rpc(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
-                    response = await http.post(
-                        "/mcp",
-                        json={"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
-                        headers=session,
-                    )
-                    return dict(response.json())
+                raw = RawSession(http)
+                opened = await raw.open()
+                assert opened["capabilities"]["tasks"]["requests"]["tools"]["call"] == {}
+                rpc = raw.rpc
 
                 created = await rpc(
                     2, "tools/call", {"name": "place_order", "arguments": BIG_ORDER, "task": {"ttl": 60000}}

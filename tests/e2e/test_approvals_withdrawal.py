@@ -10,22 +10,10 @@ import anyio
 import pytest
 
 from broker.approvals import Approval, ApprovalStatus
-from tests.e2e.harness import RunningBroker, exchange_server, make_settings, running_broker
+from tests.e2e.harness import RawSession, RunningBroker, exchange_server, make_settings, running_broker
 from tests.e2e.test_approvals_flow import BIG_ORDER, POLICY, watch
 
 pytestmark = pytest.mark.anyio
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
-ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
 async def until_no_agent_waits(running: RunningBroker) -> None:
@@ -67,17 +55,11 @@ async def test_ending_the_session_withdraws_the_calls_it_waits_on(tmp_path: Path
         feed = watch(running)
         with anyio.fail_after(30):
             async with running.raw() as http, anyio.create_task_group() as tasks:
-                opened = await http.post("/mcp", json=INIT, headers=ACCEPT)
-                session = {**ACCEPT, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
-                call = {
-                    "jsonrpc": "2.0",
-                    "id": 2,
-                    "method": "tools/call",
-                    "params": {"name": "place_order", "arguments": BIG_ORDER},
-                }
-                tasks.start_soon(lambda: http.post("/mcp", json=call, headers=session))
+                raw = RawSession(http)
+                await raw.open()
+                tasks.start_soon(raw.rpc, 2, "tools/call", {"name": "place_order", "arguments": BIG_ORDER})
                 approval = await feed.opened.receive()
-                assert (await http.delete("/mcp", headers=session)).status_code == 200
+                assert (await http.delete("/mcp", headers=raw.headers)).status_code == 200
             await assert_withdrawn(running, approval)
 
 
@@ -87,16 +69,12 @@ async def test_a_dropped_connection_is_not_a_withdrawal(tmp_path: Path) -> None:
         with anyio.fail_after(30):
             async with running.client() as client:
                 async with running.raw() as http:
-                    opened = await http.post("/mcp", json=INIT, headers=ACCEPT)
-                    session = {**ACCEPT, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
-                    call = {
-                        "jsonrpc": "2.0",
-                        "id": 2,
-                        "method": "tools/call",
-                        "params": {"name": "place_order", "arguments": BIG_ORDER},
-                    }
+                    raw = RawSession(http)
+                    await raw.open()
                     async with anyio.create_task_group() as tasks:
-                        tasks.start_soon(lambda: http.post("/mcp", json=call, headers=session))
+                        tasks.start_soon(
+                            raw.rpc, 2, "tools/call", {"name": "place_order", "arguments": BIG_ORDER}
+                        )
                         approval = await feed.opened.receive()
                         tasks.cancel_scope.cancel()  # the connection closes; no notifications/cancelled
                 await until_no_agent_waits(running)
@@ -128,20 +106,9 @@ async def test_a_cancelled_task_answers_with_its_outcome(tmp_path: Path) -> None
     async with running_broker(settings) as running:
         with anyio.fail_after(30):
             async with running.raw() as http:
-                opened = await http.post("/mcp", json=INIT, headers=ACCEPT)
-                session = {
-                    **ACCEPT,
-                    "Mcp-Session-Id": opened.headers["mcp-session-id"],
-                    "Mcp-Protocol-Version": "2025-11-25",
-                }
-
-                async def rpc(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
-                    response = await http.post(
-                        "/mcp",
-                        json={"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
-                        headers=session,
-                    )
-                    return dict(response.json())
+                raw = RawSession(http)
+                await raw.open()
+                rpc = raw.rpc
 
                 # The same call parked first without a task: a task-augmented repeat still gets a task.
                 plain = await rpc(2, "tools/call", {"name": "place_order", "arguments": BIG_ORDER})
