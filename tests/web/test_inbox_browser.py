@@ -90,7 +90,8 @@ async def sign_in(context: BrowserContext, user: str, *, path: str = "/") -> Pag
 
 
 async def live(page: Page) -> None:
-    """Waits until the page's event stream is open, so later changes must arrive over it."""
+    """Waits until the page's event stream is open and the page has caught up with what changed
+    before, so later changes must arrive over it and nothing re-renders what a test types."""
     await expect(page.locator("html[data-stream=open]")).to_have_count(1, timeout=WAIT_MS)
 
 
@@ -140,6 +141,7 @@ async def test_a_held_call_appears_live_and_approving_it_releases_the_call(
             await expect(page.locator("pre.json").first).to_contain_text('"quantity": 10')
             await expect(page.get_by_text("orders above 5 units need a second pair of eyes")).to_be_visible()
             await expect(page.locator("dd.hash")).to_have_text(approval.arguments_hash)
+            await live(page)
             await page.get_by_label("Reason").fill("checked with the desk")
             await page.get_by_role("button", name="Approve").click()
             await expect(page.locator(".ending")).to_contain_text("Approved by alice via web")
@@ -164,6 +166,7 @@ async def test_denying_with_a_reason_tells_the_agent_why(
             tasks.start_soon(agent)
             approval = await feed.wait_for(lambda item: item.arguments.get("price") == 1002)
             page = await sign_in(context, "bob", path=f"/approvals/{approval.id}")
+            await live(page)
             await page.get_by_label("Reason").fill("too large today")
             await page.get_by_role("button", name="Deny").click()
             await expect(page.locator(".ending")).to_contain_text("Denied by bob via web")
@@ -186,6 +189,7 @@ async def test_markup_in_arguments_and_reasons_is_shown_as_text_and_never_runs(
             approval = await feed.wait_for(lambda item: item.arguments.get("price") == 1003)
             await expect(row(page, approval.id).locator(".args")).to_contain_text(payload, timeout=WAIT_MS)
             await page.goto(f"/approvals/{approval.id}")
+            await live(page)
             await expect(page.locator("pre.json").first).to_contain_text(f'"symbol": "{payload}"')
             await page.get_by_label("Reason").fill(reason)
             await page.get_by_role("button", name="Deny").click()

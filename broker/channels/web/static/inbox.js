@@ -72,10 +72,14 @@
 
   let refreshing = false;
   let again = false;
+  let afterRefresh = [];
 
   // Re-reads the server-rendered fragment instead of patching rows by hand: the server decides
   // what this viewer may see and do, and escapes it; the browser only swaps it in.
-  function refresh() {
+  function refresh(then) {
+    if (then) {
+      afterRefresh.push(then);
+    }
     if (refreshing) {
       again = true;
       return;
@@ -100,7 +104,13 @@
         if (again) {
           again = false;
           refresh();
+          return;
         }
+        const done = afterRefresh;
+        afterRefresh = [];
+        done.forEach(function (callback) {
+          callback();
+        });
       });
   }
 
@@ -118,13 +128,20 @@
         row.classList.add("arrived");
       }
     });
-    // Keep a half-typed reason if the form survives the update.
+    // Keep a half-typed reason if the form survives the update: the very element moves over,
+    // so typing that lands while the update is swapped in is not lost either.
     const typed = current.querySelector("textarea[name=reason]");
     const kept = fresh.querySelector("textarea[name=reason]");
+    const typing = typed !== null && document.activeElement === typed;
+    const selection = typing ? [typed.selectionStart, typed.selectionEnd] : null;
     if (typed && kept) {
-      kept.value = typed.value;
+      kept.replaceWith(typed);
     }
     current.replaceWith(fresh);
+    if (typing && selection && fresh.contains(typed)) {
+      typed.focus();
+      typed.setSelectionRange(selection[0], selection[1]);
+    }
     formatTimes(fresh);
     tick();
     const count = fresh.dataset.count;
@@ -143,9 +160,11 @@
     }
     const source = new EventSource("/events");
     source.addEventListener("open", function () {
-      showState("live", "open");
-      // Whatever changed between rendering the page (or losing the stream) and now is in a fresh fragment.
-      refresh();
+      // Whatever changed between rendering the page (or losing the stream) and now is in a fresh
+      // fragment; the page says it is live once that is shown.
+      refresh(function () {
+        showState("live", "open");
+      });
     });
     source.addEventListener("approval", function (message) {
       let event;
