@@ -343,12 +343,9 @@ class ApprovalService:
         if refusal is not None:
             raise NotAllowedToDecide(refusal)
         current = self._decision_now(approval)
-        if approve and current is not None and current.action in (Action.DENY, Action.HIDE):
-            raise NotAllowedToDecide(
-                f"the policy in force (revision {current.revision}) now "
-                f"{'hides' if current.action is Action.HIDE else 'denies'} this call "
-                f"by rule {current.rule}; it can only be denied"
-            )
+        now_refused = current.refusal() if approve and current is not None else None
+        if now_refused is not None:
+            raise NotAllowedToDecide(f"{now_refused}; it can only be denied")
         target = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
         if approval.is_overdue(self._clock()):
             # The deadline wins over a late click, even if the sweeper has not run yet.

@@ -43,6 +43,13 @@ class Decision:
     rate_limit: RateLimit | None = None
     approval: ApprovalRequirement | None = None
 
+    def refusal(self) -> str | None:
+        """Why this policy would now refuse a call that was already held, or None if it would not."""
+        if self.action is Action.DENY or self.action is Action.HIDE:
+            verb = "hides" if self.action is Action.HIDE else "denies"
+            return f"the policy in force (revision {self.revision}) now {verb} this call by rule {self.rule}"
+        return None
+
     @property
     def forwards(self) -> bool:
         """True when the call may reach the upstream without a human."""

@@ -29,7 +29,7 @@ import anyio
 from broker.approvals import Approval, ApprovalStatus, InvalidTransition, NewApproval, StoreUnavailable
 from broker.approvals.model import DELIVERABLE_STATUSES
 from broker.approvals.service import POLICY_ACTOR, ApprovalService, CallReleaser, ReleaseFailed
-from broker.policy.decision import Action, Decision
+from broker.policy.decision import Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.gateway import AgentContext, AgentRequest, Notify
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
@@ -375,12 +375,9 @@ class UpstreamReleaser(CallReleaser):
         decision = self._policy.current.decide(
             tool.name, server=tool.server, agent=approval.agent, arguments=approval.arguments
         )
-        if decision.action is Action.DENY or decision.action is Action.HIDE:
-            raise ReleaseFailed(
-                f"the policy in force (revision {decision.revision}) now "
-                f"{'hides' if decision.action is Action.HIDE else 'denies'} this call "
-                f"by rule {decision.rule}; it was not forwarded"
-            )
+        refusal = decision.refusal()
+        if refusal is not None:
+            raise ReleaseFailed(f"{refusal}; it was not forwarded")
         try:
             result: JsonObject = await self._forward(tool, dict(approval.arguments))
         except UpstreamRpcError as exc:
