@@ -283,6 +283,9 @@ def test_every_fixture_tool_gets_a_reason_and_a_dict_form() -> None:
 
 
 def test_classifying_two_thousand_tools_is_fast() -> None:
+    # The tools page classifies every upstream tool on each load. About 55 us per tool here when
+    # idle and twice that on a busy CI machine; the budget leaves room for that and still fails
+    # on a slip into something quadratic or a backtracking pattern.
     fixture = json.loads((FIXTURES / "defi_tools.json").read_text())
     pairs = [(definition, server["name"]) for server in fixture["servers"] for definition in server["tools"]]
     batch = (pairs * (2000 // len(pairs) + 1))[:2000]
@@ -294,7 +297,8 @@ def test_classifying_two_thousand_tools_is_fast() -> None:
             classify_tool(definition, server)
         timings.append(time.perf_counter() - started)
 
-    assert min(timings) < 0.1, f"best of three: {min(timings) * 1000:.1f} ms for 2,000 tools"
+    budget_seconds = 2000 * 250e-6
+    assert min(timings) < budget_seconds, f"best of three: {min(timings) * 1000:.1f} ms for 2,000 tools"
 
 
 MARKET_SELL_DESCRIPTION = "Places a market sell order for the given symbol and quantity."
