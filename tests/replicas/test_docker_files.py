@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,20 @@ def seconds(duration: str) -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", duration)
     assert match, f"unreadable duration {duration!r}"
     return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[match.group(2)]
+
+
+def test_the_image_copies_every_file_the_package_build_reads() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    copied = {
+        source
+        for keyword, arguments in dockerfile()
+        if keyword == "COPY"
+        for source in arguments.split()[:-1]
+        if not source.startswith("--")
+    }
+    needed = {project["readme"], *project.get("license-files", []), "pyproject.toml", "broker", "migrations"}
+
+    assert needed <= copied, f"pip install . in the image would miss {sorted(needed - copied)}"
 
 
 def test_the_image_runs_the_broker_as_a_non_root_user() -> None:
