@@ -19,6 +19,7 @@ YAML anchors, aliases and ``<<`` merge keys work.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from bisect import bisect_right
@@ -228,6 +229,9 @@ class _JsonTree:
             assert number is not None
             self._problems.add(line, column, _too_many_digits(number.end() - offset))
             return ScalarNode(None, line, column), number.end()
+        if type(scalar) is float and not math.isfinite(scalar):
+            self._problems.add(line, column, _not_finite(self._text[offset:end]))
+            return ScalarNode(None, line, column), end
         return ScalarNode(scalar, line, column), end
 
     def _object(self, offset: int, line: int, column: int) -> tuple[Node, int]:
@@ -374,7 +378,16 @@ class _YamlTree:
         except ValueError:
             self._problems.add(line, column, _too_many_digits(len(node.value)))
             return None
+        if type(value) is float and not math.isfinite(value):
+            self._problems.add(line, column, _not_finite(node.value))
+            return None
         return value
+
+
+def _not_finite(written: str) -> str:
+    # An infinite bound makes a condition always or never true, and NaN compares false with
+    # everything: either way the rule would not do what it appears to say.
+    return f"{written} is not a finite number; policies take finite numbers only"
 
 
 def _too_many_digits(length: int) -> str:

@@ -440,7 +440,16 @@ def test_agents_must_be_a_non_empty_list_of_names() -> None:
             "'gt' needs a number, got the string \"1e3\"; write it as a plain number such as 1000.0 "
             "(quoted numbers, and in YAML forms like 1e3, are text)",
         ),
-        ('{"args.quantity": {"lt": .nan}}', ".nan", "'lt' cannot compare against NaN"),
+        (
+            '{"args.quantity": {"lt": .nan}}',
+            ".nan",
+            ".nan is not a finite number; policies take finite numbers only",
+        ),
+        (
+            '{"args.quantity": {"gt": -.inf}}',
+            "-.inf",
+            "-.inf is not a finite number; policies take finite numbers only",
+        ),
         (
             '{"args.quantity": {"gtee": 1}}',
             '"gtee"',
@@ -530,3 +539,17 @@ def test_json_validation_errors_have_positions_too() -> None:
 
 def test_policy_problem_renders_as_source_line_column_message() -> None:
     assert str(PolicyProblem("p.yaml", 7, 5, "boom")) == "p.yaml:7:5: boom"
+
+
+@pytest.mark.parametrize("written", ["1e999", "-1e999", "Infinity", "NaN"])
+def test_json_numbers_that_are_not_finite_are_refused_where_they_are(written: str) -> None:
+    text = (
+        '{\n  "version": "1",\n  "rules": [\n'
+        f'    {{"tool": "a", "action": "require_approval", "when": {{"args.qty": {{"gt": {written}}}}}}}\n'
+        "  ]\n}\n"
+    )
+    assert only_problem(text, "policy.json") == (
+        4,
+        column_of(text, 4, written),
+        f"{written} is not a finite number; policies take finite numbers only",
+    )
