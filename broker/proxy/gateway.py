@@ -19,6 +19,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 
 from broker import __version__
 from broker.observability.calls import CallCounts, UpstreamLatency
+from broker.policy import Policy
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.change_feed import ChangeFeed
@@ -224,11 +225,10 @@ class Gateway:
             for tool in self._upstreams.tools():
                 if not policy.is_listed(tool.name, server=tool.server, agent=agent):
                     continue
-                decision = policy.decide(tool.name, server=tool.server, agent=agent)
-                if decision.action is Action.REQUIRE_APPROVAL and self._approvals is not None:
+                if self._runs_as_task(tool, agent, policy):
                     listing.append({**tool.definition, "execution": {"taskSupport": "optional"}})
                 else:
-                    listing.append(tool.definition)
+                    listing.append(_without_task_support(tool.definition))
             if self._approvals is not None and any(
                 rule.action is Action.REQUIRE_APPROVAL for rule in policy.rules
             ):
@@ -237,6 +237,12 @@ class Gateway:
                 self._listing_cache.clear()
             self._listing_cache[key] = listing
         return listing
+
+    def _runs_as_task(self, tool: UpstreamTool, agent: str, policy: Policy) -> bool:
+        """Whether the listing offers tasks for this tool: only a call the broker holds becomes one."""
+        if self._approvals is None:
+            return False
+        return policy.decide(tool.name, server=tool.server, agent=agent).action is Action.REQUIRE_APPROVAL
 
     async def _call_tool(
         self, ctx: AgentContext, params: JsonObject | None, request: AgentRequest
@@ -278,6 +284,20 @@ class Gateway:
         )
         action = decision.action
         if action is Action.ALLOW or action is Action.REQUIRE_APPROVAL:
+            if (
+                action is Action.ALLOW
+                and "task" in params
+                and not ctx.modern
+                and not self._runs_as_task(tool, ctx.agent, self._policy.current)
+            ):
+                # The listing gave this tool no task support, and the spec's answer to a task asked
+                # of such a tool is -32601; forwarding it as a plain call would hand the client a
+                # result where it awaits a task.
+                raise RpcError(
+                    METHOD_NOT_FOUND,
+                    f"Tool '{name}' cannot be called as a task through this broker: only calls held "
+                    "for human approval run as tasks. Call it without 'task'.",
+                )
             if decision.rate_limit is not None:
                 verdict = await self._rate_limiter.hit(
                     f"{ctx.session}\x00{decision.rule}", decision.rate_limit
@@ -395,6 +415,19 @@ class Gateway:
             arguments=arguments,
             outcome=outcome,
         )
+
+
+def _without_task_support(definition: JsonObject) -> JsonObject:
+    """The upstream's own task support is not relayed: the broker forwards every allowed call as
+    a plain request, so it must not invite the client to send tasks for it."""
+    execution = definition.get("execution")
+    if not isinstance(execution, dict) or "taskSupport" not in execution:
+        return definition
+    rest = {key: value for key, value in execution.items() if key != "taskSupport"}
+    listed = {key: value for key, value in definition.items() if key != "execution"}
+    if rest:
+        listed["execution"] = rest
+    return listed
 
 
 def _decision_meta(decision: Decision, decision_id: str) -> JsonObject:

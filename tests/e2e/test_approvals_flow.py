@@ -263,6 +263,17 @@ async def test_held_calls_can_be_awaited_as_mcp_tasks(tmp_path: Path) -> None:
                 assert again["error"]["code"] == -32602 and "already cancelled" in again["error"]["message"]
                 unknown = await rpc(9, "tasks/get", {"taskId": "nope"})
                 assert unknown["error"]["code"] == -32602
+                # A small order is allowed and forwarded as it is, so it cannot be a task; the listing
+                # offers no task support for place_order either, since most calls to it are not held.
+                small = {**BIG_ORDER, "quantity": 1}
+                untasked = await rpc(
+                    10, "tools/call", {"name": "place_order", "arguments": small, "task": {}}
+                )
+                assert untasked["error"]["code"] == -32601
+                listed = await rpc(11, "tools/list", {})
+                offered = {tool["name"]: tool.get("execution") for tool in listed["result"]["tools"]}
+                assert offered["place_order"] is None
+                assert offered["binance_us_cust_cancel_order"] == {"taskSupport": "optional"}
 
 
 async def test_a_reason_the_store_cannot_keep_is_refused_with_422(tmp_path: Path) -> None:

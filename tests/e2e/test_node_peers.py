@@ -166,6 +166,48 @@ async def test_server_everything_behind_the_broker_is_filtered_by_policy(tmp_pat
                 assert unlisted.is_error and text_of(unlisted).startswith("Policy violation")
 
 
+TASK_POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: echo
+    action: allow
+  - tool: simulate-research-query
+    action: allow
+  - tool: get-sum
+    action: require_approval
+"""
+
+
+async def test_only_calls_the_broker_holds_are_offered_and_accepted_as_tasks(tmp_path: Path) -> None:
+    steps: list[Step] = [
+        {"op": "list_tools"},
+        {"op": "call_tool_as_task", "name": "echo", "arguments": {"message": "as a task"}},
+        {"op": "call_tool", "name": "echo", "arguments": {"message": "plain"}},
+        {"op": "call_tool", "name": "simulate-research-query", "arguments": {"topic": "brokers"}},
+        {"op": "call_tool_as_task", "name": "get-sum", "arguments": {"a": 1, "b": 2}},
+    ]
+    async with running_broker(make_settings(tmp_path, TASK_POLICY, everything_over_stdio())) as running:
+        with anyio.fail_after(30):
+            listed, echo_task, echo_plain, research, held = await run_node_client(
+                f"{running.url}/mcp", steps, api_key=AGENT_KEYS["trader"]
+            )
+
+    tools = {tool["name"]: tool for tool in listed["result"]["tools"]}
+    assert "taskSupport" not in tools["echo"].get("execution", {})
+    # The upstream requires a task for it, but the broker relays only plain calls to upstreams.
+    assert "taskSupport" not in tools["simulate-research-query"].get("execution", {})
+    assert tools["get-sum"]["execution"] == {"taskSupport": "optional"}
+
+    assert not echo_task["ok"] and echo_task["error"]["code"] == -32601
+    assert "only calls held for human approval run as tasks" in echo_task["error"]["message"]
+    assert echo_plain["ok"] and text_of(echo_plain["result"]) == "Echo: plain"
+    # So the upstream refuses the plain call, and the agent reads why.
+    assert research["ok"] and research["result"]["isError"] is True
+    assert "requires task augmentation" in text_of(research["result"])
+    assert held["ok"] and held["result"]["task"]["status"] == "working"
+
+
 async def test_progress_from_server_everything_reaches_both_sdk_clients(tmp_path: Path) -> None:
     received: list[tuple[float, float | None, str | None]] = []
 
