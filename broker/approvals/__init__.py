@@ -15,6 +15,7 @@ from broker.approvals.ports import (
     ApprovalStore,
     InvalidTransition,
     InvalidValue,
+    ListPosition,
     StoreUnavailable,
 )
 from broker.approvals.transitions import ALLOWED_TRANSITIONS, check_transition, is_allowed
@@ -35,6 +36,7 @@ __all__ = [
     "ChainProblem",
     "InvalidTransition",
     "InvalidValue",
+    "ListPosition",
     "NewApproval",
     "StoreUnavailable",
     "check_transition",

@@ -17,10 +17,11 @@ raise ValueError and are not part of the tree.
 
 from __future__ import annotations
 
+import base64
 import builtins
 from collections.abc import Collection, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from broker.approvals.audit import AuditEvent, AuditRecord, AuditVerification
 from broker.approvals.model import Approval, ApprovalStatus, NewApproval
@@ -69,6 +70,39 @@ class StoreUnavailable(ApprovalError):
     """The database could not be reached or refused the operation. Fail closed."""
 
 
+class ListPosition(NamedTuple):
+    """Where a page of `ApprovalStore.list` ended: the next page starts just after this row.
+
+    Approvals are listed newest first and ties on `created_at` are broken by id, so the pair
+    names one place in the order; paging on the time alone would skip rows sharing it.
+    """
+
+    created_at: datetime
+    approval_id: str
+
+    @classmethod
+    def of(cls, approval: Approval) -> ListPosition:
+        return cls(approval.created_at, approval.id)
+
+    def token(self) -> str:
+        """An opaque cursor for clients (`tasks/list`, the API, the history page's next link)."""
+        raw = f"{self.created_at.isoformat()}\n{self.approval_id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def from_token(cls, token: str) -> ListPosition:
+        """Raises ValueError for anything `token()` did not make."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            moment, approval_id = raw.split("\n", 1)
+            created_at = datetime.fromisoformat(moment)
+        except ValueError:  # bad base64, bad UTF-8 and a bad time all are ValueErrors
+            raise ValueError(f"not a cursor this broker handed out: {token[:80]!r}") from None
+        if created_at.tzinfo is None or not approval_id:
+            raise ValueError(f"not a cursor this broker handed out: {token[:80]!r}")
+        return cls(created_at, approval_id)
+
+
 class ApprovalStore(Protocol):
     """Persistence of approvals and their audit trail.
 
@@ -102,8 +136,12 @@ class ApprovalStore(Protocol):
         tool: str | None = None,
         limit: int = 100,
         before: datetime | None = None,
+        after: ListPosition | None = None,
+        with_task: bool = False,
     ) -> builtins.list[Approval]:
-        """Newest first; `before` pages on created_at (exclusive)."""
+        """Newest first (ties by id). `before` keeps approvals created before that time; `after`
+        continues a listing past the last row of its previous page; `with_task` keeps only
+        approvals that are MCP tasks."""
         ...
 
     async def transition(

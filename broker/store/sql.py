@@ -28,7 +28,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import anyio
-from sqlalchemy import Select, Text, func, insert, select, text, type_coerce, update
+from sqlalchemy import Select, Text, and_, func, insert, or_, select, text, type_coerce, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -44,7 +44,13 @@ from broker.approvals.audit import (
 from broker.approvals.canonical import GENESIS_HASH, audit_hash, canonical_json
 from broker.approvals.clock import Clock, require_utc
 from broker.approvals.model import DELIVERABLE_STATUSES, Approval, ApprovalStatus, NewApproval
-from broker.approvals.ports import ApprovalConflict, ApprovalNotFound, InvalidTransition, InvalidValue
+from broker.approvals.ports import (
+    ApprovalConflict,
+    ApprovalNotFound,
+    InvalidTransition,
+    InvalidValue,
+    ListPosition,
+)
 from broker.approvals.transitions import check_transition
 from broker.store.database import writing
 from broker.store.failures import store_unavailable_on_db_error
@@ -134,6 +140,8 @@ class SqlApprovalStore:
         tool: str | None = None,
         limit: int = 100,
         before: datetime | None = None,
+        after: ListPosition | None = None,
+        with_task: bool = False,
     ) -> builtins.list[Approval]:
         _check_limit(limit)
         if _NUL in (agent or "") or _NUL in (tool or ""):
@@ -150,6 +158,18 @@ class SqlApprovalStore:
             query = query.where(approvals.c.tool == tool)
         if before is not None:
             query = query.where(approvals.c.created_at < require_utc(before, field="before"))
+        if after is not None:
+            if _NUL in after.approval_id:
+                return []
+            last_time = require_utc(after.created_at, field="after")
+            query = query.where(
+                or_(
+                    approvals.c.created_at < last_time,
+                    and_(approvals.c.created_at == last_time, approvals.c.id < after.approval_id),
+                )
+            )
+        if with_task:
+            query = query.where(approvals.c.task_id.is_not(None))
         query = query.order_by(approvals.c.created_at.desc(), approvals.c.id.desc()).limit(limit)
         async with self._reading("list approvals") as conn:
             rows = (await conn.execute(query)).mappings().all()

@@ -9,7 +9,13 @@ import pytest
 from broker.approvals.audit import AuditEvent
 from broker.approvals.canonical import arguments_hash, request_key
 from broker.approvals.model import ApprovalStatus
-from broker.approvals.ports import ApprovalConflict, ApprovalNotFound, InvalidTransition, InvalidValue
+from broker.approvals.ports import (
+    ApprovalConflict,
+    ApprovalNotFound,
+    InvalidTransition,
+    InvalidValue,
+    ListPosition,
+)
 from broker.store.engine import create_store
 from broker.store.sql import SqlApprovalStore
 
@@ -103,6 +109,22 @@ async def test_list_breaks_time_ties_by_id(store: SqlApprovalStore) -> None:
     created = [await create(store) for _ in range(3)]
 
     assert [a.id for a in await store.list()] == [a.id for a in reversed(created)]
+
+
+async def test_list_pages_through_approvals_created_at_the_same_moment(store: SqlApprovalStore) -> None:
+    created = [await create(store, task_id=f"task-{n}" if n % 3 == 0 else None) for n in range(7)]
+
+    seen: list[str] = []
+    page = await store.list(limit=3)
+    while page:
+        seen += [approval.id for approval in page]
+        page = await store.list(limit=3, after=ListPosition.of(page[-1]))
+
+    assert seen == [approval.id for approval in reversed(created)]
+    tasks = await store.list(with_task=True, limit=2)
+    tasks += await store.list(with_task=True, limit=2, after=ListPosition.of(tasks[-1]))
+    assert [approval.task_id for approval in tasks] == ["task-6", "task-3", "task-0"]
+    assert await store.list(after=ListPosition(created[0].created_at, "a\x00")) == []
 
 
 async def test_list_refuses_silly_limits(store: SqlApprovalStore, clock: ManualClock) -> None:

@@ -37,7 +37,7 @@ from anyio.abc import TaskGroup
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.model import Approval, ApprovalStatus
-from broker.approvals.ports import ApprovalError, ApprovalStore, StoreUnavailable
+from broker.approvals.ports import ApprovalError, ApprovalStore, ListPosition, StoreUnavailable
 from broker.channels.slack.blocks import approval_message
 from broker.channels.slack.client import PostedMessage, SlackApi
 from broker.channels.slack.errors import SlackRateLimited, SlackRejected, SlackUnavailable
@@ -331,9 +331,9 @@ class SlackNotifier:
     async def _finished_since_then(self, since: datetime) -> dict[str, Approval]:
         """Finished approvals created at or after `since` that have (or had to have) a message."""
         found: dict[str, Approval] = {}
-        before: datetime | None = None
+        after: ListPosition | None = None
         while True:
-            page = await self._store.list(statuses=FINISHED_STATUSES, limit=PAGE_SIZE, before=before)
+            page = await self._store.list(statuses=FINISHED_STATUSES, limit=PAGE_SIZE, after=after)
             for approval in page:
                 if approval.created_at < since:
                     return found
@@ -344,17 +344,17 @@ class SlackNotifier:
                     found[approval.id] = approval
             if len(page) < PAGE_SIZE:
                 return found
-            before = page[-1].created_at
+            after = ListPosition.of(page[-1])
 
     async def _all(self, statuses: Collection[ApprovalStatus]) -> list[Approval]:
         found: list[Approval] = []
-        before: datetime | None = None
+        after: ListPosition | None = None
         while True:
-            page = await self._store.list(statuses=statuses, limit=PAGE_SIZE, before=before)
+            page = await self._store.list(statuses=statuses, limit=PAGE_SIZE, after=after)
             found.extend(page)
             if len(page) < PAGE_SIZE:
                 return found
-            before = page[-1].created_at
+            after = ListPosition.of(page[-1])
 
     def _start(self, approval_id: str) -> None:
         assert self._tasks is not None
