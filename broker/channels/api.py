@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
 from broker.approvals.approvers import ApproverDirectory
-from broker.approvals.ports import InvalidValue, StoreUnavailable
+from broker.approvals.ports import InvalidValue, ListPosition, StoreUnavailable
 from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
 
 
@@ -96,21 +96,29 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
         tool: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         before: datetime | None = None,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> dict[str, Any]:
         if before is not None and before.tzinfo is None:
             raise HTTPException(422, "'before' needs a time zone, e.g. 2026-01-01T00:00:00Z")
         try:
+            after = ListPosition.from_token(cursor) if cursor is not None else None
+        except ValueError as exc:
+            raise HTTPException(422, f"'cursor': {exc}") from None
+        try:
             approvals = await service.store.list(
-                statuses=status, agent=agent, tool=tool, limit=limit, before=before
+                statuses=status, agent=agent, tool=tool, limit=limit, before=before, after=after
             )
         except StoreUnavailable as exc:
             raise HTTPException(503, f"the approval store is unavailable: {exc}") from exc
-        return {
+        listed: dict[str, Any] = {
             "approvals": [
                 {**approval_json(approval), "can_decide": service.may_decide(approval, caller) is None}
                 for approval in approvals
             ]
         }
+        if len(approvals) == limit:
+            listed["next_cursor"] = ListPosition.of(approvals[-1]).token()
+        return listed
 
     @router.get("/{approval_id}")
     async def show(approval_id: str, caller: Caller) -> dict[str, Any]:

@@ -26,7 +26,14 @@ from typing import Any
 
 import anyio
 
-from broker.approvals import Approval, ApprovalStatus, InvalidTransition, NewApproval, StoreUnavailable
+from broker.approvals import (
+    Approval,
+    ApprovalStatus,
+    InvalidTransition,
+    ListPosition,
+    NewApproval,
+    StoreUnavailable,
+)
 from broker.approvals.model import DELIVERABLE_STATUSES
 from broker.approvals.service import POLICY_ACTOR, ApprovalService, CallReleaser, ReleaseFailed
 from broker.policy.decision import Decision
@@ -38,6 +45,7 @@ from broker.proxy.upstream.pool import UpstreamPool, UpstreamTool
 
 logger = logging.getLogger(__name__)
 
+TASKS_PAGE_SIZE = 100
 RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"
 APPROVAL_META_KEY = "io.github.mcp-approval-broker/approval"
 TASK_STATUS = {
@@ -242,8 +250,7 @@ class HeldCalls:
 
     async def task_request(self, ctx: AgentContext, method: str, params: JsonObject | None) -> JsonObject:
         if method == "tasks/list":
-            approvals = await self._service.store.list(agent=ctx.agent, limit=100)
-            return {"tasks": [self._task(approval) for approval in approvals if approval.task_id is not None]}
+            return await self._list_tasks(ctx, params)
         task_id = (params or {}).get("taskId")
         if not isinstance(task_id, str):
             raise RpcError(INVALID_PARAMS, f"{method} needs a string 'taskId'")
@@ -275,6 +282,26 @@ class HeldCalls:
             result.setdefault("_meta", {})[RELATED_TASK_META_KEY] = {"taskId": task_id}
             return result
         raise RpcError(-32601, f"Method not found: {method}")
+
+    async def _list_tasks(self, ctx: AgentContext, params: JsonObject | None) -> JsonObject:
+        cursor = (params or {}).get("cursor")
+        after = None
+        if cursor is not None:
+            if not isinstance(cursor, str):
+                raise RpcError(
+                    INVALID_PARAMS, "tasks/list 'cursor' must be a string from an earlier nextCursor"
+                )
+            try:
+                after = ListPosition.from_token(cursor)
+            except ValueError as exc:
+                raise RpcError(INVALID_PARAMS, f"tasks/list: {exc}") from None
+        page = await self._service.store.list(
+            agent=ctx.agent, with_task=True, limit=TASKS_PAGE_SIZE, after=after
+        )
+        listed: JsonObject = {"tasks": [self._task(approval) for approval in page]}
+        if len(page) == TASKS_PAGE_SIZE:
+            listed["nextCursor"] = ListPosition.of(page[-1]).token()
+        return listed
 
     def _task(self, approval: Approval) -> JsonObject:
         assert approval.task_id is not None

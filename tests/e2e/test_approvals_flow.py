@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from broker.approvals import Approval, ApprovalStatus
+from broker.approvals import Approval, ApprovalStatus, NewApproval
 from tests.e2e.harness import RawSession, RunningBroker, exchange_server, make_settings, running_broker
 
 pytestmark = pytest.mark.anyio
@@ -274,6 +275,50 @@ async def test_held_calls_can_be_awaited_as_mcp_tasks(tmp_path: Path) -> None:
                 offered = {tool["name"]: tool.get("execution") for tool in listed["result"]["tools"]}
                 assert offered["place_order"] is None
                 assert offered["binance_us_cust_cancel_order"] == {"taskSupport": "optional"}
+
+
+def task_call(agent: str, number: int, *, task: bool) -> NewApproval:
+    return NewApproval(
+        agent=agent,
+        server="exchange",
+        tool="binance_us_cust_cancel_order",
+        upstream_tool="binance_us_cust_cancel_order",
+        arguments={"order_id": f"ord-{number}"},
+        policy_revision="r-test",
+        rule="rules[2] 'binance_us_cust_cancel_order'",
+        rule_reason="cancels need a human",
+        timeout=timedelta(minutes=5),
+        task_id=f"task-{agent}-{number}" if task else None,
+    )
+
+
+async def test_tasks_list_and_the_api_page_with_cursors(tmp_path: Path) -> None:
+    async with running_broker(make_settings(tmp_path, POLICY, exchange_server())) as running:
+        service = running.broker.approvals
+        for number in range(103):
+            await service.open(task_call("trader", number, task=True))
+            if number % 20 == 0:
+                await service.open(task_call("trader", 1000 + number, task=False))
+                await service.open(task_call("auditor", number, task=True))
+        with anyio.fail_after(30):
+            async with running.raw() as http:
+                raw = RawSession(http)
+                await raw.open()
+                first = (await raw.rpc(1, "tasks/list", {}))["result"]
+                second = (await raw.rpc(2, "tasks/list", {"cursor": first["nextCursor"]}))["result"]
+                forged = await raw.rpc(3, "tasks/list", {"cursor": "not-one-of-ours"})
+            async with running.approver("alice") as alice:
+                page = (await alice.get("/api/approvals", params={"limit": 100})).json()
+                rest = (await alice.get("/api/approvals", params={"cursor": page["next_cursor"]})).json()
+                bad_cursor = await alice.get("/api/approvals", params={"cursor": "x"})
+
+    everything = [approval["id"] for approval in page["approvals"] + rest["approvals"]]
+    assert len(everything) == len(set(everything)) == 103 + 2 * 6 and "next_cursor" not in rest
+    assert bad_cursor.status_code == 422 and "not a cursor" in bad_cursor.text
+    listed = [task["taskId"] for task in first["tasks"] + second["tasks"]]
+    assert len(first["tasks"]) == 100 and "nextCursor" not in second
+    assert listed == [f"task-trader-{number}" for number in reversed(range(103))]
+    assert forged["error"]["code"] == -32602 and "not a cursor" in forged["error"]["message"]
 
 
 async def test_a_reason_the_store_cannot_keep_is_refused_with_422(tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ async def test_sign_in_rules_redirects_headers_throttling_and_sign_out(tmp_path:
             assert "Too many failed sign-ins" in locked.text
 
 
-async def test_history_filters_by_status_agent_and_tool_and_pages_with_before(tmp_path: Path) -> None:
+async def test_history_filters_by_status_agent_and_tool_and_pages_to_older_calls(tmp_path: Path) -> None:
     async with running_broker(web_settings(tmp_path, servers={})) as running:
         service = running.broker.approvals
         bob = Approver("bob", frozenset({"trading-leads"}))
@@ -166,6 +166,8 @@ async def test_history_filters_by_status_agent_and_tool_and_pages_with_before(tm
             assert bad.status_code == 400
             assert "unknown status &#39;sleeping&#39;" in bad.text
             assert "must be an ISO 8601 time" in bad.text
+            forged = await http.get("/history", params={"after": "<not ours>"})
+            assert forged.status_code == 400 and "not a cursor this broker handed out" in forged.text
 
 
 async def test_the_event_stream_announces_changes_and_forgets_a_page_that_leaves(tmp_path: Path) -> None:

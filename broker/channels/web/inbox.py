@@ -16,7 +16,13 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditRecord
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.model import Approval, ApprovalStatus
-from broker.approvals.ports import ApprovalNotFound, InvalidTransition, InvalidValue, StoreUnavailable
+from broker.approvals.ports import (
+    ApprovalNotFound,
+    InvalidTransition,
+    InvalidValue,
+    ListPosition,
+    StoreUnavailable,
+)
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
 from broker.channels.web.assets import InboxAssets
 from broker.channels.web.events import EventStreamResponse, InboxEvents
@@ -300,6 +306,13 @@ class WebInbox:
             before = _parse_moment(before_text)
             if before is None:
                 problems.append(f"'before' must be an ISO 8601 time with a zone, got {before_text!r}")
+        after = None
+        after_text = params.get("after", "").strip()
+        if after_text:
+            try:
+                after = ListPosition.from_token(after_text)
+            except ValueError as exc:
+                problems.append(f"'after': {exc}")
         filters = {"status": status, "agent": agent, "tool": tool, "before": before_text}
         if problems:
             return self._page(
@@ -317,16 +330,22 @@ class WebInbox:
             )
         try:
             approvals = await self._store.list(
-                statuses=statuses, agent=agent or None, tool=tool or None, limit=HISTORY_PAGE, before=before
+                statuses=statuses,
+                agent=agent or None,
+                tool=tool or None,
+                limit=HISTORY_PAGE,
+                before=before,
+                after=after,
             )
             count = await self._pending_count()
         except StoreUnavailable as exc:
             return self._unavailable(request, viewer, exc)
         query = {key: value for key, value in filters.items() if value and key != "before"}
-        newest = "/history" + (f"?{urlencode(query)}" if query else "") if before is not None else None
+        paged = before is not None or after is not None
+        newest = "/history" + (f"?{urlencode(query)}" if query else "") if paged else None
         older = None
         if len(approvals) == HISTORY_PAGE:
-            older = "/history?" + urlencode({**query, "before": approvals[-1].created_at.isoformat()})
+            older = "/history?" + urlencode({**query, "after": ListPosition.of(approvals[-1]).token()})
         return self._page(
             request,
             viewer,
