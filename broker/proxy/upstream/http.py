@@ -23,7 +23,6 @@ from broker.proxy.upstream.base import (
     NotificationHandler,
     UpstreamError,
     UpstreamRpcError,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from broker.proxy.upstream.http_client import (
@@ -37,6 +36,7 @@ from broker.proxy.upstream.jsonrpc import (
     INTERNAL_ERROR,
     NotificationRouter,
     answer_server_request,
+    answer_within,
     cancellation_message,
     initialize_params,
     negotiated_version,
@@ -121,17 +121,13 @@ class StreamableHttpConnection:
         message = request_message(request_id, method, params)
         token = None if on_notification is None else self._router.watch_progress(params, on_notification)
         try:
-            if timeout is None:
-                response = await self._exchange(request_id, message, on_notification)
-            else:
-                async with asyncio.timeout(timeout):
-                    response = await self._exchange(request_id, message, on_notification)
-        except TimeoutError:
-            self._abandon(request_id, method, "timed out")
-            raise UpstreamTimeout(self.server, f"no answer to {method} within {timeout:g} s") from None
-        except asyncio.CancelledError:
-            self._abandon(request_id, method, "cancelled by the client")
-            raise
+            response = await answer_within(
+                self.server,
+                method,
+                timeout,
+                self._exchange(request_id, message, on_notification),
+                lambda reason: self._abandon(request_id, method, reason),
+            )
         finally:
             if token is not None:
                 self._router.unwatch(token)

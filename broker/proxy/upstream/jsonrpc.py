@@ -7,11 +7,19 @@ into models would only cost CPU on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import broker
-from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamRpcError, UpstreamUnavailable
+from broker.proxy.upstream.base import (
+    JsonObject,
+    NotificationHandler,
+    UpstreamRpcError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +69,29 @@ def notification_message(method: str, params: JsonObject | None) -> JsonObject:
 
 def cancellation_message(request_id: int, reason: str) -> JsonObject:
     return notification_message("notifications/cancelled", {"requestId": request_id, "reason": reason})
+
+
+async def answer_within(
+    server: str,
+    method: str,
+    timeout: float | None,
+    answer: Awaitable[JsonObject],
+    abandon: Callable[[str], None],
+) -> JsonObject:
+    """Await a request's answer under the caller's deadline. A request given up on, by the
+    deadline or by the caller's cancellation, is `abandon`ed with the reason, so the transport
+    can tell the server to stop working on it."""
+    try:
+        if timeout is None:
+            return await answer
+        async with asyncio.timeout(timeout):
+            return await answer
+    except TimeoutError:
+        abandon("timed out")
+        raise UpstreamTimeout(server, f"no answer to {method} within {timeout:g} s") from None
+    except asyncio.CancelledError:
+        abandon("cancelled by the client")
+        raise
 
 
 def result_of(server: str, response: JsonObject) -> JsonObject:

@@ -14,12 +14,12 @@ from broker.proxy.upstream.background import BackgroundTasks
 from broker.proxy.upstream.base import (
     JsonObject,
     NotificationHandler,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from broker.proxy.upstream.jsonrpc import (
     NotificationRouter,
     answer_server_request,
+    answer_within,
     cancellation_message,
     notification_message,
     request_message,
@@ -68,19 +68,19 @@ class MultiplexedConnection:
         future: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         token = None if on_notification is None else self._router.watch_progress(params, on_notification)
-        try:
+
+        async def sent_and_answered() -> JsonObject:
             await self._send(request_message(request_id, method, params))
-            if timeout is None:
-                response = await future
-            else:
-                async with asyncio.timeout(timeout):
-                    response = await future
-        except TimeoutError:
-            self._abandon(request_id, method, "timed out")
-            raise UpstreamTimeout(self.server, f"no answer to {method} within {timeout:g} s") from None
-        except asyncio.CancelledError:
-            self._abandon(request_id, method, "cancelled by the client")
-            raise
+            return await future
+
+        try:
+            response = await answer_within(
+                self.server,
+                method,
+                timeout,
+                sent_and_answered(),
+                lambda reason: self._abandon(request_id, method, reason),
+            )
         finally:
             del self._pending[request_id]
             if token is not None:
