@@ -150,20 +150,41 @@ class Policy:
         return self._default_decision
 
     def is_listed(self, tool: str, *, server: str | None = None, agent: str | None = None) -> bool:
-        candidates = self._candidates.get((tool, server))
-        if candidates is None:
-            candidates = self._rank(tool, server)
-        hidden, rules = candidates
-        if hidden is not None:
+        rules = self._rules_admitting(agent, tool, server)
+        if rules is None:
             return False
         for rule in rules:
-            if rule.agents is not None and not rule.agents.admits(agent):
-                continue
             if rule.action is not Action.DENY:
                 return True
             if rule.check is None:
                 return False
         return self.default is not Action.DENY
+
+    def always_requires_approval(
+        self, tool: str, *, server: str | None = None, agent: str | None = None
+    ) -> bool:
+        """Whether every call of this agent to the tool is held for approval, whatever its
+        arguments: then the call can be offered as a task. A conditional rule of another
+        action that outranks the approval would let some calls through without a human."""
+        rules = self._rules_admitting(agent, tool, server)
+        if rules is None:
+            return False
+        for rule in rules:
+            if rule.check is None:
+                return rule.action is Action.REQUIRE_APPROVAL
+            if rule.action is not Action.REQUIRE_APPROVAL:
+                return False
+        return False  # the default is allow or deny
+
+    def _rules_admitting(self, agent: str | None, tool: str, server: str | None) -> list[CompiledRule] | None:
+        """The tool's rules in rank order that apply to this agent; None when the tool is hidden."""
+        candidates = self._candidates.get((tool, server))
+        if candidates is None:
+            candidates = self._rank(tool, server)
+        hidden, rules = candidates
+        if hidden is not None:
+            return None
+        return [rule for rule in rules if rule.agents is None or rule.agents.admits(agent)]
 
     def explain(
         self,

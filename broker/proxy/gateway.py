@@ -239,10 +239,11 @@ class Gateway:
         return listing
 
     def _runs_as_task(self, tool: UpstreamTool, agent: str, policy: Policy) -> bool:
-        """Whether the listing offers tasks for this tool: only a call the broker holds becomes one."""
+        """Whether the listing offers tasks for this tool: only a call the broker holds becomes
+        one, so only a tool whose every call is held is offered as one."""
         if self._approvals is None:
             return False
-        return policy.decide(tool.name, server=tool.server, agent=agent).action is Action.REQUIRE_APPROVAL
+        return policy.always_requires_approval(tool.name, server=tool.server, agent=agent)
 
     async def _call_tool(
         self, ctx: AgentContext, params: JsonObject | None, request: AgentRequest
@@ -284,15 +285,10 @@ class Gateway:
         )
         action = decision.action
         if action is Action.ALLOW or action is Action.REQUIRE_APPROVAL:
-            if (
-                action is Action.ALLOW
-                and "task" in params
-                and not ctx.modern
-                and not self._runs_as_task(tool, ctx.agent, self._policy.current)
-            ):
-                # The listing gave this tool no task support, and the spec's answer to a task asked
-                # of such a tool is -32601; forwarding it as a plain call would hand the client a
-                # result where it awaits a task.
+            if action is Action.ALLOW and isinstance(params.get("task"), dict) and not ctx.modern:
+                # An allowed call is forwarded as a plain request, so it cannot be a task; the
+                # listing offered tasks only for tools whose every call is held. The spec's answer
+                # to a task asked of a tool without task support is -32601.
                 raise RpcError(
                     METHOD_NOT_FOUND,
                     f"Tool '{name}' cannot be called as a task through this broker: only calls held "

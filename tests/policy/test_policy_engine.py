@@ -222,6 +222,29 @@ def test_is_listed_under_default_allow() -> None:
     assert policy.is_listed("send")
 
 
+def test_always_requires_approval_only_when_no_arguments_escape_the_hold() -> None:
+    policy = policy_with(
+        "{tool: cancel_order, action: require_approval}",
+        "{tool: place_order, when: {args.quantity: {gt: 5}}, action: require_approval}",
+        "{tool: place_order, action: allow}",
+        "{tool: amend_order, when: {args.quantity: {lt: 5}}, action: allow}",
+        "{tool: amend_order, action: require_approval}",
+        "{tool: transfer, when: {args.to: {eq: treasury}}, action: require_approval}",
+        "{tool: transfer, action: require_approval, reason: every transfer}",
+        "{tool: sweep, agents: [ops], action: allow}",
+        "{tool: sweep, action: require_approval}",
+        hide="[cancel_hidden]",
+    )
+    assert policy.always_requires_approval("cancel_order")
+    assert not policy.always_requires_approval("place_order")
+    assert not policy.always_requires_approval("amend_order")
+    assert policy.always_requires_approval("transfer")
+    assert policy.always_requires_approval("sweep", agent="bot")
+    assert not policy.always_requires_approval("sweep", agent="ops")
+    assert not policy.always_requires_approval("cancel_hidden")
+    assert not policy.always_requires_approval("unknown_tool")
+
+
 # --- explain --------------------------------------------------------------------------------------
 
 EXPLAINED = """\
