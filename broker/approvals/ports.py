@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import builtins
 from collections.abc import Collection, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
 from broker.approvals.audit import AuditEvent, AuditRecord, AuditVerification
@@ -92,14 +92,18 @@ class ListPosition(NamedTuple):
     @classmethod
     def from_token(cls, token: str) -> ListPosition:
         """Raises ValueError for anything `token()` did not make."""
+        refused = ValueError(f"not a cursor this broker handed out: {token[:80]!r}")
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             moment, approval_id = raw.split("\n", 1)
             created_at = datetime.fromisoformat(moment)
-        except ValueError:  # bad base64, bad UTF-8 and a bad time all are ValueErrors
-            raise ValueError(f"not a cursor this broker handed out: {token[:80]!r}") from None
-        if created_at.tzinfo is None or not approval_id:
-            raise ValueError(f"not a cursor this broker handed out: {token[:80]!r}")
+            if created_at.tzinfo is None:
+                raise refused
+            created_at = created_at.astimezone(UTC)
+        except (ValueError, OverflowError):  # bad base64, UTF-8 or time; a time UTC cannot hold
+            raise refused from None
+        if not approval_id or not approval_id.isprintable():
+            raise refused
         return cls(created_at, approval_id)
 
 

@@ -98,8 +98,13 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
         before: datetime | None = None,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> dict[str, Any]:
-        if before is not None and before.tzinfo is None:
-            raise HTTPException(422, "'before' needs a time zone, e.g. 2026-01-01T00:00:00Z")
+        if before is not None:
+            if before.tzinfo is None:
+                raise HTTPException(422, "'before' needs a time zone, e.g. 2026-01-01T00:00:00Z")
+            try:
+                before = before.astimezone(UTC)
+            except OverflowError:
+                raise HTTPException(422, "'before' is outside the range of times in UTC") from None
         try:
             after = ListPosition.from_token(cursor) if cursor is not None else None
         except ValueError as exc:

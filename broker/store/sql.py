@@ -160,7 +160,7 @@ class SqlApprovalStore:
             query = query.where(approvals.c.created_at < require_utc(before, field="before"))
         if after is not None:
             if _NUL in after.approval_id:
-                return []
+                raise InvalidValue("a listing position's approval id cannot hold a NUL character")
             last_time = require_utc(after.created_at, field="after")
             query = query.where(
                 or_(

@@ -311,10 +311,12 @@ async def test_tasks_list_and_the_api_page_with_cursors(tmp_path: Path) -> None:
                 page = (await alice.get("/api/approvals", params={"limit": 100})).json()
                 rest = (await alice.get("/api/approvals", params={"cursor": page["next_cursor"]})).json()
                 bad_cursor = await alice.get("/api/approvals", params={"cursor": "x"})
+                edge = await alice.get("/api/approvals", params={"before": "0001-01-01T00:00:00+01:00"})
 
     everything = [approval["id"] for approval in page["approvals"] + rest["approvals"]]
     assert len(everything) == len(set(everything)) == 103 + 2 * 6 and "next_cursor" not in rest
     assert bad_cursor.status_code == 422 and "not a cursor" in bad_cursor.text
+    assert edge.status_code == 422 and "outside the range" in edge.text
     listed = [task["taskId"] for task in first["tasks"] + second["tasks"]]
     assert len(first["tasks"]) == 100 and "nextCursor" not in second
     assert listed == [f"task-trader-{number}" for number in reversed(range(103))]

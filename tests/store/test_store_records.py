@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -124,7 +125,33 @@ async def test_list_pages_through_approvals_created_at_the_same_moment(store: Sq
     tasks = await store.list(with_task=True, limit=2)
     tasks += await store.list(with_task=True, limit=2, after=ListPosition.of(tasks[-1]))
     assert [approval.task_id for approval in tasks] == ["task-6", "task-3", "task-0"]
-    assert await store.list(after=ListPosition(created[0].created_at, "a\x00")) == []
+    with pytest.raises(InvalidValue, match="NUL"):
+        await store.list(after=ListPosition(created[0].created_at, "a\x00"))
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "0001-01-01T00:00:00+01:00\napv-1",  # before the first moment UTC can hold
+        "9999-12-31T23:59:59-01:00\napv-1",  # after the last
+        "2026-01-01T00:00:00\napv-1",  # no zone
+        "2026-01-01T00:00:00+00:00\na\x00b",
+        "2026-01-01T00:00:00+00:00\n",
+        "2026-01-01T00:00:00+00:00",
+        "yesterday\napv-1",
+    ],
+)
+def test_a_cursor_the_store_did_not_hand_out_is_refused(written: str) -> None:
+    token = base64.urlsafe_b64encode(written.encode()).decode()
+    with pytest.raises(ValueError, match="not a cursor"):
+        ListPosition.from_token(token)
+    with pytest.raises(ValueError, match="not a cursor"):
+        ListPosition.from_token(written)
+
+
+def test_a_cursor_round_trips_in_utc(clock: ManualClock) -> None:
+    position = ListPosition(clock.now, "apv-000001")
+    assert ListPosition.from_token(position.token()) == position
 
 
 async def test_list_refuses_silly_limits(store: SqlApprovalStore, clock: ManualClock) -> None:

@@ -168,6 +168,8 @@ async def test_history_filters_by_status_agent_and_tool_and_pages_to_older_calls
             assert "must be an ISO 8601 time" in bad.text
             forged = await http.get("/history", params={"after": "<not ours>"})
             assert forged.status_code == 400 and "not a cursor this broker handed out" in forged.text
+            edge = await http.get("/history", params={"before": "0001-01-01T00:00:00+01:00"})
+            assert edge.status_code == 400 and "must be an ISO 8601 time" in edge.text
 
 
 async def test_the_event_stream_announces_changes_and_forgets_a_page_that_leaves(tmp_path: Path) -> None:

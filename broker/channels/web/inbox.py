@@ -4,7 +4,7 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 """
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -544,6 +544,7 @@ def _local_target(candidate: str | None) -> str:
 def _parse_moment(text: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
+        # A zone can push a time at the edge of the calendar past what UTC holds.
+        return moment.astimezone(UTC) if moment.tzinfo is not None else None
+    except (ValueError, OverflowError):
         return None
-    return moment if moment.tzinfo is not None else None
