@@ -234,15 +234,17 @@ def _equality_test(expected: Any) -> Test:
 
 def _order_test(operator: str, bound: Any) -> Test:
     if isinstance(bound, bool) or not isinstance(bound, int | float):
+        meant = as_number(bound) if isinstance(bound, str) else None
         hint = (
-            f"; write it as a plain number such as {as_number(bound)!r} "
+            f"; write it as a plain number such as {meant!r} "
             "(quoted numbers, and in YAML forms like 1e3, are text)"
-            if isinstance(bound, str) and as_number(bound) is not None
+            if meant is not None and math.isfinite(meant)
             else ""
         )
         raise ValueError(f"'{operator}' needs a number, got {describe_value(bound)}{hint}")
-    if isinstance(bound, float) and math.isnan(bound):
-        raise ValueError(f"'{operator}' cannot compare against NaN")
+    if not math.isfinite(bound):
+        # The document refuses these; a policy built in code must not compare against them either.
+        raise ValueError(f"'{operator}' needs a finite number, got {bound!r}")
     if operator == "gt":
 
         def greater(value: Any) -> bool:

@@ -440,6 +440,7 @@ def test_agents_must_be_a_non_empty_list_of_names() -> None:
             "'gt' needs a number, got the string \"1e3\"; write it as a plain number such as 1000.0 "
             "(quoted numbers, and in YAML forms like 1e3, are text)",
         ),
+        ('{"args.quantity": {"gt": 1.0e999}}', "1.0e999", "'gt' needs a number, got the string \"1.0e999\""),
         (
             '{"args.quantity": {"lt": .nan}}',
             ".nan",
