@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI
@@ -19,7 +19,6 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
 from broker.channels.api import build_decisions_router
-from broker.channels.slack import SlackChannel
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
 from broker.config.settings import BrokerSettings
@@ -41,6 +40,9 @@ from broker.store.engine import create_store
 from broker.store.migrate import is_at_head, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
+
+if TYPE_CHECKING:
+    from broker.channels.slack import SlackChannel
 
 logger = logging.getLogger(__name__)
 
@@ -137,18 +139,19 @@ class Broker:
             self.approvals.add_listener(self.replica_feed)
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.slack = (
-            SlackChannel(
+        self.slack: SlackChannel | None = None
+        if settings.slack is not None:
+            # Imported only when configured: slack_sdk and aiohttp add a good part of a second
+            # to every start of a broker that does not use Slack.
+            from broker.channels.slack import SlackChannel
+
+            self.slack = SlackChannel(
                 settings.slack,
                 service=self.approvals,
                 directory=self.approvers,
                 default_approvers=settings.approvals.default_approvers,
                 sleep=slack_sleep,
             )
-            if settings.slack is not None
-            else None
-        )
-        if self.slack is not None:
             self.approvals.add_listener(self.slack.notifier)
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
