@@ -37,7 +37,7 @@ from broker.proxy.upstream.pool import UpstreamPool
 from broker.proxy.upstream.spec import parse_servers
 from broker.store.database import Backend, backend_of
 from broker.store.engine import create_store
-from broker.store.migrate import is_at_head, upgrade
+from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
 
@@ -279,8 +279,7 @@ class Broker:
             if broker.draining:
                 return JSONResponse({"status": "draining"}, status_code=503)
             try:
-                await broker.store.pending_count()
-                current = await is_at_head(broker.settings.database_url)
+                current = await broker.store.schema_revision() == head_revision()
             except StoreUnavailable as exc:
                 return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
             if not current:

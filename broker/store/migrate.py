@@ -8,6 +8,7 @@ does nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from importlib.resources import files
 
@@ -45,7 +46,9 @@ def alembic_config(url: str | URL | None = None) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest migration shipped with this code (read once: readiness probes ask often)."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

@@ -54,6 +54,7 @@ from broker.approvals.ports import (
 from broker.approvals.transitions import check_transition
 from broker.store.database import writing
 from broker.store.failures import store_unavailable_on_db_error
+from broker.store.migrate import VERSION_TABLE
 from broker.store.tables import approvals, audit_events
 
 AUDIT_CHAIN_LOCK = int.from_bytes(
@@ -189,6 +190,14 @@ class SqlApprovalStore:
         async with self._reading("find expired approvals") as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_approval_from_row(row) for row in rows]
+
+    async def schema_revision(self) -> str | None:
+        """The migration this database is at, read on a pooled connection: a readiness probe
+        must not open a connection of its own each time."""
+        query = text(f"SELECT version_num FROM {VERSION_TABLE}")
+        async with self._reading("read the schema revision") as conn:
+            revision = (await conn.execute(query)).scalar_one_or_none()
+        return None if revision is None else str(revision)
 
     async def pending_count(self) -> int:
         query = (

@@ -1,8 +1,11 @@
-"""Fail closed: when the approval store becomes unreachable, no call goes through until it is back."""
+"""Fail closed: when the approval store becomes unreachable, no call goes through until it is back,
+and a broker whose database is not at its schema is not ready."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +18,7 @@ from broker.store.database import build_engine
 from tests.e2e.harness import exchange_server, make_settings, running_broker
 from tests.store.conftest import POSTGRES_ADMIN_URL
 
-pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+pytestmark = pytest.mark.anyio
 
 POLICY = '{"version": "1", "default": "allow"}'
 
@@ -48,6 +51,7 @@ async def set_reachable(name: str, reachable: bool) -> None:
         await admin.dispose()
 
 
+@pytest.mark.postgres
 async def test_an_unreachable_store_stops_every_call_until_it_returns(
     tmp_path: Path, postgres_database: str
 ) -> None:
@@ -67,3 +71,27 @@ async def test_an_unreachable_store_stops_every_call_until_it_returns(
                 await set_reachable(postgres_database, True)
                 await running.broker.approvals.wait_for_store(available=True)
                 assert not (await client.call_tool("get_balances", {})).is_error
+
+
+async def test_readiness_follows_the_schema_revision_without_a_log_line_per_probe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path, POLICY, exchange_server())
+    database = make_url(settings.database_url).database
+    assert database is not None
+    async with running_broker(settings) as running, running.raw(agent=None) as http:
+        with anyio.fail_after(30):
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                for _ in range(3):
+                    assert (await http.get("/readyz")).status_code == 200
+            assert not [record for record in caplog.records if record.name.startswith("alembic")]
+
+            with sqlite3.connect(database) as db:
+                (head,) = db.execute("SELECT version_num FROM broker_alembic_version").fetchone()
+                db.execute("UPDATE broker_alembic_version SET version_num = '0001'")
+            behind = await http.get("/readyz")
+            assert behind.status_code == 503 and "newest migration" in behind.json()["store"]
+            with sqlite3.connect(database) as db:
+                db.execute("UPDATE broker_alembic_version SET version_num = ?", (head,))
+            assert (await http.get("/readyz")).status_code == 200
