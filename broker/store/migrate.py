@@ -88,11 +88,6 @@ async def current_revision(url: str | URL, *, db_timeout: float = DEFAULT_TIMEOU
         await engine.dispose()
 
 
-async def is_at_head(url: str | URL, *, db_timeout: float = DEFAULT_TIMEOUT) -> bool:
-    """Readiness check: the schema matches the newest migration shipped with this code."""
-    return await current_revision(url, db_timeout=db_timeout) == head_revision()
-
-
 def _run_upgrade(connection: Connection, config: Config, revision: str) -> None:
     config.attributes["connection"] = connection
     command.upgrade(config, revision)

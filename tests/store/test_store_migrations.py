@@ -19,7 +19,6 @@ from broker.store.migrate import (
     alembic_config,
     current_revision,
     head_revision,
-    is_at_head,
     upgrade,
 )
 from broker.store.tables import metadata
@@ -68,7 +67,7 @@ async def table_names(url: str) -> set[str]:
 async def test_fresh_database_is_not_at_head(database_url: str) -> None:
     assert head_revision() is not None
     assert await current_revision(database_url) is None
-    assert await is_at_head(database_url) is False
+    assert await current_revision(database_url) != head_revision()
 
 
 async def test_upgrade_reaches_head_and_twice_is_a_no_op(
@@ -76,13 +75,13 @@ async def test_upgrade_reaches_head_and_twice_is_a_no_op(
 ) -> None:
     await upgrade(database_url)
     assert await current_revision(database_url) == head_revision()
-    assert await is_at_head(database_url)
+    assert await current_revision(database_url) == head_revision()
     async with create_store(database_url, clock=clock, id_factory=ids) as store:
         approval = await create(store)
 
     await upgrade(database_url)
 
-    assert await is_at_head(database_url)
+    assert await current_revision(database_url) == head_revision()
     async with create_store(database_url, clock=clock, id_factory=ids) as store:
         assert await store.get(approval.id) == approval
         assert (await store.verify_audit_chain()).rows_checked == 1
@@ -109,7 +108,7 @@ async def test_concurrent_upgrades_do_not_collide(database_url: str) -> None:
             for _ in range(4):
                 group.start_soon(upgrade, database_url)
 
-    assert await is_at_head(database_url)
+    assert await current_revision(database_url) == head_revision()
     assert await schema_differences(database_url) == []
 
 
@@ -122,7 +121,7 @@ async def test_downgrade_then_upgrade_again(database_url: str) -> None:
     assert not {"approvals", "audit_events"} & await table_names(database_url)
 
     await anyio.to_thread.run_sync(command.upgrade, alembic_config(database_url), "head")
-    assert await is_at_head(database_url)
+    assert await current_revision(database_url) == head_revision()
     assert await schema_differences(database_url) == []
 
 
