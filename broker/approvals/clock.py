@@ -18,4 +18,7 @@ def require_utc(value: datetime, *, field: str) -> datetime:
         raise TypeError(f"{field} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{field} must be timezone-aware, got naive {value.isoformat()}")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00: its zone pushes it off the calendar
+        raise ValueError(f"{field} is outside the range of times in UTC: {value.isoformat()}") from None

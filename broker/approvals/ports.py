@@ -20,10 +20,11 @@ from __future__ import annotations
 import base64
 import builtins
 from collections.abc import Collection, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from broker.approvals.audit import AuditEvent, AuditRecord, AuditVerification
+from broker.approvals.clock import require_utc
 from broker.approvals.model import Approval, ApprovalStatus, NewApproval
 
 
@@ -96,11 +97,8 @@ class ListPosition(NamedTuple):
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             moment, approval_id = raw.split("\n", 1)
-            created_at = datetime.fromisoformat(moment)
-            if created_at.tzinfo is None:
-                raise refused
-            created_at = created_at.astimezone(UTC)
-        except (ValueError, OverflowError):  # bad base64, UTF-8 or time; a time UTC cannot hold
+            created_at = require_utc(datetime.fromisoformat(moment), field="cursor time")
+        except ValueError:  # bad base64, UTF-8 or time, no zone, or a time UTC cannot hold
             raise refused from None
         if not approval_id or not approval_id.isprintable():
             raise refused

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
 from broker.approvals.approvers import ApproverDirectory
+from broker.approvals.clock import require_utc
 from broker.approvals.ports import InvalidValue, ListPosition, StoreUnavailable
 from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
 
@@ -102,9 +103,9 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
             if before.tzinfo is None:
                 raise HTTPException(422, "'before' needs a time zone, e.g. 2026-01-01T00:00:00Z")
             try:
-                before = before.astimezone(UTC)
-            except OverflowError:
-                raise HTTPException(422, "'before' is outside the range of times in UTC") from None
+                before = require_utc(before, field="'before'")
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from None
         try:
             after = ListPosition.from_token(cursor) if cursor is not None else None
         except ValueError as exc:

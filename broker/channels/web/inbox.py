@@ -4,7 +4,7 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 """
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditRecord
-from broker.approvals.clock import Clock, utc_now
+from broker.approvals.clock import Clock, require_utc, utc_now
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import (
     ApprovalNotFound,
@@ -543,8 +543,8 @@ def _local_target(candidate: str | None) -> str:
 
 def _parse_moment(text: str) -> datetime | None:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
-        # A zone can push a time at the edge of the calendar past what UTC holds.
-        return moment.astimezone(UTC) if moment.tzinfo is not None else None
-    except (ValueError, OverflowError):
+        return require_utc(
+            datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+")), field="before"
+        )
+    except ValueError:
         return None
