@@ -39,6 +39,9 @@ class AuditEventKind(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     DELIVERED = "delivered"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    ATTACHED = "attached"
+    PENDING_TOLD = "pending_told"
 
     @classmethod
     def for_status(cls, status: ApprovalStatus) -> AuditEventKind:
@@ -114,6 +117,7 @@ _PATHS: Mapping[ApprovalStatus, tuple[str, ...]] = {
     ApprovalStatus.DENIED: ("requested", "denied"),
     ApprovalStatus.EXPIRED: ("requested", "expired"),
     ApprovalStatus.CANCELLED: ("requested", "cancelled"),
+    ApprovalStatus.OUTCOME_UNKNOWN: ("requested", "approved", "released", "outcome_unknown"),
 }
 
 

@@ -3,14 +3,18 @@
 Lifecycle (allowed moves live in `broker.approvals.transitions`)::
 
     pending ──> approved ──> released ──> completed
-       │                                └─> failed
+       │                                ├─> failed
+       │                                └─> outcome_unknown
        ├──> denied
        ├──> expired
        └──> cancelled
 
 Once approved, a call is no longer cancellable: the human said yes, and the
 release may already be under way on another replica, so the only ways out are
-completed or failed.
+completed, failed or outcome_unknown. ``failed`` means the call did not run upstream (it was never
+sent, or the upstream refused it); ``outcome_unknown`` means it was sent and no answer came (the
+upstream connection dropped, the release timed out, or the replica forwarding it died), so it
+may well have run. Nothing in doubt is re-sent.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class ApprovalStatus(enum.StrEnum):
     DENIED = "denied"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    OUTCOME_UNKNOWN = "outcome_unknown"
 
     @property
     def is_terminal(self) -> bool:
@@ -52,11 +57,18 @@ _TERMINAL = frozenset(
         ApprovalStatus.DENIED,
         ApprovalStatus.EXPIRED,
         ApprovalStatus.CANCELLED,
+        ApprovalStatus.OUTCOME_UNKNOWN,
     }
 )
 
 DELIVERABLE_STATUSES = frozenset(
-    {ApprovalStatus.COMPLETED, ApprovalStatus.FAILED, ApprovalStatus.DENIED, ApprovalStatus.EXPIRED}
+    {
+        ApprovalStatus.COMPLETED,
+        ApprovalStatus.FAILED,
+        ApprovalStatus.DENIED,
+        ApprovalStatus.EXPIRED,
+        ApprovalStatus.OUTCOME_UNKNOWN,
+    }
 )
 """Outcomes an agent can be handed (a cancelled call has nobody left to receive it)."""
 
@@ -145,6 +157,12 @@ class Approval:
     task_id: str | None = None
     slack_channel: str | None = None
     slack_ts: str | None = None
+    callers: int = 1
+    """How many agent requests this approval answers: the first, plus every identical call that
+    attached to it (see `ApprovalStore.find_or_create`)."""
+    pending_told_at: datetime | None = None
+    """When an agent was first handed the "pending approval" answer: from then on only an
+    explicit cancellation withdraws the call (a pending answer is a promise)."""
 
     @property
     def is_terminal(self) -> bool:

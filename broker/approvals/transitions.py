@@ -13,12 +13,14 @@ ALLOWED_TRANSITIONS: Mapping[ApprovalStatus, frozenset[ApprovalStatus]] = {
     # approved -> cancelled is deliberately absent: once a human said yes the release
     # goes ahead (another replica may already be forwarding it), so it can only finish.
     _S.APPROVED: frozenset({_S.RELEASED}),
-    _S.RELEASED: frozenset({_S.COMPLETED, _S.FAILED}),
+    # failed: the call never ran; outcome_unknown: it was sent and no answer came back.
+    _S.RELEASED: frozenset({_S.COMPLETED, _S.FAILED, _S.OUTCOME_UNKNOWN}),
     _S.COMPLETED: frozenset(),
     _S.FAILED: frozenset(),
     _S.DENIED: frozenset(),
     _S.EXPIRED: frozenset(),
     _S.CANCELLED: frozenset(),
+    _S.OUTCOME_UNKNOWN: frozenset(),
 }
 
 

@@ -31,7 +31,11 @@ _DECISION_OUTCOMES = {
     ApprovalStatus.EXPIRED: "expired",
     ApprovalStatus.CANCELLED: "cancelled",
 }
-_RELEASE_OUTCOMES = {ApprovalStatus.COMPLETED: "completed", ApprovalStatus.FAILED: "failed"}
+_RELEASE_OUTCOMES = {
+    ApprovalStatus.COMPLETED: "completed",
+    ApprovalStatus.FAILED: "failed",
+    ApprovalStatus.OUTCOME_UNKNOWN: "outcome_unknown",
+}
 
 
 class BrokerMetrics:

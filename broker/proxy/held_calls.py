@@ -57,6 +57,7 @@ TASK_STATUS = {
     ApprovalStatus.DENIED: "failed",
     ApprovalStatus.EXPIRED: "failed",
     ApprovalStatus.CANCELLED: "cancelled",
+    ApprovalStatus.OUTCOME_UNKNOWN: "failed",
 }
 
 

@@ -89,7 +89,7 @@ _BOOKKEEPING_FIELDS: Mapping[str, type] = {
 _DECISIONS = frozenset(
     {ApprovalStatus.APPROVED, ApprovalStatus.DENIED, ApprovalStatus.EXPIRED, ApprovalStatus.CANCELLED}
 )
-_OUTCOMES = frozenset({ApprovalStatus.COMPLETED, ApprovalStatus.FAILED})
+_OUTCOMES = frozenset({ApprovalStatus.COMPLETED, ApprovalStatus.FAILED, ApprovalStatus.OUTCOME_UNKNOWN})
 
 
 class SqlApprovalStore:
@@ -686,6 +686,8 @@ def _row_from_approval(approval: Approval) -> dict[str, Any]:
         "task_id": approval.task_id,
         "slack_channel": approval.slack_channel,
         "slack_ts": approval.slack_ts,
+        "callers": approval.callers,
+        "pending_told_at": approval.pending_told_at,
         "version": approval.version,
     }
 
@@ -722,6 +724,8 @@ def _approval_from_row(row: RowMapping) -> Approval:
         task_id=row["task_id"],
         slack_channel=row["slack_channel"],
         slack_ts=row["slack_ts"],
+        callers=row["callers"],
+        pending_told_at=row["pending_told_at"],
     )
 
 

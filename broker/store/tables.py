@@ -71,6 +71,8 @@ class ApprovalRow(StoreModel, table=True):
     task_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     slack_channel: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     slack_ts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    callers: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+    pending_told_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 
@@ -93,6 +95,18 @@ class AuditEventRow(StoreModel, table=True):
     hash: str = Field(sa_column=Column(String(64), nullable=False))
 
 
+class SeenRequestRow(StoreModel, table=True):
+    """Signed requests already accepted (Slack interactions), kept until their signature would
+    expire anyway, so a replayed one is refused on every replica."""
+
+    __tablename__ = "seen_requests"
+    __table_args__ = (Index("ix_seen_requests_expires_at", "expires_at"),)
+
+    digest: str = Field(sa_column=Column(String(64), primary_key=True))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
 metadata: MetaData = StoreModel.metadata
 approvals: Table = metadata.tables["approvals"]
 audit_events: Table = metadata.tables["audit_events"]
+seen_requests: Table = metadata.tables["seen_requests"]
