@@ -89,13 +89,19 @@ class Upstreams(Protocol):
 class ApprovalGate(Protocol):
     """Where `require_approval` calls wait for a human (implemented by `broker.proxy.held_calls`)."""
 
-    check_tool_name: str
-
     @property
     def store_available(self) -> bool: ...
 
     @property
-    def check_tool(self) -> JsonObject: ...
+    def broker_tools(self) -> list[JsonObject]:
+        """The broker's own tools (check on or withdraw a held call), listed when calls may be held."""
+        ...
+
+    def owns_tool(self, name: str) -> bool: ...
+
+    async def call_broker_tool(
+        self, ctx: AgentContext, name: str, arguments: dict[str, Any]
+    ) -> JsonObject: ...
 
     async def hold(
         self,
@@ -110,8 +116,6 @@ class ApprovalGate(Protocol):
 
         A request the agent withdraws while it waits withdraws the approval too."""
         ...
-
-    async def check(self, ctx: AgentContext, arguments: dict[str, Any]) -> JsonObject: ...
 
     async def task_request(self, ctx: AgentContext, method: str, params: JsonObject | None) -> JsonObject: ...
 
@@ -232,7 +236,7 @@ class Gateway:
             if self._approvals is not None and any(
                 rule.action is Action.REQUIRE_APPROVAL for rule in policy.rules
             ):
-                listing.append(self._approvals.check_tool)
+                listing.extend(self._approvals.broker_tools)
             if len(self._listing_cache) > 1024:
                 self._listing_cache.clear()
             self._listing_cache[key] = listing
@@ -265,8 +269,8 @@ class Gateway:
                 "(it fails closed). Retry later."
             )
         tool = self._upstreams.resolve(name)
-        if tool is None and self._approvals is not None and name == self._approvals.check_tool_name:
-            return await self._approvals.check(ctx, arguments)
+        if tool is None and self._approvals is not None and self._approvals.owns_tool(name):
+            return await self._approvals.call_broker_tool(ctx, name, arguments)
         if tool is None:
             policy = self._policy.current
             server, qualified, bare = name.partition("__")
