@@ -214,7 +214,7 @@ async def test_past_the_hold_budget_the_agent_can_come_back_for_the_result(tmp_p
                     assert (await alice.post(f"/api/approvals/{approval_id}/approve")).status_code == 200
                 done = await client.call_tool("place_order", BIG_ORDER)
                 while text_of(done).startswith(
-                    "Approved by"
+                    "APPROVED, RUNNING"
                 ):  # released but the upstream has not answered yet
                     done = await client.call_tool("place_order", BIG_ORDER)
                 assert not done.is_error and done.structured_content["quantity"] == 10
