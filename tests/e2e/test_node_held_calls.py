@@ -62,9 +62,17 @@ async def test_a_typescript_client_that_times_out_does_not_withdraw_its_call(tmp
     # waiting, the agent did not change its mind. The call stays held and the identical call,
     # from another client process, collects the human's decision.
     timing_out: list[Step] = [
-        {"op": "call_tool", "name": "place_order", "arguments": BIG_ORDER, "timeoutMs": 1000, "progress": True}
+        {
+            "op": "call_tool",
+            "name": "place_order",
+            "arguments": BIG_ORDER,
+            "timeoutMs": 1000,
+            "progress": True,
+        }
     ]
-    call: list[Step] = [{"op": "call_tool", "name": "place_order", "arguments": BIG_ORDER, "timeoutMs": 20000}]
+    call: list[Step] = [
+        {"op": "call_tool", "name": "place_order", "arguments": BIG_ORDER, "timeoutMs": 20000}
+    ]
     async with running_broker(make_settings(tmp_path, POLICY, exchange_server())) as running:
         feed = watch(running)
         url, key = f"{running.url}/mcp", AGENT_KEYS["trader"]
