@@ -230,6 +230,8 @@ async def test_a_caller_from_another_session_is_told_it_shares_one_execution(tmp
                 stored = await running.broker.approvals.store.get(approval_id)
                 assert stored is not None and stored.callers == 2
                 async with running.approver("alice") as alice:
+                    shown = (await alice.get(f"/api/approvals/{approval_id}")).json()
+                    assert shown["callers"] == 2 and shown["pending_told_at"] is not None
                     assert (await alice.post(f"/api/approvals/{approval_id}/approve")).status_code == 200
                 done = await second.call_tool("check_approval", {"approval_id": approval_id})
                 while text_of(done).startswith("APPROVED, RUNNING"):
