@@ -55,7 +55,7 @@ from broker.policy.decision import Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.gateway import AgentContext, AgentRequest, Notify
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
-from broker.proxy.upstream.base import JsonObject, UpstreamError, UpstreamRpcError
+from broker.proxy.upstream.base import JsonObject, MalformedResult, UpstreamError, UpstreamRpcError
 from broker.proxy.upstream.pool import UpstreamPool, UpstreamTool
 from broker.proxy.waiting import (
     DEFAULT_HOLD_BUDGET,
@@ -565,6 +565,12 @@ class UpstreamReleaser(CallReleaser):
             result: JsonObject = await self._forward(tool, dict(approval.arguments))
         except UpstreamRpcError as exc:
             raise ReleaseFailed(f"upstream '{tool.server}' rejected the call: {exc.rpc_message}") from exc
+        except MalformedResult as exc:
+            # The upstream did answer, so it probably ran the call: say so, not just "failed".
+            raise ReleaseFailed(
+                f"upstream '{tool.server}' answered with a malformed result ({exc.problem}), which the "
+                "broker did not pass on; the call may have run upstream"
+            ) from exc
         except UpstreamError as exc:
             raise ReleaseFailed(str(exc)) from exc
         return result
