@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.approvals.approvers import ApproverDirectory
+from broker.approvals.clock import utc_now
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
 from broker.channels.api import build_decisions_router
@@ -40,6 +41,7 @@ from broker.store.engine import create_store
 from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
+from broker.store.seen_requests import SqlSeenRequests
 
 if TYPE_CHECKING:
     from broker.channels.slack import SlackChannel
@@ -152,6 +154,7 @@ class Broker:
                 service=self.approvals,
                 directory=self.approvers,
                 default_approvers=settings.approvals.default_approvers,
+                seen_requests=SqlSeenRequests.on(self.store, clock=utc_now),
                 sleep=slack_sleep,
             )
             self.approvals.add_listener(self.slack.notifier)

@@ -22,7 +22,7 @@ import builtins
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
@@ -433,6 +433,12 @@ class SqlApprovalStore:
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+    def transaction(self, operation: str) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A writing transaction on this store's engine, for tables kept by sibling modules
+        (broker.store.seen_requests): the same pool, the same SQLite writer queue, the same
+        shielding and mapping of failures to StoreUnavailable."""
+        return self._writing(operation)
 
     # -- internals -----------------------------------------------------------------------------
 
