@@ -34,6 +34,7 @@ from broker.approvals import (
     NewApproval,
     StoreUnavailable,
 )
+from broker.approvals.health import StoreHealth
 from broker.approvals.model import DELIVERABLE_STATUSES
 from broker.approvals.service import POLICY_ACTOR, ApprovalService, CallReleaser, ReleaseFailed
 from broker.policy.decision import Decision
@@ -86,8 +87,8 @@ class HeldCalls:
         self._new_task_id = new_task_id
 
     @property
-    def store_available(self) -> bool:
-        return self._service.store_available
+    def store_health(self) -> StoreHealth:
+        return self._service.health
 
     @property
     def check_tool(self) -> JsonObject:
