@@ -210,6 +210,11 @@ class ApprovalStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def probe(self) -> None:
+        """One round trip proving the database answers (see broker.approvals.health); raises
+        StoreUnavailable when it does not."""
+        ...
+
     async def swap_slack_message(
         self,
         approval_id: str,
