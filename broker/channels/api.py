@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field
 from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import require_utc
+from broker.approvals.idempotency import idempotency_ids
+from broker.approvals.outcomes import guidance
 from broker.approvals.ports import InvalidValue, ListPosition, StoreUnavailable
 from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
 
@@ -46,6 +48,10 @@ def approval_json(approval: Approval) -> dict[str, Any]:
         "completed_at": _iso(approval.completed_at),
         "result": approval.result,
         "task_id": approval.task_id,
+        "idempotency_ids": [
+            {"path": path, "value": value} for path, value in idempotency_ids(approval.arguments)
+        ],
+        "guidance": guidance(approval) if approval.status is ApprovalStatus.OUTCOME_UNKNOWN else None,
     }
 
 

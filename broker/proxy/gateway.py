@@ -28,6 +28,7 @@ from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from broker.proxy.ratelimit import RateLimiter, RateVerdict
 from broker.proxy.upstream.base import (
     JsonObject,
+    UpstreamLost,
     UpstreamRpcError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -363,15 +364,22 @@ class Gateway:
 
         try:
             result = await self.forward_call(tool, arguments, meta=upstream_meta, on_notification=relay)
+        except UpstreamLost as exc:
+            return _upstream_failure_result(
+                f"The connection to upstream server '{tool.server}' broke after the call to "
+                f"'{tool.exposed_name}' was sent and before it answered ({exc.detail}); it may have run. "
+                "It was not retried: check on the upstream before calling it again."
+            )
         except UpstreamUnavailable as exc:
             return _upstream_failure_result(
                 f"The upstream server '{tool.server}' for tool '{tool.exposed_name}' is unavailable "
-                f"({exc.detail}). The broker is reconnecting; retry shortly."
+                f"({exc.detail}). The call was not sent; the broker is reconnecting, retry shortly."
             )
         except UpstreamTimeout as exc:
             return _upstream_failure_result(
                 f"The upstream server '{tool.server}' did not answer the call to '{tool.exposed_name}' in time "
-                f"({exc.detail})."
+                f"({exc.detail}); it may have run. It was not retried: check on the upstream before calling "
+                "it again."
             )
         except UpstreamRpcError as exc:
             raise RpcError(exc.code, exc.rpc_message, exc.data) from exc
