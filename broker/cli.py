@@ -315,10 +315,10 @@ def _cmd_approvals_list(args: argparse.Namespace) -> int:
     if not approvals:
         print("no approvals")
         return 0
-    print(f"{'id':<26}  {'status':<9}  {'agent':<14}  {'tool':<32}  {'created':<20}  expires")
+    print(f"{'id':<26}  {'status':<15}  {'agent':<14}  {'tool':<32}  {'created':<20}  expires")
     for item in approvals:
         print(
-            f"{item['id']:<26}  {item['status']:<9}  {item['agent'][:14]:<14}  {item['tool'][:32]:<32}  "
+            f"{item['id']:<26}  {item['status']:<15}  {item['agent'][:14]:<14}  {item['tool'][:32]:<32}  "
             f"{item['created_at'][:19]:<20}  {item['expires_at'][:19]}"
         )
     return 0
@@ -345,9 +345,12 @@ def _cmd_approvals_show(args: argparse.Namespace) -> int:
         "decided_via",
         "decided_at",
         "decision_reason",
+        "guidance",
     ):
         if approval.get(key) is not None:
             print(f"{key:>17}: {approval[key]}")
+    for found in approval.get("idempotency_ids") or ():
+        print(f"{'idempotency id':>17}: {found['path']}={found['value']}")
     print(f"{'arguments':>17}: {json.dumps(approval['arguments'], indent=2, ensure_ascii=False)}")
     print("            audit:")
     for entry in approval["audit"]:
@@ -514,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
             "denied",
             "expired",
             "cancelled",
+            "outcome_unknown",
             "all",
         ],
     )

@@ -74,8 +74,8 @@ class StoreUnavailable(ApprovalError):
 class ListPosition(NamedTuple):
     """Where a page of `ApprovalStore.list` ended: the next page starts just after this row.
 
-    Approvals are listed newest first and ties on `created_at` are broken by id, so the pair
-    names one place in the order; paging on the time alone would skip rows sharing it.
+    Approvals are listed by `created_at` (newest or oldest first) and ties are broken by id, so
+    the pair names one place in the order; paging on the time alone would skip rows sharing it.
     """
 
     created_at: datetime
@@ -140,10 +140,12 @@ class ApprovalStore(Protocol):
         before: datetime | None = None,
         after: ListPosition | None = None,
         with_task: bool = False,
+        oldest_first: bool = False,
     ) -> builtins.list[Approval]:
-        """Newest first (ties by id). `before` keeps approvals created before that time; `after`
-        continues a listing past the last row of its previous page; `with_task` keeps only
-        approvals that are MCP tasks."""
+        """Newest first (ties by id), or with `oldest_first` oldest first (ties by id, ascending).
+        `before` keeps approvals created before that time; `after` continues a listing past the
+        last row of its previous page (in the same order); `with_task` keeps only approvals that
+        are MCP tasks."""
         ...
 
     async def transition(

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -32,6 +33,7 @@ from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.health import StoreHealth
 from broker.approvals.model import Approval, ApprovalStatus, NewApproval
+from broker.approvals.outcomes import unknown_result
 from broker.approvals.ports import (
     ApprovalError,
     ApprovalNotFound,
@@ -39,6 +41,7 @@ from broker.approvals.ports import (
     InvalidTransition,
     StoreUnavailable,
 )
+from broker.approvals.sweeper import RELEASES_IN_FLIGHT, oldest_first
 from broker.policy import Policy
 from broker.policy.decision import Action, Decision
 
@@ -70,7 +73,12 @@ class ApprovalListener(Protocol):
 
 
 class ReleaseFailed(Exception):
-    """The approved call could not be delivered to the upstream."""
+    """The approved call was not delivered to the upstream (so it did not run there)."""
+
+
+class ReleaseOutcomeUnknown(Exception):
+    """The approved call was sent, and no answer came back (the connection dropped, the upstream
+    process died): it may have run. The approval ends ``outcome_unknown``; it is never re-sent."""
 
 
 class CallReleaser(Protocol):
@@ -82,8 +90,9 @@ class CallReleaser(Protocol):
     async def release(self, approval: Approval) -> dict[str, Any]:
         """Forwards the approved call exactly as stored; returns the upstream's CallToolResult.
 
-        Raises ReleaseFailed when the call could not be delivered (upstream down, policy
-        now forbids it); a tool that ran and reported an error is a normal result.
+        Raises ReleaseFailed when the call was not delivered (upstream down, policy now forbids
+        it), ReleaseOutcomeUnknown when it was sent and no answer came back; a tool that ran and
+        reported an error is a normal result.
         """
         ...
 
@@ -424,27 +433,42 @@ class ApprovalService:
             # E.g. just after a restart, before the upstream has connected: claiming now would
             # fail the call for good, while a later sweep can still forward it.
             return
-        self._releasing.add(approval.id)
-        if self._releases_idle.is_set():
-            self._releases_idle = anyio.Event()
         if self._tasks is None:
             raise RuntimeError("ApprovalService.running() must be entered before approvals can be released")
+        self._begin_release(approval.id)
         self._tasks.start_soon(self._release, approval)
 
-    async def _release(self, approval: Approval) -> None:
+    def _begin_release(self, approval_id: str) -> None:
+        self._releasing.add(approval_id)
+        if self._releases_idle.is_set():
+            self._releases_idle = anyio.Event()
+
+    def _end_release(self, approval_id: str) -> None:
+        self._releasing.discard(approval_id)
+        if not self._releasing:
+            self._releases_idle.set()
+
+    async def _release(self, approval: Approval, *, claimed: bool = False) -> None:
         try:
-            await self.release_now(approval)
+            if claimed:
+                await self._forward_claimed(approval)
+            else:
+                await self.release_now(approval)
         except Exception:
             logger.exception("releasing approval %s failed", approval.id)
         finally:
-            self._releasing.discard(approval.id)
-            if not self._releasing:
-                self._releases_idle.set()
+            self._end_release(approval.id)
 
     async def release_now(self, approval: Approval) -> Approval | None:
         """Claims and forwards an approved call; None when another service claimed it first."""
         if self._releaser is None:
             raise RuntimeError("no releaser is attached to the approval service")
+        claimed = await self._claim(approval)
+        if claimed is None:
+            return None
+        return await self._forward_claimed(claimed)
+
+    async def _claim(self, approval: Approval) -> Approval | None:
         try:
             claimed = await self.store.transition(
                 approval.id,
@@ -456,23 +480,27 @@ class ApprovalService:
         except InvalidTransition:
             return None
         self._announce(claimed)
+        return claimed
+
+    async def _forward_claimed(self, claimed: Approval) -> Approval:
+        assert self._releaser is not None
         try:
             with anyio.fail_after(self._release_timeout):
                 result = await self._releaser.release(claimed)
         except TimeoutError:
-            outcome = ApprovalStatus.FAILED
-            result = _failure_result(
-                f"the upstream did not answer within {self._release_timeout:g} s; whether it ran the call "
-                "is unknown, and it was not retried"
-            )
+            outcome = ApprovalStatus.OUTCOME_UNKNOWN
+            result = unknown_result(f"no answer within {self._release_timeout:g} s")
             details: dict[str, Any] = {"error": "release timed out"}
+        except ReleaseOutcomeUnknown as exc:
+            outcome, result = ApprovalStatus.OUTCOME_UNKNOWN, unknown_result(str(exc))
+            details = {"error": str(exc)}
         except ReleaseFailed as exc:
             outcome, result = ApprovalStatus.FAILED, _failure_result(str(exc))
             details = {"error": str(exc)}
         except Exception as exc:
             # Anything unexpected still ends the approval: an agent must never wait on a call
             # that nobody is forwarding any more.
-            logger.exception("release of %s raised", approval.id)
+            logger.exception("release of %s raised", claimed.id)
             outcome, result = (
                 ApprovalStatus.FAILED,
                 _failure_result(f"internal error while forwarding: {exc}"),
@@ -514,7 +542,8 @@ class ApprovalService:
         await self.health.wait(up=available)
 
     async def sweep(self) -> int:
-        """One pass: expire what is due, pick up approved calls nobody is releasing, notice outside
+        """One pass: expire what is due, release approved calls nobody is releasing (all of them,
+        oldest first, see `_release_approved`), end releases whose replica died, notice outside
         changes to approvals someone here waits on. Returns how many approvals it expired."""
         now = self._clock()
         expired = 0
@@ -525,19 +554,36 @@ class ApprovalService:
                 expired += won
             if len(due) < 100:
                 break
-        # One read for both: a sweep runs every second on every replica.
-        underway = await self.store.list(
-            statuses={ApprovalStatus.APPROVED, ApprovalStatus.RELEASED}, limit=200
-        )
-        approved = [approval for approval in underway if approval.status is ApprovalStatus.APPROVED]
-        for approval in approved:
-            self._start_release(approval)
-        await self._fail_unreleasable(now, approved)
-        await self._fail_stale_releases(
-            now, [approval for approval in underway if approval.status is ApprovalStatus.RELEASED]
-        )
+        await self._release_approved(now)
+        await self._fail_stale_releases(now)
         await self._recheck_watched()
         return expired
+
+    async def _release_approved(self, now: datetime) -> None:
+        """Every approved call nobody here is releasing, oldest first, however many: claims are
+        made one after another in that order and each forward starts as soon as its claim is won,
+        so an upstream coming back receives its backlog in the order the calls were made. At most
+        `RELEASES_IN_FLIGHT` releases run at once; the rest wait for the next pass."""
+        if self._releaser is None:
+            return
+        async for approval in oldest_first(self.store, {ApprovalStatus.APPROVED}):
+            if approval.id in self._releasing:
+                continue
+            if not self._releaser.can_release(approval):
+                await self._fail_unreleasable(now, approval)
+                continue
+            if self.draining or self._tasks is None or len(self._releasing) >= RELEASES_IN_FLIGHT:
+                continue  # still read on, for calls whose upstream stayed away too long
+            self._begin_release(approval.id)
+            try:
+                claimed = await self._claim(approval)
+            except BaseException:
+                self._end_release(approval.id)
+                raise
+            if claimed is None:
+                self._end_release(approval.id)
+            else:
+                self._tasks.start_soon(partial(self._release, claimed, claimed=True))
 
     async def _expire(self, approval: Approval) -> tuple[Approval, bool]:
         """Expires a pending approval: the row as it now stands, and whether this call expired it
@@ -562,64 +608,61 @@ class ApprovalService:
         self._announce(expired)
         return expired, True
 
-    async def _fail_unreleasable(self, now: datetime, approved: Sequence[Approval]) -> None:
+    async def _fail_unreleasable(self, now: datetime, approval: Approval) -> None:
         """An approved call whose upstream stayed unreachable for as long as a release may take
         is failed rather than forwarded long after the human decided."""
-        if self._releaser is None or self.draining:
+        decided_at = approval.decided_at or approval.created_at
+        if self.draining or now - decided_at < self._stale_release_after:
             return
-        for approval in approved:
-            decided_at = approval.decided_at or approval.created_at
-            if approval.id in self._releasing or now - decided_at < self._stale_release_after:
-                continue
-            if self._releaser.can_release(approval):
-                continue
-            try:
-                claimed = await self.store.transition(
-                    approval.id,
-                    expected={ApprovalStatus.APPROVED},
-                    to=ApprovalStatus.RELEASED,
-                    changes={"released_at": now, "released_by": self.replica},
-                    audit=AuditEvent(AuditEventKind.RELEASED, self.replica, {"forwarded": False}),
-                )
-            except InvalidTransition:
-                continue
-            message = (
-                f"upstream '{approval.server}' stayed unreachable for "
-                f"{self._stale_release_after.total_seconds():g} s after the approval; the call was not forwarded"
+        try:
+            claimed = await self.store.transition(
+                approval.id,
+                expected={ApprovalStatus.APPROVED},
+                to=ApprovalStatus.RELEASED,
+                changes={"released_at": now, "released_by": self.replica},
+                audit=AuditEvent(AuditEventKind.RELEASED, self.replica, {"forwarded": False}),
             )
-            failed = await self.store.transition(
-                claimed.id,
-                expected={ApprovalStatus.RELEASED},
-                to=ApprovalStatus.FAILED,
-                changes={"completed_at": now, "result": _failure_result(message)},
-                audit=AuditEvent(AuditEventKind.FAILED, self.replica, {"error": "upstream unreachable"}),
-            )
-            self._announce(failed)
+        except InvalidTransition:
+            return
+        message = (
+            f"upstream '{approval.server}' stayed unreachable for "
+            f"{self._stale_release_after.total_seconds():g} s after the approval; the call was not forwarded"
+        )
+        failed = await self.store.transition(
+            claimed.id,
+            expected={ApprovalStatus.RELEASED},
+            to=ApprovalStatus.FAILED,
+            changes={"completed_at": now, "result": _failure_result(message)},
+            audit=AuditEvent(AuditEventKind.FAILED, self.replica, {"error": "upstream unreachable"}),
+        )
+        self._announce(failed)
 
-    async def _fail_stale_releases(self, now: datetime, released: Sequence[Approval]) -> None:
-        """A call claimed for release by a process that died has an unknown outcome: say so."""
-        for approval in released:
+    async def _fail_stale_releases(self, now: datetime) -> None:
+        """A call claimed for release by a process that died may or may not have reached the
+        upstream: it ends outcome_unknown, never re-sent. Reads every released call, oldest first."""
+        async for approval in oldest_first(self.store, {ApprovalStatus.RELEASED}):
             if approval.id in self._releasing or approval.released_at is None:
                 continue
             if now - approval.released_at < self._stale_release_after:
                 continue
-            message = (
-                f"the broker replica {approval.released_by} that forwarded this call stopped before the "
-                "upstream answered; the outcome is unknown and the call was not retried"
+            reason = (
+                f"the broker replica {approval.released_by} that sent it stopped before the upstream answered"
             )
             try:
-                failed = await self.store.transition(
+                unknown = await self.store.transition(
                     approval.id,
                     expected={ApprovalStatus.RELEASED},
-                    to=ApprovalStatus.FAILED,
-                    changes={"completed_at": now, "result": _failure_result(message)},
+                    to=ApprovalStatus.OUTCOME_UNKNOWN,
+                    changes={"completed_at": now, "result": unknown_result(reason)},
                     audit=AuditEvent(
-                        AuditEventKind.FAILED, self.replica, {"error": "release outcome unknown"}
+                        AuditEventKind.OUTCOME_UNKNOWN,
+                        self.replica,
+                        {"error": "the forwarding replica stopped", "replica": approval.released_by},
                     ),
                 )
             except InvalidTransition:
                 continue
-            self._announce(failed)
+            self._announce(unknown)
 
     async def _recheck_watched(self) -> None:
         """Wakes local waiters whose approval another process changed: the safety net under the

@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field
 from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import require_utc
+from broker.approvals.idempotency import idempotency_ids
+from broker.approvals.outcomes import guidance
 from broker.approvals.ports import InvalidValue, ListPosition, StoreUnavailable
 from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
 
@@ -48,6 +50,10 @@ def approval_json(approval: Approval) -> dict[str, Any]:
         "task_id": approval.task_id,
         "callers": approval.callers,
         "pending_told_at": _iso(approval.pending_told_at),
+        "idempotency_ids": [
+            {"path": path, "value": value} for path, value in idempotency_ids(approval.arguments)
+        ],
+        "guidance": guidance(approval) if approval.status is ApprovalStatus.OUTCOME_UNKNOWN else None,
     }
 
 

@@ -37,6 +37,7 @@ from broker.proxy.result_shape import tool_result_problem
 from broker.proxy.upstream.base import (
     JsonObject,
     MalformedResult,
+    UpstreamLost,
     UpstreamRpcError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -383,15 +384,22 @@ class Gateway:
 
         try:
             result = await self.forward_call(tool, arguments, meta=upstream_meta, on_notification=relay)
+        except UpstreamLost as exc:
+            return _upstream_failure_result(
+                f"The connection to upstream server '{tool.server}' broke after the call to "
+                f"'{tool.exposed_name}' was sent and before it answered ({exc.detail}); it may have run. "
+                "It was not retried: check on the upstream before calling it again."
+            )
         except UpstreamUnavailable as exc:
             return _upstream_failure_result(
                 f"The upstream server '{tool.server}' for tool '{tool.exposed_name}' is unavailable "
-                f"({exc.detail}). The broker is reconnecting; retry shortly."
+                f"({exc.detail}). The call was not sent; the broker is reconnecting, retry shortly."
             )
         except UpstreamTimeout as exc:
             return _upstream_failure_result(
                 f"The upstream server '{tool.server}' did not answer the call to '{tool.exposed_name}' in time "
-                f"({exc.detail})."
+                f"({exc.detail}); it may have run. It was not retried: check on the upstream before calling "
+                "it again."
             )
         except UpstreamRpcError as exc:
             raise RpcError(exc.code, exc.rpc_message, exc.data) from exc

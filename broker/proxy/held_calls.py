@@ -50,13 +50,27 @@ from broker.approvals import (
     StoreUnavailable,
 )
 from broker.approvals.health import StoreHealth
+from broker.approvals.idempotency import describe_ids
 from broker.approvals.model import DELIVERABLE_STATUSES
-from broker.approvals.service import POLICY_ACTOR, ApprovalService, CallReleaser, ReleaseFailed
+from broker.approvals.outcomes import unknown_reason
+from broker.approvals.service import (
+    POLICY_ACTOR,
+    ApprovalService,
+    CallReleaser,
+    ReleaseFailed,
+    ReleaseOutcomeUnknown,
+)
 from broker.policy.decision import Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.gateway import AgentContext, AgentRequest, Notify
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
-from broker.proxy.upstream.base import JsonObject, MalformedResult, UpstreamError, UpstreamRpcError
+from broker.proxy.upstream.base import (
+    JsonObject,
+    MalformedResult,
+    UpstreamError,
+    UpstreamRpcError,
+    may_have_run,
+)
 from broker.proxy.upstream.pool import UpstreamPool, UpstreamTool
 from broker.proxy.waiting import (
     DEFAULT_HOLD_BUDGET,
@@ -503,7 +517,12 @@ def status_text(approval: Approval) -> str:
     if status is ApprovalStatus.COMPLETED:
         return f"approved by {approval.decided_by} and completed"
     if status is ApprovalStatus.FAILED:
-        return "approved, but the call could not be completed"
+        return "approved, but the call could not be completed (it was not run)"
+    if status is ApprovalStatus.OUTCOME_UNKNOWN:
+        return (
+            f"outcome unknown: the approved call was sent to upstream '{approval.server}' and no answer came "
+            "back; it may have run, and it was not retried"
+        )
     if status is ApprovalStatus.DENIED:
         return f"denied by {approval.decided_by}"
     if status is ApprovalStatus.EXPIRED:
@@ -533,6 +552,13 @@ def outcome_result(approval: Approval) -> JsonObject:
             f"Expired: nobody approved the call to '{approval.tool}' before its deadline "
             f"({_iso(approval.expires_at)}), so it was automatically rejected. It was not denied by a human; "
             "it was not executed."
+        )
+    elif status is ApprovalStatus.OUTCOME_UNKNOWN:
+        ids = describe_ids(approval.arguments)
+        text = (
+            f"Outcome unknown: the approved call to '{approval.tool}' was sent to upstream '{approval.server}' "
+            f"but no answer came back ({unknown_reason(approval)}); it may have run. It was not retried. "
+            "Check on the upstream before doing it again" + (f" (the call carried {ids})." if ids else ".")
         )
     else:
         text = f"Cancelled: the call to '{approval.tool}' was withdrawn before anybody decided; it was not executed."
@@ -573,5 +599,7 @@ class UpstreamReleaser(CallReleaser):
                 "broker did not pass on; the call may have run upstream"
             ) from exc
         except UpstreamError as exc:
-            raise ReleaseFailed(str(exc)) from exc
+            if may_have_run(exc):
+                raise ReleaseOutcomeUnknown(exc.detail) from exc
+            raise ReleaseFailed(f"{exc}; it was not sent") from exc
         return result

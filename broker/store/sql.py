@@ -160,6 +160,7 @@ class SqlApprovalStore:
         before: datetime | None = None,
         after: ListPosition | None = None,
         with_task: bool = False,
+        oldest_first: bool = False,
     ) -> builtins.list[Approval]:
         _check_limit(limit)
         if _NUL in (agent or "") or _NUL in (tool or ""):
@@ -180,15 +181,27 @@ class SqlApprovalStore:
             if _NUL in after.approval_id:
                 raise InvalidValue("a listing position's approval id cannot hold a NUL character")
             last_time = require_utc(after.created_at, field="after")
-            query = query.where(
-                or_(
-                    approvals.c.created_at < last_time,
-                    and_(approvals.c.created_at == last_time, approvals.c.id < after.approval_id),
+            if oldest_first:
+                query = query.where(
+                    or_(
+                        approvals.c.created_at > last_time,
+                        and_(approvals.c.created_at == last_time, approvals.c.id > after.approval_id),
+                    )
                 )
-            )
+            else:
+                query = query.where(
+                    or_(
+                        approvals.c.created_at < last_time,
+                        and_(approvals.c.created_at == last_time, approvals.c.id < after.approval_id),
+                    )
+                )
         if with_task:
             query = query.where(approvals.c.task_id.is_not(None))
-        query = query.order_by(approvals.c.created_at.desc(), approvals.c.id.desc()).limit(limit)
+        if oldest_first:
+            query = query.order_by(approvals.c.created_at, approvals.c.id)
+        else:
+            query = query.order_by(approvals.c.created_at.desc(), approvals.c.id.desc())
+        query = query.limit(limit)
         async with self._reading("list approvals") as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_approval_from_row(row) for row in rows]

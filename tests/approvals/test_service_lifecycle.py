@@ -429,7 +429,7 @@ async def test_an_approved_call_whose_upstream_stays_away_fails_without_being_fo
 
 
 @sqlite_only
-async def test_a_release_that_never_answers_fails_before_another_replica_calls_it_stale(
+async def test_a_release_that_never_answers_ends_outcome_unknown_before_another_replica_calls_it_stale(
     service: ServiceFactory, releaser: CountingReleaser
 ) -> None:
     releaser.hang = anyio.Event()
@@ -438,9 +438,11 @@ async def test_a_release_that_never_answers_fails_before_another_replica_calls_i
         await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
 
         with anyio.fail_after(10):
-            failed = await approvals.wait(approval.id, 10)
+            unknown = await approvals.wait(approval.id, 10)
 
-        assert failed.status is S.FAILED
-        assert failed.result is not None
-        assert "did not answer within 0.2 s" in failed.result["content"][0]["text"]
+        assert unknown.status is S.OUTCOME_UNKNOWN
+        assert unknown.result is not None
+        assert unknown.result["content"][0]["text"] == "no answer within 0.2 s"
         assert releaser.calls_for(approval.id) == 1
+        [event] = [r for r in await approvals.store.audit_trail(approval.id) if r.event == "outcome_unknown"]
+        assert dict(event.details) == {"error": "release timed out"}

@@ -87,7 +87,7 @@ async def test_a_call_approved_while_no_service_ran_is_released_once_by_the_next
         assert trail == ["requested", "approved", "released", "completed"]
 
 
-async def test_a_release_cut_off_by_a_crash_fails_as_outcome_unknown_and_is_never_resent(
+async def test_a_release_cut_off_by_a_crash_ends_outcome_unknown_and_is_never_resent(
     service: ServiceFactory,
     open_store: Callable[[], SqlApprovalStore],
     releaser: CountingReleaser,
@@ -119,21 +119,25 @@ async def test_a_release_cut_off_by_a_crash_fails_as_outcome_unknown_and_is_neve
         await survivor.sweep()
         await survivor.sweep()
 
-        failed = await survivor.store.get(approval.id)
-        assert failed is not None and failed.status is S.FAILED
-        assert failed.completed_at == clock.now
-        assert failed.result is not None and failed.result["isError"] is True
-        text = failed.result["content"][0]["text"]
-        assert "replica-dead" in text and "outcome is unknown" in text and "not retried" in text
+        unknown = await survivor.store.get(approval.id)
+        assert unknown is not None and unknown.status is S.OUTCOME_UNKNOWN
+        assert unknown.completed_at == clock.now
+        assert unknown.result is not None and unknown.result["isError"] is True
+        text = unknown.result["content"][0]["text"]
+        assert text == "the broker replica replica-dead that sent it stopped before the upstream answered"
         assert releaser.calls == []
         trail = await survivor.store.audit_trail(approval.id)
         assert [(r.event, r.actor) for r in trail][-2:] == [
             ("released", "replica-dead"),
-            ("failed", "survivor"),
+            ("outcome_unknown", "survivor"),
         ]
-        assert dict(trail[-1].details) == {"error": "release outcome unknown"}
+        assert dict(trail[-1].details) == {
+            "error": "the forwarding replica stopped",
+            "replica": "replica-dead",
+        }
+        assert (await survivor.store.verify_audit_chain()).ok
         with anyio.fail_after(5):
-            assert (await survivor.wait(approval.id, 5)) == failed
+            assert (await survivor.wait(approval.id, 5)) == unknown
 
 
 class ConsultedClock:

@@ -179,6 +179,28 @@ def test_each_outcome_replaces_the_buttons(
     assert rendered.text.startswith(escape(header))
 
 
+def test_an_outcome_unknown_says_it_may_have_run_and_what_to_check() -> None:
+    unknown = approval(
+        ApprovalStatus.OUTCOME_UNKNOWN,
+        arguments={"symbol": "BTCUSD", "quantity": 10, "newClientOrderId": "<web-7>"},
+        result={"content": [{"type": "text", "text": "server process exited with code -9"}], "isError": True},
+    )
+
+    rendered = approval_message(unknown, mention=mention)
+
+    assert rendered.blocks[0]["text"]["text"] == "Outcome unknown: place_order"
+    assert rendered.text.startswith("Outcome unknown: place_order")
+    assert "actions" not in [block["type"] for block in rendered.blocks]
+    says = rendered.blocks[-1]["text"]["text"]
+    assert says.startswith(":white_check_mark: *Approved* by <@U-alice> at <!date^1772366460^")
+    assert (
+        ":question: *Outcome unknown — it may have run*: sent to `exchange`, and no answer came back "
+        "(server process exited with code -9).\n"
+        ":mag: Check upstream 'exchange' for this call before retrying (look for newClientOrderId=&lt;web-7&gt;); "
+        "it was not re-sent."
+    ) in says
+
+
 def test_a_denial_reason_cannot_overflow_the_section() -> None:
     rendered = approval_message(approval(ApprovalStatus.DENIED, decision_reason="&" * 2000), mention=mention)
     assert len(rendered.blocks[-1]["text"]["text"]) <= SECTION_TEXT_LIMIT

@@ -129,6 +129,43 @@ async def test_list_pages_through_approvals_created_at_the_same_moment(store: Sq
         await store.list(after=ListPosition(created[0].created_at, "a\x00"))
 
 
+async def test_list_oldest_first_pages_forward_through_every_match(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
+    created = []
+    for _ in range(4):
+        created += [await create(store) for _n in range(3)]  # three sharing each moment
+        clock.advance(timedelta(seconds=1))
+    created[4] = await walk_to(store, created[4], S.APPROVED)
+    created[9] = await walk_to(store, created[9], S.APPROVED)
+    created[10] = await walk_to(store, created[10], S.RELEASED)
+
+    seen: list[str] = []
+    page = await store.list(limit=5, oldest_first=True)
+    while page:
+        seen += [approval.id for approval in page]
+        page = await store.list(limit=5, after=ListPosition.of(page[-1]), oldest_first=True)
+    assert seen == [approval.id for approval in created]
+    assert seen == [approval.id for approval in reversed(await store.list(limit=100))]
+
+    approved = await store.list(statuses={S.APPROVED}, limit=1, oldest_first=True)
+    assert [a.id for a in approved] == [created[4].id]
+    approved += await store.list(
+        statuses={S.APPROVED}, limit=1, after=ListPosition.of(approved[-1]), oldest_first=True
+    )
+    assert [a.id for a in approved] == [created[4].id, created[9].id]
+    assert (
+        await store.list(
+            statuses={S.APPROVED}, limit=1, after=ListPosition.of(approved[-1]), oldest_first=True
+        )
+        == []
+    )
+    underway = await store.list(statuses={S.APPROVED, S.RELEASED}, oldest_first=True)
+    assert [a.id for a in underway] == [created[4].id, created[9].id, created[10].id]
+    earlier = await store.list(before=created[6].created_at, oldest_first=True)
+    assert [a.id for a in earlier] == [a.id for a in created[:6]]
+
+
 @pytest.mark.parametrize(
     "written",
     [

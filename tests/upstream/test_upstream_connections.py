@@ -13,9 +13,11 @@ from broker.proxy.upstream.base import (
     JsonObject,
     NotificationHandler,
     UpstreamConnection,
+    UpstreamLost,
     UpstreamRpcError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    may_have_run,
 )
 from broker.proxy.upstream.http import StreamableHttpConnection
 from broker.proxy.upstream.spec import HttpServer, ServerSpec, SseServer, StdioServer
@@ -197,8 +199,12 @@ async def test_timeout_raises_and_cancels_upstream(session: Session) -> None:
 
 async def test_server_dying_mid_call_fails_the_call_and_closes(fresh_session: Session) -> None:
     with anyio.fail_after(15):
-        with pytest.raises(UpstreamUnavailable):
+        # The call was sent and the server died running it: it may have run.
+        with pytest.raises(UpstreamLost) as lost:
             await fresh_session.call("crash")
+        assert may_have_run(lost.value)
         await fresh_session.connection.wait_closed()
-        with pytest.raises(UpstreamUnavailable):
+        # A call after the connection is gone was never sent.
+        with pytest.raises(UpstreamUnavailable) as refused:
             await fresh_session.call("echo", {"text": "anyone there?"})
+        assert not may_have_run(refused.value)

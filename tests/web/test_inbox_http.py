@@ -13,7 +13,9 @@ import anyio
 import httpx2
 import pytest
 
-from broker.approvals import NewApproval
+from broker.approvals import ApprovalStatus, NewApproval
+from broker.approvals.audit import AuditEvent, AuditEventKind
+from broker.approvals.outcomes import unknown_result
 from broker.approvals.service import Approver
 from broker.config.settings import WebSettings
 from tests.e2e.harness import running_broker
@@ -170,6 +172,51 @@ async def test_history_filters_by_status_agent_and_tool_and_pages_to_older_calls
             assert forged.status_code == 400 and "not a cursor this broker handed out" in forged.text
             edge = await http.get("/history", params={"before": "0001-01-01T00:00:00+01:00"})
             assert edge.status_code == 400 and "must be an ISO 8601 time" in edge.text
+
+
+async def test_a_call_whose_outcome_is_unknown_shows_what_to_check(tmp_path: Path) -> None:
+    async with running_broker(web_settings(tmp_path, servers={})) as running:
+        service = running.broker.approvals
+        bob = Approver("bob", frozenset({"trading-leads"}))
+        new = replace(held(), arguments={**held().arguments, "newClientOrderId": "web-<7>"})
+        approval, _ = await service.open(new)
+        await service.decide(approval.id, approver=bob, approve=True, via="api")
+        # No upstream is configured, so the call waits approved; a replica sent it and died.
+        await service.store.transition(
+            approval.id,
+            expected={ApprovalStatus.APPROVED},
+            to=ApprovalStatus.RELEASED,
+            changes={"released_by": "replica-dead", "released_at": approval.created_at},
+            audit=AuditEvent(AuditEventKind.RELEASED, "replica-dead"),
+        )
+        await service.store.transition(
+            approval.id,
+            expected={ApprovalStatus.RELEASED},
+            to=ApprovalStatus.OUTCOME_UNKNOWN,
+            changes={"completed_at": approval.created_at, "result": unknown_result("the replica stopped")},
+            audit=AuditEvent(AuditEventKind.OUTCOME_UNKNOWN, "survivor", {"error": "the replica stopped"}),
+        )
+        other, _ = await service.open(held(price=2))
+        await service.decide(other.id, approver=bob, approve=False, via="api")
+
+        async with http_signed_in(running, "alice") as http:
+            page = await http.get(f"/approvals/{approval.id}")
+            history = await http.get("/history", params={"status": "outcome_unknown"})
+        assert page.status_code == 200
+        assert 'data-status="outcome_unknown"' in page.text
+        assert "Outcome unknown — it may have run</span>" in page.text
+        assert "The call was sent to exchange and no answer came back (the replica stopped)." in page.text
+        assert (
+            "Check upstream &#39;exchange&#39; for this call before retrying (look for newClientOrderId=web-&lt;7&gt;); "
+            "it was not re-sent." in page.text
+        )
+        assert '<dt>newClientOrderId</dt><dd class="mono">web-&lt;7&gt;</dd>' in page.text
+        assert history.status_code == 200
+        assert history.text.count("<tr data-approval-id=") == 1 and approval.id in history.text
+        assert (
+            '<option value="outcome_unknown" selected>Outcome unknown — it may have run</option>'
+            in history.text
+        )
 
 
 async def test_the_event_stream_announces_changes_and_forgets_a_page_that_leaves(tmp_path: Path) -> None:

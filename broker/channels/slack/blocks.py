@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from broker.approvals import outcomes
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import POLICY_ACTOR
 
@@ -96,6 +97,7 @@ def _headline(approval: Approval) -> str:
         ApprovalStatus.DENIED: "Denied",
         ApprovalStatus.EXPIRED: "Expired",
         ApprovalStatus.CANCELLED: "Cancelled",
+        ApprovalStatus.OUTCOME_UNKNOWN: "Outcome unknown",
     }
     return f"{labels[approval.status]}: {approval.tool}"
 
@@ -120,6 +122,12 @@ def outcome_text(approval: Approval, mention: Mention) -> str:
             text = f"{approved}.\n:heavy_check_mark: *Completed OK*: the upstream ran the call."
     elif status is ApprovalStatus.FAILED:
         text = f"{approved}.\n:x: *Failed*: {_result_excerpt(approval)}"
+    elif status is ApprovalStatus.OUTCOME_UNKNOWN:
+        text = (
+            f"{approved}.\n:question: *{outcomes.HEADLINE}*: sent to `{escape(approval.server)}`, and no answer "
+            f"came back ({_escaped_within(outcomes.unknown_reason(approval), 500)}).\n"
+            f":mag: {_escaped_within(outcomes.guidance(approval), 1500)}"
+        )
     elif status is ApprovalStatus.DENIED:
         reason = f": {_escaped_within(approval.decision_reason, 1500)}" if approval.decision_reason else ""
         text = f":no_entry: *Denied* by {decider}{via} at {at}{reason}"

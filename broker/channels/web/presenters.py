@@ -14,6 +14,8 @@ from typing import Any
 
 import jinja2
 
+from broker.approvals import outcomes
+from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.model import Approval, ApprovalStatus
 
 PREVIEW_LENGTH = 96
@@ -26,11 +28,19 @@ HISTORY_STATUSES = (
     ApprovalStatus.DENIED,
     ApprovalStatus.EXPIRED,
     ApprovalStatus.CANCELLED,
+    ApprovalStatus.OUTCOME_UNKNOWN,
 )
 
 _APPROVED_LINE = frozenset(
-    {ApprovalStatus.APPROVED, ApprovalStatus.RELEASED, ApprovalStatus.COMPLETED, ApprovalStatus.FAILED}
+    {
+        ApprovalStatus.APPROVED,
+        ApprovalStatus.RELEASED,
+        ApprovalStatus.COMPLETED,
+        ApprovalStatus.FAILED,
+        ApprovalStatus.OUTCOME_UNKNOWN,
+    }
 )
+_LABELS = {ApprovalStatus.OUTCOME_UNKNOWN: outcomes.HEADLINE}
 
 
 def iso(moment: datetime | None) -> str:
@@ -79,12 +89,37 @@ def ending(approval: Approval) -> Ending | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Doubt:
+    """An approved call that was sent and never answered: what the approver must check."""
+
+    reason: str
+    guidance: str
+    ids: tuple[tuple[str, str], ...]
+
+
+def doubt(approval: Approval) -> Doubt | None:
+    if approval.status is not ApprovalStatus.OUTCOME_UNKNOWN:
+        return None
+    return Doubt(
+        reason=outcomes.unknown_reason(approval),
+        guidance=outcomes.guidance(approval),
+        ids=tuple(idempotency_ids(approval.arguments)),
+    )
+
+
+def status_label(status: ApprovalStatus | str) -> str:
+    """The words on a status badge: the status itself, except where it needs saying plainly."""
+    value = ApprovalStatus(status)
+    return _LABELS.get(value, value.value)
+
+
 def status_tone(status: ApprovalStatus | str) -> str:
-    """A CSS class: green for went-through, red for stopped, amber for waiting, grey for the rest."""
+    """A CSS class: green for went-through, red for stopped or in doubt, amber for waiting, grey for the rest."""
     value = ApprovalStatus(status)
     if value in (ApprovalStatus.APPROVED, ApprovalStatus.RELEASED, ApprovalStatus.COMPLETED):
         return "good"
-    if value in (ApprovalStatus.DENIED, ApprovalStatus.FAILED):
+    if value in (ApprovalStatus.DENIED, ApprovalStatus.FAILED, ApprovalStatus.OUTCOME_UNKNOWN):
         return "bad"
     if value is ApprovalStatus.PENDING:
         return "waiting"
@@ -106,5 +141,7 @@ def template_environment() -> jinja2.Environment:
         preview=argument_preview,
         pretty=pretty_json,
         tone=status_tone,
+        label=status_label,
     )
+    environment.globals["doubt"] = doubt
     return environment

@@ -3,11 +3,17 @@
 Exception tree::
 
     UpstreamError                 anything that kept a request from getting an upstream answer
-    ├── UpstreamUnavailable       not connected: never reached, crashed, or dropped mid-call
-    ├── UpstreamTimeout           connected, but no answer within the deadline
+    ├── UpstreamUnavailable       the request was not delivered: not connected, never reached,
+    │   │                         or refused before the server could act on it
+    │   └── UpstreamLost          the request was sent (or may have been), then the connection
+    │                             dropped or the server died before its answer: it may have run
+    ├── UpstreamTimeout           sent, but no answer within the deadline: it may have run
     ├── UpstreamRpcError          the upstream answered with a JSON-RPC error object
     └── MalformedResult           it answered ``tools/call`` with a result that is not a
                                   CallToolResult of its protocol version: the call may have run
+
+`may_have_run` tells the two kinds of doubt apart from "never delivered": nothing in doubt
+is re-sent, and the agent (or approver) is told to check the upstream before trying again.
 
 Connections speak the handshake era of the protocol (``initialize``) to upstreams,
 because that is what every released server understands.
@@ -34,8 +40,17 @@ class UpstreamUnavailable(UpstreamError):
     pass
 
 
+class UpstreamLost(UpstreamUnavailable):
+    """The connection ended after the request was written: the server may have acted on it."""
+
+
 class UpstreamTimeout(UpstreamError):
     pass
+
+
+def may_have_run(exc: UpstreamError) -> bool:
+    """True when the request may have reached the server and run there although no answer came."""
+    return isinstance(exc, UpstreamLost | UpstreamTimeout)
 
 
 class UpstreamRpcError(UpstreamError):

@@ -22,6 +22,7 @@ from broker.proxy.upstream.base import (
     JsonObject,
     NotificationHandler,
     UpstreamError,
+    UpstreamLost,
     UpstreamRpcError,
     UpstreamUnavailable,
 )
@@ -55,6 +56,9 @@ EVENT_STREAM = "text/event-stream"
 DEFAULT_RETRY_SECONDS = 1.0
 MAX_RESUME_ATTEMPTS = 3
 MAX_LISTEN_FAILURES = 3
+GATEWAY_FAILURES = frozenset({502, 504})
+"""Statuses a proxy in front of the server answers when the request went on and its answer did not
+come back: the server may have acted on it."""
 STREAM_END_GRACE_SECONDS = 0.05
 """How long to wait for a response stream to end after its answer, so its connection can be reused."""
 CLOSE_TIMEOUT_SECONDS = 2.0
@@ -167,10 +171,19 @@ class StreamableHttpConnection:
                 if self._session_id is None:
                     self._adopt_session(response)
                 if response.status != 200:
-                    raise await self._failure(response, "POST")
+                    failure = await self._failure(response, "POST")
+                    if response.status in GATEWAY_FAILURES and type(failure) is UpstreamUnavailable:
+                        raise UpstreamLost(self.server, failure.detail)
+                    raise failure
                 content_type = response.content_type
                 if content_type == EVENT_STREAM:
-                    return await self._answer_from_streams(response, request_id, on_notification)
+                    try:
+                        return await self._answer_from_streams(response, request_id, on_notification)
+                    except UpstreamUnavailable as exc:
+                        if isinstance(exc, UpstreamLost):
+                            raise
+                        # The server took the call (HTTP 200) and its answer never arrived.
+                        raise UpstreamLost(self.server, exc.detail) from exc
                 if content_type == "application/json":
                     return self._answer_from_json(await response.read(), request_id)
                 raise UpstreamRpcError(
@@ -379,8 +392,12 @@ class StreamableHttpConnection:
         )
 
     def _transport_failure(self, exc: HttpClientError) -> UpstreamUnavailable:
-        self._lose(describe_transport_error(self._url, exc))
-        return UpstreamUnavailable(self.server, describe_transport_error(self._url, exc))
+        """Only a connection that was never made proves the request was not delivered."""
+        reason = describe_transport_error(self._url, exc)
+        self._lose(reason)
+        if isinstance(exc, ConnectFailed):
+            return UpstreamUnavailable(self.server, reason)
+        return UpstreamLost(self.server, reason)
 
     def _session(self) -> HttpClient:
         if self._http is None:

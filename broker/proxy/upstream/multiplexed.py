@@ -14,6 +14,7 @@ from broker.proxy.upstream.background import BackgroundTasks
 from broker.proxy.upstream.base import (
     JsonObject,
     NotificationHandler,
+    UpstreamLost,
     UpstreamUnavailable,
 )
 from broker.proxy.upstream.jsonrpc import (
@@ -47,7 +48,8 @@ class MultiplexedConnection:
         return self._close_reason
 
     async def _send(self, message: JsonObject) -> None:
-        """Deliver one message; raise `UpstreamUnavailable` when it cannot be."""
+        """Deliver one message; raise `UpstreamUnavailable` when it was not delivered, `UpstreamLost`
+        when it may have been (written, then the connection broke)."""
         raise NotImplementedError
 
     def _send_soon(self, message: JsonObject) -> None:
@@ -122,7 +124,10 @@ class MultiplexedConnection:
             await self._router.route(message)
 
     def _lose(self, reason: str, *, expected: bool = False) -> None:
-        """The connection is gone: fail every waiting caller and wake `wait_closed`."""
+        """The connection is gone: fail every waiting caller and wake `wait_closed`.
+
+        A caller still waiting has sent its request (`request` sends before it waits), so the
+        server may have acted on it: `UpstreamLost`."""
         if self._close_reason is not None:
             return
         self._close_reason = reason
@@ -130,5 +135,5 @@ class MultiplexedConnection:
             logger.warning("upstream '%s': %s", self.server, reason)
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(UpstreamUnavailable(self.server, reason))
+                future.set_exception(UpstreamLost(self.server, reason))
         self._closed.set()

@@ -32,6 +32,7 @@ from broker.proxy.upstream.base import (
     NotificationHandler,
     UpstreamConnection,
     UpstreamError,
+    UpstreamLost,
     UpstreamUnavailable,
 )
 from broker.proxy.upstream.http import StreamableHttpConnection
@@ -214,7 +215,7 @@ class UpstreamPool:
                 "tools/call", params, on_notification=on_notification, timeout=timeout
             )
         except UpstreamUnavailable as exc:
-            raise self._unavailable(tool.server, exc.detail) from exc
+            raise self._unavailable(tool.server, exc.detail, lost=isinstance(exc, UpstreamLost)) from exc
 
     async def request(
         self,
@@ -231,21 +232,30 @@ class UpstreamPool:
         try:
             return await connection.request(method, params, on_notification=on_notification, timeout=timeout)
         except UpstreamUnavailable as exc:
-            raise self._unavailable(server, exc.detail, connection) from exc
+            raise self._unavailable(
+                server, exc.detail, connection, lost=isinstance(exc, UpstreamLost)
+            ) from exc
 
     def _unavailable(
-        self, name: str, cause: str | None = None, connection: UpstreamConnection | None = None
+        self,
+        name: str,
+        cause: str | None = None,
+        connection: UpstreamConnection | None = None,
+        *,
+        lost: bool = False,
     ) -> UpstreamUnavailable:
+        """The error for the agent, saying what the pool does next; `lost` keeps `UpstreamLost`."""
+        kind = UpstreamLost if lost else UpstreamUnavailable
         server = self._servers.get(name)
         if server is None:
             return UpstreamUnavailable(name, "no such server is configured")
         if cause is None:
             cause = f"not connected ({server.last_error})" if server.last_error else "not connected yet"
         elif isinstance(connection, ExplainsClosing) and connection.close_reason is None:
-            return UpstreamUnavailable(name, cause)  # that one request failed; the connection stays
+            return kind(name, cause)  # that one request failed; the connection stays
         if self._closing or server.state == "stopped":
-            return UpstreamUnavailable(name, f"{cause}; the gateway is shutting down")
-        return UpstreamUnavailable(name, f"{cause}; reconnecting")
+            return kind(name, f"{cause}; the gateway is shutting down")
+        return kind(name, f"{cause}; reconnecting")
 
     def _connect_default(self, spec: ServerSpec, on_notification: NotificationHandler) -> UpstreamConnection:
         match spec:

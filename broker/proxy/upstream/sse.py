@@ -13,9 +13,9 @@ from urllib.parse import urljoin, urlsplit
 import orjson
 
 from broker.proxy import exact_json
-from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamUnavailable
+from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamLost, UpstreamUnavailable
 from broker.proxy.upstream.http import EVENT_STREAM, describe_transport_error, request_target
-from broker.proxy.upstream.http_client import HttpClient, HttpClientError, Response
+from broker.proxy.upstream.http_client import ConnectFailed, HttpClient, HttpClientError, Response
 from broker.proxy.upstream.jsonrpc import initialize_params, negotiated_version
 from broker.proxy.upstream.multiplexed import MultiplexedConnection
 from broker.proxy.upstream.spec import SseServer
@@ -86,7 +86,9 @@ class SseConnection(MultiplexedConnection):
         except HttpClientError as exc:
             reason = describe_transport_error(self._endpoint_url, exc)
             self._lose(reason)
-            raise UpstreamUnavailable(self.server, reason) from exc
+            if isinstance(exc, ConnectFailed):
+                raise UpstreamUnavailable(self.server, reason) from exc
+            raise UpstreamLost(self.server, reason) from exc  # the POST went out: it may have been read
 
     def _send_soon(self, message: JsonObject) -> None:
         self._background.spawn(self._send_quietly(message), name="send")

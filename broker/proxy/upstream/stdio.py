@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import orjson
 
 from broker.proxy import exact_json
-from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamUnavailable
+from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamLost, UpstreamUnavailable
 from broker.proxy.upstream.jsonrpc import initialize_params, negotiated_version
 from broker.proxy.upstream.multiplexed import MultiplexedConnection
 from broker.proxy.upstream.spec import StdioServer
@@ -123,7 +123,8 @@ class StdioConnection(MultiplexedConnection):
         try:
             await stdin.drain()
         except ConnectionError as exc:
-            raise UpstreamUnavailable(self.server, f"server process stopped reading: {exc}") from exc
+            # Part of the line may already sit in the server's pipe.
+            raise UpstreamLost(self.server, f"server process stopped reading: {exc}") from exc
 
     async def _why_not_running(self) -> str:
         # A process that already exited closes its pipes before the stdout reader has collected
