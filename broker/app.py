@@ -95,6 +95,8 @@ class Broker:
                 hold_budget=settings.approvals.hold_budget,
                 progress_interval=settings.approvals.progress_interval,
                 check_tool_name=settings.approvals.check_tool,
+                cancel_tool_name=settings.approvals.cancel_tool,
+                client_waits=settings.client_waits,
             )
         )
         self.sessions = SessionRegistry()

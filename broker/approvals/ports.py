@@ -169,8 +169,8 @@ class ApprovalStore(Protocol):
     ) -> Approval:
         """Change bookkeeping fields that carry no state.
 
-        Those are slack_channel, slack_ts, task_id and result_delivered_at; status and
-        decision fields only change through `transition`.
+        Those are slack_channel, slack_ts, task_id, result_delivered_at, pending_told_at and
+        callers; status and decision fields only change through `transition`.
         """
         ...
 

@@ -168,8 +168,9 @@ class ApprovalService:
 
     # -- parking ------------------------------------------------------------------------------
 
-    async def open(self, new: NewApproval) -> tuple[Approval, bool]:
-        """The approval for this call: an open one for the same call, or a new pending one.
+    async def open(self, new: NewApproval, *, alongside: bool = False) -> tuple[Approval, bool]:
+        """The approval for this call: an open one for the same call, or a new pending one
+        (always a new one `alongside` the open one, when the caller knows the call is a new intent).
 
         A repeated identical call (same agent, tool, canonical arguments) attaches instead of
         asking the humans twice, also when identical calls arrive together on several replicas.
@@ -189,6 +190,11 @@ class ApprovalService:
                 "policy_revision": new.policy_revision,
             },
         )
+        if alongside:
+            # Another caller still waits on the identical call: this one is a new intent of its own.
+            approval = await self.store.create(new, audit=requested)
+            self._announce(approval, opened=True)
+            return approval, True
         while True:
             approval, created = await self.store.find_or_create(new, audit=requested)
             if created:
@@ -264,6 +270,36 @@ class ApprovalService:
             approval.id,
             self._clock(),
             audit=AuditEvent(AuditEventKind.DELIVERED, actor, {"status": approval.status.value}),
+        )
+
+    async def attach(self, approval: Approval, *, agent: str, session: str) -> Approval:
+        """Counts a caller from another session that attached to `approval` (once per session), so the
+        approver sees how many callers the decision answers."""
+        if session == approval.session_id:
+            return approval
+        trail = await self.store.audit_trail(approval.id)
+        sessions = {
+            record.details.get("session") for record in trail if record.event == AuditEventKind.ATTACHED
+        }
+        if session in sessions:
+            return approval
+        updated = await self.store.update_fields(
+            approval.id,
+            {"callers": len(sessions) + 2},
+            audit=AuditEvent(AuditEventKind.ATTACHED, agent, {"session": session}),
+        )
+        self._announce(updated)
+        return updated
+
+    async def mark_pending_told(self, approval: Approval, *, actor: str) -> Approval:
+        """An agent was handed the "pending" answer: from now on only an explicit cancellation
+        withdraws the call (see `cancel`). Recorded once."""
+        if approval.pending_told_at is not None:
+            return approval
+        return await self.store.update_fields(
+            approval.id,
+            {"pending_told_at": self._clock()},
+            audit=AuditEvent(AuditEventKind.PENDING_TOLD, actor, {}),
         )
 
     async def cancel(self, approval_id: str, *, actor: str, reason: str) -> Approval:

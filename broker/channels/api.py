@@ -46,6 +46,8 @@ def approval_json(approval: Approval) -> dict[str, Any]:
         "completed_at": _iso(approval.completed_at),
         "result": approval.result,
         "task_id": approval.task_id,
+        "callers": approval.callers,
+        "pending_told_at": _iso(approval.pending_told_at),
     }
 
 

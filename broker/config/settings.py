@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from broker.approvals.approvers import ApproverAccount
 from broker.proxy.identity import AgentCredential
+from broker.proxy.waiting import DEFAULT_HOLD_BUDGET, ClientWaits
 from broker.store.database import Backend, backend_of
 
 
@@ -51,6 +52,10 @@ class _AgentEntry(BaseModel):
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     acts_for: list[str] = []
     """Approvers (names in `approvers`) this agent acts for: they may not approve its calls."""
+    hold_budget: float | None = Field(default=None, gt=0)
+    """Seconds before this agent gets the 'pending approval' answer (under its client's timeout)."""
+    progress_resets_timeout: bool = True
+    """False for a client that sends a progress token but does not restart its timeout on progress."""
 
     @model_validator(mode="after")
     def _exactly_one_key(self) -> _AgentEntry:
@@ -84,9 +89,10 @@ class _ApproverEntry(BaseModel):
 class _Approvals(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hold_budget: float = Field(default=50.0, gt=0)
+    hold_budget: float = Field(default=DEFAULT_HOLD_BUDGET, gt=0)
     progress_interval: float = Field(default=5.0, gt=0)
     check_tool: str = Field(default="check_approval", min_length=1)
+    cancel_tool: str = Field(default="cancel_approval", min_length=1)
     default_approvers: list[str] = ["*"]
     sweep_interval: float = Field(default=1.0, gt=0)
 
@@ -179,9 +185,10 @@ class _ConfigFile(BaseModel):
 
 @dataclass(frozen=True)
 class ApprovalSettings:
-    hold_budget: float = 50.0
+    hold_budget: float = DEFAULT_HOLD_BUDGET
     progress_interval: float = 5.0
     check_tool: str = "check_approval"
+    cancel_tool: str = "cancel_approval"
     default_approvers: tuple[str, ...] = ("*",)
     sweep_interval: float = 1.0
 
@@ -234,6 +241,8 @@ class BrokerSettings:
     credentials: Mapping[str, AgentCredential] = field(default_factory=dict)
     acts_for: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Agent -> the approvers it acts for, who may not approve its calls."""
+    client_waits: Mapping[str, ClientWaits] = field(default_factory=dict)
+    """Agent -> how its MCP client waits (hold budget, progress), where configured."""
     allow_anonymous: bool = False
     allowed_origins: frozenset[str] | None = None
     database_url: str = "sqlite:///broker.db"
@@ -382,6 +391,11 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
         acts_for={
             agent: frozenset(entry.acts_for) for agent, entry in config.agents.items() if entry.acts_for
         },
+        client_waits={
+            agent: ClientWaits(entry.hold_budget, entry.progress_resets_timeout)
+            for agent, entry in config.agents.items()
+            if entry.hold_budget is not None or not entry.progress_resets_timeout
+        },
         allow_anonymous=config.allow_anonymous,
         allowed_origins=frozenset(config.allowed_origins) if config.allowed_origins is not None else None,
         database_url=resolved_database_url,
@@ -393,6 +407,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
             hold_budget=config.approvals.hold_budget,
             progress_interval=config.approvals.progress_interval,
             check_tool=config.approvals.check_tool,
+            cancel_tool=config.approvals.cancel_tool,
             default_approvers=tuple(config.approvals.default_approvers),
             sweep_interval=config.approvals.sweep_interval,
         ),

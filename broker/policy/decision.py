@@ -25,6 +25,9 @@ class ApprovalRequirement:
     on_timeout: str = "deny"
     approvers: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
+    hold_budget_seconds: float | None = None
+    """How long an agent's request is held before it gets the "pending" answer, for this rule's
+    calls (None: the agent's or the broker's budget; see broker/proxy/held_calls.py)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,11 @@ class Explanation:
                 f"approvers: {', '.join(approval.approvers) or 'none named'}; "
                 f"channels: {', '.join(approval.channels) or 'none named'}"
             )
+            if approval.hold_budget_seconds is not None:
+                lines.append(
+                    f"hold:      an agent waits {approval.hold_budget_seconds:g}s at most before the "
+                    "'pending approval' answer"
+                )
         return lines
 
     def _render_hides(self) -> list[str]:

@@ -42,9 +42,10 @@ RULE_KEYS: Final = (
     "on_timeout",
     "approvers",
     "channels",
+    "hold_budget",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
-APPROVAL_KEYS: Final = ("timeout", "on_timeout", "approvers", "channels")
+APPROVAL_KEYS: Final = ("timeout", "on_timeout", "approvers", "channels", "hold_budget")
 RULE_ACTIONS: Final = (Action.ALLOW, Action.DENY, Action.REQUIRE_APPROVAL)
 DEFAULT_REASONS: Final = {
     Action.ALLOW: "allowed by policy",
@@ -409,9 +410,12 @@ class _Compiler:
         requirement = ApprovalRequirement()
         timeout, on_timeout = requirement.timeout_seconds, requirement.on_timeout
         approvers, channels = requirement.approvers, requirement.channels
+        hold_budget = requirement.hold_budget_seconds
         for key, value in present:
             if key.name == "timeout":
                 timeout = self._duration(value, "timeout", body) or timeout
+            elif key.name == "hold_budget":
+                hold_budget = self._duration(value, "hold_budget", body) or hold_budget
             elif key.name == "on_timeout":
                 if isinstance(value, ScalarNode) and value.value == "deny":
                     on_timeout = "deny"
@@ -426,7 +430,11 @@ class _Compiler:
             else:
                 channels = self._string_list(value, "channels", allow_empty=True) or ()
         return ApprovalRequirement(
-            timeout_seconds=timeout, on_timeout=on_timeout, approvers=approvers, channels=channels
+            timeout_seconds=timeout,
+            on_timeout=on_timeout,
+            approvers=approvers,
+            channels=channels,
+            hold_budget_seconds=hold_budget,
         )
 
 

@@ -3,6 +3,12 @@
 The endpoints (HTTP, stdio) own framing, sessions and streaming; the gateway owns what a
 request means: which tools an agent sees, what the policy says about a call, and how an
 allowed call is forwarded. Nothing reaches an upstream except through `_call_tool`.
+
+Every upstream answer to ``tools/call``, for an allowed call or a released held one, leaves
+through `Gateway.forward_call`, which checks it against the CallToolResult shape of the
+version that upstream negotiated (`broker.proxy.result_shape`). A malformed one is never passed
+on: it raises `MalformedResult`, which an allowed call turns into an error result saying the
+call may have run upstream, and a release into a ``failed`` approval.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.decision_log import DecisionLog
 from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from broker.proxy.ratelimit import RateLimiter, RateVerdict
+from broker.proxy.result_shape import tool_result_problem
 from broker.proxy.upstream.base import (
     JsonObject,
+    MalformedResult,
     UpstreamRpcError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -75,6 +83,8 @@ class Upstreams(Protocol):
 
     def status(self) -> Sequence[ServerStatus]: ...
 
+    def protocol_version(self, server: str) -> str | None: ...
+
     async def call_tool(
         self,
         tool: UpstreamTool,
@@ -89,13 +99,19 @@ class Upstreams(Protocol):
 class ApprovalGate(Protocol):
     """Where `require_approval` calls wait for a human (implemented by `broker.proxy.held_calls`)."""
 
-    check_tool_name: str
-
     @property
     def store_available(self) -> bool: ...
 
     @property
-    def check_tool(self) -> JsonObject: ...
+    def broker_tools(self) -> list[JsonObject]:
+        """The broker's own tools (check on or withdraw a held call), listed when calls may be held."""
+        ...
+
+    def owns_tool(self, name: str) -> bool: ...
+
+    async def call_broker_tool(
+        self, ctx: AgentContext, name: str, arguments: dict[str, Any]
+    ) -> JsonObject: ...
 
     async def hold(
         self,
@@ -110,8 +126,6 @@ class ApprovalGate(Protocol):
 
         A request the agent withdraws while it waits withdraws the approval too."""
         ...
-
-    async def check(self, ctx: AgentContext, arguments: dict[str, Any]) -> JsonObject: ...
 
     async def task_request(self, ctx: AgentContext, method: str, params: JsonObject | None) -> JsonObject: ...
 
@@ -232,7 +246,7 @@ class Gateway:
             if self._approvals is not None and any(
                 rule.action is Action.REQUIRE_APPROVAL for rule in policy.rules
             ):
-                listing.append(self._approvals.check_tool)
+                listing.extend(self._approvals.broker_tools)
             if len(self._listing_cache) > 1024:
                 self._listing_cache.clear()
             self._listing_cache[key] = listing
@@ -265,8 +279,8 @@ class Gateway:
                 "(it fails closed). Retry later."
             )
         tool = self._upstreams.resolve(name)
-        if tool is None and self._approvals is not None and name == self._approvals.check_tool_name:
-            return await self._approvals.check(ctx, arguments)
+        if tool is None and self._approvals is not None and self._approvals.owns_tool(name):
+            return await self._approvals.call_broker_tool(ctx, name, arguments)
         if tool is None:
             policy = self._policy.current
             server, qualified, bare = name.partition("__")
@@ -375,6 +389,12 @@ class Gateway:
             )
         except UpstreamRpcError as exc:
             raise RpcError(exc.code, exc.rpc_message, exc.data) from exc
+        except MalformedResult as exc:
+            return _upstream_failure_result(
+                f"The upstream server '{tool.server}' answered the call to '{tool.exposed_name}' with a "
+                f"malformed result ({exc.problem}); the broker did not pass it on. The call may have run "
+                "upstream, so check before retrying anything that must not happen twice."
+            )
         return result
 
     async def forward_call(
@@ -385,14 +405,29 @@ class Gateway:
         meta: JsonObject | None = None,
         on_notification: Callable[[JsonObject], Awaitable[None]] | None = None,
     ) -> JsonObject:
-        """The one door to the upstreams, also used by the approval service to release a held call."""
+        """The one door to the upstreams, also used by the approval service to release a held call.
+
+        Returns only well-formed CallToolResults; raises `MalformedResult` for any other answer."""
+        # Read before the call: a reconnect while it runs may negotiate another version.
+        version = self._upstreams.protocol_version(tool.server)
         started = time.perf_counter()
         try:
-            return await self._upstreams.call_tool(
+            result = await self._upstreams.call_tool(
                 tool, arguments, meta=meta, on_notification=on_notification, timeout=self._call_timeout
             )
         finally:
             self.upstream_latency.observe(tool.server, time.perf_counter() - started)
+        problem = tool_result_problem(result, version)
+        if problem is not None:
+            logger.warning(
+                "upstream '%s' answered tools/call '%s' with a malformed result (protocol %s): %s",
+                tool.server,
+                tool.name,
+                version or "unknown",
+                problem,
+            )
+            raise MalformedResult(tool.server, problem)
+        return result
 
     def _record(
         self,

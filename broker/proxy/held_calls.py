@@ -1,17 +1,31 @@
 """How agents wait on calls that need a human: the proxy's side of the approval service.
 
-Clients differ in how long they will wait, so every way of waiting is offered:
+Clients differ in how long they will wait (see `broker.proxy.waiting` for the hold budget), so
+every way of waiting is offered:
 
 * the request stays open, with ``notifications/progress`` every few seconds when the agent
   sent a progress token (clients that reset their timeout on progress wait until the rule's
   deadline);
-* otherwise after a hold budget (50 s by default, under the common 60 s client timeout) the
-  agent gets a "pending approval" result with the approval id and deadline; repeating the
-  identical call attaches to the same approval, and the broker tool ``check_approval``
-  answers the same question by id;
+* otherwise, after the hold budget (4 s by default, under the shortest common client timeout),
+  the agent gets a "pending approval" answer with the approval id and deadline; repeating the
+  identical call attaches to the same approval, and the broker tools ``check_approval`` and
+  ``cancel_approval`` answer or withdraw it by id;
 * MCP tasks (2025-11-25): ``tools/call`` with a ``task`` field returns a task at once, and
   ``tasks/get``, ``tasks/result``, ``tasks/cancel`` and ``tasks/list`` are served from the
   store, so a task outlives a broker restart.
+
+A pending answer is a promise: once an agent was told its call is pending, ending its session,
+losing its connection or its client timing out does not withdraw the approval; only an explicit
+cancellation does (``notifications/cancelled`` for a request that was not yet answered,
+``tasks/cancel`` or ``cancel_approval``).
+
+Identical calls (same agent, tool and canonical arguments) attach to the open approval: a retry
+after the pending answer, a re-call after a lost connection, a retry from the same session whose
+earlier request still waits. A call from another session while a caller there still waits here
+for the identical call is a new intent and gets an approval of its own, so a human decides each
+(two identical orders may mean two orders). A caller that attached from another session is told
+in its result that the call was one shared execution, and the approver sees how many sessions an
+approval answers (`Approval.callers`).
 """
 
 from __future__ import annotations
@@ -20,7 +34,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,8 +55,15 @@ from broker.policy.decision import Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.gateway import AgentContext, AgentRequest, Notify
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
-from broker.proxy.upstream.base import JsonObject, UpstreamError, UpstreamRpcError
+from broker.proxy.upstream.base import JsonObject, MalformedResult, UpstreamError, UpstreamRpcError
 from broker.proxy.upstream.pool import UpstreamPool, UpstreamTool
+from broker.proxy.waiting import (
+    DEFAULT_HOLD_BUDGET,
+    NO_PREFERENCE,
+    ClientWaits,
+    budget_for,
+    holds_until_deadline,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +92,12 @@ class HeldCalls:
         self,
         service: ApprovalService,
         *,
-        hold_budget: float = 50.0,
+        hold_budget: float = DEFAULT_HOLD_BUDGET,
         progress_interval: float = 5.0,
         task_poll_interval_ms: int = 2000,
         check_tool_name: str = "check_approval",
+        cancel_tool_name: str = "cancel_approval",
+        client_waits: Mapping[str, ClientWaits] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_task_id: Callable[[], str] = lambda: os.urandom(12).hex(),
     ) -> None:
@@ -82,28 +106,62 @@ class HeldCalls:
         self._progress_interval = progress_interval
         self._task_poll_interval_ms = task_poll_interval_ms
         self.check_tool_name = check_tool_name
+        self.cancel_tool_name = cancel_tool_name
+        self._client_waits = client_waits or {}
         self._clock = clock
         self._new_task_id = new_task_id
+        # approval id -> session -> requests waiting here that were not answered yet: tells a
+        # retry (same session) from a new intent (another session while one still waits).
+        self._waiting: dict[str, Counter[str]] = {}
 
     @property
     def store_available(self) -> bool:
         return self._service.store_available
 
     @property
-    def check_tool(self) -> JsonObject:
-        return {
-            "name": self.check_tool_name,
-            "description": (
-                "Check on a tool call that is waiting for human approval. Pass the approval id from a "
-                "'pending approval' result; returns the call's result once a human decided, or its status."
-            ),
-            "inputSchema": {
-                "type": "object",
-                "properties": {"approval_id": {"type": "string", "description": "The approval id"}},
-                "required": ["approval_id"],
-            },
-            "annotations": {"readOnlyHint": True, "title": "Check a held call"},
+    def broker_tools(self) -> list[JsonObject]:
+        """The broker's own tools, listed beside the upstream tools of an agent that may be held."""
+        approval_id = {
+            "approval_id": {"type": "string", "description": "The approval id from the pending answer"}
         }
+        return [
+            {
+                "name": self.check_tool_name,
+                "description": (
+                    "Get the outcome of a tool call that is waiting for human approval. Pass the approval_id "
+                    "from a 'PENDING HUMAN APPROVAL' answer. Returns the call's real result once a human "
+                    "approved it (the call then runs exactly once), the human's reason if denied, or that it "
+                    "is still pending."
+                ),
+                "inputSchema": {"type": "object", "properties": approval_id, "required": ["approval_id"]},
+                "annotations": {"readOnlyHint": True, "title": "Check a held call"},
+            },
+            {
+                "name": self.cancel_tool_name,
+                "description": (
+                    "Withdraw a tool call that is still waiting for human approval, so that it is never "
+                    "executed. Pass the approval_id from a 'PENDING HUMAN APPROVAL' answer. A call a human "
+                    "already approved cannot be withdrawn."
+                ),
+                "inputSchema": {"type": "object", "properties": approval_id, "required": ["approval_id"]},
+                "annotations": {
+                    "readOnlyHint": False,
+                    "destructiveHint": False,
+                    "title": "Withdraw a held call",
+                },
+            },
+        ]
+
+    def owns_tool(self, name: str) -> bool:
+        return name == self.check_tool_name or name == self.cancel_tool_name
+
+    async def call_broker_tool(self, ctx: AgentContext, name: str, arguments: dict[str, Any]) -> JsonObject:
+        if name == self.cancel_tool_name:
+            return await self.cancel_by_agent(ctx, arguments)
+        return await self.check(ctx, arguments)
+
+    def _waits(self, agent: str) -> ClientWaits:
+        return self._client_waits.get(agent, NO_PREFERENCE)
 
     # -- tools/call on a require_approval tool --------------------------------------------------
 
@@ -135,7 +193,7 @@ class HeldCalls:
             task_id=self._new_task_id() if isinstance(task, dict) else None,
         )
         try:
-            approval, _ = await self._service.open(new)
+            approval = await self._open(ctx, new)
         except StoreUnavailable as exc:
             # Fail closed: a call that cannot be parked is not forwarded either.
             return _store_down_result(tool.exposed_name, str(exc))
@@ -147,11 +205,15 @@ class HeldCalls:
 
         meta = params.get("_meta")
         progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
-        if progress_token is not None:
+        waits = self._waits(ctx.agent)
+        budget = budget_for(self._hold_budget, waits, requirement)
+        if holds_until_deadline(waits, has_progress_token=progress_token is not None):
             # A client that resets its timeout on progress can wait as long as the rule allows.
-            budget = max((approval.expires_at - self._clock()).total_seconds(), 0.0) + self._hold_budget
+            budget += max((approval.expires_at - self._clock()).total_seconds(), 0.0)
         else:
-            budget = self._hold_budget
+            progress_token = None  # its timeout runs anyway: progress would only cost messages
+        waiting = self._waiting.setdefault(approval.id, Counter())
+        waiting[ctx.session] += 1
         try:
             return await self._await_outcome(ctx, approval, budget, request.notify, progress_token)
         except StoreUnavailable as exc:
@@ -162,11 +224,32 @@ class HeldCalls:
                 with anyio.CancelScope(shield=True):
                     await self._withdraw(ctx, approval)
             raise
+        finally:
+            waiting[ctx.session] -= 1
+            if not +waiting and self._waiting.get(approval.id) is waiting:
+                del self._waiting[approval.id]
+
+    async def _open(self, ctx: AgentContext, new: NewApproval) -> Approval:
+        approval, created = await self._service.open(new)
+        if created:
+            return approval
+        waiting = self._waiting.get(approval.id)
+        others_wait = waiting is not None and any(
+            count > 0 for session, count in waiting.items() if session != ctx.session
+        )
+        if approval.status is ApprovalStatus.PENDING and approval.pending_told_at is None and others_wait:
+            approval, _ = await self._service.open(new, alongside=True)
+            return approval
+        return await self._service.attach(approval, agent=ctx.agent, session=ctx.session)
 
     async def _withdraw(self, ctx: AgentContext, approval: Approval) -> None:
-        """The agent withdrew the call it was waiting on: nobody is left to receive an approved
-        result, so the approval must not be decided any more."""
+        """The agent withdrew the request it was waiting on. Unless it had been told the call is
+        pending (a promise: only an explicit cancellation withdraws it then), nobody is left to
+        receive an approved result, so the approval must not be decided any more."""
         try:
+            current = await self._service.store.get(approval.id)
+            if current is None or current.pending_told_at is not None:
+                return
             await self._service.cancel(approval.id, actor=ctx.agent, reason="the agent withdrew the call")
         except InvalidTransition:
             pass  # already decided: that outcome stands (an approved call is released regardless)
@@ -184,6 +267,7 @@ class HeldCalls:
             # A draining broker (SIGTERM) answers by its drain deadline; the approval stays for the agent.
             remaining = min(deadline, self._service.drain_deadline) - time.monotonic()
             if remaining <= 0:
+                approval = await self._service.mark_pending_told(approval, actor=ctx.agent)
                 return self._pending_result(approval)
             step = min(remaining, self._progress_interval) if progress_token is not None else remaining
             approval = await self._service.wait(approval.id, step)
@@ -202,7 +286,10 @@ class HeldCalls:
     async def _deliver(self, ctx: AgentContext, approval: Approval) -> JsonObject:
         if approval.status in DELIVERABLE_STATUSES:
             await self._service.mark_delivered(approval, actor=ctx.agent)
-        return outcome_result(approval)
+        result = outcome_result(approval)
+        if approval.session_id is not None and ctx.session != approval.session_id:
+            _tell_shared(result, approval)
+        return result
 
     def _waiting_message(self, approval: Approval) -> str:
         if approval.status is ApprovalStatus.PENDING:
@@ -211,41 +298,90 @@ class HeldCalls:
         return f"Approved by {approval.decided_by}; forwarding '{approval.tool}' to the upstream"
 
     def _pending_result(self, approval: Approval) -> JsonObject:
+        """The answer a model reads while a human decides: plain words first, the same facts in
+        `structuredContent` for clients that pass only that on, and `isError` so that no client
+        mistakes it for the tool's result (nor validates it against the tool's output schema)."""
+        check, cancel = self.check_tool_name, self.cancel_tool_name
         if approval.status is ApprovalStatus.PENDING:
             left = math.ceil(approval.time_left(self._clock()).total_seconds())
-            text = (
-                f"Pending human approval: the call to '{approval.tool}' is waiting for a human decision "
-                f"(approval id {approval.id}). It expires at {_iso(approval.expires_at)} (in {left} s) and is "
-                f"auto-denied then. To get the result once decided, repeat the identical call, or call "
-                f"{self.check_tool_name} with approval_id '{approval.id}'."
+            state = (
+                f"PENDING HUMAN APPROVAL: the call to '{approval.tool}' has NOT been executed yet. It is "
+                f"waiting for a human to approve or deny it (approval id {approval.id}; it expires at "
+                f"{_iso(approval.expires_at)}, in {left} s, and is rejected then if nobody decides)."
             )
         else:
-            text = (
-                f"Approved by {approval.decided_by}: the call to '{approval.tool}' is being forwarded "
-                f"(approval id {approval.id}). Repeat the identical call, or call {self.check_tool_name} "
-                f"with approval_id '{approval.id}', to get its result."
+            state = (
+                f"APPROVED, RUNNING: {approval.decided_by} approved the call to '{approval.tool}' and the "
+                f"broker is executing it now (approval id {approval.id}); the result is not in yet."
             )
+        steps = (
+            f"What to do: get the outcome by calling {check} with approval_id '{approval.id}', or by "
+            "repeating exactly the same call with exactly the same arguments; either returns the real "
+            "result once it is decided, and the call runs at most once. Do NOT retry with changed "
+            "arguments or another tool to get around the approval: that is a new request and needs its "
+            f"own approval. To withdraw it, call {cancel} with approval_id '{approval.id}'. Meanwhile you "
+            "may tell the user that a human approval is pending."
+        )
+        summary = _summary(approval)
         return {
-            "content": [{"type": "text", "text": text}],
+            "content": [{"type": "text", "text": f"{state}\n{steps}"}],
+            "structuredContent": {
+                "status": "pending_approval"
+                if approval.status is ApprovalStatus.PENDING
+                else "approved_running",
+                "executed": False,
+                "approval_id": approval.id,
+                "tool": approval.tool,
+                "expires_at": _iso(approval.expires_at),
+                "next_step": f"call {check} with approval_id '{approval.id}' or repeat the identical call",
+                "do_not": "retry with changed arguments to get around the approval",
+                "cancel": f"call {cancel} with approval_id '{approval.id}'",
+            },
             "isError": True,
-            "_meta": {APPROVAL_META_KEY: _summary(approval)},
+            "_meta": {APPROVAL_META_KEY: summary},
         }
 
     # -- check_approval ---------------------------------------------------------------------------
 
     async def check(self, ctx: AgentContext, arguments: dict[str, Any]) -> JsonObject:
+        approval = await self._own_approval(ctx, self.check_tool_name, arguments)
+        if approval is None:
+            return _no_such_approval(arguments["approval_id"])
+        budget = budget_for(self._hold_budget, self._waits(ctx.agent), None)
+        return await self._await_outcome(ctx, approval, budget, _no_notify, None)
+
+    async def cancel_by_agent(self, ctx: AgentContext, arguments: dict[str, Any]) -> JsonObject:
+        approval = await self._own_approval(ctx, self.cancel_tool_name, arguments)
+        if approval is None:
+            return _no_such_approval(arguments["approval_id"])
+        try:
+            approval = await self._service.cancel(
+                approval.id, actor=ctx.agent, reason=f"withdrawn by the agent ({self.cancel_tool_name})"
+            )
+        except InvalidTransition as exc:
+            current = exc.current
+            if current.status is ApprovalStatus.CANCELLED:
+                approval = current
+            else:
+                text = (
+                    f"Not withdrawn: the call to '{current.tool}' (approval {current.id}) is already "
+                    f"{current.status.value}: {status_text(current)}. Call {self.check_tool_name} for its outcome."
+                )
+                return {"content": [{"type": "text", "text": text}], "isError": True}
+        text = (
+            f"Withdrawn: the call to '{approval.tool}' (approval {approval.id}) was cancelled and will never "
+            "be executed."
+        )
+        return {"content": [{"type": "text", "text": text}], "_meta": {APPROVAL_META_KEY: _summary(approval)}}
+
+    async def _own_approval(self, ctx: AgentContext, tool: str, arguments: dict[str, Any]) -> Approval | None:
         approval_id = arguments.get("approval_id")
         if not isinstance(approval_id, str) or not approval_id:
-            raise RpcError(INVALID_PARAMS, f"{self.check_tool_name} needs a string 'approval_id'")
+            raise RpcError(INVALID_PARAMS, f"{tool} needs a string 'approval_id'")
         approval = await self._service.store.get(approval_id)
         if approval is None or approval.agent != ctx.agent:
-            return {
-                "content": [
-                    {"type": "text", "text": f"No approval with id '{approval_id}' exists for this agent."}
-                ],
-                "isError": True,
-            }
-        return await self._await_outcome(ctx, approval, self._hold_budget, _no_notify, None)
+            return None
+        return approval
 
     # -- tasks ---------------------------------------------------------------------------------------
 
@@ -317,6 +453,25 @@ class HeldCalls:
             "ttl": ttl_ms,
             "pollInterval": self._task_poll_interval_ms,
         }
+
+
+def _no_such_approval(approval_id: str) -> JsonObject:
+    text = f"No approval with id '{approval_id}' exists for this agent."
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+def _tell_shared(result: JsonObject, approval: Approval) -> None:
+    """A caller from another session attached to this approval: its result is that one execution."""
+    note = (
+        f"Note: this identical call was attached to approval {approval.id}, first requested at "
+        f"{_iso(approval.created_at)} in another session; this outcome answers all "
+        f"{approval.callers} identical requests, and the upstream received the call at most once."
+    )
+    content = result.get("content")
+    result["content"] = [{"type": "text", "text": note}, *(content if isinstance(content, list) else [])]
+    summary = result.setdefault("_meta", {}).setdefault(APPROVAL_META_KEY, {})
+    if isinstance(summary, dict):
+        summary["shared"] = True
 
 
 def _store_down_result(tool: str, detail: str) -> JsonObject:
@@ -410,6 +565,12 @@ class UpstreamReleaser(CallReleaser):
             result: JsonObject = await self._forward(tool, dict(approval.arguments))
         except UpstreamRpcError as exc:
             raise ReleaseFailed(f"upstream '{tool.server}' rejected the call: {exc.rpc_message}") from exc
+        except MalformedResult as exc:
+            # The upstream did answer, so it probably ran the call: say so, not just "failed".
+            raise ReleaseFailed(
+                f"upstream '{tool.server}' answered with a malformed result ({exc.problem}), which the "
+                "broker did not pass on; the call may have run upstream"
+            ) from exc
         except UpstreamError as exc:
             raise ReleaseFailed(str(exc)) from exc
         return result

@@ -45,6 +45,7 @@ from broker.proxy.jsonrpc import (
     valid_request_id,
 )
 from broker.proxy.sessions import AgentSession, SessionRegistry
+from broker.proxy.waiting import only_timed_out
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ class McpHttpEndpoint:
         elif method == "notifications/cancelled":
             request_id: Any = (params or {}).get("requestId")
             if valid_request_id(request_id):
-                session.withdraw(request_id)
+                session.withdraw(request_id, timed_out=only_timed_out((params or {}).get("reason")))
 
     async def _modern(
         self,

@@ -23,13 +23,14 @@ class AgentSession:
     listening: bool = False
     in_flight: dict[RequestId, tuple[anyio.CancelScope, AgentRequest]] = field(default_factory=dict)
 
-    def withdraw(self, request_id: RequestId) -> bool:
-        """The agent cancelled one of its requests (``notifications/cancelled``)."""
+    def withdraw(self, request_id: RequestId, *, timed_out: bool = False) -> bool:
+        """The agent cancelled one of its requests (``notifications/cancelled``); `timed_out` when it
+        only stopped waiting (see `broker.proxy.waiting.only_timed_out`), which withdraws nothing."""
         entry = self.in_flight.get(request_id)
         if entry is None:
             return False
         scope, request = entry
-        request.withdrawn = True
+        request.withdrawn = not timed_out
         scope.cancel()
         return True
 

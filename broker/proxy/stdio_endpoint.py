@@ -33,6 +33,7 @@ from broker.proxy.jsonrpc import (
     result_message,
     valid_request_id,
 )
+from broker.proxy.waiting import only_timed_out
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class StdioEndpoint:
             entry = self._in_flight.get(request_id) if valid_request_id(request_id) else None
             if entry is not None:
                 scope, request = entry
-                request.withdrawn = True
+                request.withdrawn = not only_timed_out(params.get("reason"))
                 scope.cancel()
 
     async def _serve_request(

@@ -84,7 +84,12 @@ _TRANSITION_FIELDS: Mapping[str, type] = {
 }
 # Bookkeeping fields that carry no state and may change outside a transition.
 _BOOKKEEPING_FIELDS: Mapping[str, type] = {
-    name: _TRANSITION_FIELDS[name] for name in ("slack_channel", "slack_ts", "result_delivered_at", "task_id")
+    **{
+        name: _TRANSITION_FIELDS[name]
+        for name in ("slack_channel", "slack_ts", "result_delivered_at", "task_id")
+    },
+    "pending_told_at": datetime,
+    "callers": int,
 }
 _DECISIONS = frozenset(
     {ApprovalStatus.APPROVED, ApprovalStatus.DENIED, ApprovalStatus.EXPIRED, ApprovalStatus.CANCELLED}

@@ -37,3 +37,23 @@ def test_acts_for_names_approvers(tmp_path: Path) -> None:
     path = write_config(tmp_path, "agents: {trader: {api_key: k, acts_for: [mallory]}}\napprovers: {}\n")
     with pytest.raises(ConfigError, match=r"agents.trader.acts_for: mallory is not in approvers"):
         load_settings(path, environ={})
+
+
+def test_an_agent_names_how_its_client_waits(tmp_path: Path) -> None:
+    from broker.proxy.waiting import ClientWaits
+
+    path = write_config(
+        tmp_path,
+        "agents:\n  quick: {api_key: k1, hold_budget: 3}\n  ts: {api_key: k2, progress_resets_timeout: false}\n"
+        "  plain: {api_key: k3}\n",
+    )
+    settings = load_settings(path, environ={})
+    assert settings.client_waits == {
+        "quick": ClientWaits(hold_budget=3),
+        "ts": ClientWaits(progress_resets_timeout=False),
+    }
+    assert settings.approvals.hold_budget == 4  # under the OpenAI Agents SDK's 5 s
+
+    path = write_config(tmp_path, "agents: {quick: {api_key: k1, hold_budget: 0}}\n")
+    with pytest.raises(ConfigError, match=r"agents\.quick\.hold_budget"):
+        load_settings(path, environ={})

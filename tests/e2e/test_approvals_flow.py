@@ -204,17 +204,17 @@ async def test_past_the_hold_budget_the_agent_can_come_back_for_the_result(tmp_p
         with anyio.fail_after(30):
             async with running.client() as client:
                 pending = await client.call_tool("place_order", BIG_ORDER)
-                assert pending.is_error and text_of(pending).startswith("Pending human approval")
+                assert pending.is_error and text_of(pending).startswith("PENDING HUMAN APPROVAL")
                 approval_id = pending.meta["io.github.mcp-approval-broker/approval"]["approvalId"]
                 again = await client.call_tool("place_order", BIG_ORDER)
                 assert again.meta["io.github.mcp-approval-broker/approval"]["approvalId"] == approval_id
                 checked = await client.call_tool("check_approval", {"approval_id": approval_id})
-                assert "Pending human approval" in text_of(checked)
+                assert "PENDING HUMAN APPROVAL" in text_of(checked)
                 async with running.approver("alice") as alice:
                     assert (await alice.post(f"/api/approvals/{approval_id}/approve")).status_code == 200
                 done = await client.call_tool("place_order", BIG_ORDER)
                 while text_of(done).startswith(
-                    "Approved by"
+                    "APPROVED, RUNNING"
                 ):  # released but the upstream has not answered yet
                     done = await client.call_tool("place_order", BIG_ORDER)
                 assert not done.is_error and done.structured_content["quantity"] == 10

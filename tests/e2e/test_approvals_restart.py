@@ -186,7 +186,7 @@ def text_of(result: CallToolResult) -> str:
 def pending_approval(result: CallToolResult) -> dict[str, Any]:
     """The approval summary of a 'pending human approval' result (asserting that is what it is)."""
     assert result.is_error, text_of(result)
-    assert "Pending human approval" in text_of(result), text_of(result)
+    assert "PENDING HUMAN APPROVAL" in text_of(result), text_of(result)
     assert result.meta is not None
     summary: dict[str, Any] = result.meta[APPROVAL_META_KEY]
     assert summary["status"] == "pending"

@@ -112,7 +112,7 @@ async def test_a_cancelled_task_answers_with_its_outcome(tmp_path: Path) -> None
 
                 # The same call parked first without a task: a task-augmented repeat still gets a task.
                 plain = await rpc(2, "tools/call", {"name": "place_order", "arguments": BIG_ORDER})
-                assert text_of_raw(plain).startswith("Pending human approval")
+                assert text_of_raw(plain).startswith("PENDING HUMAN APPROVAL")
                 created = await rpc(
                     3, "tools/call", {"name": "place_order", "arguments": BIG_ORDER, "task": {"ttl": 60000}}
                 )

@@ -57,9 +57,11 @@ async def test_progress_keeps_a_typescript_client_waiting_past_its_timeout(tmp_p
     assert "Waiting for human approval" in call["progress"][0].get("message", "")
 
 
-async def test_a_typescript_client_that_times_out_withdraws_its_call(tmp_path: Path) -> None:
-    # The client's timeout sends notifications/cancelled: nobody would receive an approved result.
-    steps: list[Step] = [
+async def test_a_typescript_client_that_times_out_does_not_withdraw_its_call(tmp_path: Path) -> None:
+    # The client's timeout sends notifications/cancelled ("Request timed out"): the client stopped
+    # waiting, the agent did not change its mind. The call stays held and the identical call,
+    # from another client process, collects the human's decision.
+    timing_out: list[Step] = [
         {
             "op": "call_tool",
             "name": "place_order",
@@ -68,14 +70,22 @@ async def test_a_typescript_client_that_times_out_withdraws_its_call(tmp_path: P
             "progress": True,
         }
     ]
+    call: list[Step] = [
+        {"op": "call_tool", "name": "place_order", "arguments": BIG_ORDER, "timeoutMs": 20000}
+    ]
     async with running_broker(make_settings(tmp_path, POLICY, exchange_server())) as running:
         feed = watch(running)
-        with anyio.fail_after(40):
-            [timed_out] = await run_node_client(f"{running.url}/mcp", steps, api_key=AGENT_KEYS["trader"])
+        url, key = f"{running.url}/mcp", AGENT_KEYS["trader"]
+        with anyio.fail_after(60):
+            [timed_out] = await run_node_client(url, timing_out, api_key=key)
             approval = await feed.opened.receive()
-            withdrawn = await running.broker.approvals.wait(approval.id, 10)
+            still = await running.broker.approvals.store.get(approval.id)
+            async with running.approver("alice") as alice:
+                assert (await alice.post(f"/api/approvals/{approval.id}/approve")).status_code == 200
+            [came_back] = await run_node_client(url, call, api_key=key)
     assert not timed_out["ok"] and timed_out["error"]["code"] == -32001
-    assert withdrawn.status is ApprovalStatus.CANCELLED and withdrawn.decided_via == "agent"
+    assert still is not None and still.status is ApprovalStatus.PENDING
+    assert came_back["ok"] and came_back["result"]["structuredContent"]["quantity"] == 10, came_back
 
 
 async def test_with_a_hold_budget_under_its_timeout_the_typescript_client_comes_back_for_the_result(
@@ -95,7 +105,7 @@ async def test_with_a_hold_budget_under_its_timeout_the_typescript_client_comes_
             # Another client process, another session: the identical call collects the result.
             [came_back] = await run_node_client(url, call, api_key=key)
     assert pending["ok"] and pending["result"]["isError"]
-    assert text_of_result(pending["result"]).startswith("Pending human approval")
+    assert text_of_result(pending["result"]).startswith("PENDING HUMAN APPROVAL")
     assert came_back["ok"] and came_back["result"]["structuredContent"]["quantity"] == 10, came_back
 
 

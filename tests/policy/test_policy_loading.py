@@ -554,3 +554,16 @@ def test_json_numbers_that_are_not_finite_are_refused_where_they_are(written: st
         column_of(text, 4, written),
         f"{written} is not a finite number; policies take finite numbers only",
     )
+
+
+def test_a_hold_budget_is_a_duration_on_approval_rules_only() -> None:
+    [rule] = load_policy(rule_doc("action: require_approval", 'hold_budget: "20s"')).rules
+    assert rule.approval is not None and rule.approval.hold_budget_seconds == 20.0
+    [plain] = load_policy(rule_doc("action: require_approval")).rules
+    assert plain.approval is not None and plain.approval.hold_budget_seconds is None
+
+    line, column, message = only_problem(rule_doc("action: require_approval", "hold_budget: soon"))
+    assert (line, column) == (5, column_of(rule_doc("", "hold_budget: soon"), 5, "soon"))
+    assert "hold_budget 'soon' is not a duration" in message
+    line, _, message = only_problem(rule_doc("action: allow", "hold_budget: 5"))
+    assert line == 5 and "'hold_budget' only applies to require_approval rules" in message

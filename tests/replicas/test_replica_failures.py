@@ -166,7 +166,7 @@ async def test_a_stopped_replica_drains_its_held_calls_and_drops_no_approval(clu
 
         pending_result, answered_at = answers[4_000]
         assert pending_result["isError"]
-        assert text_of(pending_result).startswith("Pending human approval"), text_of(pending_result)
+        assert text_of(pending_result).startswith("PENDING HUMAN APPROVAL"), text_of(pending_result)
         assert pending_result["_meta"][APPROVAL_META_KEY]["approvalId"] == held[4_000]
         assert GRACE * 1000 - 100 <= answered_at - signalled_at <= GRACE * 1000 + 3000
 

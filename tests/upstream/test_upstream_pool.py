@@ -148,6 +148,9 @@ async def test_one_server_keeps_the_upstream_names(environ: Mapping[str, str]) -
         with anyio.fail_after(10):
             result = await pool.call_tool(echo, {"text": "hi"})
         [status] = pool.status()
+        version = pool.protocol_version("demo")
+    assert version == "2025-11-25" and pool.protocol_version("nobody") is None
+    assert pool.protocol_version("demo") is None  # the pool has stopped: no connection, no version
     assert echo == UpstreamTool(server="demo", name="echo", exposed_name="echo", definition=echo.definition)
     assert echo.definition["name"] == "echo"
     assert "inputSchema" in echo.definition

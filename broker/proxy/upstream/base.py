@@ -5,7 +5,9 @@ Exception tree::
     UpstreamError                 anything that kept a request from getting an upstream answer
     ├── UpstreamUnavailable       not connected: never reached, crashed, or dropped mid-call
     ├── UpstreamTimeout           connected, but no answer within the deadline
-    └── UpstreamRpcError          the upstream answered with a JSON-RPC error object
+    ├── UpstreamRpcError          the upstream answered with a JSON-RPC error object
+    └── MalformedResult           it answered ``tools/call`` with a result that is not a
+                                  CallToolResult of its protocol version: the call may have run
 
 Connections speak the handshake era of the protocol (``initialize``) to upstreams,
 because that is what every released server understands.
@@ -42,6 +44,17 @@ class UpstreamRpcError(UpstreamError):
         self.code = code
         self.rpc_message = message
         self.data = data
+
+
+class MalformedResult(UpstreamError):
+    """Raised by the gateway, not by a connection: only it knows which shape a result must have.
+
+    A result that is not a JSON object at all is an `UpstreamRpcError` from the connection."""
+
+    def __init__(self, server: str, problem: str) -> None:
+        super().__init__(server, f"malformed result: {problem}")
+        self.problem = problem
+        """What is wrong, as `broker.proxy.result_shape.tool_result_problem` said it."""
 
 
 class UpstreamConnection(Protocol):

@@ -8,6 +8,9 @@ one fails fast with `UpstreamUnavailable` instead of waiting for the reconnect.
 Whenever a server's tool list changes (its first listing, a ``tools/list_changed`` from
 the server, or a reconnect that finds different tools) the pool calls ``on_tools_changed``.
 
+The pool keeps the protocol version each live connection negotiated (`protocol_version`): the
+gateway checks each server's results against that version's shapes.
+
 Tool names: with exactly one server, agents see the upstream names unchanged; with several,
 every name is qualified as ``server__tool`` (server names cannot contain ``__``).
 """
@@ -85,6 +88,7 @@ class _Server:
         "connected_since",
         "last_error",
         "name",
+        "protocol_version",
         "refresh_wanted",
         "settled",
         "spec",
@@ -99,6 +103,8 @@ class _Server:
         self.last_error: str | None = None
         self.tools: tuple[UpstreamTool, ...] = ()
         self.connected_since: float | None = None
+        self.protocol_version: str | None = None
+        """What the current connection's handshake agreed on; None while not connected."""
         self.settled = anyio.Event()
         """Set once the first connection attempt has succeeded or failed."""
         self.refresh_wanted = anyio.Event()
@@ -168,6 +174,11 @@ class UpstreamPool:
     def is_connected(self, server: str) -> bool:
         known = self._servers.get(server)
         return known is not None and known.state == "connected"
+
+    def protocol_version(self, server: str) -> str | None:
+        """The protocol version `server`'s current connection negotiated; None while it has none."""
+        known = self._servers.get(server)
+        return None if known is None else known.protocol_version
 
     def status(self) -> list[ServerStatus]:
         return [
@@ -276,7 +287,7 @@ class UpstreamPool:
             try:
                 connection = self._connection_factory(server.spec, on_notification)
                 with anyio.fail_after(self._connect_timeout):
-                    await connection.start()
+                    initialized = await connection.start()
                     tools = await self._list_tools(server, connection)
             except TimeoutError:
                 self._note_failure(
@@ -290,6 +301,8 @@ class UpstreamPool:
             connected_at = self._clock()
             server.state = "connected"
             server.connected_since = connected_at
+            version = initialized.get("protocolVersion")
+            server.protocol_version = version if isinstance(version, str) else None
             server.last_error = None
             self._connections[server.name] = connection
             logger.info("upstream '%s': connected, %d tools", server.name, len(tools))
@@ -307,6 +320,7 @@ class UpstreamPool:
         finally:
             self._connections.pop(server.name, None)
             server.connected_since = None
+            server.protocol_version = None
             if connection is not None:
                 with anyio.move_on_after(CLOSE_TIMEOUT_SECONDS, shield=True):
                     try:
