@@ -126,16 +126,21 @@ def assert_pending(seen: str, approval: Approval) -> None:
 
 
 def assert_approved(seen: str) -> None:
-    placed = json.loads(seen)
+    # The broker may put a note before the upstream's own text (an identical call attached to the
+    # approval, say); the upstream's JSON is what must reach the model intact.
+    try:
+        placed = json.loads(seen[seen.index("{") : seen.rindex("}") + 1])
+    except ValueError:
+        raise AssertionError(f"not the upstream's JSON result: {seen!r}") from None
     assert placed["quantity"] == APPROVED_ORDER["quantity"] and placed["order_id"].startswith("ord-"), seen
 
 
 def assert_denied(seen: str) -> None:
-    assert seen.startswith("Denied by a human") and DENIAL_REASON in seen, seen
+    assert "Denied by a human" in seen and DENIAL_REASON in seen, seen
 
 
 def assert_expired(seen: str) -> None:
-    assert seen.startswith("Expired") and "not denied by a human" in seen, seen
+    assert "Expired: nobody approved" in seen and "not denied by a human" in seen, seen
 
 
 def by_arguments(approvals: Sequence[Approval], arguments: dict[str, Any]) -> Approval:
