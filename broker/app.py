@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.approvals.approvers import ApproverDirectory
+from broker.approvals.clock import utc_now
+from broker.approvals.health import StoreHealth
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
 from broker.channels.api import build_decisions_router
@@ -40,6 +42,7 @@ from broker.store.engine import create_store
 from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
+from broker.store.seen_requests import SqlSeenRequests
 
 if TYPE_CHECKING:
     from broker.channels.slack import SlackChannel
@@ -76,8 +79,11 @@ class Broker:
         )
         self.approvers = ApproverDirectory(settings.approvers)
         self.store = create_store(settings.database_url)
+        self.store_health = StoreHealth(self.store.probe, up_interval=settings.approvals.sweep_interval)
+        self.store.report_failures_to(self.store_health.failed)
         self.approvals = ApprovalService(
             self.store,
+            health=self.store_health,
             replica=f"{os.uname().nodename}-{os.getpid()}-{os.urandom(2).hex()}",
             default_approvers=settings.approvals.default_approvers,
             sweep_interval=settings.approvals.sweep_interval,
@@ -133,7 +139,9 @@ class Broker:
         )
         self.approvals.add_listener(self.metrics)
         self.replica_feed = (
-            ReplicaFeed(settings.database_url, replica=self.approvals.replica)
+            ReplicaFeed(
+                settings.database_url, replica=self.approvals.replica, on_lost=self.store_health.failed
+            )
             if backend_of(settings.database_url) is Backend.POSTGRESQL
             else None
         )
@@ -152,6 +160,7 @@ class Broker:
                 service=self.approvals,
                 directory=self.approvers,
                 default_approvers=settings.approvals.default_approvers,
+                seen_requests=SqlSeenRequests.on(self.store, clock=utc_now),
                 sleep=slack_sleep,
             )
             self.approvals.add_listener(self.slack.notifier)
@@ -277,9 +286,13 @@ class Broker:
 
         @api.get("/readyz")
         async def readyz() -> JSONResponse:
-            # Not ready while draining or while the schema is not this code's
+            # Not ready while draining, while calls are refused (the same check a call makes,
+            # probe included), or while the schema is not this code's
             if broker.draining:
                 return JSONResponse({"status": "draining"}, status_code=503)
+            health = broker.store_health
+            if not health.up and not await health.recheck():
+                return JSONResponse({"status": "unavailable", "store": health.reason}, status_code=503)
             try:
                 current = await broker.store.schema_revision() == head_revision()
             except StoreUnavailable as exc:

@@ -210,6 +210,11 @@ class ApprovalStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def probe(self) -> None:
+        """One round trip proving the database answers (see broker.approvals.health); raises
+        StoreUnavailable when it does not."""
+        ...
+
     async def swap_slack_message(
         self,
         approval_id: str,
@@ -224,5 +229,25 @@ class ApprovalStore(Protocol):
         A compare-and-set across replicas, so that one of them claims a message's post. Returns
         the approval as it now stands and whether this call changed it; `audit` is written in the
         same transaction, only by the winner. Raises ApprovalNotFound.
+        """
+        ...
+
+
+class SeenRequests(Protocol):
+    """Signed inbound requests already accepted, remembered across replicas until their signature
+    expires, so that a captured request replayed inside its validity window is refused everywhere.
+
+    Exception tree::
+
+        StoreUnavailable    the database could not be reached: the caller cannot tell a replay
+                            from a first delivery and must refuse the request (fail closed)
+
+    A `digest` is at most 64 characters (a hex SHA-256 of what identifies the request).
+    """
+
+    async def first_seen(self, digest: str, expires_at: datetime) -> bool:
+        """Record `digest` until `expires_at`; True for exactly one caller across all replicas.
+
+        False when the digest is already recorded (a replay), however many callers race.
         """
         ...

@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.health import StoreHealth
 from broker.approvals.model import Approval, ApprovalStatus, NewApproval
 from broker.approvals.ports import (
     ApprovalError,
@@ -111,6 +112,7 @@ class ApprovalService:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         policy: Callable[[], Policy] | None = None,
         principals: Mapping[str, frozenset[str]] | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self.store = store
         self.replica = replica
@@ -130,9 +132,8 @@ class ApprovalService:
         self._changes_seen: int | None = None
         self._releasing: set[str] = set()
         self._tasks: TaskGroup | None = None
-        self.store_available = True
-        """False while the sweeper cannot reach the store; the proxy then forwards nothing (fail closed)."""
-        self._store_state_changed = anyio.Event()
+        self.health = health if health is not None else StoreHealth(store.probe, up_interval=sweep_interval)
+        """Whether the store may be relied on; the proxy forwards nothing while it is down (fail closed)."""
         self._drain_deadline = math.inf
         self._releases_idle = anyio.Event()
         self._releases_idle.set()
@@ -160,6 +161,7 @@ class ApprovalService:
             self._tasks = tasks
             if sweep:
                 tasks.start_soon(self._sweep_forever)
+            tasks.start_soon(self.health.run)
             try:
                 yield self
             finally:
@@ -496,26 +498,20 @@ class ApprovalService:
             try:
                 await self.sweep()
             except StoreUnavailable as exc:
-                if self.store_available:
-                    logger.error("approval store unreachable, forwarding no calls until it is back: %s", exc)
-                    self._set_store_available(False)
+                # Only probes bring the store back: a sweep can succeed on a SQLite file that moved.
+                self.health.failed(str(exc))
             except Exception:
                 logger.exception("approval sweep failed (will retry)")
-            else:
-                if not self.store_available:
-                    logger.warning("approval store reachable again; forwarding resumes")
-                    self._set_store_available(True)
             await self._sleep(self._sweep_interval)
 
-    def _set_store_available(self, available: bool) -> None:
-        self.store_available = available
-        self._store_state_changed.set()
-        self._store_state_changed = anyio.Event()
+    @property
+    def store_available(self) -> bool:
+        """False from the first store failure seen until a later probe succeeded (see `health`)."""
+        return self.health.up
 
     async def wait_for_store(self, *, available: bool) -> None:
-        """Returns once the sweeper has seen the store reachable (or unreachable)."""
-        while self.store_available is not available:
-            await self._store_state_changed.wait()
+        """Returns once the store is considered reachable (or unreachable)."""
+        await self.health.wait(up=available)
 
     async def sweep(self) -> int:
         """One pass: expire what is due, pick up approved calls nobody is releasing, notice outside

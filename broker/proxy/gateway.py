@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from broker import __version__
+from broker.approvals.health import StoreHealth
 from broker.observability.calls import CallCounts, UpstreamLatency
 from broker.policy import Policy
 from broker.policy.decision import Action, Decision
@@ -100,7 +101,9 @@ class ApprovalGate(Protocol):
     """Where `require_approval` calls wait for a human (implemented by `broker.proxy.held_calls`)."""
 
     @property
-    def store_available(self) -> bool: ...
+    def store_health(self) -> StoreHealth:
+        """No call is forwarded while it is down (fail closed); see broker.approvals.health."""
+        ...
 
     @property
     def broker_tools(self) -> list[JsonObject]:
@@ -148,6 +151,7 @@ class Gateway:
         self._decisions = decisions
         self._changes = changes
         self._approvals = approvals
+        self._store_health = approvals.store_health if approvals is not None else None
         self._call_timeout = call_timeout
         # Upstream connections are shared by all agents, so agents' progress tokens are
         # replaced by broker-unique ones on the way up and restored on the way down.
@@ -170,6 +174,7 @@ class Gateway:
 
     def attach_approvals(self, approvals: ApprovalGate) -> None:
         self._approvals = approvals
+        self._store_health = approvals.store_health
         self.tools_changed()
 
     @staticmethod
@@ -273,11 +278,9 @@ class Gateway:
         elif not isinstance(arguments, dict):
             raise RpcError(INVALID_PARAMS, "tools/call params.arguments must be an object")
 
-        if self._approvals is not None and not self._approvals.store_available:
-            return _upstream_failure_result(
-                "The broker cannot reach its approval store, so it forwards no calls until the store is back "
-                "(it fails closed). Retry later."
-            )
+        health = self._store_health
+        if health is not None and not health.up and not await health.recheck():
+            return _store_down_result()
         tool = self._upstreams.resolve(name)
         if tool is None and self._approvals is not None and self._approvals.owns_tool(name):
             return await self._approvals.call_broker_tool(ctx, name, arguments)
@@ -316,6 +319,9 @@ class Gateway:
                     self.call_counts.rate_limited += 1
                     decision_id = self._record(decision, ctx, tool, arguments, "rate_limited")
                     return _rate_limited_result(name, decision, decision_id, verdict)
+                if health is not None and not health.up:
+                    # Seen down while the limiter was asked; from here on nothing awaits before forwarding.
+                    return _store_down_result()
             if action is Action.REQUIRE_APPROVAL:
                 self.call_counts.require_approval += 1
                 return await self._hold(ctx, tool, arguments, decision, params, request)
@@ -528,6 +534,13 @@ def _rate_limited_result(name: str, decision: Decision, decision_id: str, verdic
     result = _error_result(text, decision, decision_id)
     result["_meta"][DECISION_META_KEY]["retryAfterSeconds"] = verdict.retry_after
     return result
+
+
+def _store_down_result() -> JsonObject:
+    return _upstream_failure_result(
+        "The broker cannot reach its approval store, so it forwards no calls until the store is back "
+        "(it fails closed). Retry later."
+    )
 
 
 def _upstream_failure_result(text: str) -> JsonObject:

@@ -49,6 +49,7 @@ from broker.approvals import (
     NewApproval,
     StoreUnavailable,
 )
+from broker.approvals.health import StoreHealth
 from broker.approvals.model import DELIVERABLE_STATUSES
 from broker.approvals.service import POLICY_ACTOR, ApprovalService, CallReleaser, ReleaseFailed
 from broker.policy.decision import Decision
@@ -115,8 +116,8 @@ class HeldCalls:
         self._waiting: dict[str, Counter[str]] = {}
 
     @property
-    def store_available(self) -> bool:
-        return self._service.store_available
+    def store_health(self) -> StoreHealth:
+        return self._service.health
 
     @property
     def broker_tools(self) -> list[JsonObject]:

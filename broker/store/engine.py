@@ -41,4 +41,5 @@ def create_store(
         ),
         clock=clock,
         id_factory=id_factory if id_factory is not None else UlidFactory(clock),
+        db_timeout=db_timeout,
     )

@@ -13,6 +13,10 @@ agent until the sweeper's next pass (`ApprovalService.sweep` re-reads every watc
 approval); after a reconnect every local waiter re-reads its approval at once. The
 connection is re-opened with exponential backoff.
 
+The connection is also the fastest sign of an outage: PostgreSQL closes it the moment the
+server stops or the backend is terminated, and `on_lost` is told at once (the broker marks
+its store down, see broker.approvals.health), before any other operation could fail.
+
 Exception tree: none of its own. Failures of the connection are logged and retried;
 `ApprovalChange.parse` raises ValueError on a payload it cannot read.
 """
@@ -107,6 +111,7 @@ class ReplicaFeed:
         backoff: tuple[float, float] = (0.1, 5.0),
         outbox_size: int = 10_000,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         if not channel.isidentifier():
             raise ValueError(f"channel must be a plain SQL identifier, got {channel!r}")
@@ -119,6 +124,7 @@ class ReplicaFeed:
         self._keepalive = keepalive
         self._backoff = backoff
         self._sleep = sleep
+        self._on_lost = on_lost
         self._outbox: MemoryObjectSendStream[str]
         self._pending: MemoryObjectReceiveStream[str]
         self._outbox, self._pending = anyio.create_memory_object_stream[str](outbox_size)
@@ -163,6 +169,8 @@ class ReplicaFeed:
                 # Any failure of this connection costs speed only: the sweeper keeps every replica right.
                 level = logging.WARNING if delay == first else logging.DEBUG
                 logger.log(level, "replica notifications interrupted (retrying in %.1f s): %s", delay, exc)
+                if self.connected:
+                    self._lost(f"the notification connection failed: {exc}")
             if self.connected:
                 delay = first  # it worked for a while: start the backoff over
             self._set_connected(False)
@@ -177,11 +185,16 @@ class ReplicaFeed:
         )
         lost = anyio.Event()
 
+        def on_termination(_connection: Any) -> None:
+            # Called by asyncpg as the socket closes, before any task here notices.
+            lost.set()
+            self._lost("the server closed the notification connection")
+
         def on_notification(_connection: Any, _pid: int, _channel: str, payload: object) -> None:
             self._received(sink, str(payload))
 
         try:
-            connection.add_termination_listener(lambda _connection: lost.set())
+            connection.add_termination_listener(on_termination)
             await connection.add_listener(self.channel, on_notification)
             self.connections += 1
             self._set_connected(True)
@@ -193,6 +206,8 @@ class ReplicaFeed:
                 tasks.cancel_scope.cancel()
             raise ConnectionError("the notification connection was closed")
         finally:
+            # Closing it ourselves (shutdown, a failed keepalive) is no news about the server.
+            connection.remove_termination_listener(on_termination)
             connection.terminate()
 
     async def _announce_forever(self, connection: asyncpg.Connection) -> None:
@@ -211,6 +226,10 @@ class ReplicaFeed:
             else:
                 # Idle: a dead peer shows itself only when something is sent.
                 await connection.execute("SELECT 1", timeout=timeout)
+
+    def _lost(self, reason: str) -> None:
+        if self._on_lost is not None:
+            self._on_lost(reason)
 
     def _received(self, sink: ChangeSink, payload: str) -> None:
         try:

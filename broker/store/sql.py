@@ -21,8 +21,8 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
@@ -50,11 +50,13 @@ from broker.approvals.ports import (
     InvalidTransition,
     InvalidValue,
     ListPosition,
+    StoreUnavailable,
 )
 from broker.approvals.transitions import check_transition
-from broker.store.database import writing
+from broker.store.database import DEFAULT_TIMEOUT, writing
 from broker.store.failures import store_unavailable_on_db_error
 from broker.store.migrate import VERSION_TABLE
+from broker.store.probe import open_sqlite_afresh
 from broker.store.tables import approvals, audit_events
 
 AUDIT_CHAIN_LOCK = int.from_bytes(
@@ -103,7 +105,14 @@ class SqlApprovalStore:
     The store owns the engine and disposes of it on `close`.
     """
 
-    def __init__(self, engine: AsyncEngine, *, clock: Clock, id_factory: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock,
+        id_factory: Callable[[], str],
+        db_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         self._engine = engine
         self._writer = writing(engine)
         self._clock = clock
@@ -113,6 +122,9 @@ class SqlApprovalStore:
         # waits in SQLite's busy handler, which sleeps up to 100 ms between tries. Queueing this
         # process's writers here instead hands the lock over as soon as it is free.
         self._local_writers = anyio.Lock() if not self._postgres else None
+        self._failure_listeners: builtins.list[Callable[[str], None]] = []
+        self._sqlite_path = engine.url.database or ""
+        self._db_timeout = db_timeout
 
     async def __aenter__(self) -> Self:
         return self
@@ -434,6 +446,34 @@ class SqlApprovalStore:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    def transaction(self, operation: str) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A writing transaction on this store's engine, for tables kept by sibling modules
+        (broker.store.seen_requests): the same pool, the same SQLite writer queue, the same
+        shielding and mapping of failures to StoreUnavailable."""
+        return self._writing(operation)
+
+    # -- health --------------------------------------------------------------------------------
+
+    def report_failures_to(self, listener: Callable[[str], None]) -> None:
+        """`listener` hears every StoreUnavailable this store raises, as it is raised (see
+        broker.approvals.health); it must not block."""
+        self._failure_listeners.append(listener)
+
+    async def probe(self) -> None:
+        """One round trip proving the database answers; raises StoreUnavailable when it does not.
+
+        PostgreSQL: ``SELECT 1`` on a pooled connection (the pool's pre-ping replaces a dead one).
+        SQLite: the file is opened afresh at its path and its schema version read, because pooled
+        connections keep working on a file that was moved, deleted or replaced, and would go on
+        writing approvals into a file nobody will find again.
+        """
+        if self._postgres:
+            async with self._reading("probe the database") as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        with self._reported():
+            await open_sqlite_afresh(self._sqlite_path, timeout=self._db_timeout)
+
     # -- internals -----------------------------------------------------------------------------
 
     def _next_id(self) -> str:
@@ -483,18 +523,27 @@ class SqlApprovalStore:
 
     @asynccontextmanager
     async def _reading(self, operation: str) -> AsyncIterator[AsyncConnection]:
-        with store_unavailable_on_db_error(operation), anyio.CancelScope(shield=True):
+        with self._reported(), store_unavailable_on_db_error(operation), anyio.CancelScope(shield=True):
             async with self._engine.connect() as conn:
                 yield conn
 
     @asynccontextmanager
     async def _writing(self, operation: str) -> AsyncIterator[AsyncConnection]:
-        with store_unavailable_on_db_error(operation):
+        with self._reported(), store_unavailable_on_db_error(operation):
             # Waiting for this process's turn may be cancelled; the transaction itself may not.
             async with self._local_writers or nullcontext():
                 with anyio.CancelScope(shield=True):
                     async with self._writer.begin() as conn:
                         yield conn
+
+    @contextmanager
+    def _reported(self) -> Iterator[None]:
+        try:
+            yield
+        except StoreUnavailable as error:
+            for listener in self._failure_listeners:
+                listener(str(error))
+            raise
 
     async def _append(self, conn: AsyncConnection, event: AuditEvent, at: datetime) -> None:
         assert event.approval_id is not None, "events are bound to an approval before they reach the chain"

@@ -187,7 +187,7 @@ async def test_migration_0002_adds_an_unlogged_counter_table_on_postgresql_and_t
         async with fresh_database("test_migration") as url:
             await upgrade(url, revision="0001")
             assert await persistence(url) is None
-            await upgrade(url)
+            await upgrade(url, revision="0002")
             assert await current_revision(url) == "0002"
             assert await persistence(url) == "u"
             await anyio.to_thread.run_sync(command.downgrade, alembic_config(url), "0001")
@@ -196,7 +196,7 @@ async def test_migration_0002_adds_an_unlogged_counter_table_on_postgresql_and_t
 
 async def test_migration_0002_leaves_sqlite_as_it_was(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'broker.db'}"
-    await upgrade(url)
+    await upgrade(url, revision="0002")
     assert await current_revision(url) == "0002"
     engine = build_engine(url)
     try:

@@ -232,12 +232,14 @@ async def slack_broker(
     servers: Mapping[str, Any] | None = None,
     policy: str = POLICY,
     sleep: Sleep = anyio.sleep,
+    database_url: str | None = None,
     **slack: Any,
 ) -> AsyncIterator[SlackRig]:
     """A real broker (real store, real uvicorn socket) whose Slack channel talks to `fake`.
 
     Without `servers` it has no upstreams, which is quicker and enough for tests about Slack;
-    approvals then come from `SlackRig.open_approval`.
+    approvals then come from `SlackRig.open_approval`. Brokers given one `database_url` are
+    replicas of each other.
     """
     settings = make_settings(
         tmp_path,
@@ -246,6 +248,8 @@ async def slack_broker(
         approvers=slack_approvers(),
         slack=slack_settings(fake, **slack),
     )
+    if database_url is not None:
+        settings = replace(settings, database_url=database_url)
     broker = Broker(settings, environ=dict(os.environ), slack_sleep=sleep)
     feed = ApprovalFeed()
     broker.approvals.add_listener(feed)

@@ -23,6 +23,7 @@ from broker.channels.slack import SlackChannel
 from broker.channels.slack.notifier import SlackNotifier
 from broker.store.engine import create_store
 from broker.store.migrate import upgrade
+from broker.store.seen_requests import SqlSeenRequests
 from broker.store.sql import SqlApprovalStore
 from tests.replicas.conftest import fresh_database
 from tests.slack.fake_slack import FakeSlack
@@ -114,6 +115,7 @@ async def replica(
         service=service,
         directory=ApproverDirectory(slack_approvers()),
         default_approvers=("*",),
+        seen_requests=SqlSeenRequests.on(store, clock=clock),
         clock=clock,
         reconcile_sleep=ticks,
         claim_lease=claim_lease,

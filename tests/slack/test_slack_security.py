@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -88,7 +89,12 @@ def test_the_verifier_follows_slacks_signing_scheme() -> None:
     expected = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
     assert slack_signature(SIGNING_SECRET, "1531420618", body) == expected
     verifier = RequestVerifier(SIGNING_SECRET, wall_clock=lambda: 1531420618 + 299)
-    verifier.verify(timestamp="1531420618", signature=expected, body=body)
+    verified = verifier.verify(timestamp="1531420618", signature=expected, body=body)
+    # Remembered for the window plus a margin for replicas whose clocks lag.
+    assert verified.expires_at == datetime.fromtimestamp(1531420618 + 300 + 300, tz=UTC)
+    assert len(verified.digest) == 64 and verified.digest not in expected
+    early = RequestVerifier(SIGNING_SECRET, wall_clock=lambda: 1531420618 - 200)
+    assert early.verify(timestamp="1531420618", signature=expected, body=body) == verified
     late = RequestVerifier(SIGNING_SECRET, wall_clock=lambda: 1531420618 + 301)
     with pytest.raises(UnverifiedRequest, match="stale"):
         late.verify(timestamp="1531420618", signature=expected, body=body)

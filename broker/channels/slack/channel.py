@@ -13,6 +13,7 @@ from fastapi import APIRouter
 
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.ports import SeenRequests
 from broker.approvals.service import ApprovalService
 from broker.channels.slack.client import SlackApi
 from broker.channels.slack.endpoint import build_slack_router
@@ -32,6 +33,7 @@ class SlackChannel:
         service: ApprovalService,
         directory: ApproverDirectory,
         default_approvers: Sequence[str],
+        seen_requests: SeenRequests,
         sleep: Sleep = anyio.sleep,
         schedule: RetrySchedule = DEFAULT_RETRY_SCHEDULE,
         clock: Clock = utc_now,
@@ -68,6 +70,8 @@ class SlackChannel:
         )
         """Register with `ApprovalService.add_listener`."""
         self.interactions = InteractionHandler(service, self.api, self.people, clock=clock)
+        self._seen_requests = seen_requests
+        """Signed requests already accepted, shared by the replicas: a replay is refused."""
         self._verifier = (
             RequestVerifier(settings.signing_secret, wall_clock=wall_clock)
             if settings.signing_secret
@@ -78,7 +82,7 @@ class SlackChannel:
         """``POST /slack/interactions``; None without a signing secret (nothing could be verified)."""
         if self._verifier is None:
             return None
-        return build_slack_router(self._verifier, self.interactions)
+        return build_slack_router(self._verifier, self.interactions, self._seen_requests)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[SlackChannel]:

@@ -1,7 +1,14 @@
 """The Slack interactivity request URL: ``POST /slack/interactions``.
 
 Fails closed: a request that does not verify (signature, timestamp) gets 401 and reaches
-nothing; a verified one is answered 200 at once and handled in the background.
+nothing; a verified one is answered 200 at once and handled in the background. A verified
+request is accepted once: its signature is recorded in `SeenRequests` (shared by every replica
+on the database) until it would be stale anyway, and the same request sent again, to this
+replica or another, gets 401. When the record cannot be made (StoreUnavailable) the request
+is refused with 503: a replay could not be told from a first delivery.
+
+Socket Mode (broker.channels.slack.socket_mode) does not come through here: its payloads are
+not signed, they arrive over the websocket the broker opened with its app-level token.
 
 No `from __future__ import annotations` here: FastAPI reads the route signature at runtime.
 """
@@ -14,7 +21,8 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from broker.channels.slack.errors import MalformedInteraction, UnverifiedRequest
+from broker.approvals.ports import SeenRequests, StoreUnavailable
+from broker.channels.slack.errors import MalformedInteraction, ReplayedRequest, UnverifiedRequest
 from broker.channels.slack.interactions import InteractionHandler
 from broker.channels.slack.signing import RequestVerifier
 
@@ -43,7 +51,9 @@ def interaction_payload(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def build_slack_router(verifier: RequestVerifier, handler: InteractionHandler) -> APIRouter:
+def build_slack_router(
+    verifier: RequestVerifier, handler: InteractionHandler, seen: SeenRequests
+) -> APIRouter:
     router = APIRouter(tags=["slack"])
 
     @router.post(INTERACTIONS_PATH)
@@ -53,16 +63,24 @@ def build_slack_router(verifier: RequestVerifier, handler: InteractionHandler) -
             body += chunk
             if len(body) > MAX_BODY_BYTES:
                 return JSONResponse({"error": "request body too large"}, status_code=413)
+        client = request.client.host if request.client else "unknown"
         try:
-            verifier.verify(
+            verified = verifier.verify(
                 timestamp=request.headers.get("x-slack-request-timestamp"),
                 signature=request.headers.get("x-slack-signature"),
                 body=bytes(body),
             )
+            if not await seen.first_seen(verified.digest, verified.expires_at):
+                raise ReplayedRequest("this signed request was already accepted once: replayed")
         except UnverifiedRequest as exc:
-            client = request.client.host if request.client else "unknown"
             logger.warning("refused a Slack interaction from %s: %s", client, exc)
             return JSONResponse({"error": f"unverified Slack request: {exc}"}, status_code=401)
+        except StoreUnavailable as exc:
+            logger.error("refused a Slack interaction from %s: cannot check it for replay: %s", client, exc)
+            return JSONResponse(
+                {"error": "the broker cannot check this request for replay right now; try again"},
+                status_code=503,
+            )
         try:
             handler.accept(interaction_payload(bytes(body)))
         except MalformedInteraction as exc:

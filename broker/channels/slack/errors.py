@@ -10,6 +10,7 @@ Exception tree::
     │                             `code` is Slack's error code; repeating the call will not help
     └── InvalidInteraction        an inbound interaction is not one the broker will act on
         ├── UnverifiedRequest     missing or wrong signature, or a stale timestamp (answer 401)
+        │   └── ReplayedRequest   signed by Slack, but already accepted once (answer 401)
         └── MalformedInteraction  verified, but not a payload the broker understands (answer 400)
 """
 
@@ -43,6 +44,10 @@ class InvalidInteraction(SlackError):
 
 
 class UnverifiedRequest(InvalidInteraction):
+    pass
+
+
+class ReplayedRequest(UnverifiedRequest):
     pass
 
 

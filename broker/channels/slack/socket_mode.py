@@ -1,6 +1,8 @@
 """Socket Mode: Slack pushes interactions over a websocket the broker opens, for brokers without a
-public URL. The app-level token authenticates the connection, so there is no request signature;
-every envelope is acknowledged at once and its payload goes to the same handler as HTTP."""
+public URL. The app-level token authenticates the connection, so there is no request signature
+(and nothing for the HTTP endpoint's replay check to remember: a captured envelope cannot be sent
+into a websocket only Slack and this broker hold); every envelope is acknowledged at once and its
+payload goes to the same handler as HTTP."""
 
 from __future__ import annotations
 

@@ -6,7 +6,9 @@ every approval change in this process to open pages (server-sent events).
 
 Approvers sign in with a password (scrypt hash in the configuration, see
 `broker.channels.web.passwords` and ``broker hash-password``) or are named by an authenticating
-reverse proxy in a trusted header, believed only from the configured proxy addresses.
+reverse proxy in a trusted header, believed only from the configured proxy addresses. Every
+state-changing request must come from the inbox's own pages: the browser's word on it
+(`broker.channels.web.origin`) and the session's CSRF token (`broker.channels.web.sessions`).
 
 Exception tree::
 

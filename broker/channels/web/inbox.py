@@ -27,6 +27,7 @@ from broker.approvals.service import ApprovalService, NotAllowedToDecide
 from broker.channels.web.assets import InboxAssets
 from broker.channels.web.events import EventStreamResponse, InboxEvents
 from broker.channels.web.hardening import HardenedRoute
+from broker.channels.web.origin import OriginCheck
 from broker.channels.web.presenters import HISTORY_STATUSES, ending, template_environment
 from broker.channels.web.signin import Viewer, WebSignin
 from broker.channels.web.tools_view import ToolSources, tool_rows
@@ -58,6 +59,7 @@ class WebInbox:
         self._tools = tools
         self._clock = clock
         self.signin = WebSignin(directory, settings, clock=clock)
+        self._origin = OriginCheck(self.signin.from_trusted_proxy)
         self._templates = template_environment()
         self._static = InboxAssets()
 
@@ -233,6 +235,9 @@ class WebInbox:
 
     async def decide(self, request: Request, approval_id: str, *, approve: bool) -> Response:
         viewer = self.signin.viewer(request)
+        refused = self._refuse_cross_site(request, viewer)
+        if refused is not None:
+            return refused
         form = await request.form()
         refused = self._check_csrf(request, viewer, form)
         if refused is not None:
@@ -384,6 +389,19 @@ class WebInbox:
 
     # -- signing in and out ---------------------------------------------------------------------------------
 
+    def _refuse_cross_site(self, request: Request, viewer: Viewer) -> Response | None:
+        """Every state-changing route asks this first, before reading the form (see `origin`)."""
+        refusal = self._origin.refusal(request)
+        if refusal is None:
+            return None
+        return self._message(
+            request,
+            viewer,
+            status=403,
+            title="Cross-site request refused",
+            message=f"Nothing was done: {refusal}.",
+        )
+
     def _check_csrf(self, request: Request, viewer: Viewer, form: FormData) -> Response | None:
         submitted = form.get("csrf_token")
         if viewer.fresh or not viewer.session.csrf_matches(submitted if isinstance(submitted, str) else None):
@@ -406,6 +424,9 @@ class WebInbox:
 
     async def login(self, request: Request) -> Response:
         viewer = self.signin.viewer(request)
+        refused = self._refuse_cross_site(request, viewer)
+        if refused is not None:
+            return refused
         form = await request.form()
         refused = self._check_csrf(request, viewer, form)
         if refused is not None:
@@ -455,6 +476,9 @@ class WebInbox:
 
     async def logout(self, request: Request) -> Response:
         viewer = self.signin.viewer(request)
+        refused = self._refuse_cross_site(request, viewer)
+        if refused is not None:
+            return refused
         form = await request.form()
         refused = self._check_csrf(request, viewer, form)
         if refused is not None:
