@@ -64,6 +64,7 @@ async def test_a_python_snippet_shows_pending_then_the_result(
     assert_approved(result)
 
 
+@pytest.mark.node
 async def test_the_typescript_snippet_waits_with_progress_until_approved(tmp_path: Path) -> None:
     # The snippet resolves the SDK next to itself: give its copy the test peers' node_modules.
     shutil.copy(EXAMPLES / "typescript_demo.mjs", tmp_path / "demo.mjs")
