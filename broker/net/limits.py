@@ -48,7 +48,6 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Sequence
-from enum import Enum
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -63,11 +62,11 @@ REFUSAL_LINGER = 1.0
 """Seconds a refused connection stays open at most, for the client to read its 503."""
 
 
-class _Phase(Enum):
-    HEAD = "head"  # waiting for the rest of a request head: header_timeout
-    BODY = "body"  # head complete, body not: body_timeout
-    QUEUED = "queued"  # body not complete, but it waits behind an earlier response: no deadline
-    IDLE = "idle"  # between requests: uvicorn's timeout_keep_alive applies once the response ends
+# Where a connection is, as plain ints: these are compared several times per request.
+_HEAD = 0  # waiting for the rest of a request head: header_timeout
+_BODY = 1  # head complete, body not: body_timeout
+_QUEUED = 2  # body not complete, but it waits behind an earlier response: no deadline
+_IDLE = 3  # between requests: uvicorn's timeout_keep_alive applies once the response ends
 
 
 class AddressCounts:
@@ -125,7 +124,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # The broker serves no WebSocket; an upgrade would hand the transport to another protocol
         # and this one would never see the connection end (nor release its count).
         self.ws_protocol_class = None
-        self._phase = _Phase.HEAD
+        self._phase = _HEAD
         self._epoch = 0  # bumped on every phase change: a timer armed in an earlier phase is stale
         self._timer: asyncio.TimerHandle | None = None
         self._timer_epoch = -1
@@ -154,49 +153,52 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._phase is _Phase.IDLE:
-            self._enter(_Phase.HEAD)
+        if self._phase == _IDLE:
+            self._phase = _HEAD
+            self._epoch += 1
         super().data_received(data)
-        self._settle()
+        # The usual request arrives whole: idle again and no timer, so nothing to do.
+        if self._phase != _IDLE or self._timer is not None:
+            self._settle()
 
     # Parser callbacks (called from within data_received)
 
     def on_message_begin(self) -> None:
-        if self._phase is _Phase.IDLE:  # a pipelined request in the same read as the previous one
-            self._enter(_Phase.HEAD)
+        if self._phase == _IDLE:  # a pipelined request in the same read as the previous one
+            self._phase = _HEAD
+            self._epoch += 1
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         # uvicorn queues the request when an earlier response on this connection is still running.
-        self._enter(_Phase.QUEUED if self.pipeline else _Phase.BODY)
+        self._phase = _QUEUED if self.pipeline else _BODY
+        self._epoch += 1
 
     def on_message_complete(self) -> None:
-        self._enter(_Phase.IDLE)
+        self._phase = _IDLE
+        self._epoch += 1
         super().on_message_complete()
 
     # Called from the application's task when a response ends
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._phase is _Phase.QUEUED and not self.pipeline:
+        if self._phase == _QUEUED and not self.pipeline:
             # uvicorn has just started the queued request and reads again: its body may now arrive.
-            self._enter(_Phase.BODY)
+            self._phase = _BODY
+            self._epoch += 1
             self._settle()
 
     # Deadlines
 
-    def _enter(self, phase: _Phase) -> None:
-        self._phase = phase
-        self._epoch += 1
-
     def _settle(self) -> None:
         """Makes the timer match the phase: none, the one already running, or a fresh one."""
-        if self._phase is _Phase.IDLE or self._phase is _Phase.QUEUED:
+        if self._phase == _IDLE or self._phase == _QUEUED:
             self._cancel_timer()
         elif self._timer_epoch != self._epoch:
             self._cancel_timer()
-            timeout = self.limits.header_timeout if self._phase is _Phase.HEAD else self.limits.body_timeout
+            timeout = self.limits.header_timeout if self._phase == _HEAD else self.limits.body_timeout
             self._timer = self.loop.call_later(timeout, self._expired, self._epoch)
             self._timer_epoch = self._epoch
 
@@ -212,11 +214,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if epoch != self._epoch or self.transport.is_closing():
             return
         cycle = self.cycle
-        if self._phase is _Phase.HEAD:
-            what, timeout = "head", self.limits.header_timeout
+        if self._phase == _HEAD:
+            what, key, timeout = "head", "header_timeout", self.limits.header_timeout
             answer = cycle is None or cycle.response_complete
         else:
-            what, timeout = "body", self.limits.body_timeout
+            what, key, timeout = "body", "body_timeout", self.limits.body_timeout
             answer = cycle is not None and not cycle.response_started
             if answer and cycle is not None:
                 # The application stops waiting for the body, and whatever it answers is dropped.
@@ -227,9 +229,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             "closing the connection from %s: request %s not complete within %g s", peer, what, timeout
         )
         if answer:
-            self._write_response(
-                408, f"Request {what} not complete within {timeout:g} s (limits.{what}_timeout)\n"
-            )
+            self._write_response(408, f"Request {what} not complete within {timeout:g} s (limits.{key})\n")
         self.transport.close()
 
     # Refusal

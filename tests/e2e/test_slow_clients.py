@@ -20,7 +20,16 @@ import pytest
 from anyio.abc import SocketStream
 
 from broker.config.settings import LimitSettings, WebSettings
-from tests.e2e.harness import AGENT_KEYS, APPROVER_TOKENS, make_settings, running_broker
+from tests.e2e.harness import (
+    AGENT_KEYS,
+    APPROVER_TOKENS,
+    RawSession,
+    exchange_server,
+    make_settings,
+    running_broker,
+)
+from tests.e2e.test_approvals_flow import POLICY as HELD_POLICY
+from tests.e2e.test_approvals_flow import watch
 from tests.e2e.test_serve_process import KEY as SERVE_KEY
 from tests.e2e.test_serve_process import exchange_config, serve
 from tests.web.support import http_signed_in, web_settings
@@ -98,12 +107,10 @@ async def test_a_request_whose_head_or_body_does_not_arrive_in_time_gets_408_and
         }
         for case, sent in cases.items():
             answer, elapsed = await cut_after(running.url, sent)
-            what = "body" if b"Content-Length" in sent else "head"
+            what, key = ("body", "body_timeout") if b"Content-Length" in sent else ("head", "header_timeout")
             assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), (case, answer)
             assert b"connection: close\r\n" in answer
-            assert answer.endswith(
-                f"Request {what} not complete within 0.5 s (limits.{what}_timeout)\n".encode()
-            )
+            assert answer.endswith(f"Request {what} not complete within 0.5 s (limits.{key})\n".encode())
             assert elapsed >= 0.4, case  # the deadline, not an eager close
 
         # A slowloris that keeps trickling bytes does not push the deadline back.
@@ -130,6 +137,13 @@ async def test_a_request_whose_head_or_body_does_not_arrive_in_time_gets_408_and
                 for _ in range(2):
                     await stream.send(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n")
                     assert (await one_response(stream)).startswith(b"HTTP/1.1 200 OK")
+
+        # Two requests in one write: the first is answered, then the second's unfinished head times out.
+        answer, _ = await cut_after(
+            running.url, b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\nGET /healthz HTTP/1.1\r\nHost: b"
+        )
+        first, _, second = answer.partition(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert first.startswith(b"HTTP/1.1 200 OK") and second.endswith(b"(limits.header_timeout)\n"), answer
 
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
@@ -254,3 +268,41 @@ def test_broker_serve_applies_the_limits_section(tmp_path: Path) -> None:
             with socket.create_connection(address, timeout=10) as extra:
                 refused = b"".join(iter(lambda: extra.recv(4096), b""))
             assert refused.startswith(b"HTTP/1.1 503"), refused
+
+
+async def test_a_pipelined_body_waits_for_the_held_answer_before_its_deadline_starts(tmp_path: Path) -> None:
+    """uvicorn reads nothing more while an earlier answer on the connection is held, so the body
+    behind it cannot arrive: its deadline starts when the held answer has been sent."""
+    async with running_broker(
+        make_settings(tmp_path, HELD_POLICY, exchange_server(), limits=QUICK)
+    ) as running:
+        feed = watch(running)
+        async with running.raw() as http, connected(running.url) as stream:
+            session = RawSession(http)
+            with anyio.fail_after(30):
+                await session.open()
+                headers = {**session.headers, "Authorization": f"Bearer {AGENT_KEYS['trader']}"}
+                call = json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 7,
+                        "method": "tools/call",
+                        "params": {"name": "place_order", "arguments": BIG_ORDER},
+                    }
+                ).encode()
+                head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                held = f"POST /mcp HTTP/1.1\r\nHost: broker\r\n{head}Content-Type: application/json\r\n"
+                await stream.send(f"{held}Content-Length: {len(call)}\r\n\r\n".encode() + call)
+                await stream.send(half_a_body("/mcp", AGENT_KEYS["trader"]))
+                approval = await feed.opened.receive()
+                witness, _ = await cut_after(running.url, half_a_body("/mcp", AGENT_KEYS["trader"]))
+                assert witness.startswith(b"HTTP/1.1 408"), witness
+                async with running.approver("alice") as alice:
+                    decided = await alice.post(f"/api/approvals/{approval.id}/approve")
+                    assert decided.status_code == 200, decided.text
+                answer = await until_closed(stream)
+        released, _, timed_out = answer.partition(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert released.startswith(b"HTTP/1.1 200 OK") and b'"quantity":10' in released.replace(b" ", b""), (
+            answer
+        )
+        assert timed_out.endswith(b"(limits.body_timeout)\n"), answer
