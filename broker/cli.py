@@ -103,6 +103,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 settings.host,
                 settings.port,
             )
+    from broker.net.limits import limited_protocol
+
     config = uvicorn.Config(
         broker.asgi(),
         host=settings.host,
@@ -115,6 +117,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # The web inbox decides itself which proxies it believes (web.trusted_proxies); uvicorn's
         # rewriting of the client address from X-Forwarded-For would hide the real peer from it.
         proxy_headers=False,
+        # Deadlines for slow requests and a cap per client address (settings.limits); uvicorn's
+        # own timeout_keep_alive (5 s) still closes connections left idle after a response.
+        http=limited_protocol(settings.limits, exempt=settings.web.trusted_proxies),
+        ws="none",
     )
     _draining_server(config, broker).run()
     return 0

@@ -12,6 +12,7 @@ allow_anonymous: false                            # agents without a key are rej
 database_url: sqlite:///broker.db                 # BROKER_DATABASE_URL overrides
 rate_limits: {backend: redis, redis_url: "redis://127.0.0.1:6379/0"}   # memory | database | redis
 shutdown_grace_seconds: 20                        # on SIGTERM, how long held agents may still get decisions
+limits: {header_timeout: 10, body_timeout: 30, max_connections_per_address: 256}   # the defaults
 ```
 Relative paths are resolved against the configuration file's directory.
 
@@ -130,6 +131,14 @@ class _Web(BaseModel):
         return self
 
 
+class _Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    max_connections_per_address: int = Field(default=256, ge=1, le=1_000_000)
+
+
 class _RateLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -180,6 +189,7 @@ class _ConfigFile(BaseModel):
     web: _Web = _Web()
     rate_limits: _RateLimits = _RateLimits()
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
+    limits: _Limits = _Limits()
     slack: _Slack | None = None
 
 
@@ -203,6 +213,18 @@ class WebSettings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     cookie_secure: bool | None = None
     """None: Secure cookies when the request came over https."""
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """What every HTTP connection is held to; see broker/net/limits.py."""
+
+    header_timeout: float = 10.0
+    """Seconds a request head may take, from the connection's opening or the request's first byte."""
+    body_timeout: float = 30.0
+    """Seconds a request body may take after its head."""
+    max_connections_per_address: int = 256
+    """Connections open at once from one client address (web.trusted_proxies are not capped)."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +277,7 @@ class BrokerSettings:
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     shutdown_grace_seconds: float = 20.0
     """On SIGTERM: held agents may still receive decisions this long, then get a 'pending' answer."""
+    limits: LimitSettings = field(default_factory=LimitSettings)
     slack: SlackSettings | None = None  # None when the config has no slack block
 
 
@@ -414,6 +437,11 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
         web=web,
         rate_limits=rate_limits,
         shutdown_grace_seconds=config.shutdown_grace_seconds,
+        limits=LimitSettings(
+            header_timeout=config.limits.header_timeout,
+            body_timeout=config.limits.body_timeout,
+            max_connections_per_address=config.limits.max_connections_per_address,
+        ),
         slack=slack,
     )
 

@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from broker.app import Broker
 from broker.approvals.approvers import ApproverAccount
 from broker.config.settings import ApprovalSettings, BrokerSettings
+from broker.net.limits import limited_protocol
 from broker.proxy.identity import AgentCredential
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,8 +144,10 @@ class RawSession:
 
 
 @asynccontextmanager
-async def serve_asgi(app: Any) -> AsyncIterator[str]:
-    """Serves `app` on a kernel-chosen loopback port; the socket listens before the URL is handed out."""
+async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
+    """Serves `app` on a kernel-chosen loopback port; the socket listens before the URL is handed out.
+
+    `config` goes to uvicorn.Config, e.g. the listener protocol `broker serve` runs (`http=`)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted sockets inherit this; uvicorn does not set it on sockets it is handed, and without it
@@ -153,7 +156,7 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, **config))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
         yield f"http://127.0.0.1:{port}"
@@ -167,7 +170,12 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
 @asynccontextmanager
 async def running_broker(settings: BrokerSettings) -> AsyncIterator[RunningBroker]:
     broker = Broker(settings, environ=dict(os.environ))
-    async with broker.running(upstream_ready_timeout=30), serve_asgi(broker.asgi()) as url:
+    # The listener `broker serve` runs: deadlines for slow requests, a cap per client address.
+    listener = limited_protocol(settings.limits, exempt=settings.web.trusted_proxies)
+    async with (
+        broker.running(upstream_ready_timeout=30),
+        serve_asgi(broker.asgi(), http=listener, ws="none") as url,
+    ):
         try:
             yield RunningBroker(broker, url)
         finally:

@@ -1,0 +1,1 @@
+"""The network listener `broker serve` runs: what every HTTP connection is held to, whatever the route."""
