@@ -209,10 +209,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._timer_epoch = -1
 
     def _expired(self, epoch: int) -> None:
+        if epoch != self._epoch or self.transport.is_closing():
+            return  # stale: never expected, as every phase change cancels or replaces the timer
         self._timer = None
         self._timer_epoch = -1
-        if epoch != self._epoch or self.transport.is_closing():
-            return
         cycle = self.cycle
         if self._phase == _HEAD:
             what, key, timeout = "head", "header_timeout", self.limits.header_timeout

@@ -138,6 +138,16 @@ async def test_a_request_whose_head_or_body_does_not_arrive_in_time_gets_408_and
                     await stream.send(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n")
                     assert (await one_response(stream)).startswith(b"HTTP/1.1 200 OK")
 
+        # Left idle after an answer, a connection is closed by uvicorn's timeout_keep_alive (5 s),
+        # not by header_timeout: that counts from the next request's first byte.
+        async with connected(running.url) as stream:
+            await stream.send(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n")
+            with anyio.fail_after(50):
+                answered = await one_response(stream)
+                idle_since = time.monotonic()
+                assert await until_closed(stream) == b""
+            assert answered.startswith(b"HTTP/1.1 200 OK") and time.monotonic() - idle_since >= 4
+
         # Two requests in one write: the first is answered, then the second's unfinished head times out.
         answer, _ = await cut_after(
             running.url, b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\nGET /healthz HTTP/1.1\r\nHost: b"
