@@ -97,6 +97,9 @@ class NewApproval:
     task_id: str | None = None
     arguments_hash: str = field(init=False)
     request_key: str = field(init=False)
+    argument_order: tuple[str, ...] = field(init=False)
+    """The top-level argument names in the order the agent sent them (the stored arguments are
+    canonical, keys sorted): people read a call in the agent's order."""
 
     def __post_init__(self) -> None:
         for name in ("agent", "server", "tool", "upstream_tool"):
@@ -115,6 +118,7 @@ class NewApproval:
             object.__setattr__(self, name, values)
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ValueError(f"NewApproval.task_id must be a non-empty string or None, got {self.task_id!r}")
+        object.__setattr__(self, "argument_order", tuple(str(key) for key in self.arguments))
         # A canonical round trip deep-copies the arguments into exactly the shape the
         # store will hand back (tuples become lists), so the hash and the row agree.
         object.__setattr__(self, "arguments", json.loads(canonical_json(self.arguments)))
@@ -157,6 +161,8 @@ class Approval:
     task_id: str | None = None
     slack_channel: str | None = None
     slack_ts: str | None = None
+    argument_order: tuple[str, ...] = ()
+    """Top-level argument names as the agent ordered them; empty for approvals stored before it was kept."""
     callers: int = 1
     """How many agent requests this approval answers: the first, plus every identical call that
     attached to it (see `ApprovalStore.find_or_create`)."""

@@ -521,6 +521,7 @@ class SqlApprovalStore:
             expires_at=now + new.timeout,
             version=1,
             task_id=new.task_id,
+            argument_order=new.argument_order,
         )
         try:
             await conn.execute(insert(approvals).values(_row_from_approval(approval)))
@@ -753,6 +754,7 @@ def _row_from_approval(approval: Approval) -> dict[str, Any]:
         "task_id": approval.task_id,
         "slack_channel": approval.slack_channel,
         "slack_ts": approval.slack_ts,
+        "argument_order": list(approval.argument_order),
         "callers": approval.callers,
         "pending_told_at": approval.pending_told_at,
         "version": approval.version,
@@ -791,6 +793,7 @@ def _approval_from_row(row: RowMapping) -> Approval:
         task_id=row["task_id"],
         slack_channel=row["slack_channel"],
         slack_ts=row["slack_ts"],
+        argument_order=tuple(row["argument_order"]),
         callers=row["callers"],
         pending_told_at=row["pending_told_at"],
     )

@@ -71,6 +71,9 @@ class ApprovalRow(StoreModel, table=True):
     task_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     slack_channel: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     slack_ts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    argument_order: list[str] = Field(
+        default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
+    )
     callers: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
     pending_told_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
     version: int = Field(sa_column=Column(Integer, nullable=False))

@@ -392,3 +392,13 @@ async def test_a_nul_character_is_bad_input_on_every_backend(store: SqlApprovalS
             audit=entering(S.DENIED),
         )
     assert await store.get(approval.id) == approval
+
+
+async def test_the_agents_argument_order_is_kept_beside_the_canonical_arguments(
+    store: SqlApprovalStore,
+) -> None:
+    sent = {"symbol": "BTCUSD", "side": "buy", "quantity": 3, "price": 9}
+    approval = await create(store, arguments=sent)
+    assert list(approval.arguments) == ["price", "quantity", "side", "symbol"]  # what the hash covers
+    assert approval.argument_order == ("symbol", "side", "quantity", "price")
+    assert await store.get(approval.id) == approval
