@@ -283,24 +283,27 @@ class ApprovalService:
             audit=AuditEvent(AuditEventKind.DELIVERED, actor, {"status": approval.status.value}),
         )
 
-    async def attach(self, approval: Approval, *, agent: str, session: str) -> Approval:
-        """Counts a caller from another session that attached to `approval` (once per session), so the
-        approver sees how many callers the decision answers."""
-        if session == approval.session_id:
-            return approval
+    async def attach(self, approval: Approval, *, agent: str, session: str) -> tuple[Approval, bool]:
+        """Counts a caller from another session that attached to `approval` (once per session) while
+        nobody had been told to come back for it, so the approver sees how many callers the decision
+        answers. Returns the approval and whether this caller shares an execution it may not have
+        asked for (then it must be told so). An agent that was told its call is pending and comes
+        back, from any session, is the same caller."""
+        if session == approval.session_id or approval.pending_told_at is not None:
+            return approval, False
         trail = await self.store.audit_trail(approval.id)
         sessions = {
             record.details.get("session") for record in trail if record.event == AuditEventKind.ATTACHED
         }
         if session in sessions:
-            return approval
+            return approval, True
         updated = await self.store.update_fields(
             approval.id,
             {"callers": len(sessions) + 2},
             audit=AuditEvent(AuditEventKind.ATTACHED, agent, {"session": session}),
         )
         self._announce(updated)
-        return updated
+        return updated, True
 
     async def mark_pending_told(self, approval: Approval, *, actor: str) -> Approval:
         """An agent was handed the "pending" answer: from now on only an explicit cancellation

@@ -23,8 +23,10 @@ Identical calls (same agent, tool and canonical arguments) attach to the open ap
 after the pending answer, a re-call after a lost connection, a retry from the same session whose
 earlier request still waits. A call from another session while a caller there still waits here
 for the identical call is a new intent and gets an approval of its own, so a human decides each
-(two identical orders may mean two orders). A caller that attached from another session is told
-in its result that the call was one shared execution, and the approver sees how many sessions an
+(two identical orders may mean two orders). An agent told its call is pending is the same caller
+when it comes back from a new session. A caller from another session that attaches while nobody
+was told to come back (a dropped connection, or a caller waiting on another replica) is told in
+its result that the call was one shared execution, and the approver sees how many sessions an
 approval answers (`Approval.callers`).
 """
 
@@ -208,7 +210,7 @@ class HeldCalls:
             task_id=self._new_task_id() if isinstance(task, dict) else None,
         )
         try:
-            approval = await self._open(ctx, new)
+            approval, shared = await self._open(ctx, new)
         except StoreUnavailable as exc:
             # Fail closed: a call that cannot be parked is not forwarded either.
             return _store_down_result(tool.exposed_name, str(exc))
@@ -230,7 +232,9 @@ class HeldCalls:
         waiting = self._waiting.setdefault(approval.id, Counter())
         waiting[ctx.session] += 1
         try:
-            return await self._await_outcome(ctx, approval, budget, request.notify, progress_token)
+            return await self._await_outcome(
+                ctx, approval, budget, request.notify, progress_token, shared=shared
+            )
         except StoreUnavailable as exc:
             # The approval itself is safe in the store; the agent can come back for it.
             return _store_down_result(tool.exposed_name, f"{exc}; approval {approval.id} is kept")
@@ -244,17 +248,18 @@ class HeldCalls:
             if not +waiting and self._waiting.get(approval.id) is waiting:
                 del self._waiting[approval.id]
 
-    async def _open(self, ctx: AgentContext, new: NewApproval) -> Approval:
+    async def _open(self, ctx: AgentContext, new: NewApproval) -> tuple[Approval, bool]:
+        """The approval this call waits on, and whether it shares another caller's execution."""
         approval, created = await self._service.open(new)
         if created:
-            return approval
+            return approval, False
         waiting = self._waiting.get(approval.id)
         others_wait = waiting is not None and any(
             count > 0 for session, count in waiting.items() if session != ctx.session
         )
         if approval.status is ApprovalStatus.PENDING and approval.pending_told_at is None and others_wait:
             approval, _ = await self._service.open(new, alongside=True)
-            return approval
+            return approval, False
         return await self._service.attach(approval, agent=ctx.agent, session=ctx.session)
 
     async def _withdraw(self, ctx: AgentContext, approval: Approval) -> None:
@@ -274,7 +279,14 @@ class HeldCalls:
             )
 
     async def _await_outcome(
-        self, ctx: AgentContext, approval: Approval, budget: float, notify: Notify, progress_token: Any
+        self,
+        ctx: AgentContext,
+        approval: Approval,
+        budget: float,
+        notify: Notify,
+        progress_token: Any,
+        *,
+        shared: bool = False,
     ) -> JsonObject:
         deadline = time.monotonic() + budget
         ticks = 0
@@ -296,13 +308,13 @@ class HeldCalls:
                         "message": self._waiting_message(approval),
                     },
                 )
-        return await self._deliver(ctx, approval)
+        return await self._deliver(ctx, approval, shared=shared)
 
-    async def _deliver(self, ctx: AgentContext, approval: Approval) -> JsonObject:
+    async def _deliver(self, ctx: AgentContext, approval: Approval, *, shared: bool = False) -> JsonObject:
         if approval.status in DELIVERABLE_STATUSES:
             await self._service.mark_delivered(approval, actor=ctx.agent)
         result = outcome_result(approval)
-        if approval.session_id is not None and ctx.session != approval.session_id:
+        if shared:
             _tell_shared(result, approval)
         return result
 

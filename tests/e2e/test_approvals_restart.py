@@ -282,9 +282,10 @@ async def test_held_calls_survive_kill_9(broker: BrokerProcess) -> None:
         events = [(entry["event"], entry["actor"]) for entry in shown["audit"]]
         assert [event for event, _ in events] == [
             "requested",
+            "pending_told",
             "approved",
             "released",
             "completed",
             "delivered",
         ]
-        assert events[0][1] == "trader" and events[1][1] == "alice"
+        assert events[0][1] == events[1][1] == "trader" and events[2][1] == "alice"

@@ -7,11 +7,14 @@ second session's call while the first caller still waits is a new intent.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 
 from broker.approvals import ApprovalStatus
@@ -213,7 +216,56 @@ async def test_identical_calls_attach_unless_another_session_still_waits(tmp_pat
         assert len(order_ids) == 2  # two intents, two orders, each decided by a human
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """For state the broker announces no event for (a request that stopped waiting); bounded."""
+    with anyio.fail_after(10):
+        for _ in itertools.count():
+            if condition():
+                return
+            await anyio.sleep(0.01)
+
+
 async def test_a_caller_from_another_session_is_told_it_shares_one_execution(tmp_path: Path) -> None:
+    async with running_broker(make_settings(tmp_path, POLICY, exchange_server())) as running:
+        feed = watch(running)
+        with anyio.fail_after(60):
+            async with running.raw() as http_a, running.raw() as http_b:
+                a = RawSession(http_a)
+                await a.open()
+                call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+                call["params"] = {"name": "place_order", "arguments": BIG_ORDER}
+                # A's connection drops while it waits, before anybody told it the call is pending.
+                with pytest.raises(httpx2.ReadTimeout):
+                    await http_a.post(
+                        "/mcp", json=call, headers=a.headers, timeout=httpx2.Timeout(5, read=0.5)
+                    )
+                approval = await feed.opened.receive()
+                await until(lambda: running.broker.approvals.held_calls == 0)
+                # B cannot know whether A's call was its own: it attaches, and is told.
+                b = RawSession(http_b)
+                await b.open()
+                async with anyio.create_task_group() as tasks:
+                    answers: dict[str, Any] = {}
+
+                    async def call_b() -> None:
+                        answers["b"] = await b.rpc(2, "tools/call", call["params"])
+
+                    tasks.start_soon(call_b)
+                    await until(lambda: running.broker.approvals.held_calls == 1)
+                    async with running.approver("alice") as alice:
+                        shown = (await alice.get(f"/api/approvals/{approval.id}")).json()
+                        assert shown["callers"] == 2
+                        assert (await alice.post(f"/api/approvals/{approval.id}/approve")).status_code == 200
+        result = answers["b"]["result"]
+        assert not result["isError"]
+        note = result["content"][0]["text"]
+        assert note.startswith(f"Note: this identical call was attached to approval {approval.id}")
+        assert "all 2 identical requests" in note and result["_meta"][APPROVAL_META]["shared"] is True
+        trail = [e.event for e in await running.broker.approvals.store.audit_trail(approval.id)]
+        assert trail.count("attached") == 1 and "pending_told" not in trail
+
+
+async def test_an_agent_told_to_come_back_is_the_same_caller_in_a_new_session(tmp_path: Path) -> None:
     settings = make_settings(
         tmp_path,
         POLICY,
@@ -222,28 +274,17 @@ async def test_a_caller_from_another_session_is_told_it_shares_one_execution(tmp
     )
     async with running_broker(settings) as running:
         with anyio.fail_after(30):
-            async with running.client() as first, running.client() as second:
+            async with running.client() as first:
                 approval_id = approval_id_of(await first.call_tool("place_order", BIG_ORDER))
-                # Told pending: nobody waits any more, so another session's identical call attaches.
-                attached = await second.call_tool("place_order", BIG_ORDER)
-                assert approval_id_of(attached) == approval_id
-                stored = await running.broker.approvals.store.get(approval_id)
-                assert stored is not None and stored.callers == 2
-                async with running.approver("alice") as alice:
-                    shown = (await alice.get(f"/api/approvals/{approval_id}")).json()
-                    assert shown["callers"] == 2 and shown["pending_told_at"] is not None
-                    assert (await alice.post(f"/api/approvals/{approval_id}/approve")).status_code == 200
-                done = await second.call_tool("check_approval", {"approval_id": approval_id})
+            async with running.approver("alice") as alice:
+                assert (await alice.post(f"/api/approvals/{approval_id}/approve")).status_code == 200
+            async with running.client() as next_run:
+                done = await next_run.call_tool("place_order", BIG_ORDER)
                 while text_of(done).startswith("APPROVED, RUNNING"):
-                    done = await second.call_tool("check_approval", {"approval_id": approval_id})
-                assert not done.is_error
-                assert text_of(done).startswith(
-                    f"Note: this identical call was attached to approval {approval_id}"
-                )
-                assert "all 2 identical requests" in text_of(done)
-                assert done.meta[APPROVAL_META]["shared"] is True
-        trail = [e.event for e in await running.broker.approvals.store.audit_trail(approval_id)]
-        assert trail.count("attached") == 1 and trail.count("pending_told") == 1
+                    done = await next_run.call_tool("place_order", BIG_ORDER)
+        assert not done.is_error and not text_of(done).startswith("Note:")
+        stored = await running.broker.approvals.store.get(approval_id)
+        assert stored is not None and stored.callers == 1
 
 
 async def test_a_request_waiting_again_after_the_pending_answer_is_not_withdrawn_by_session_end(
