@@ -428,6 +428,11 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_PASSWORD_LENGTH = 12
+"""What `hash-password` accepts at least: NIST SP 800-63B asks for 8, and a password that approves
+real-money calls, stored as a hash that may leak, deserves more."""
+
+
 def _cmd_hash_password(args: argparse.Namespace) -> int:
     from getpass import getpass
 
@@ -442,6 +447,11 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         _fail("the password is empty")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        _fail(
+            f"the password has {len(password)} characters; use at least {MIN_PASSWORD_LENGTH} "
+            "(the inbox's password decides approvals: a short one is guessed offline from a leaked hash)"
+        )
     print(hash_password(password))
     return 0
 
