@@ -51,7 +51,8 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
         if args.demo:
             _fail("--config and --demo exclude each other")
         try:
-            settings = load_settings(Path(args.config), environ=environ)
+            # --stdio runs in the agent's environment: approver and Slack secrets are not there
+            settings = load_settings(Path(args.config), environ=environ, agent_side=args.stdio)
         except ConfigError as exc:
             _fail(str(exc))
         except (ValueError, RecursionError) as exc:

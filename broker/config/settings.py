@@ -311,7 +311,11 @@ def _read(path: Path) -> str:
         ) from None
 
 
-def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
+def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = False) -> BrokerSettings:
+    """`agent_side`: for `broker serve --stdio`, which an MCP client launches with the agent's
+    environment. Only what the agent side needs is read: approvers keep their names and groups
+    (for acts_for and eligibility) but no tokens, and neither the Slack block nor the web session
+    secret is read; a `broker serve` on the same database runs the inbox, the API and Slack."""
     raw = _parse_document(_read(path), str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping")
@@ -349,8 +353,8 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
 
     approvers = []
     for name, approver in config.approvers.items():
-        token_digest = approver.token_sha256
-        if token_digest is None and (approver.token or approver.token_env):
+        token_digest = None if agent_side else approver.token_sha256
+        if not agent_side and token_digest is None and (approver.token or approver.token_env):
             token = approver.token or environ.get(approver.token_env or "")
             if not token:
                 raise ConfigError(
@@ -381,7 +385,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
             raise ConfigError(f"{path}: agents.{agent}.acts_for: {', '.join(unknown)} is not in approvers")
 
     session_secret = None
-    if config.web.session_secret_env:
+    if config.web.session_secret_env and not agent_side:
         session_secret = environ.get(config.web.session_secret_env)
         if not session_secret:
             raise ConfigError(
@@ -392,7 +396,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
                 f"{path}: web.session_secret_env: {config.web.session_secret_env} must hold at least 32 characters"
             )
     web = WebSettings(
-        enabled=config.web.enabled,
+        enabled=config.web.enabled and not agent_side,
         session_secret=session_secret,
         trusted_header=config.web.trusted_header,
         trusted_proxies=tuple(
@@ -404,7 +408,9 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
     resolved_database_url = environ.get("BROKER_DATABASE_URL") or config.database_url or "sqlite:///broker.db"
     rate_limits = _rate_limit_settings(config.rate_limits, resolved_database_url, environ, path)
 
-    slack = _slack_settings(config.slack, environ, path) if config.slack is not None else None  # Slack
+    slack = (
+        _slack_settings(config.slack, environ, path) if config.slack is not None and not agent_side else None
+    )
 
     return BrokerSettings(
         servers_document=servers_document,
