@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -100,15 +99,13 @@ async def test_stdio_starts_without_the_approver_side_secrets(tmp_path: Path) ->
             ticker = await client.call_tool("get_ticker", {"symbol": "ETHUSD"})
             assert ticker.structured_content == {"symbol": "ETHUSD", "price": 3410.5}
     # The approver side still needs them, and says which is missing
-    refused = subprocess.run(
-        [sys.executable, "-m", "broker", "serve", "--config", str(config)],
-        env=agent_environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert refused.returncode == 2 and "ALICE_TOKEN is not set" in refused.stderr
+    with anyio.fail_after(60):
+        refused = await anyio.run_process(
+            [sys.executable, "-m", "broker", "serve", "--config", str(config)],
+            env=agent_environment,
+            check=False,
+        )
+    assert refused.returncode == 2 and b"ALICE_TOKEN is not set" in refused.stderr
 
 
 # -- raw JSON-RPC over the process's stdin/stdout ---------------------------------------------
