@@ -19,6 +19,8 @@ from broker.policy import PolicyError, load_policy
 from broker.proxy.decision_log import DECISION_LOGGER, BufferedLineSink
 
 EXIT_USAGE = 2
+EXIT_DIFFERENCES = 1
+"""`policy diff`: some tool's decisions change (0: none do; 2: an error)."""
 
 
 class CliError(Exception):
@@ -325,7 +327,8 @@ def _cmd_policy_diff(args: argparse.Namespace) -> int:
         print(json.dumps([change.to_dict() for change in changes], indent=2))
     else:
         print(render_diff(changes))
-    return 0
+    # Like diff(1): a CI step can fail a pull request whose policy edit changes decisions
+    return EXIT_DIFFERENCES if changes else 0
 
 
 def _decisions_client(args: argparse.Namespace) -> Any:
@@ -559,7 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     init = policy_commands.add_parser("init", help="print a starting policy for the upstreams' tools")
     _add_upstream_options(init)
     init.set_defaults(handler=_cmd_policy_init)
-    diff = policy_commands.add_parser("diff", help="which tools change decision between two policies")
+    diff = policy_commands.add_parser(
+        "diff",
+        help="which tools change decision between two policies (exit 1 if any, 0 if none, 2 on errors)",
+    )
     diff.add_argument("old")
     diff.add_argument("new")
     diff.add_argument("--agent", help="judge the policies as they apply to this agent")
