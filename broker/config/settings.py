@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broker.approvals.approvers import ApproverAccount
+from broker.config.positions import describe_validation_error
 from broker.proxy.identity import AgentCredential
 from broker.proxy.waiting import DEFAULT_HOLD_BUDGET, ClientWaits
 from broker.store.database import Backend, backend_of
@@ -316,17 +317,16 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
     environment. Only what the agent side needs is read: approvers keep their names and groups
     (for acts_for and eligibility) but no tokens, and neither the Slack block nor the web session
     secret is read; a `broker serve` on the same database runs the inbox, the API and Slack."""
-    raw = _parse_document(_read(path), str(path))
+    text = _read(path)
+    raw = _parse_document(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping")
     try:
         config = _ConfigFile.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(
+            describe_validation_error(exc, text=text, source=str(path), model=_ConfigFile)
+        ) from exc
 
     base = path.parent
     if isinstance(config.servers, str):
