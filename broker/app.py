@@ -127,6 +127,8 @@ class Broker:
                     servers=self.upstreams.status,
                     policy=lambda: self.policy_file.holder.current,
                 ),
+                policy_rejection=lambda: self.policy_file.rejection,
+                demo=settings.demo,
             )
             if settings.web.enabled
             else None
@@ -306,7 +308,11 @@ class Broker:
                     },
                     status_code=503,
                 )
-            return JSONResponse({"status": "ready"})
+            ready: dict[str, Any] = {"status": "ready"}
+            if (rejection := broker.policy_file.rejection) is not None:
+                # Still ready: the last good policy decides every call, but someone must fix the file
+                ready["policy"] = {"rejected_reload": rejection.to_json()}
+            return JSONResponse(ready)
 
         @api.get("/metrics")
         async def metrics() -> Response:

@@ -19,6 +19,8 @@ from broker.policy import PolicyError, load_policy
 from broker.proxy.decision_log import DECISION_LOGGER, BufferedLineSink
 
 EXIT_USAGE = 2
+EXIT_DIFFERENCES = 1
+"""`policy diff`: some tool's decisions change (0: none do; 2: an error)."""
 
 
 class CliError(Exception):
@@ -51,7 +53,8 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
         if args.demo:
             _fail("--config and --demo exclude each other")
         try:
-            settings = load_settings(Path(args.config), environ=environ)
+            # --stdio runs in the agent's environment: approver and Slack secrets are not there
+            settings = load_settings(Path(args.config), environ=environ, agent_side=args.stdio)
         except ConfigError as exc:
             _fail(str(exc))
         except (ValueError, RecursionError) as exc:
@@ -59,6 +62,9 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
             # convert, nesting too deep) still ends in a message, not a traceback.
             _fail(f"{args.config}: cannot be loaded: {exc}")
     else:
+        if args.host is not None and not _is_loopback(args.host):
+            # The demo's sign-in (demo/demo) and approver token are printed in the README
+            _fail("--demo listens on localhost only: its password and approver token are public")
         state_dir = Path(environ.get("BROKER_STATE_DIR", ".")).resolve()
         settings = demo_settings(environ=environ, state_dir=state_dir)
     overrides: dict[str, Any] = {}
@@ -71,6 +77,28 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
 
         settings = replace(settings, **overrides)
     return settings
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _cmd_demo_calls(args: argparse.Namespace) -> int:
+    from broker.demo.agent import DemoAgentError, make_calls
+
+    url = args.url or os.environ.get("BROKER_URL", "http://127.0.0.1:8765")
+    try:
+        asyncio.run(make_calls(url, sys.stdout))
+    except DemoAgentError as exc:
+        _fail(str(exc))
+    return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -91,18 +119,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return asyncio.run(_serve_stdio(broker, args.agent or settings.stdio_agent))
     import uvicorn
 
+    _check_port_free(settings.host, settings.port)
     if args.config is None:
-        logging.getLogger("broker").warning(
-            "demo mode: built-in exchange upstream, anonymous agents allowed on %s:%d",
-            settings.host,
-            settings.port,
+        from broker.demo.agent import DEMO_APPROVER_TOKEN
+
+        log = logging.getLogger("broker")
+        url = f"http://{settings.host}:{settings.port}"
+        url_option = "" if settings.port == 8765 else f" --url {url}"
+        log.warning("demo mode: built-in exchange upstream, anonymous agents allowed at %s/mcp", url)
+        log.warning("demo mode: web inbox at %s/ (sign in as demo, password demo)", url)
+        log.warning("demo mode: approver token for the API and 'broker approvals': %s", DEMO_APPROVER_TOKEN)
+        log.warning(
+            "demo mode: make an allowed, a denied and a held call with: broker demo calls%s", url_option
         )
-        if settings.web.enabled:
-            logging.getLogger("broker").warning(
-                "demo mode: web inbox at http://%s:%d/ (sign in as demo, password demo)",
-                settings.host,
-                settings.port,
-            )
     from broker.net.limits import limited_protocol
 
     config = uvicorn.Config(
@@ -124,6 +153,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     _draining_server(config, broker).run()
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Says so before start-up when the port is taken (uvicorn would log a traceback-like error
+    after the upstreams had started). A race with another process remains possible and is harmless."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _fail(f"refusing to start: cannot listen on {host}: {exc.strerror}")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by a broker that just stopped is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"port {port} is in use; is another broker running? choose one with --port")
+            _fail(f"refusing to start: cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 SHUTDOWN_MARGIN_SECONDS = 5
@@ -274,7 +327,8 @@ def _cmd_policy_diff(args: argparse.Namespace) -> int:
         print(json.dumps([change.to_dict() for change in changes], indent=2))
     else:
         print(render_diff(changes))
-    return 0
+    # Like diff(1): a CI step can fail a pull request whose policy edit changes decisions
+    return EXIT_DIFFERENCES if changes else 0
 
 
 def _decisions_client(args: argparse.Namespace) -> Any:
@@ -428,6 +482,11 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_PASSWORD_LENGTH = 12
+"""What `hash-password` accepts at least: NIST SP 800-63B asks for 8, and a password that approves
+real-money calls, stored as a hash that may leak, deserves more."""
+
+
 def _cmd_hash_password(args: argparse.Namespace) -> int:
     from getpass import getpass
 
@@ -442,6 +501,11 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         _fail("the password is empty")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        _fail(
+            f"the password has {len(password)} characters; use at least {MIN_PASSWORD_LENGTH} "
+            "(the inbox's password decides approvals: a short one is guessed offline from a leaked hash)"
+        )
     print(hash_password(password))
     return 0
 
@@ -498,7 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     init = policy_commands.add_parser("init", help="print a starting policy for the upstreams' tools")
     _add_upstream_options(init)
     init.set_defaults(handler=_cmd_policy_init)
-    diff = policy_commands.add_parser("diff", help="which tools change decision between two policies")
+    diff = policy_commands.add_parser(
+        "diff",
+        help="which tools change decision between two policies (exit 1 if any, 0 if none, 2 on errors)",
+    )
     diff.add_argument("old")
     diff.add_argument("new")
     diff.add_argument("--agent", help="judge the policies as they apply to this agent")
@@ -570,6 +637,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upstream_options(scan)
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(handler=_cmd_tools_scan)
+
+    demo = commands.add_parser("demo", help="try the broker started with 'broker serve --demo'")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True, parser_class=_Parser)
+    demo_calls = demo_commands.add_parser(
+        "calls",
+        help="act as an agent: make an allowed, a denied and a held call through the demo",
+        description="Connects to the demo broker's /mcp as an agent, makes four calls (allowed, a tool "
+        "error, denied, held for approval) and prints what the agent saw and how to decide the held one.",
+    )
+    demo_calls.add_argument(
+        "--url", help="the broker's base URL (default: $BROKER_URL or http://127.0.0.1:8765)"
+    )
+    demo_calls.set_defaults(handler=_cmd_demo_calls)
 
     hash_command = commands.add_parser(
         "hash-password",

@@ -20,10 +20,11 @@ tool the diff asks both policies, for every *audience*, which decisions are poss
   matching the tool with its agent scope. If those differ but no audience above shows it
   (agents matching several globs at once), the tool is reported for "agents matched by
   globs" with the full ladders.
-* Rules are compared by what they are, not where they sit: the rule's ``id`` if it has
-  one, otherwise its tool pattern, agent scope and conditions. Inserting a rule above
-  another shifts its positional name (``rules[2]`` becomes ``rules[3]``) without changing
-  anything an agent would notice, so that alone is not a change.
+* Rules are compared by what they are, not where they sit or what they are called: two
+  rules are the same rule when their ``id`` is the same, or when their tool pattern, agent
+  scope and conditions are. Inserting a rule above another shifts its positional name
+  (``rules[2]`` becomes ``rules[3]``), and renaming a rule changes its ``id``, without
+  changing anything an agent would notice, so neither alone is a change.
 * Revisions always differ between two policies and reasons are prose: neither is compared.
 """
 
@@ -46,7 +47,22 @@ EVERY_AGENT: Final = "every agent"
 OTHER_AGENTS: Final = "any other agent"
 GLOB_AGENTS: Final = "agents matched by globs"
 
-RuleIdentity = tuple[str, ...]
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RuleIdentity:
+    """Same rule: the same ``id``, or the same tool pattern, agent scope and conditions."""
+
+    id: str | None
+    content: tuple[str, ...]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RuleIdentity):
+            return NotImplemented
+        return (self.id is not None and self.id == other.id) or self.content == other.content
+
+    def __hash__(self) -> int:
+        # Equality is "id or content", so no field can be hashed; these only meet in equality tests
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +325,10 @@ class _PolicyView:
         self._policy = policy
         self._identities: dict[str, RuleIdentity] = {rule.name: _rule_identity(rule) for rule in policy.rules}
         self._identities.update(
-            {f"hide[{index}] '{text}'": ("hide", text) for index, text in enumerate(policy.hidden_patterns)}
+            {
+                f"hide[{index}] '{text}'": RuleIdentity(None, ("hide", text))
+                for index, text in enumerate(policy.hidden_patterns)
+            }
         )
         self._ranked: dict[tuple[str, str], tuple[Decision | None, tuple[CompiledRule, ...]]] = {}
 
@@ -334,7 +353,9 @@ class _PolicyView:
                 break
             steps.append(DecisionStep(scope, when, self._snapshot(rule.decision)))
         if otherwise is None:
-            otherwise = DecisionSnapshot(self._policy.default, "default", None, None, ("default",))
+            otherwise = DecisionSnapshot(
+                self._policy.default, "default", None, None, RuleIdentity(None, ("default",))
+            )
         listed = self._policy.is_listed(tool.name, server=tool.server, agent=agent)
         return PossibleDecisions(listed, tuple(steps), otherwise)
 
@@ -350,20 +371,20 @@ class _PolicyView:
         return found
 
     def _snapshot(self, decision: Decision) -> DecisionSnapshot:
-        identity = self._identities.get(decision.rule, (decision.rule,))
+        identity = self._identities.get(decision.rule, RuleIdentity(None, (decision.rule,)))
         return DecisionSnapshot(
             decision.action, decision.rule, decision.rate_limit, decision.approval, identity
         )
 
 
 def _rule_identity(rule: CompiledRule) -> RuleIdentity:
-    if rule.id is not None:
-        return ("id", rule.id)
-    return (
-        "rule",
-        rule.tool,
-        repr(rule.agents.patterns if rule.agents is not None else None),
-        *(condition.describe() for condition in rule.conditions),
+    return RuleIdentity(
+        rule.id,
+        (
+            rule.tool,
+            repr(rule.agents.patterns if rule.agents is not None else None),
+            *(condition.describe() for condition in rule.conditions),
+        ),
     )
 
 

@@ -86,12 +86,19 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
     def approver(request: Request) -> Approver:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        account = directory.by_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-        if account is None:
+        if scheme.lower() != "bearer" or not token.strip():
             raise HTTPException(
                 401,
                 "an approver token is required: 'Authorization: Bearer <token>'",
                 {"WWW-Authenticate": "Bearer"},
+            )
+        account = directory.by_token(token.strip())
+        if account is None:
+            raise HTTPException(
+                401,
+                "unknown approver token: no approver in this broker's configuration has it "
+                "(approvers.<name>.token, token_env or token_sha256)",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         return account.approver
 

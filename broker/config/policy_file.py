@@ -1,4 +1,9 @@
-"""The policy file in force: loaded at start (fail closed), reloaded on change and on SIGHUP."""
+"""The policy file in force: loaded at start (fail closed), reloaded on change and on SIGHUP.
+
+A rejected reload keeps the last good policy and is remembered (`rejection`: when, why, which
+revision stays in force) until a later reload succeeds or the file is back to the policy in force,
+so `/readyz` and the web inbox can show it, not only the log.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import anyio
 
+from broker.approvals.clock import Clock, utc_now
 from broker.policy import Policy, PolicyError, load_policy
 from broker.policy.holder import PolicyHolder
 
@@ -24,15 +31,35 @@ class ReloadOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadRejection:
+    at: datetime
+    message: str
+    """What was wrong with the file (PolicyError text with lines, or why it could not be read)."""
+    kept_revision: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"at": self.at.isoformat(), "message": self.message, "kept_revision": self.kept_revision}
+
+
 def read_policy(path: Path) -> Policy:
     """Loads a policy file; raises PolicyError (with line numbers, also for bytes that are not UTF-8) or OSError."""
     return load_policy(path.read_bytes(), source=str(path))
 
 
 class PolicyFile:
-    def __init__(self, path: Path, *, on_change: Callable[[Policy, Policy], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        on_change: Callable[[Policy, Policy], None] | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
         self.path = path
         self._on_change = on_change
+        self._clock = clock
+        self.rejection: ReloadRejection | None = None
+        """The last reload that was refused, while the file still differs from the policy in force."""
         self._fingerprint: tuple[int, int, int] | None = None
         self._digest = ""
         self.holder = PolicyHolder(self._load_initial())
@@ -54,11 +81,18 @@ class PolicyFile:
         """Re-reads the file; on any error the last good policy stays in force. Never raises:
         it runs from the watch task and the SIGHUP handler, where an exception would stop reloads."""
         try:
-            return self._reload(self.holder.current)
+            outcome = self._reload(self.holder.current)
         except Exception as exc:
             in_force = self.holder.current.revision
             logger.exception("policy reload failed unexpectedly; revision %s stays in force", in_force)
-            return ReloadOutcome(False, in_force, f"reload failed: {exc!r}")
+            outcome = ReloadOutcome(False, in_force, f"reload failed: {exc!r}")
+        # Without an error the file holds the policy in force (reloaded, or unchanged from it)
+        self.rejection = (
+            ReloadRejection(self._clock(), outcome.error, outcome.revision)
+            if outcome.error is not None
+            else None
+        )
+        return outcome
 
     def _reload(self, current: Policy) -> ReloadOutcome:
         self._fingerprint = self._stat()

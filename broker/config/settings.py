@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broker.approvals.approvers import ApproverAccount
+from broker.config.positions import describe_validation_error
 from broker.proxy.identity import AgentCredential
 from broker.proxy.waiting import DEFAULT_HOLD_BUDGET, ClientWaits
 from broker.store.database import Backend, backend_of
@@ -279,6 +280,8 @@ class BrokerSettings:
     """On SIGTERM: held agents may still receive decisions this long, then get a 'pending' answer."""
     limits: LimitSettings = field(default_factory=LimitSettings)
     slack: SlackSettings | None = None  # None when the config has no slack block
+    demo: bool = False
+    """Started with --demo: the inbox tells how to make a held call (`broker demo calls`)."""
 
 
 def _parse_document(text: str, source: str) -> Any:
@@ -309,18 +312,21 @@ def _read(path: Path) -> str:
         ) from None
 
 
-def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
-    raw = _parse_document(_read(path), str(path))
+def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = False) -> BrokerSettings:
+    """`agent_side`: for `broker serve --stdio`, which an MCP client launches with the agent's
+    environment. Only what the agent side needs is read: approvers keep their names and groups
+    (for acts_for and eligibility) but no tokens, and neither the Slack block nor the web session
+    secret is read; a `broker serve` on the same database runs the inbox, the API and Slack."""
+    text = _read(path)
+    raw = _parse_document(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping")
     try:
         config = _ConfigFile.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(
+            describe_validation_error(exc, text=text, source=str(path), model=_ConfigFile)
+        ) from exc
 
     base = path.parent
     if isinstance(config.servers, str):
@@ -347,8 +353,8 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
 
     approvers = []
     for name, approver in config.approvers.items():
-        token_digest = approver.token_sha256
-        if token_digest is None and (approver.token or approver.token_env):
+        token_digest = None if agent_side else approver.token_sha256
+        if not agent_side and token_digest is None and (approver.token or approver.token_env):
             token = approver.token or environ.get(approver.token_env or "")
             if not token:
                 raise ConfigError(
@@ -379,7 +385,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
             raise ConfigError(f"{path}: agents.{agent}.acts_for: {', '.join(unknown)} is not in approvers")
 
     session_secret = None
-    if config.web.session_secret_env:
+    if config.web.session_secret_env and not agent_side:
         session_secret = environ.get(config.web.session_secret_env)
         if not session_secret:
             raise ConfigError(
@@ -390,7 +396,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
                 f"{path}: web.session_secret_env: {config.web.session_secret_env} must hold at least 32 characters"
             )
     web = WebSettings(
-        enabled=config.web.enabled,
+        enabled=config.web.enabled and not agent_side,
         session_secret=session_secret,
         trusted_header=config.web.trusted_header,
         trusted_proxies=tuple(
@@ -402,7 +408,9 @@ def load_settings(path: Path, *, environ: Mapping[str, str]) -> BrokerSettings:
     resolved_database_url = environ.get("BROKER_DATABASE_URL") or config.database_url or "sqlite:///broker.db"
     rate_limits = _rate_limit_settings(config.rate_limits, resolved_database_url, environ, path)
 
-    slack = _slack_settings(config.slack, environ, path) if config.slack is not None else None  # Slack
+    slack = (
+        _slack_settings(config.slack, environ, path) if config.slack is not None and not agent_side else None
+    )
 
     return BrokerSettings(
         servers_document=servers_document,
@@ -509,17 +517,34 @@ DEMO_PASSWORD_HASH = "scrypt$32768$8$1$8-ltD1B6Bn3_E6yBhgKCoQ$N_Tn72YPBmeke6v1u6
 """The demo approver's password, 'demo' (see README, Web inbox); the demo listens on localhost only."""
 
 
+DEMO_APPROVER_TOKEN_SHA256 = hashlib.sha256(b"demo-approver-token").hexdigest()
+"""The demo approver's API token, 'demo-approver-token' (broker.demo.agent.DEMO_APPROVER_TOKEN)."""
+
+
 def demo_settings(*, environ: Mapping[str, str], state_dir: Path, port: int = 8765) -> BrokerSettings:
     """Embedded defaults: the bundled demo exchange over stdio, the bundled demo policy, SQLite, localhost only."""
     demo_dir = Path(__file__).resolve().parent.parent / "demo"
     return BrokerSettings(
         servers_document={
-            "mcpServers": {"exchange": {"command": sys.executable, "args": ["-m", "broker.demo.exchange"]}}
+            "mcpServers": {
+                "exchange": {
+                    "command": sys.executable,
+                    "args": ["-m", "broker.demo.exchange"],
+                    # The exchange beside this broker's code, not another installed copy
+                    "env": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                }
+            }
         },
         servers_source="<built-in demo>",
         policy_path=demo_dir / "policy.yaml",
         port=port,
         allow_anonymous=True,
         database_url=environ.get("BROKER_DATABASE_URL") or f"sqlite:///{state_dir / 'broker-demo.db'}",
-        approvers=(ApproverAccount("demo", password_hash=DEMO_PASSWORD_HASH),),  # web inbox: demo / demo
+        demo=True,
+        # web inbox: demo / demo; decisions API and `broker approvals`: demo-approver-token
+        approvers=(
+            ApproverAccount(
+                "demo", password_hash=DEMO_PASSWORD_HASH, token_sha256=DEMO_APPROVER_TOKEN_SHA256
+            ),
+        ),
     )

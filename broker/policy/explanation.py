@@ -87,7 +87,7 @@ class Explanation:
             approval = decision.approval
             lines.append(
                 f"approval:  times out after {approval.timeout_seconds:g}s (then {approval.on_timeout}); "
-                f"approvers: {', '.join(approval.approvers) or 'none named'}; "
+                f"approvers: {_approvers(approval.approvers)}; "
                 f"channels: {', '.join(approval.channels) or 'none named'}"
             )
             if approval.hold_budget_seconds is not None:
@@ -134,3 +134,13 @@ class Explanation:
 def _json(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, default=repr, sort_keys=True)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _approvers(named: tuple[str, ...]) -> str:
+    """Who may decide, in words: '*' and an empty list (approvals.default_approvers, '*' unless the
+    broker configuration says otherwise) both mean any approver."""
+    if not named:
+        return "any approver (none named; approvals.default_approvers applies, ['*'] unless configured)"
+    if "*" in named:
+        return "any approver"
+    return ", ".join(named)

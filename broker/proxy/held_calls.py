@@ -536,9 +536,15 @@ def status_text(approval: Approval) -> str:
             "back; it may have run, and it was not retried"
         )
     if status is ApprovalStatus.DENIED:
-        return f"denied by {approval.decided_by}"
+        # SDKs that report only a task's status still tell the model who said no and why
+        via = f" via {approval.decided_via}" if approval.decided_via else ""
+        reason = f": {approval.decision_reason}" if approval.decision_reason else ""
+        return f"denied by {approval.decided_by}{via}{reason}"
     if status is ApprovalStatus.EXPIRED:
-        return "expired: nobody decided before the deadline (auto-denied)"
+        return (
+            f"expired: nobody decided before the deadline ({_iso(approval.expires_at)}), so the call "
+            "was automatically rejected; it was not denied by a human and was not executed"
+        )
     if approval.decided_via != POLICY_ACTOR or not approval.decision_reason:
         return "cancelled by the agent"
     return f"cancelled: {approval.decision_reason}"

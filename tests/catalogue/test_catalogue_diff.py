@@ -93,11 +93,14 @@ def test_a_rule_that_only_moved_is_not_a_change() -> None:
 def test_rules_with_ids_are_compared_by_id() -> None:
     old = 'version: "1"\nrules:\n  - {id: reads, tool: "get_*", action: allow}\n'
     renamed_pattern = 'version: "1"\nrules:\n  - {id: reads, tool: "get_[bo]*", action: allow}\n'
-    new_id = 'version: "1"\nrules:\n  - {id: queries, tool: "get_*", action: allow}\n'
+    renamed = 'version: "1"\nrules:\n  - {id: queries, tool: "get_*", action: allow}\n'
+    other_rule = 'version: "1"\nrules:\n  - {id: queries, tool: "get_[bo]*", action: allow}\n'
     tools = [tool for tool in TOOLS if tool.name == "get_balance"]
 
     assert diff_policies(load_policy(old), load_policy(renamed_pattern), tools) == []
-    assert [change.changed for change in diff_policies(load_policy(old), load_policy(new_id), tools)] == [
+    # A renamed rule (same pattern, scope and conditions) decides as before
+    assert diff_policies(load_policy(old), load_policy(renamed), tools) == []
+    assert [change.changed for change in diff_policies(load_policy(old), load_policy(other_rule), tools)] == [
         ("rule",)
     ]
 

@@ -34,11 +34,14 @@ def test_defaults_apply_when_the_section_is_absent_or_partial(tmp_path: Path) ->
             r"limits\.max_connections_per_address: .*greater than or equal to 1",
         ),
         ("{max_connections_per_address: many}", r"limits\.max_connections_per_address: .*valid integer"),
-        ("{header_timout: 5}", r"limits\.header_timout: Extra inputs are not permitted"),
+        (
+            "{header_timout: 5}",
+            r"limits\.header_timout: unknown key 'header_timout'; did you mean 'header_timeout'\?",
+        ),
         ("[10, 30]", r"limits: Input should be a valid dictionary"),
     ],
 )
 def test_bad_values_are_refused_with_their_place(tmp_path: Path, section: str, message: str) -> None:
     path = write_config(tmp_path, f"limits: {section}\n")
-    with pytest.raises(ConfigError, match=rf"^{tmp_path}/broker\.yaml: {message}"):
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/broker\.yaml:\d+:\d+: {message}"):
         load_settings(path, environ={})

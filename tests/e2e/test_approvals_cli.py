@@ -48,7 +48,7 @@ async def test_an_operator_lists_inspects_and_decides_from_the_command_line(tmp_
                 assert re.search(r"already (approved|released|completed): decided by alice via api at ", err)
 
         code, _, err = await cli("approvals", "list", "--url", running.url, "--token", "wrong")
-        assert code == 2 and "401" in err
+        assert code == 2 and "401: unknown approver token" in err
     code, _, err = await cli("approvals", "list", "--url", "http://127.0.0.1:9", "--token", "x")
     assert code == 2 and "cannot reach the broker" in err
 

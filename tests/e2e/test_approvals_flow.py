@@ -146,6 +146,11 @@ async def test_only_the_rules_approvers_may_decide(tmp_path: Path) -> None:
                     # An agent's key is not an approver token.
                     as_agent = await agent_http.post(f"/api/approvals/{approval.id}/approve")
                     assert as_agent.status_code == 401
+                    assert as_agent.json()["detail"].startswith("unknown approver token")
+                    anonymous = await agent_http.post(
+                        f"/api/approvals/{approval.id}/approve", headers={"Authorization": ""}
+                    )
+                    assert anonymous.json()["detail"].startswith("an approver token is required")
                     missing = await mallory.post("/api/approvals/nope/approve")
                     assert missing.status_code == 404
                 async with running.approver("alice") as alice:
@@ -262,6 +267,20 @@ async def test_held_calls_can_be_awaited_as_mcp_tasks(tmp_path: Path) -> None:
                 assert cancelled["result"]["status"] == "cancelled"
                 again = await rpc(8, "tasks/cancel", {"taskId": second["result"]["task"]["taskId"]})
                 assert again["error"]["code"] == -32602 and "already cancelled" in again["error"]["message"]
+                third = await rpc(
+                    12,
+                    "tools/call",
+                    {"name": "binance_us_cust_cancel_order", "arguments": {"order_id": "y"}, "task": {}},
+                )
+                denied_task = third["result"]["task"]["taskId"]
+                held = await running.broker.approvals.store.get_by_task(denied_task)
+                assert held is not None
+                async with running.approver("alice") as alice:
+                    await alice.post(f"/api/approvals/{held.id}/deny", json={"reason": "not today"})
+                # SDKs that show only the task's status still tell the model who said no and why
+                refused = await rpc(13, "tasks/get", {"taskId": denied_task})
+                assert refused["result"]["status"] == "failed"
+                assert refused["result"]["statusMessage"] == "denied by alice via api: not today"
                 unknown = await rpc(9, "tasks/get", {"taskId": "nope"})
                 assert unknown["error"]["code"] == -32602
                 # A small order is allowed and forwarded as it is, so it cannot be a task; the listing

@@ -57,9 +57,13 @@ def test_diff_lists_only_tools_whose_decision_changes(tmp_path: Path) -> None:
         'version: "1"\ndefault: deny\nrules:\n  - tool: "get_*"\n    action: allow\n  - tool: withdraw\n    action: require_approval\n'
     )
     result = broker("policy", "diff", str(old), str(new), "--servers", servers_file(tmp_path), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # decisions change
     changes = json.loads(result.stdout)
     assert [change["tool"]["exposed_name"] for change in changes] == ["exchange__withdraw"]
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text('version: "1"\ndefault: deny\nrules:\n  - {id: reads, tool: "get_*", action: allow}\n')
+    same = broker("policy", "diff", str(old), str(renamed), "--servers", servers_file(tmp_path))
+    assert same.returncode == 0, same.stderr
 
 
 def test_an_unreachable_upstream_is_reported_and_the_rest_is_scanned(tmp_path: Path) -> None:
@@ -95,7 +99,7 @@ def test_diff_shows_loosened_conditions_and_rules_for_one_agent(tmp_path: Path) 
 
     result = broker("policy", "diff", str(old), str(new), "--servers", servers_file(tmp_path))
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
     rows = {line.split()[0]: line for line in lines if line.startswith("exchange__")}
     assert "when args.quantity gt 5000000: require_approval" in rows["exchange__place_order"]

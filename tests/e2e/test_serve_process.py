@@ -223,3 +223,34 @@ def test_without_a_key_agents_are_turned_away(tmp_path: Path) -> None:
 def test_healthz_answers_while_serving(tmp_path: Path, flag: str) -> None:
     with serve([flag], tmp_path) as (_, url):
         assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+
+
+def test_a_port_in_use_is_reported_before_start_up(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "serve", "--demo", "--port", str(port)],
+            cwd=tmp_path,
+            env={**os.environ, "BROKER_STATE_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert f"broker: port {port} is in use; is another broker running? choose one with --port" in done.stderr
+    assert "Started server process" not in done.stderr and not (tmp_path / "broker-demo.db").exists()
+
+
+def test_the_demo_listens_on_localhost_only(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--demo", "--host", "0.0.0.0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "--demo listens on localhost only" in done.stderr

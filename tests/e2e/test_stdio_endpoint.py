@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -72,6 +73,39 @@ async def test_stdio_endpoint_enforces_the_policy(tmp_path: Path, mode: str) -> 
             denied = await client.call_tool("withdraw", {"asset": "BTC", "amount": 1, "address": "x"})
             assert denied.is_error
             assert "Policy violation" in denied.content[0].text  # type: ignore[union-attr]
+
+
+AGENT_SIDE_SECRETS = ("ALICE_TOKEN", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "INBOX_SESSION_SECRET")
+
+
+async def test_stdio_starts_without_the_approver_side_secrets(tmp_path: Path) -> None:
+    """What a desktop client launches has the agent's environment: no approver tokens, no Slack
+    secrets. The config names them anyway, because a `broker serve` on the same database uses it."""
+    config = write_config(tmp_path)
+    config.write_text(
+        config.read_text()
+        + "approvers:\n  alice: {token_env: ALICE_TOKEN, groups: [leads]}\n"
+        + "slack: {bot_token_env: SLACK_BOT_TOKEN, signing_secret_env: SLACK_SIGNING_SECRET}\n"
+        + "web: {session_secret_env: INBOX_SESSION_SECRET}\n"
+    )
+    agent_environment = {k: v for k, v in os.environ.items() if k not in AGENT_SIDE_SECRETS}
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "broker", "serve", "--stdio", "--config", str(config)],
+        env=agent_environment,
+    )
+    with anyio.fail_after(60):
+        async with Client(stdio_client(params), mode="legacy") as client:
+            ticker = await client.call_tool("get_ticker", {"symbol": "ETHUSD"})
+            assert ticker.structured_content == {"symbol": "ETHUSD", "price": 3410.5}
+    # The approver side still needs them, and says which is missing
+    with anyio.fail_after(60):
+        refused = await anyio.run_process(
+            [sys.executable, "-m", "broker", "serve", "--config", str(config)],
+            env=agent_environment,
+            check=False,
+        )
+    assert refused.returncode == 2 and b"ALICE_TOKEN is not set" in refused.stderr
 
 
 # -- raw JSON-RPC over the process's stdin/stdout ---------------------------------------------

@@ -351,3 +351,18 @@ def test_the_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.Monke
                 "allow" if number % 2 == 1 else "deny"
             )
             assert len(policy._candidates) <= 8
+
+
+@pytest.mark.parametrize(
+    ("approvers", "says"),
+    [
+        ("", "approvers: any approver (none named; approvals.default_approvers applies"),
+        ('approvers: ["*"],', "approvers: any approver;"),
+        ('approvers: [alice, "@leads"],', "approvers: alice, @leads;"),
+    ],
+)
+def test_explain_says_any_approver_when_that_is_what_it_means(approvers: str, says: str) -> None:
+    policy = load_policy(
+        f'{{version: "1", rules: [{{tool: cancel, action: require_approval, {approvers} timeout: 30}}]}}'
+    )
+    assert says in policy.explain("cancel").render()

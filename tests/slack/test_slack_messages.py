@@ -177,6 +177,8 @@ def test_each_outcome_replaces_the_buttons(
     ]
     assert says in rendered.blocks[-1]["text"]["text"]
     assert rendered.text.startswith(escape(header))
+    fields = " ".join(field["text"] for field in rendered.blocks[1]["fields"])
+    assert "Auto-deny" not in fields and "*Decided*" in fields
 
 
 def test_an_outcome_unknown_says_it_may_have_run_and_what_to_check() -> None:

@@ -123,3 +123,9 @@ def test_broker_hash_password_refuses_an_empty_password() -> None:
     done = _hash_password_command("\n")
     assert done.returncode == 2
     assert "the password is empty" in done.stderr
+
+
+def test_broker_hash_password_refuses_a_short_password() -> None:
+    done = _hash_password_command("hunter2hunt\n")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "the password has 11 characters; use at least 12" in done.stderr

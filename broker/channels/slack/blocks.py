@@ -64,7 +64,7 @@ def approval_message(approval: Approval, *, mention: Mention) -> ApprovalMessage
                 _mrkdwn(f"*Agent*\n{escape(approval.agent)}"),
                 _mrkdwn(f"*Upstream server*\n{escape(approval.server)}"),
                 _mrkdwn(f"*Requested*\n{slack_date(approval.created_at)}"),
-                _mrkdwn(f"*Auto-deny*\n{slack_date(approval.expires_at)}"),
+                _mrkdwn(_deadline_field(approval)),
             ],
         },
         arguments_block,
@@ -85,6 +85,15 @@ def approval_message(approval: Approval, *, mention: Mention) -> ApprovalMessage
             {"type": "section", "block_id": "outcome", "text": _mrkdwn(outcome_text(approval, mention))}
         )
     return ApprovalMessage(text=_notification(approval), blocks=blocks, thread_replies=replies)
+
+
+def _deadline_field(approval: Approval) -> str:
+    """The auto-deny deadline only while it can still happen; once decided, when that was."""
+    if approval.status is ApprovalStatus.PENDING:
+        return f"*Auto-deny*\n{slack_date(approval.expires_at)}"
+    if approval.decided_at is not None:
+        return f"*Decided*\n{slack_date(approval.decided_at)}"
+    return f"*Deadline was*\n{slack_date(approval.expires_at)}"
 
 
 def _headline(approval: Approval) -> str:

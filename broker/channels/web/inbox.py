@@ -4,6 +4,7 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 """
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -31,6 +32,7 @@ from broker.channels.web.origin import OriginCheck
 from broker.channels.web.presenters import HISTORY_STATUSES, ending, template_environment
 from broker.channels.web.signin import Viewer, WebSignin
 from broker.channels.web.tools_view import ToolSources, tool_rows
+from broker.config.policy_file import ReloadRejection
 from broker.config.settings import WebSettings
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,11 @@ class WebInbox:
         events: InboxEvents,
         tools: ToolSources,
         clock: Clock = utc_now,
+        policy_rejection: Callable[[], ReloadRejection | None] = lambda: None,
+        demo: bool = False,
     ) -> None:
+        self._policy_rejection = policy_rejection
+        self._demo = demo
         self._service = service
         self._store = service.store
         self._events = events
@@ -82,6 +88,8 @@ class WebInbox:
             asset=self._static.url,
             section=section,
             pending_count=pending_count,
+            policy_rejection=self._policy_rejection() if viewer.account is not None else None,
+            demo=self._demo,
             **context,
         )
         response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
