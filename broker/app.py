@@ -21,6 +21,7 @@ from broker.approvals.health import StoreHealth
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
 from broker.channels.api import build_decisions_router
+from broker.channels.call_context import CallContextSource
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
 from broker.config.settings import BrokerSettings
@@ -113,6 +114,13 @@ class Broker:
             changes=self.changes,
             allowed_origins=settings.allowed_origins,
         )
+        self.calls = CallContextSource(
+            store=self.store,
+            policy=lambda: self.policy_file.holder.current,
+            tools=self.upstreams.tools,
+            held_here=self.approvals.held_here,
+        )
+        """What surfaces show beside a held call (tool description and rating, hold condition, waiters)."""
         self.inbox_events = InboxEvents()
         self.approvals.add_listener(self.inbox_events, hears_other_replicas=True)
         self.web_inbox = (
@@ -129,6 +137,7 @@ class Broker:
                 ),
                 policy_rejection=lambda: self.policy_file.rejection,
                 demo=settings.demo,
+                calls=self.calls,
             )
             if settings.web.enabled
             else None
@@ -163,6 +172,7 @@ class Broker:
                 directory=self.approvers,
                 default_approvers=settings.approvals.default_approvers,
                 seen_requests=SqlSeenRequests.on(self.store, clock=utc_now),
+                calls=self.calls,
                 sleep=slack_sleep,
             )
             self.approvals.add_listener(self.slack.notifier)
@@ -318,7 +328,7 @@ class Broker:
         async def metrics() -> Response:
             return Response(await broker.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-        api.include_router(build_decisions_router(broker.approvals, broker.approvers))
+        api.include_router(build_decisions_router(broker.approvals, broker.approvers, broker.calls))
         if broker.web_inbox is not None:
             api.include_router(broker.web_inbox.router())
         slack_router = broker.slack.router() if broker.slack is not None else None

@@ -375,13 +375,69 @@ def _cmd_approvals_list(args: argparse.Namespace) -> int:
     if not approvals:
         print("no approvals")
         return 0
-    print(f"{'id':<26}  {'status':<15}  {'agent':<14}  {'tool':<32}  {'created':<20}  expires")
+    print(
+        f"{'id':<26}  {'status':<15}  {'agent':<14}  {'tool':<32}  {'risk':<8}  {'created':<20}  "
+        f"{'expires':<20}  arguments"
+    )
     for item in approvals:
+        risk = ((item.get("context") or {}).get("tool") or {}).get("risk") or "-"
         print(
             f"{item['id']:<26}  {item['status']:<15}  {item['agent'][:14]:<14}  {item['tool'][:32]:<32}  "
-            f"{item['created_at'][:19]:<20}  {item['expires_at'][:19]}"
+            f"{risk:<8}  {item['created_at'][:19]:<20}  {item['expires_at'][:19]:<20}  "
+            f"{_fields_preview(item.get('fields') or [])}"
         )
     return 0
+
+
+def _fields_preview(fields: list[dict[str, Any]], limit: int = 80) -> str:
+    """The first arguments in reading order, on one line: short values whole, others by size."""
+    parts = []
+    for field in fields:
+        value = field["text"] if field["shape"] == "short" else f"({field['size']:,} characters)"
+        parts.append(f"{field['name']}={value}")
+    line = " ".join(parts)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _print_fields(fields: list[dict[str, Any]]) -> None:
+    """Arguments in reading order (decisive ones marked *), multi-line values as indented blocks."""
+    if not fields:
+        print(f"{'arguments':>17}: (none)")
+        return
+    print(f"{'arguments':>17}: (* = looked at by the rule that held the call)")
+    for field in fields:
+        mark = "*" if field["decisive"] else " "
+        if field["shape"] == "short":
+            print(f"{'':>17}  {mark} {field['name']}: {field['text']}")
+            continue
+        print(f"{'':>17}  {mark} {field['name']}: |  ({field['size']:,} characters)")
+        for line in field["text"].split("\n"):
+            print(f"{'':>17}        {line}")
+
+
+def _print_context(context: dict[str, Any]) -> None:
+    tool = context.get("tool") or {}
+    if tool.get("risk"):
+        reasons = tool.get("reasons") or []
+        why = f" ({reasons[0]})" if reasons else ""
+        print(f"{'risk':>17}: {tool['category'].replace('_', ' ')}, {tool['risk']}{why}")
+    elif tool and not tool.get("listed"):
+        print(f"{'risk':>17}: unknown (the upstream does not list this tool now)")
+    if tool.get("description"):
+        print(f"{'description':>17}: {' '.join(tool['description'].split())[:300]}")
+    hold = context.get("hold") or {}
+    for condition in hold.get("conditions") or ():
+        print(f"{'held because':>17}: {condition['text']}")
+    if hold.get("policy_changed"):
+        print(f"{'policy':>17}: {hold['policy_changed']}")
+    waiting = context.get("waiting")
+    if waiting:
+        print(f"{'waiting':>17}: {waiting['summary']}")
+    for other in context.get("recent") or ():
+        by = f" by {other['decided_by']}" if other.get("decided_by") else ""
+        print(
+            f"{'earlier decision':>17}: {other['status']}{by} at {(other.get('decided_at') or '')[:19]} ({other['id']})"
+        )
 
 
 def _cmd_approvals_show(args: argparse.Namespace) -> int:
@@ -411,7 +467,8 @@ def _cmd_approvals_show(args: argparse.Namespace) -> int:
             print(f"{key:>17}: {approval[key]}")
     for found in approval.get("idempotency_ids") or ():
         print(f"{'idempotency id':>17}: {found['path']}={found['value']}")
-    print(f"{'arguments':>17}: {json.dumps(approval['arguments'], indent=2, ensure_ascii=False)}")
+    _print_context(approval.get("context") or {})
+    _print_fields(approval.get("fields") or [])
     print("            audit:")
     for entry in approval["audit"]:
         print(

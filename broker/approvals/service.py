@@ -732,6 +732,11 @@ class ApprovalService:
         """Agent requests waiting in `wait` in this process right now."""
         return sum(watch.waiters for watch in self._watches.values())
 
+    def held_here(self, approval_id: str) -> int:
+        """Agent requests waiting in `wait` for this approval in this process right now."""
+        watch = self._watches.get(approval_id)
+        return watch.waiters if watch is not None else 0
+
     @property
     def draining(self) -> bool:
         return self._drain_deadline != math.inf

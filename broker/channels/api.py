@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
 from broker.approvals.approvers import ApproverDirectory
+from broker.approvals.call_view import CallContext, CallContexts, call_view
 from broker.approvals.clock import require_utc
 from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.outcomes import guidance
@@ -23,7 +24,25 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment is not None else None
 
 
-def approval_json(approval: Approval) -> dict[str, Any]:
+def approval_json(
+    approval: Approval, *, calls: CallContexts | None = None, context: CallContext | None = None
+) -> dict[str, Any]:
+    """The approval as the API shows it. `fields` lists the arguments in reading order (see
+    `broker.approvals.call_view`); `context` says why the call was held and, with `calls` or
+    `context`, what the tool is and how risky it looks, who waits, and (with `context`) the last
+    decisions on the same tool and agent."""
+    if context is not None:
+        view, facts = context.view, context.tool
+    elif calls is not None:
+        view, facts = calls.view(approval), calls.tool(approval.server, approval.upstream_tool)
+    else:
+        view, facts = call_view(approval, None), None
+    about: dict[str, Any] = {"hold": view.hold.to_json()}
+    if facts is not None:
+        about["tool"] = facts.to_json()
+    if context is not None:
+        about["waiting"] = context.waiting.to_json()
+        about["recent"] = [_recent_json(other) for other in context.recent]
     return {
         "id": approval.id,
         "status": approval.status.value,
@@ -54,6 +73,20 @@ def approval_json(approval: Approval) -> dict[str, Any]:
             {"path": path, "value": value} for path, value in idempotency_ids(approval.arguments)
         ],
         "guidance": guidance(approval) if approval.status is ApprovalStatus.OUTCOME_UNKNOWN else None,
+        "fields": [field.to_json() for field in view.fields],
+        "context": about,
+    }
+
+
+def _recent_json(approval: Approval) -> dict[str, Any]:
+    return {
+        "id": approval.id,
+        "status": approval.status.value,
+        "created_at": _iso(approval.created_at),
+        "decided_by": approval.decided_by,
+        "decided_via": approval.decided_via,
+        "decided_at": _iso(approval.decided_at),
+        "decision_reason": approval.decision_reason,
     }
 
 
@@ -80,7 +113,9 @@ class DecisionBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
-def build_decisions_router(service: ApprovalService, directory: ApproverDirectory) -> APIRouter:
+def build_decisions_router(
+    service: ApprovalService, directory: ApproverDirectory, calls: CallContexts | None = None
+) -> APIRouter:
     router = APIRouter(prefix="/api/approvals", tags=["approvals"])
 
     def approver(request: Request) -> Approver:
@@ -133,7 +168,10 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
             raise HTTPException(503, f"the approval store is unavailable: {exc}") from exc
         listed: dict[str, Any] = {
             "approvals": [
-                {**approval_json(approval), "can_decide": service.may_decide(approval, caller) is None}
+                {
+                    **approval_json(approval, calls=calls),
+                    "can_decide": service.may_decide(approval, caller) is None,
+                }
                 for approval in approvals
             ]
         }
@@ -148,10 +186,11 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
             if approval is None:
                 raise HTTPException(404, f"no approval with id {approval_id!r}")
             trail = await service.store.audit_trail(approval_id)
+            context = await calls.context(approval) if calls is not None else None
         except StoreUnavailable as exc:
             raise HTTPException(503, f"the approval store is unavailable: {exc}") from exc
         return {
-            **approval_json(approval),
+            **approval_json(approval, calls=calls, context=context),
             "can_decide": approval.status is ApprovalStatus.PENDING
             and service.may_decide(approval, caller) is None,
             "audit": [audit_json(record) for record in trail],
@@ -168,7 +207,11 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
             raise HTTPException(403, str(exc)) from exc
         except InvalidTransition as exc:
             raise HTTPException(
-                409, {"message": already_decided_message(exc.current), "approval": approval_json(exc.current)}
+                409,
+                {
+                    "message": already_decided_message(exc.current),
+                    "approval": approval_json(exc.current, calls=calls),
+                },
             ) from exc
         except InvalidValue as exc:
             raise HTTPException(422, f"nothing was decided: {exc}") from exc
@@ -176,7 +219,7 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
             raise HTTPException(
                 503, f"the approval store is unavailable; nothing was decided: {exc}"
             ) from exc
-        return approval_json(approval)
+        return approval_json(approval, calls=calls)
 
     @router.post("/{approval_id}/approve")
     async def approve(

@@ -95,6 +95,11 @@ class Explanation:
                     f"hold:      an agent waits {approval.hold_budget_seconds:g}s at most before the "
                     "'pending approval' answer"
                 )
+            winner = self.winner
+            if winner is not None and winner.show_first:
+                lines.append(
+                    f"show first: {', '.join(winner.show_first)} (then the rest in the agent's order)"
+                )
         return lines
 
     def _render_hides(self) -> list[str]:

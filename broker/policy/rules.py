@@ -28,6 +28,8 @@ class CompiledRule:
     conditions: tuple[Condition, ...]
     rate_limit: RateLimit | None
     approval: ApprovalRequirement | None
+    show_first: tuple[str, ...]
+    """Top-level argument names an approver reads first (the rule's ``show_first``)."""
     line: int
     decision: Decision = field(repr=False)
     check: Check | None = field(repr=False, compare=False)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from broker.policy.conditions import OPERATORS, Condition, all_hold, compile_path, compile_test
+from broker.policy.conditions import OPERATORS, PATH_PREFIX, Condition, all_hold, compile_path, compile_test
 from broker.policy.decision import Action, ApprovalRequirement, Decision, RateLimit
 from broker.policy.document import (
     Key,
@@ -43,6 +43,7 @@ RULE_KEYS: Final = (
     "approvers",
     "channels",
     "hold_budget",
+    "show_first",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
 APPROVAL_KEYS: Final = ("timeout", "on_timeout", "approvers", "channels", "hold_budget")
@@ -220,6 +221,7 @@ class _Compiler:
         conditions = self._conditions(body.get("when"))
         rate_limit = self._rate_limit(body.entry("rate_limit"), action)
         approval = self._approval(body, action)
+        show_first = self._show_first(body.entry("show_first"), action)
         if pattern is None or action is None or len(self._problems) > problems_before:
             return None
         name = rule_id if rule_id is not None else f"rules[{index}] '{pattern}'"
@@ -237,6 +239,7 @@ class _Compiler:
             conditions=conditions,
             rate_limit=rate_limit,
             approval=approval,
+            show_first=show_first,
             line=start.line,
             decision=decision,
             check=all_hold(conditions) if conditions else None,
@@ -287,7 +290,7 @@ class _Compiler:
 
     def _string_list(self, node: Node, what: str, *, allow_empty: bool) -> tuple[str, ...] | None:
         if not isinstance(node, SequenceNode):
-            example = '["trading-bot"]' if what == "agents" else '["..."]'
+            example = {"agents": '["trading-bot"]', "show_first": '["to", "subject"]'}.get(what, '["..."]')
             self._fail(node, f"{what} must be a list, e.g. {what}: {example}; got {describe_node(node)}")
             return None
         if not node.items and not allow_empty:
@@ -396,6 +399,29 @@ class _Compiler:
         except ValueError as error:
             self._fail(node, f"{what} {error}")
             return None
+
+    def _show_first(self, entry: tuple[Key, Node] | None, action: Action | None) -> tuple[str, ...]:
+        """Argument names an approver should read first, before the rest in the agent's order."""
+        if entry is None:
+            return ()
+        key, node = entry
+        if action is not None and action is not Action.REQUIRE_APPROVAL:
+            self._fail(
+                key, f"'show_first' only applies to require_approval rules, and this rule is '{action}'"
+            )
+            return ()
+        names = self._string_list(node, "show_first", allow_empty=True)
+        if names is None or not isinstance(node, SequenceNode):
+            return ()
+        shown: list[str] = []
+        for item, name in zip(node.items, names, strict=True):
+            # "args.order.qty" is accepted like a `when` path; what is shown first is its argument.
+            top = name.removeprefix(PATH_PREFIX).split(".", 1)[0] if name.startswith(PATH_PREFIX) else name
+            if not top:
+                self._fail(item, f"show_first entry '{name}' names no argument")
+            elif top not in shown:
+                shown.append(top)
+        return tuple(shown)
 
     def _approval(self, body: MappingNode, action: Action | None) -> ApprovalRequirement | None:
         present = [(key, value) for key, value in body if key.name in APPROVAL_KEYS]

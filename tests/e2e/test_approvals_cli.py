@@ -39,6 +39,21 @@ async def test_an_operator_lists_inspects_and_decides_from_the_command_line(tmp_
                 shown = json.loads(out)
                 assert shown["arguments"] == BIG_ORDER and shown["can_decide"] is True
 
+                code, out, err = await cli("approvals", "show", approval.id, *api)
+                assert code == 0, err
+                lines = [line.strip() for line in out.splitlines()]
+                start = lines.index("arguments: (* = looked at by the rule that held the call)") + 1
+                # The condition's field first, then the agent's order (not alphabetical).
+                assert lines[start : start + 4] == [
+                    "* quantity: 10",
+                    "symbol: BTCUSD",
+                    "side: buy",
+                    "price: 90000",
+                ]
+                assert "held because: quantity = 10 > 5" in lines
+                assert any(line.startswith("risk: financial, high") for line in lines)
+                assert "waiting: 1 agent call; an agent is waiting for the answer now" in lines
+
                 code, out, err = await cli("approvals", "approve", approval.id, "--reason", "ok", *api)
                 assert code == 0, err
                 assert f"{approval.id}: approved by alice" in out
@@ -107,3 +122,27 @@ async def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
         code, out, err = await cli("db", "upgrade", "--database-url", url)
         assert code == 0, err
         assert "database at revision" in out
+
+
+def test_show_prints_multi_line_values_as_indented_blocks(capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.cli import _print_fields
+
+    _print_fields(
+        [
+            {"name": "to", "text": "a@example.com", "shape": "short", "decisive": True, "size": 13},
+            {
+                "name": "body",
+                "text": "Hello,\n\nwire it.",
+                "shape": "multiline",
+                "decisive": False,
+                "size": 16,
+            },
+        ]
+    )
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        " " * 19 + "* to: a@example.com",
+        " " * 21 + "body: |  (16 characters)",
+        " " * 25 + "Hello,",
+        " " * 25,
+        " " * 25 + "wire it.",
+    ]

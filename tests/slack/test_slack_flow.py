@@ -40,7 +40,7 @@ async def test_a_click_on_approve_releases_the_call_and_the_message_says_who_app
                 message = await rig.message_of(approval)
 
                 assert message.channel == "C0APPROVALS"
-                header, fields, arguments, context, actions = message.blocks
+                header, fields, about, held, arguments, actions = message.blocks
                 assert header == {
                     "type": "header",
                     "text": {"type": "plain_text", "text": "Approval needed: place_order", "emoji": True},
@@ -54,10 +54,21 @@ async def test_a_click_on_approve_releases_the_call_and_the_message_says_who_app
                     f"*Auto-deny*\n<!date^{int(approval.expires_at.timestamp())}^"
                 )
                 assert "{date_short_pretty} {time}|" in field_texts[3]
+                assert "*financial · high risk*" in about["elements"][0]["text"]
+                assert "Place a limit order." in about["elements"][0]["text"]
                 shown = arguments["text"]["text"]
                 assert f"SHA-256 `{approval.arguments_hash[:12]}`" in shown
-                assert json.loads(shown.split("```\n", 1)[1].rsplit("\n```", 1)[0]) == BIG_ORDER
-                assert "approval `" + approval.id in context["elements"][0]["text"]
+                # The condition's field first, then the agent's order; every short value whole.
+                assert shown.split("```\n", 1)[1].rsplit("\n```", 1)[0].split("\n") == [
+                    "quantity  10",
+                    "symbol    BTCUSD",
+                    "side      buy",
+                    "price     90000",
+                ]
+                held_text = held["elements"][0]["text"]
+                assert (
+                    "because *quantity = 10 &gt; 5*" in held_text and "approval `" + approval.id in held_text
+                )
                 approve, deny = actions["elements"]
                 assert (approve["action_id"], approve["value"], approve["style"]) == (
                     f"broker_approve:{approval.id}",

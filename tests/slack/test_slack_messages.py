@@ -16,7 +16,8 @@ import pytest
 from broker.approvals import Approval, ApprovalStatus, NewApproval
 from broker.channels.slack.blocks import SECTION_TEXT_LIMIT, approval_message, escape
 from broker.channels.slack.notifier import RetrySchedule, slack_destination, worth_recording
-from tests.slack.fake_slack import FakeSlack
+from tests.e2e.harness import exchange_server
+from tests.slack.fake_slack import FakeSlack, Message
 from tests.slack.rig import slack_broker
 
 pytestmark = pytest.mark.anyio
@@ -70,51 +71,138 @@ def mention(name: str | None) -> str:
     return f"<@U-{name}>"
 
 
+def block(blocks: list[dict[str, Any]], block_id: str) -> dict[str, Any]:
+    return next(each for each in blocks if each.get("block_id") == block_id)
+
+
+def argument_texts(blocks: list[dict[str, Any]]) -> list[str]:
+    """The texts of the argument sections: from the one with block_id "arguments" up to the buttons."""
+    start = blocks.index(block(blocks, "arguments"))
+    return [each["text"]["text"] for each in blocks[start:] if each["type"] == "section" and "text" in each]
+
+
 async def test_arguments_cannot_mention_anyone(tmp_path: Path) -> None:
     hostile = {"note": "<!channel> ping <@U0ALICE> & <!subteam^S0RISK> ```</code>", "<!here>": "x"}
     async with FakeSlack() as fake, slack_broker(tmp_path, fake) as rig:
         with anyio.fail_after(20):
             opened = await rig.open_approval(arguments=hostile)
             message = await rig.message_of(opened)
-            shown = message.blocks[2]["text"]["text"]
+            shown = block(message.blocks, "arguments")["text"]["text"]
             inside = code_block(shown)
             assert "<" not in inside and ">" not in inside
             assert "&lt;!channel&gt; ping &lt;@U0ALICE&gt; &amp; &lt;!subteam^S0RISK&gt;" in inside
             assert "```" not in inside  # cannot close the code block early either
-            unescaped = html.unescape(inside).replace("\u200b", "")
-            assert json.loads(unescaped) == hostile
+            lines = html.unescape(inside).replace("\u200b", "").split("\n")
+            assert lines == ["note     " + hostile["note"], "<!here>  x"]  # the agent's order, names aligned
             assert fake.replies == []
 
 
-async def test_long_arguments_are_cut_in_the_message_and_given_whole_in_the_thread(tmp_path: Path) -> None:
-    arguments = {"memo": "a&b<c>" * 2000, "schedule": [{"leg": n, "note": "x" * 40} for n in range(150)]}
-    async with FakeSlack() as fake, slack_broker(tmp_path, fake) as rig:
-        with anyio.fail_after(20):
-            opened = await rig.open_approval(arguments=arguments)
-            message = await rig.message_of(opened)
-            shown = message.blocks[2]["text"]["text"]
-            assert len(shown) <= SECTION_TEXT_LIMIT
-            assert f"SHA-256 `{opened.arguments_hash[:12]}`" in shown
-            assert "Truncated: the full arguments follow in this thread" in shown
-            assert code_block(shown).endswith("…")
-            assert "&amp;b&lt;c&gt;" in shown and not shown.split("```")[1].rstrip("…\n").endswith("&")
+MAIL_POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: send_email
+    id: outside-mail
+    when: {"args.to": {not_in: ["ops@example.com"]}}
+    show_first: [subject]
+    action: require_approval
+    timeout: 60
+    channels: ["slack:#approvals"]
+"""
 
-            replies = fake.replies
-            assert len(replies) > 5 and all(reply.thread_ts == message.ts for reply in replies)
-            assert all(len(reply.text) <= 4000 for reply in replies)
-            assert replies[0].text.startswith(f"Arguments, part 1/{len(replies)}:")
-            whole = "".join(code_block(reply.text) for reply in replies)
-            assert json.loads(html.unescape(whole)) == arguments
+
+async def test_a_five_kilobyte_email_body_leaves_to_and_subject_beside_the_buttons(tmp_path: Path) -> None:
+    body = "\n".join(f"Line {n}: please wire the funds & confirm <today>." for n in range(110))
+    assert len(body) > 5000
+    mail = {"from": "bot@example.com", "body": body, "to": "cfo@rival.example", "subject": "Invoice 42"}
+    async with FakeSlack() as fake, slack_broker(tmp_path, fake, policy=MAIL_POLICY) as rig:
+        with anyio.fail_after(20):
+            opened = await rig.open_approval(
+                server="mail",
+                tool="send_email",
+                upstream_tool="send_email",
+                arguments=mail,
+                policy_revision=rig.broker.policy_file.holder.current.revision,
+                rule="outside-mail",
+                rule_reason="mail leaving the company",
+                approvers=(),
+                channels=("slack:#approvals",),
+            )
+            message = await rig.message_of(opened)
+            blocks = message.history[0]["blocks"]  # the Block Kit JSON as posted to Slack
+            assert blocks[-1]["type"] == "actions"
+            held = block(blocks, "held")["elements"][0]["text"]
+            assert 'because *to = "cfo@rival.example", not one of ["ops@example.com"]*' in held
+
+            first, started = argument_texts(blocks)[:2]
+            # Decisive (show_first, then the condition's) short fields first, whole, then the rest.
+            lines = html.unescape(code_block(first)).split("\n")
+            assert lines == ["subject  Invoice 42", "to       cfo@rival.example", "from     bot@example.com"]
+            assert started.startswith(
+                "*body*\n```\nLine 0: please wire the funds &amp; confirm &lt;today&gt;."
+            )
+            assert started.endswith(f"_Full value of `body` ({len(body):,} characters) in the thread._")
+            assert all(len(text) <= SECTION_TEXT_LIMIT for text in argument_texts(blocks))
+
+            confirm = blocks[-1]["elements"][0]["confirm"]["text"]["text"]
+            assert "`body` only in part here, whole in the thread" in confirm
+            assert len(confirm) <= 300
+
+            def whole_body_posted() -> list[Message] | None:
+                posted = "".join(code_block(reply.text) for reply in fake.replies)
+                return fake.replies if html.unescape(posted) == body else None
+
+            replies = await fake.wait_for(whole_body_posted)
+            assert all(reply.thread_ts == message.ts for reply in replies)
+            assert replies[0].text.startswith(
+                f"Full value of `body` ({len(body):,} characters), part 1/{len(replies)}:"
+            )
             trail = await rig.broker.store.audit_trail(opened.id)
             notified = next(record for record in trail if record.event == "notified")
             assert notified.details["thread_replies"] == len(replies)
 
 
+async def test_the_message_rates_the_tool_and_shows_what_held_the_call(tmp_path: Path) -> None:
+    async with FakeSlack() as fake, slack_broker(tmp_path, fake, servers=exchange_server()) as rig:
+        with anyio.fail_after(60):
+            opened = await rig.open_approval(
+                arguments={"symbol": "BTCUSD", "side": "buy", "quantity": 250, "price": 90000},
+                policy_revision=rig.broker.policy_file.holder.current.revision,
+                rule="rules[1] 'place_order'",
+            )
+            message = await rig.message_of(opened)
+            about = block(message.blocks, "about")["elements"][0]["text"]
+            assert about.startswith(":large_orange_circle: *financial · high risk*")
+            held = block(message.blocks, "held")["elements"][0]["text"]
+            assert "because *quantity = 250 &gt; 5*" in held
+            lines = html.unescape(code_block(block(message.blocks, "arguments")["text"]["text"])).split("\n")
+            assert [line.split()[0] for line in lines] == ["quantity", "symbol", "side", "price"]
+            confirm = message.blocks[-1]["elements"][0]["confirm"]["text"]["text"]
+            assert "with the arguments shown in this message" in confirm
+
+
+def test_a_short_message_claims_everything_was_shown_and_posts_no_thread() -> None:
+    rendered = approval_message(approval(), mention=mention)
+    confirm = rendered.blocks[-1]["elements"][0]["confirm"]["text"]["text"]
+    assert "with the arguments shown in this message (SHA-256" in confirm
+    assert rendered.thread_replies == []
+
+
 def test_huge_arguments_stop_after_twenty_replies_and_point_to_the_api() -> None:
     rendered = approval_message(approval(arguments={"blob": "z" * 200_000}), mention=mention)
     assert len(rendered.thread_replies) == 21
-    assert "more characters are not shown here" in rendered.thread_replies[-1]
+    assert "are not shown here" in rendered.thread_replies[-1]
     assert "/api/approvals/01JAPPROVAL0000000000000000" in rendered.thread_replies[-1]
+    confirm = rendered.blocks[-1]["elements"][0]["confirm"]["text"]["text"]
+    assert "whole in the thread and the web inbox" in confirm
+
+
+def test_hundreds_of_arguments_stay_within_slacks_limits() -> None:
+    many = {f"field_{n:03}": "v" * 150 for n in range(1000)}
+    rendered = approval_message(approval(arguments=many), mention=mention)
+    assert len(rendered.blocks) <= 50
+    assert all(len(each["text"]["text"]) <= SECTION_TEXT_LIMIT for each in rendered.blocks if "text" in each)
+    assert "more arguments" in json.dumps(rendered.blocks) and rendered.thread_replies
 
 
 @pytest.mark.parametrize(
@@ -168,11 +256,11 @@ def test_each_outcome_replaces_the_buttons(
 ) -> None:
     rendered = approval_message(approval(status, **changes), mention=mention)
     assert rendered.blocks[0]["text"]["text"] == header
-    assert [block["type"] for block in rendered.blocks] == [
+    assert [each["type"] for each in rendered.blocks] == [
         "header",
         "section",
-        "section",
         "context",
+        "section",
         "section",
     ]
     assert says in rendered.blocks[-1]["text"]["text"]

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.approvals import outcomes
+from broker.approvals.call_view import CallContext, CallField, CallView, Shape, ToolFacts, call_view
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import POLICY_ACTOR
 
@@ -22,6 +23,16 @@ SECTION_TEXT_LIMIT = 3000
 HEADER_TEXT_LIMIT = 150
 MAX_THREAD_REPLIES = 20
 """Arguments beyond this many thread replies (about 60 kB) are left to the web inbox and the API."""
+MAX_ARGUMENT_BLOCKS = 30
+"""Sections for arguments in one message (Slack allows 50 blocks); further ones go to the thread."""
+CONFIRM_TEXT_LIMIT = 300
+DESCRIPTION_LIMIT = 300
+RISK_EMOJI = {
+    "critical": ":red_circle:",
+    "high": ":large_orange_circle:",
+    "medium": ":large_yellow_circle:",
+    "low": ":large_green_circle:",
+}
 
 APPROVE_ACTION = "broker_approve"
 DENY_ACTION = "broker_deny"
@@ -53,9 +64,18 @@ class ApprovalMessage:
     """The full arguments, when the message itself could only show the start of them."""
 
 
-def approval_message(approval: Approval, *, mention: Mention) -> ApprovalMessage:
-    """The message for an approval as it stands: a prompt while pending, its outcome afterwards."""
-    arguments_block, replies = _arguments(approval)
+def approval_message(
+    approval: Approval, *, mention: Mention, context: CallContext | None = None
+) -> ApprovalMessage:
+    """The message for an approval as it stands: a prompt while pending, its outcome afterwards.
+
+    Reading order (see `broker.approvals.call_view`): what the tool is and how risky, why the
+    call was held (the condition with the value it saw), then the arguments, decisive ones first,
+    every short one whole; long values are started here and posted whole in the thread, and the
+    message says so. Nothing long is cut to make room: short fields come first.
+    """
+    view = context.view if context is not None else call_view(approval, None)
+    arguments = _Arguments(approval, view)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": _plain(_clip(_headline(approval), HEADER_TEXT_LIMIT))},
         {
@@ -67,24 +87,44 @@ def approval_message(approval: Approval, *, mention: Mention) -> ApprovalMessage
                 _mrkdwn(_deadline_field(approval)),
             ],
         },
-        arguments_block,
-        {
-            "type": "context",
-            "elements": [
-                _mrkdwn(
-                    f"Rule `{escape(_clip(approval.rule, 200))}`: {_escaped_within(approval.rule_reason, 500)} · "
-                    f"approval `{approval.id}`"
-                )
-            ],
-        },
     ]
+    if context is not None and context.tool.listed:
+        blocks.append(_about_tool(context.tool))
+    blocks.append(_held_because(approval, view))
+    blocks.extend(arguments.blocks)
     if approval.status is ApprovalStatus.PENDING:
-        blocks.append(_buttons(approval))
+        blocks.append(_buttons(approval, arguments))
     else:
         blocks.append(
             {"type": "section", "block_id": "outcome", "text": _mrkdwn(outcome_text(approval, mention))}
         )
-    return ApprovalMessage(text=_notification(approval), blocks=blocks, thread_replies=replies)
+    return ApprovalMessage(text=_notification(approval), blocks=blocks, thread_replies=arguments.replies)
+
+
+def _about_tool(facts: ToolFacts) -> dict[str, Any]:
+    parts = []
+    if facts.risk is not None and facts.category is not None:
+        emoji = RISK_EMOJI.get(facts.risk, ":white_circle:")
+        why = f" ({_escaped_within(facts.reasons[0], 300)})" if facts.reasons else ""
+        parts.append(f"{emoji} *{escape(facts.category.replace('_', ' '))} · {escape(facts.risk)} risk*{why}")
+    if facts.description:
+        parts.append(_escaped_within(" ".join(facts.description.split()), DESCRIPTION_LIMIT))
+    text = "\n".join(parts) or "The upstream gives no description of this tool."
+    return {"type": "context", "block_id": "about", "elements": [_mrkdwn(text)]}
+
+
+def _held_because(approval: Approval, view: CallView) -> dict[str, Any]:
+    hold = view.hold
+    because = ""
+    if hold.conditions:
+        said = "; ".join(condition.text for condition in hold.conditions)
+        because = f" because *{_escaped_within(said, 600)}*"
+    changed = f" ({_escaped_within(hold.policy_changed, 300)})" if hold.policy_changed else ""
+    text = (
+        f"Held by rule `{escape(_clip(approval.rule, 200))}`{because}: "
+        f"{_escaped_within(approval.rule_reason, 500)}{changed} · approval `{approval.id}`"
+    )
+    return {"type": "context", "block_id": "held", "elements": [_mrkdwn(text)]}
 
 
 def _deadline_field(approval: Approval) -> str:
@@ -185,10 +225,11 @@ def _result_excerpt(approval: Approval, limit: int = 500) -> str:
     return _escaped_within(excerpt, limit)
 
 
-def _buttons(approval: Approval) -> dict[str, Any]:
-    confirm = (
-        f"`{escape(_clip(approval.tool, 80))}` will be sent to `{escape(_clip(approval.server, 60))}` "
-        f"with the arguments shown (SHA-256 `{approval.arguments_hash[:12]}`)."
+def _buttons(approval: Approval, arguments: _Arguments) -> dict[str, Any]:
+    confirm = _clip_escaped(
+        f"`{escape(_clip(approval.tool, 60))}` will be sent to `{escape(_clip(approval.server, 40))}` "
+        f"with {arguments.what_was_shown()} (SHA-256 `{approval.arguments_hash[:12]}`).",
+        CONFIRM_TEXT_LIMIT,
     )
     return {
         "type": "actions",
@@ -254,39 +295,137 @@ def deny_modal(approval: Approval, *, channel: str | None) -> dict[str, Any]:
 # -- arguments -------------------------------------------------------------------------------------
 
 
-def _arguments(approval: Approval) -> tuple[dict[str, Any], list[str]]:
-    raw = _fence_safe(json.dumps(approval.arguments, indent=2, ensure_ascii=False, sort_keys=True))
-    title = f"*Arguments* · SHA-256 `{approval.arguments_hash[:12]}`\n"
-    whole = f"{title}```\n{escape(raw)}\n```"
-    if len(whole) <= SECTION_TEXT_LIMIT:
-        return {"type": "section", "block_id": "arguments", "text": _mrkdwn(whole)}, []
-    note = "\n_Truncated: the full arguments follow in this thread._"
-    budget = SECTION_TEXT_LIMIT - len(title) - len("```\n\n```") - len("…") - len(note)
-    head, _ = _escaped_prefix(raw, budget)
-    text = f"{title}```\n{head}…\n```{note}"
-    return {"type": "section", "block_id": "arguments", "text": _mrkdwn(text)}, _thread_replies(approval, raw)
+class _Arguments:
+    """The argument sections of a message and the thread replies that complete them.
+
+    Short fields go first, all of them whole, in one code block (several if they overflow a
+    section); then multi-line ones as blocks; then the start of each long one, saying its full
+    value is in the thread. Fields beyond `MAX_ARGUMENT_BLOCKS` sections go to the thread whole.
+    """
+
+    def __init__(self, approval: Approval, view: CallView) -> None:
+        self.approval = approval
+        self.blocks: list[dict[str, Any]] = []
+        self.started: list[CallField] = []
+        """Long fields of which the message shows only the start."""
+        self.moved: list[CallField] = []
+        """Fields the message could not hold at all."""
+        self.replies: list[str] = []
+        self.complete = True
+        """Every arg not shown whole here is whole in the thread."""
+        title = f"*Arguments* · SHA-256 `{approval.arguments_hash[:12]}`"
+        if not view.fields:
+            self.blocks.append(self._section(f"{title}\n_No arguments._"))
+            return
+        short = [arg for arg in view.fields if arg.shape is Shape.SHORT]
+        blocks_left = [arg for arg in view.fields if arg.shape is not Shape.SHORT]
+        self._short_sections(title, short)
+        for arg in blocks_left:
+            if len(self.blocks) >= MAX_ARGUMENT_BLOCKS:
+                self.moved.append(arg)
+            elif arg.shape is Shape.MULTILINE and self._fits_whole(arg):
+                self.blocks.append(self._section(f"*{escape(arg.name)}*\n{_code(arg.text)}"))
+            else:
+                self.started.append(arg)
+                self.blocks.append(self._section(self._started_text(arg)))
+        if self.moved:
+            names = ", ".join(f"`{_inline(arg.name, 40)}`" for arg in self.moved[:5])
+            more = f" and {len(self.moved) - 5} more" if len(self.moved) > 5 else ""
+            self.blocks.append(
+                self._section(f"_{len(self.moved)} more arguments ({names}{more}) are in the thread._")
+            )
+        self._thread([*self.started, *self.moved])
+
+    def what_was_shown(self) -> str:
+        """For the confirm dialog: never more than the message showed."""
+        if not self.started and not self.moved:
+            return "the arguments shown in this message"
+        partial = [*self.started, *self.moved]
+        names = ", ".join(f"`{_inline(arg.name, 30)}`" for arg in partial[:2])
+        more = f" and {len(partial) - 2} more" if len(partial) > 2 else ""
+        where = "the thread" if self.complete else "the thread and the web inbox"
+        return f"the arguments in this message; {names}{more} only in part here, whole in {where}"
+
+    def _section(self, text: str) -> dict[str, Any]:
+        block: dict[str, Any] = {"type": "section", "text": _mrkdwn(text)}
+        if not self.blocks:
+            block["block_id"] = "arguments"
+        return block
+
+    def _short_sections(self, title: str, fields: list[CallField]) -> None:
+        width = min(max((len(arg.name) for arg in fields), default=0), 24)
+        lines: list[str] = []
+        head = title
+        budget = SECTION_TEXT_LIMIT - len(head) - len("\n```\n\n```")
+        for arg in fields:
+            if len(self.blocks) >= MAX_ARGUMENT_BLOCKS - 1:
+                self.moved.append(arg)
+                continue
+            line = escape(_fence_safe(f"{_clip(arg.name, 80):<{width}}  {arg.text}"))
+            if lines and sum(len(each) + 1 for each in lines) + len(line) > budget:
+                self.blocks.append(self._section(f"{head}\n```\n" + "\n".join(lines) + "\n```"))
+                lines, head = [], ""
+                budget = SECTION_TEXT_LIMIT - len("```\n\n```")
+            lines.append(line)
+        if lines:
+            self.blocks.append(self._section(f"{head}\n```\n" + "\n".join(lines) + "\n```"))
+        elif head:
+            self.blocks.append(self._section(head))
+
+    @staticmethod
+    def _fits_whole(arg: CallField) -> bool:
+        return len(f"*{escape(arg.name)}*\n{_code(arg.text)}") <= SECTION_TEXT_LIMIT
+
+    @staticmethod
+    def _started_text(arg: CallField) -> str:
+        name = _inline(arg.name, 80)
+        note = f"_Full value of `{name}` ({arg.size:,} characters) in the thread._"
+        budget = SECTION_TEXT_LIMIT - len(f"*{name}*\n```\n…\n```\n") - len(note)
+        start, _ = _escaped_prefix(_fence_safe(arg.preview), min(budget, 600))
+        return f"*{name}*\n```\n{start}…\n```\n{note}"
+
+    def _thread(self, fields: list[CallField]) -> None:
+        for arg in fields:
+            if len(self.replies) >= MAX_THREAD_REPLIES:
+                self.complete = False
+                break
+            chunks, rest = _chunks(_fence_safe(arg.text), MAX_THREAD_REPLIES - len(self.replies))
+            name = _inline(arg.name, 80)
+            self.replies.extend(
+                f"Full value of `{name}` ({arg.size:,} characters), part {index}/{len(chunks)}:\n```\n{chunk}\n```"
+                for index, chunk in enumerate(chunks, 1)
+            )
+            if rest:
+                self.complete = False
+                break
+        if not self.complete:
+            approval = self.approval
+            self.replies.append(
+                "More characters than a thread should hold are not shown here; the full arguments "
+                f"(SHA-256 `{approval.arguments_hash}`) are in the web inbox and at "
+                f"`/api/approvals/{approval.id}`."
+            )
 
 
-def _thread_replies(approval: Approval, raw: str) -> list[str]:
+def _inline(name: str, limit: int) -> str:
+    """An argument name for inside `code`: a backtick in it would end the span early."""
+    return escape(_clip(name, limit)).replace("`", "'")
+
+
+def _code(text: str) -> str:
+    return f"```\n{escape(_fence_safe(text))}\n```"
+
+
+def _chunks(raw: str, most: int) -> tuple[list[str], str]:
+    """`raw` escaped in pieces that fit a reply, at most `most` of them, and what did not fit."""
     chunk_budget = SECTION_TEXT_LIMIT - 100
     chunks: list[str] = []
     rest = raw
-    while rest:
+    while rest and len(chunks) < most:
         piece, used = _escaped_prefix(rest, chunk_budget, prefer_line_break=True)
         chunks.append(piece)
         rest = rest[used:]
-        if len(chunks) == MAX_THREAD_REPLIES and rest:
-            break
-    shown = len(chunks)
-    replies = [
-        f"Arguments, part {index}/{shown}:\n```\n{chunk}\n```" for index, chunk in enumerate(chunks, 1)
-    ]
-    if rest:
-        replies.append(
-            f"{len(rest)} more characters are not shown here; the full arguments (SHA-256 "
-            f"`{approval.arguments_hash}`) are in the web inbox and at `/api/approvals/{approval.id}`."
-        )
-    return replies
+    return chunks, rest
 
 
 def _escaped_prefix(raw: str, budget: int, *, prefer_line_break: bool = False) -> tuple[str, int]:
@@ -329,6 +468,14 @@ def _plain(text: str) -> dict[str, Any]:
 
 def _mrkdwn(text: str) -> dict[str, Any]:
     return {"type": "mrkdwn", "text": text}
+
+
+def _clip_escaped(text: str, limit: int) -> str:
+    """Shortens already escaped mrkdwn at a space, so no entity or `code` span is split."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit - 1)
+    return text[: cut if cut > 0 else limit - 1] + "…"
 
 
 def _clip(text: str, limit: int) -> str:

@@ -12,6 +12,7 @@ import anyio
 from fastapi import APIRouter
 
 from broker.approvals.approvers import ApproverDirectory
+from broker.approvals.call_view import CallContexts
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.ports import SeenRequests
 from broker.approvals.service import ApprovalService
@@ -43,6 +44,7 @@ class SlackChannel:
         reconcile_sleep: Sleep = anyio.sleep,
         look_back: timedelta = timedelta(days=7),
         claim_lease: timedelta = timedelta(minutes=2),
+        calls: CallContexts | None = None,
     ) -> None:
         if settings.mode == "socket" and not settings.app_token:
             raise ValueError("Slack Socket Mode needs an app-level token")
@@ -67,6 +69,7 @@ class SlackChannel:
             reconcile_sleep=reconcile_sleep,
             look_back=look_back,
             claim_lease=claim_lease,
+            calls=calls,
         )
         """Register with `ApprovalService.add_listener`."""
         self.interactions = InteractionHandler(service, self.api, self.people, clock=clock)

@@ -35,10 +35,11 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
+from broker.approvals.call_view import CallContexts
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import ApprovalError, ApprovalStore, ListPosition, StoreUnavailable
-from broker.channels.slack.blocks import approval_message
+from broker.channels.slack.blocks import ApprovalMessage, approval_message
 from broker.channels.slack.client import PostedMessage, SlackApi
 from broker.channels.slack.errors import SlackRateLimited, SlackRejected, SlackUnavailable
 from broker.channels.slack.people import SlackPeople
@@ -194,8 +195,10 @@ class SlackNotifier:
         look_back: timedelta = timedelta(days=7),
         claim_lease: timedelta = timedelta(minutes=2),
         writer: str | None = None,
+        calls: CallContexts | None = None,
     ) -> None:
         self._store = store
+        self._calls = calls
         self._api = api
         self._people = people
         self._default_channel = default_channel
@@ -467,7 +470,7 @@ class SlackNotifier:
         )
         if not won:
             return True  # somebody moved first: look again
-        rendered = approval_message(claimed, mention=self._people.mention)
+        rendered = await self._render(claimed)
         worker.failure_event = POST_FAILED
         try:
             message = await self._api.post_message(channel, text=rendered.text, blocks=rendered.blocks)
@@ -524,6 +527,11 @@ class SlackNotifier:
         # The worker's next step reads the approval again: a change made while the post was in
         # flight (on any replica, which left the message to this writer) is shown right after.
 
+    async def _render(self, approval: Approval) -> ApprovalMessage:
+        # Without the recent decisions: the message shows the tool, its risk and the condition.
+        context = await self._calls.context(approval, recent=False) if self._calls is not None else None
+        return approval_message(approval, mention=self._people.mention, context=context)
+
     async def _give_back(self, approval_id: str, claim: str) -> None:
         """Releases a claim after a failed post, so that the next attempt (here or elsewhere) can
         begin before the claim would lapse."""
@@ -537,7 +545,7 @@ class SlackNotifier:
         if await self._shown(current) is current.status:
             _remember(self._settled, current.id, current.status, self.MEMORY)
             return False
-        rendered = approval_message(current, mention=self._people.mention)
+        rendered = await self._render(current)
         worker.failure_event = UPDATE_FAILED
         await self._api.update_message(message, text=rendered.text, blocks=rendered.blocks)
         _remember(self._settled, current.id, current.status, self.MEMORY)

@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditRecord
+from broker.approvals.call_view import CallContext, CallContexts, ToolFacts
 from broker.approvals.clock import Clock, require_utc, utc_now
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import (
@@ -25,6 +26,7 @@ from broker.approvals.ports import (
     StoreUnavailable,
 )
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.channels.call_context import CallContextSource
 from broker.channels.web.assets import InboxAssets
 from broker.channels.web.events import EventStreamResponse, InboxEvents
 from broker.channels.web.hardening import HardenedRoute
@@ -53,6 +55,7 @@ class WebInbox:
         *,
         events: InboxEvents,
         tools: ToolSources,
+        calls: CallContexts | None = None,
         clock: Clock = utc_now,
         policy_rejection: Callable[[], ReloadRejection | None] = lambda: None,
         demo: bool = False,
@@ -66,7 +69,12 @@ class WebInbox:
         self._clock = clock
         self.signin = WebSignin(directory, settings, clock=clock)
         self._origin = OriginCheck(self.signin.from_trusted_proxy)
+        self._calls = calls or CallContextSource(
+            store=service.store, policy=tools.policy, tools=tools.tools, held_here=service.held_here
+        )
         self._templates = template_environment()
+        # Rows and panels render each call's fields and risk badge through these (see _call*.html).
+        self._templates.globals.update(call_of=self._calls.view, tool_of=self._tool_facts)
         self._static = InboxAssets()
 
     # -- rendering ---------------------------------------------------------------------------------
@@ -141,6 +149,9 @@ class WebInbox:
             return PlainTextResponse("sign in first", status_code=401)
         return viewer
 
+    def _tool_facts(self, approval: Approval) -> ToolFacts:
+        return self._calls.tool(approval.server, approval.upstream_tool)
+
     async def _pending_count(self) -> int:
         return await self._store.pending_count()
 
@@ -184,7 +195,12 @@ class WebInbox:
     # -- one approval -----------------------------------------------------------------------------------
 
     def _detail_context(
-        self, approval: Approval, trail: list[AuditRecord], viewer: Viewer, notice: str | None = None
+        self,
+        approval: Approval,
+        trail: list[AuditRecord],
+        context: CallContext,
+        viewer: Viewer,
+        notice: str | None = None,
     ) -> dict[str, Any]:
         approver = viewer.approver
         refusal = self._service.may_decide(approval, approver) if approver is not None else "not signed in"
@@ -192,6 +208,7 @@ class WebInbox:
         return {
             "approval": approval,
             "trail": trail,
+            "call_context": context,
             "ending": ending(approval),
             "refusal": refusal,
             "overdue": overdue,
@@ -200,11 +217,11 @@ class WebInbox:
             "max_reason": MAX_REASON_LENGTH,
         }
 
-    async def _load(self, approval_id: str) -> tuple[Approval, list[AuditRecord]] | None:
+    async def _load(self, approval_id: str) -> tuple[Approval, list[AuditRecord], CallContext] | None:
         approval = await self._store.get(approval_id)
         if approval is None:
             return None
-        return approval, await self._store.audit_trail(approval_id)
+        return approval, await self._store.audit_trail(approval_id), await self._calls.context(approval)
 
     def _not_found(self, request: Request, viewer: Viewer, approval_id: str) -> HTMLResponse:
         return self._message(
@@ -288,10 +305,11 @@ class WebInbox:
     async def _already_decided(self, request: Request, viewer: Viewer, current: Approval) -> Response:
         try:
             trail = await self._store.audit_trail(current.id)
+            call_context = await self._calls.context(current)
             count = await self._pending_count()
         except StoreUnavailable as exc:
             return self._unavailable(request, viewer, exc)
-        context = self._detail_context(current, trail, viewer, notice="already")
+        context = self._detail_context(current, trail, call_context, viewer, notice="already")
         return self._page(
             request, viewer, "detail.html", status=409, section="inbox", pending_count=count, **context
         )

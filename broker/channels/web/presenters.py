@@ -57,6 +57,10 @@ def argument_preview(arguments: Any, limit: int = PREVIEW_LENGTH) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def thousands(number: int) -> str:
+    return f"{number:,}"
+
+
 def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2, default=str)
 
@@ -142,6 +146,7 @@ def template_environment() -> jinja2.Environment:
         pretty=pretty_json,
         tone=status_tone,
         label=status_label,
+        thousands=thousands,
     )
     environment.globals["doubt"] = doubt
     return environment
