@@ -14,9 +14,12 @@ from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRe
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import require_utc
 from broker.approvals.idempotency import idempotency_ids
+from broker.approvals.model import Approver
 from broker.approvals.outcomes import guidance
 from broker.approvals.ports import InvalidValue, ListPosition, StoreUnavailable
-from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
+from broker.approvals.quorum import progress, progress_text
+from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.approvals.verdict import verdict_of
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -54,6 +57,25 @@ def approval_json(approval: Approval) -> dict[str, Any]:
             {"path": path, "value": value} for path, value in idempotency_ids(approval.arguments)
         ],
         "guidance": guidance(approval) if approval.status is ApprovalStatus.OUTCOME_UNKNOWN else None,
+        **quorum_json(approval),
+    }
+
+
+def quorum_json(approval: Approval) -> dict[str, Any]:
+    """The quorum and the votes toward it (``progress``: "1 of 2 approvals: alice"; None for one decision)."""
+    tally = progress(approval)
+    return {
+        "votes": [
+            {"approver": vote.approver, "via": vote.via, "at": _iso(vote.at), "groups": sorted(vote.groups)}
+            for vote in approval.votes
+        ],
+        "quorum": {
+            "needed": approval.quorum,
+            "have": len(tally.counted),
+            "from": list(approval.quorum_from),
+            "missing": list(tally.missing_groups),
+        },
+        "progress": progress_text(approval),
     }
 
 
@@ -153,7 +175,7 @@ def build_decisions_router(service: ApprovalService, directory: ApproverDirector
     async def decide(approval_id: str, caller: Approver, approve: bool, reason: str | None) -> dict[str, Any]:
         try:
             approval = await service.decide(
-                approval_id, approver=caller, approve=approve, via="api", reason=reason
+                approval_id, verdict_of(approve, reason), approver=caller, via="api"
             )
         except ApprovalNotFound as exc:
             raise HTTPException(404, str(exc)) from exc

@@ -15,6 +15,7 @@ from typing import Any
 
 from broker.approvals import outcomes
 from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.quorum import progress_text
 from broker.approvals.service import POLICY_ACTOR
 
 SECTION_TEXT_LIMIT = 3000
@@ -74,6 +75,7 @@ def approval_message(approval: Approval, *, mention: Mention) -> ApprovalMessage
                 _mrkdwn(
                     f"Rule `{escape(_clip(approval.rule, 200))}`: {_escaped_within(approval.rule_reason, 500)} · "
                     f"approval `{approval.id}`"
+                    + (f" · {escape(votes)}" if (votes := progress_text(approval)) else "")
                 )
             ],
         },

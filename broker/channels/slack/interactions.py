@@ -19,9 +19,10 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker.approvals.clock import Clock, utc_now
-from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.model import Approval, ApprovalStatus, Approver
 from broker.approvals.ports import ApprovalError, ApprovalNotFound, InvalidTransition
-from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
+from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.approvals.verdict import verdict_of
 from broker.channels.slack.blocks import (
     APPROVE_ACTION,
     DENY_ACTION,
@@ -273,7 +274,7 @@ class InteractionHandler:
     ) -> Approval | None:
         try:
             return await self._service.decide(
-                approval_id, approver=approver, approve=approve, via=DECIDED_VIA, reason=reason
+                approval_id, verdict_of(approve, reason), approver=approver, via=DECIDED_VIA
             )
         except InvalidTransition as lost:
             await self._tell(channel, user_id, already_decided_text(lost.current, self._people.mention))
