@@ -14,6 +14,7 @@ import pytest
 
 from broker.approvals import Approval
 from tests.e2e.harness import (
+    APPROVER_TOKENS,
     FAST_APPROVALS,
     RawSession,
     RunningBroker,
@@ -21,6 +22,7 @@ from tests.e2e.harness import (
     make_settings,
     running_broker,
 )
+from tests.e2e.test_approvals_cli import cli
 from tests.e2e.test_approvals_flow import BIG_ORDER, text_of, watch
 
 pytestmark = pytest.mark.anyio
@@ -174,3 +176,26 @@ async def test_mcp_tasks_report_the_votes_in_tasks_get(tmp_path: Path) -> None:
                     await approve(bob, approval.id)
                 result = await raw.rpc(4, "tasks/result", {"taskId": task_id})
                 assert result["result"]["structuredContent"]["quantity"] == 10
+
+
+async def test_the_command_line_shows_the_votes(tmp_path: Path) -> None:
+    async with running_broker(make_settings(tmp_path, QUORUM_POLICY, exchange_server())) as running:
+        opened = watch(running)
+
+        def as_(name: str) -> list[str]:
+            return ["--url", running.url, "--token", APPROVER_TOKENS[name]]
+
+        with anyio.fail_after(60):
+            async with running.client() as client, anyio.create_task_group() as tasks:
+                tasks.start_soon(client.call_tool, "place_order", BIG_ORDER)
+                approval = await opened.opened.receive()
+                code, out, err = await cli("approvals", "approve", approval.id, *as_("alice"))
+                assert code == 0, err
+                assert out.strip() == f"{approval.id}: vote recorded, still pending: 1 of 2 approvals: alice"
+                code, out, _ = await cli("approvals", "list", *as_("bob"))
+                assert "1 of 2 approvals: alice" in out
+                code, out, _ = await cli("approvals", "show", approval.id, *as_("bob"))
+                assert "progress: 1 of 2 approvals: alice" in out
+                code, out, err = await cli("approvals", "approve", approval.id, *as_("bob"))
+                assert code == 0, err
+                assert out.strip() == f"{approval.id}: approved by alice, bob"
