@@ -12,9 +12,10 @@ A person may decide an approval when
 For a quorum (see broker.approvals.quorum) a yes also needs an *identified* person: one the broker
 ties to a single approver identity (an approver entry, whichever channel they use). A Slack
 user-group member without an entry may decide a single-approver rule, but is never counted beside
-an approver who may be the same person. The quorum in force is the held rule's, or the current
-rule's when the policy was reloaded and still requires approval; a vote counts only while its
-voter passes 1-3 against the policy in force at the moment of counting.
+an approver who may be the same person. The quorum in force is the held rule's, made stricter
+(never weaker) by the current rule when the policy was reloaded and still requires approval: the
+larger number, every group of both. A vote counts only while its voter passes 1-3 against the
+policy in force at the moment of counting.
 """
 
 from __future__ import annotations
@@ -61,11 +62,14 @@ class Eligibility:
         return f"{approver.name} is not an approver for rule {rule} (approvers: {', '.join(allowed)})"
 
     def requirement(self, approval: Approval, current: Decision | None) -> Requirement:
-        """The quorum in force for `approval`: its rule's, or the reloaded policy's rule's."""
+        """The quorum in force for `approval`: its rule's, made stricter by the reloaded policy's
+        rule (more approvers, more groups) but never weaker, as reloads narrow the approvers."""
+        held = Requirement.of(approval)
         changed = _changed_requirement(approval, current)
-        if changed is not None:
-            return Requirement(changed.quorum, changed.quorum_from)
-        return Requirement.of(approval)
+        if changed is None:
+            return held
+        groups = tuple(dict.fromkeys((*held.from_groups, *changed.quorum_from)))
+        return Requirement(max(held.approvals, changed.quorum, len(groups)), groups)
 
     def counts(self, approval: Approval, current: Decision | None) -> Callable[[Vote], bool]:
         """Whether a stored yes still counts toward the quorum under the policy in force."""

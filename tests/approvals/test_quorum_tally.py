@@ -125,6 +125,9 @@ def test_the_policy_in_force_decides_the_quorum_and_who_counts() -> None:
     )
     assert rules.requirement(held, narrowed) == Requirement(3)
     assert rules.requirement(held, None) == Requirement(2)
+    # A reload never weakens the quorum of a call already waiting; it may add groups.
+    relaxed = replace(narrowed, approval=ApprovalRequirement(quorum=1, quorum_from=("@risk",)))
+    assert rules.requirement(held, relaxed) == Requirement(2, ("@risk",))
     counts = rules.counts(held, narrowed)
     assert counts(vote("alice", "risk"))
     assert not counts(vote("carol"))  # named by the held rule, not by the one in force
