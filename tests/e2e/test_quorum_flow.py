@@ -12,7 +12,9 @@ import anyio
 import httpx2
 import pytest
 
+from broker.app import Broker
 from broker.approvals import Approval
+from broker.config.settings import ConfigError
 from tests.e2e.harness import (
     APPROVER_TOKENS,
     FAST_APPROVALS,
@@ -199,3 +201,9 @@ async def test_the_command_line_shows_the_votes(tmp_path: Path) -> None:
                 code, out, err = await cli("approvals", "approve", approval.id, *as_("bob"))
                 assert code == 0, err
                 assert out.strip() == f"{approval.id}: approved by alice, bob"
+
+
+def test_a_quorum_the_configured_approvers_cannot_reach_stops_the_broker(tmp_path: Path) -> None:
+    policy = QUORUM_POLICY.replace("quorum: 2", "quorum: 3")
+    with pytest.raises(ConfigError, match=r"policy\.yaml:5: rule rules\[0\] 'place_order': quorum needs 3"):
+        Broker(make_settings(tmp_path, policy, exchange_server()), environ={})
