@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import utc_now
+from broker.approvals.eligibility import unreachable_quorums
 from broker.approvals.health import StoreHealth
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
@@ -24,7 +25,7 @@ from broker.channels.api import build_decisions_router
 from broker.channels.call_context import CallContextSource
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
-from broker.config.settings import BrokerSettings
+from broker.config.settings import BrokerSettings, ConfigError
 from broker.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from broker.observability.metrics import BrokerMetrics
 from broker.policy import Policy
@@ -44,6 +45,7 @@ from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
 from broker.store.seen_requests import SqlSeenRequests
+from broker.store.votes import SqlVoteStore
 
 if TYPE_CHECKING:
     from broker.channels.slack import SlackChannel
@@ -79,6 +81,15 @@ class Broker:
             call_timeout=settings.upstream_call_timeout,
         )
         self.approvers = ApproverDirectory(settings.approvers)
+        unreachable = unreachable_quorums(
+            self.policy_file.holder.current,
+            ((account.name, account.groups) for account in self.approvers.accounts()),
+            settings.approvals.default_approvers,
+        )
+        if unreachable:
+            raise ConfigError(
+                "; ".join(f"{settings.policy_path}:{line}: {problem}" for line, problem in unreachable)
+            )
         self.store = create_store(settings.database_url)
         self.store_health = StoreHealth(self.store.probe, up_interval=settings.approvals.sweep_interval)
         self.store.report_failures_to(self.store_health.failed)
@@ -90,6 +101,7 @@ class Broker:
             sweep_interval=settings.approvals.sweep_interval,
             policy=lambda: self.policy_file.holder.current,
             principals=settings.acts_for,
+            votes=SqlVoteStore(self.store),
         )
         self.approvals.set_releaser(
             UpstreamReleaser(
@@ -149,6 +161,7 @@ class Broker:
             held_calls=lambda: self.approvals.held_calls,
         )
         self.approvals.add_listener(self.metrics)
+        self.approvals.add_vote_listener(self.metrics)
         self.replica_feed = (
             ReplicaFeed(
                 settings.database_url, replica=self.approvals.replica, on_lost=self.store_health.failed

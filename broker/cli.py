@@ -385,6 +385,7 @@ def _cmd_approvals_list(args: argparse.Namespace) -> int:
             f"{item['id']:<26}  {item['status']:<15}  {item['agent'][:14]:<14}  {item['tool'][:32]:<32}  "
             f"{risk:<8}  {item['created_at'][:19]:<20}  {item['expires_at'][:19]:<20}  "
             f"{_fields_preview(item.get('fields') or [])}"
+            + (f"  {item['progress']}" if item.get("progress") else "")
         )
     return 0
 
@@ -461,6 +462,7 @@ def _cmd_approvals_show(args: argparse.Namespace) -> int:
         "decided_via",
         "decided_at",
         "decision_reason",
+        "progress",
         "guidance",
     ):
         if approval.get(key) is not None:
@@ -481,7 +483,10 @@ def _cmd_approvals_decide(args: argparse.Namespace) -> int:
     verb = "approve" if args.approvals_command == "approve" else "deny"
     body = {"reason": args.reason} if args.reason else {}
     approval = _api_call(args, "POST", f"/api/approvals/{args.id}/{verb}", json=body)
-    print(f"{approval['id']}: {approval['status']} by {approval['decided_by']}")
+    if approval["status"] == "pending" and approval.get("progress"):
+        print(f"{approval['id']}: vote recorded, still pending: {approval['progress']}")
+    else:
+        print(f"{approval['id']}: {approval['status']} by {approval['decided_by']}")
     return 0
 
 

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker.approvals.service import Approver
+from broker.approvals.model import Approver
 
 
 @dataclass(frozen=True, slots=True)

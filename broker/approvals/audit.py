@@ -42,6 +42,9 @@ class AuditEventKind(enum.StrEnum):
     OUTCOME_UNKNOWN = "outcome_unknown"
     ATTACHED = "attached"
     PENDING_TOLD = "pending_told"
+    VOTED = "voted"
+    """One approver's yes toward a quorum (their repeats included); the deciding one is followed
+    by ``approved``."""
 
     @classmethod
     def for_status(cls, status: ApprovalStatus) -> AuditEventKind:

@@ -50,6 +50,30 @@ class ApprovalStatus(enum.StrEnum):
         return self is not ApprovalStatus.PENDING
 
 
+@dataclass(frozen=True, slots=True)
+class Approver:
+    """A person who may decide approvals, as the channels authenticated them.
+
+    `identified` is False for a person the broker knows only through a channel (a Slack user-group
+    member with no approver entry, named ``slack:<member id>``): they may decide a single-approver
+    rule, but never count toward a quorum, where they might be an approver counted a second time.
+    """
+
+    name: str
+    groups: frozenset[str] = frozenset()
+    identified: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One approver's yes toward a quorum, as stored (see broker.approvals.quorum)."""
+
+    approver: str
+    groups: frozenset[str]
+    via: str
+    at: datetime
+
+
 _TERMINAL = frozenset(
     {
         ApprovalStatus.COMPLETED,
@@ -95,6 +119,10 @@ class NewApproval:
     approvers: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
     task_id: str | None = None
+    quorum: int = 1
+    """Distinct approvers whose yes releases the call (1: the first decision is final)."""
+    quorum_from: tuple[str, ...] = ()
+    """Groups (``@risk``) that must each be represented by a different one of those approvers."""
     arguments_hash: str = field(init=False)
     request_key: str = field(init=False)
     argument_order: tuple[str, ...] = field(init=False)
@@ -116,6 +144,11 @@ class NewApproval:
             if not all(isinstance(item, str) and item for item in values):
                 raise ValueError(f"NewApproval.{name} must contain non-empty strings, got {values!r}")
             object.__setattr__(self, name, values)
+        if not isinstance(self.quorum, int) or self.quorum < 1 or self.quorum < len(self.quorum_from):
+            raise ValueError(
+                f"NewApproval.quorum must be at least 1 and cover quorum_from, got {self.quorum!r}"
+            )
+        object.__setattr__(self, "quorum_from", tuple(self.quorum_from))
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ValueError(f"NewApproval.task_id must be a non-empty string or None, got {self.task_id!r}")
         object.__setattr__(self, "argument_order", tuple(str(key) for key in self.arguments))
@@ -169,6 +202,11 @@ class Approval:
     pending_told_at: datetime | None = None
     """When an agent was first handed the "pending approval" answer: from then on only an
     explicit cancellation withdraws the call (a pending answer is a promise)."""
+    quorum: int = 1
+    """Distinct approvers needed (see `NewApproval.quorum`)."""
+    quorum_from: tuple[str, ...] = ()
+    votes: tuple[Vote, ...] = ()
+    """The yes votes recorded toward the quorum so far, oldest first (empty for quorum 1)."""
 
     @property
     def is_terminal(self) -> bool:

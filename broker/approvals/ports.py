@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import base64
 import builtins
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from broker.approvals.audit import AuditEvent, AuditRecord, AuditVerification
 from broker.approvals.clock import require_utc
-from broker.approvals.model import Approval, ApprovalStatus, NewApproval
+from broker.approvals.model import Approval, ApprovalStatus, NewApproval, Vote
+from broker.approvals.quorum import Tally
 
 
 class ApprovalError(Exception):
@@ -252,4 +253,42 @@ class SeenRequests(Protocol):
 
         False when the digest is already recorded (a replay), however many callers race.
         """
+        ...
+
+
+class Cast(NamedTuple):
+    """What recording one yes did: the approval as it now stands, whether this person's vote was
+    new (False: they had voted already and count once), and whether it reached the quorum (then
+    this call, and no other, moved the approval to approved)."""
+
+    approval: Approval
+    new: bool
+    decided: bool
+
+
+class VoteStore(Protocol):
+    """Yes votes toward a quorum, one per (approval, approver) across all replicas.
+
+    Exception tree (from above)::
+
+        ApprovalNotFound      no approval has that id
+        InvalidTransition     the approval is no longer pending (`.current` says who ended it);
+                              the vote was not recorded
+        StoreUnavailable      nothing was recorded; fail closed
+    """
+
+    async def cast(
+        self,
+        approval_id: str,
+        vote: Vote,
+        *,
+        reason: str | None,
+        audit: AuditEvent,
+        tally: Callable[[Sequence[Vote]], Tally],
+    ) -> Cast:
+        """Record `vote` and, when `tally` of every vote stored for the approval is reached, move
+        it from pending to approved, all in one transaction that holds the approval's row: of any
+        number of last votes racing on any number of replicas exactly one decides, and none is
+        lost. `audit` (a ``voted`` event) is written for every vote, repeated ones included; the
+        deciding one adds ``approved`` with the counted approvers."""
         ...

@@ -10,7 +10,8 @@ Exception tree (in addition to `broker.approvals.ports`)::
 
     ApprovalError
     └── NotAllowedToDecide      the person may not decide this approval (not an approver
-                                for its rule, or the agent whose call it is)
+                                for its rule, the agent whose call it is or a person it acts
+                                for, or a yes from someone who cannot count toward its quorum)
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from anyio.abc import TaskGroup
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.eligibility import ANY_APPROVER, Eligibility, quorum_refusal
 from broker.approvals.health import StoreHealth
-from broker.approvals.model import Approval, ApprovalStatus, NewApproval
+from broker.approvals.model import Approval, ApprovalStatus, Approver, NewApproval, Vote
 from broker.approvals.outcomes import unknown_result
 from broker.approvals.ports import (
     ApprovalError,
@@ -40,14 +42,16 @@ from broker.approvals.ports import (
     ApprovalStore,
     InvalidTransition,
     StoreUnavailable,
+    VoteStore,
 )
+from broker.approvals.quorum import Requirement, tally
 from broker.approvals.sweeper import RELEASES_IN_FLIGHT, oldest_first
+from broker.approvals.verdict import Approve, Verdict
 from broker.policy import Policy
-from broker.policy.decision import Action, Decision
+from broker.policy.decision import Decision
 
 logger = logging.getLogger(__name__)
 
-ANY_APPROVER = "*"
 TIMEOUT_ACTOR = "timeout"
 POLICY_ACTOR = "policy"
 
@@ -56,12 +60,11 @@ class NotAllowedToDecide(ApprovalError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Approver:
-    """A person who may decide approvals, as the channels authenticated them."""
+class VoteListener(Protocol):
+    """Hears every vote toward a quorum (metrics). `outcome` is counted, repeat (the person had
+    voted already), decisive (it reached the quorum), deny or refused. Called inline: must not block."""
 
-    name: str
-    groups: frozenset[str] = frozenset()
+    def vote_cast(self, approval: Approval, approver: str, outcome: str) -> None: ...
 
 
 class ApprovalListener(Protocol):
@@ -122,6 +125,7 @@ class ApprovalService:
         policy: Callable[[], Policy] | None = None,
         principals: Mapping[str, frozenset[str]] | None = None,
         health: StoreHealth | None = None,
+        votes: VoteStore | None = None,
     ) -> None:
         self.store = store
         self.replica = replica
@@ -134,6 +138,9 @@ class ApprovalService:
         self._sleep = sleep
         self._policy = policy
         self._principals = principals or {}
+        self._eligibility = Eligibility(self._default_approvers, self._principals)
+        self._votes = votes
+        self._vote_listeners: list[VoteListener] = []
         self._releaser: CallReleaser | None = None
         self._listeners: list[ApprovalListener] = []
         self._mirrors: list[ApprovalListener] = []
@@ -159,6 +166,9 @@ class ApprovalService:
         self._listeners.append(listener)
         if hears_other_replicas:
             self._mirrors.append(listener)
+
+    def add_vote_listener(self, listener: VoteListener) -> None:
+        self._vote_listeners.append(listener)
 
     @asynccontextmanager
     async def running(self, *, sweep: bool = True) -> AsyncIterator[ApprovalService]:
@@ -339,39 +349,9 @@ class ApprovalService:
     # -- deciding -------------------------------------------------------------------------------
 
     def may_decide(self, approval: Approval, approver: Approver) -> str | None:
-        """None when `approver` may decide `approval`, else the reason they may not.
-
-        The approver must be named both by the rule that held the call and, when the policy has
-        been reloaded since and still requires approval, by the rule in force now: a reload that
-        narrows who may approve applies to calls already waiting.
-        """
-        if approver.name == approval.agent:
-            return f"{approver.name} is the agent that made this call and cannot approve its own call"
-        if approver.name in self._principals.get(approval.agent, ()):
-            return f"{approver.name} is who agent {approval.agent} acts for and cannot approve its own call"
-        refusal = self._not_named(approver, approval.approvers, approval.rule)
-        if refusal is not None:
-            return refusal
-        current = self._decision_now(approval)
-        if (
-            current is not None
-            and current.action is Action.REQUIRE_APPROVAL
-            and current.revision != approval.policy_revision
-            and current.approval is not None
-        ):
-            return self._not_named(
-                approver, current.approval.approvers, f"{current.rule} (revision {current.revision})"
-            )
-        return None
-
-    def _not_named(self, approver: Approver, approvers: Sequence[str], rule: str) -> str | None:
-        allowed = approvers or self._default_approvers
-        for entry in allowed:
-            if entry == ANY_APPROVER or entry == approver.name:
-                return None
-            if entry.startswith("@") and entry[1:] in approver.groups:
-                return None
-        return f"{approver.name} is not an approver for rule {rule} (approvers: {', '.join(allowed)})"
+        """None when `approver` may decide `approval`, else the reason they may not (see
+        broker.approvals.eligibility: the rule that held the call and the rule in force now)."""
+        return self._eligibility.refusal(approval, approver, self._decision_now(approval))
 
     def _decision_now(self, approval: Approval) -> Decision | None:
         if self._policy is None:
@@ -380,19 +360,27 @@ class ApprovalService:
             approval.upstream_tool, server=approval.server, agent=approval.agent, arguments=approval.arguments
         )
 
-    async def decide(
-        self, approval_id: str, *, approver: Approver, approve: bool, via: str, reason: str | None = None
-    ) -> Approval:
+    async def decide(self, approval_id: str, verdict: Verdict, *, approver: Approver, via: str) -> Approval:
         """Approve or deny a pending approval; exactly one of any number of racing deciders wins.
+
+        Under a quorum (see broker.approvals.quorum) a yes is a vote: the approval stays pending,
+        showing its progress, until enough distinct approvers agreed; the vote that reaches the
+        quorum approves it, exactly once across replicas. A deny always ends the call at once.
 
         Raises ApprovalNotFound, NotAllowedToDecide, or InvalidTransition whose `current`
         says who ended it and when (also when the deadline passed before the click).
         """
         approval = await self._fresh(approval_id)
-        refusal = self.may_decide(approval, approver)
-        if refusal is not None:
-            raise NotAllowedToDecide(refusal)
         current = self._decision_now(approval)
+        approve = isinstance(verdict, Approve)
+        refusal = self._eligibility.refusal(approval, approver, current)
+        requirement = self._eligibility.requirement(approval, current)
+        if refusal is None and approve:
+            refusal = quorum_refusal(approver, requirement)
+        if refusal is not None:
+            if requirement.is_quorum:
+                self._tell_vote(approval, approver, "refused")
+            raise NotAllowedToDecide(refusal)
         now_refused = current.refusal() if approve and current is not None else None
         if now_refused is not None:
             raise NotAllowedToDecide(f"{now_refused}; it can only be denied")
@@ -401,7 +389,10 @@ class ApprovalService:
             # The deadline wins over a late click, even if the sweeper has not run yet.
             expired, _ = await self._expire(approval)
             raise InvalidTransition(expired, expected={ApprovalStatus.PENDING}, to=target)
+        if approve and requirement.is_quorum:
+            return await self._vote(approval, approver, verdict.reason, via, requirement, current)
         now = self._clock()
+        reason = verdict.reason
         decided = await self.store.transition(
             approval_id,
             expected={ApprovalStatus.PENDING},
@@ -418,10 +409,51 @@ class ApprovalService:
                 {"via": via, "reason": reason} if reason else {"via": via},
             ),
         )
+        if requirement.is_quorum:
+            self._tell_vote(decided, approver, "deny")
         self._announce(decided)
         if approve:
             self._start_release(decided)
         return decided
+
+    async def _vote(
+        self,
+        approval: Approval,
+        approver: Approver,
+        reason: str | None,
+        via: str,
+        requirement: Requirement,
+        current: Decision | None,
+    ) -> Approval:
+        if self._votes is None:
+            # Fail closed: without a vote store a quorum could only be faked.
+            raise NotAllowedToDecide("this broker cannot record votes toward a quorum")
+        counts = self._eligibility.counts(approval, current)
+        details: dict[str, Any] = {"via": via, "groups": sorted(approver.groups)}
+        if reason:
+            details["reason"] = reason
+        cast = await self._votes.cast(
+            approval.id,
+            Vote(approver.name, approver.groups, via, self._clock()),
+            reason=reason,
+            audit=AuditEvent(AuditEventKind.VOTED, approver.name, details),
+            tally=partial(tally, requirement=requirement, counts=counts),
+        )
+        self._tell_vote(
+            cast.approval, approver, "decisive" if cast.decided else "counted" if cast.new else "repeat"
+        )
+        if cast.new:
+            self._announce(cast.approval)
+        if cast.decided:
+            self._start_release(cast.approval)
+        return cast.approval
+
+    def _tell_vote(self, approval: Approval, approver: Approver, outcome: str) -> None:
+        for listener in self._vote_listeners:
+            try:
+                listener.vote_cast(approval, approver.name, outcome)
+            except Exception:
+                logger.exception("vote listener %s failed on %s", type(listener).__name__, approval.id)
 
     # -- releasing --------------------------------------------------------------------------------
 

@@ -95,6 +95,10 @@ class DecisionSnapshot:
             text += f", max {self.rate_limit.max_calls}/{_seconds(self.rate_limit.window_seconds)}"
         if self.approval is not None:
             text += f", timeout {_seconds(self.approval.timeout_seconds)}"
+            if self.approval.quorum > 1 or self.approval.quorum_from:
+                text += f", quorum {self.approval.quorum}"
+                if self.approval.quorum_from:
+                    text += f" from {' '.join(self.approval.quorum_from)}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +117,12 @@ class DecisionSnapshot:
                 "channels": list(self.approval.channels),
             }
         )
+        if (
+            self.approval is not None
+            and approval is not None
+            and (self.approval.quorum > 1 or self.approval.quorum_from)
+        ):
+            approval["quorum"] = {"approvals": self.approval.quorum, "from": list(self.approval.quorum_from)}
         return {
             "action": self.action.value,
             "rule": self.rule,

@@ -15,9 +15,12 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.call_view import CallContext, CallContexts, call_view
 from broker.approvals.clock import require_utc
 from broker.approvals.idempotency import idempotency_ids
+from broker.approvals.model import Approver
 from broker.approvals.outcomes import guidance
 from broker.approvals.ports import InvalidValue, ListPosition, StoreUnavailable
-from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
+from broker.approvals.quorum import progress, progress_text
+from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.approvals.verdict import verdict_of
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -75,6 +78,7 @@ def approval_json(
         "guidance": guidance(approval) if approval.status is ApprovalStatus.OUTCOME_UNKNOWN else None,
         "fields": [field.to_json() for field in view.fields],
         "context": about,
+        **quorum_json(approval),
     }
 
 
@@ -87,6 +91,24 @@ def _recent_json(approval: Approval) -> dict[str, Any]:
         "decided_via": approval.decided_via,
         "decided_at": _iso(approval.decided_at),
         "decision_reason": approval.decision_reason,
+    }
+
+
+def quorum_json(approval: Approval) -> dict[str, Any]:
+    """The quorum and the votes toward it (``progress``: "1 of 2 approvals: alice"; None for one decision)."""
+    tally = progress(approval)
+    return {
+        "votes": [
+            {"approver": vote.approver, "via": vote.via, "at": _iso(vote.at), "groups": sorted(vote.groups)}
+            for vote in approval.votes
+        ],
+        "quorum": {
+            "needed": approval.quorum,
+            "have": len(tally.counted),
+            "from": list(approval.quorum_from),
+            "missing": list(tally.missing_groups),
+        },
+        "progress": progress_text(approval),
     }
 
 
@@ -199,7 +221,7 @@ def build_decisions_router(
     async def decide(approval_id: str, caller: Approver, approve: bool, reason: str | None) -> dict[str, Any]:
         try:
             approval = await service.decide(
-                approval_id, approver=caller, approve=approve, via="api", reason=reason
+                approval_id, verdict_of(approve, reason), approver=caller, via="api"
             )
         except ApprovalNotFound as exc:
             raise HTTPException(404, str(exc)) from exc

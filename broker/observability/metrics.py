@@ -75,6 +75,13 @@ class BrokerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._votes = Counter(
+            "broker_approval_votes",
+            "Votes on quorum approvals made on this replica: counted, repeat (the person had voted "
+            "already and counts once), decisive (reached the quorum), deny, refused",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._pending = Gauge(
             "broker_approvals_pending",
             "Approvals waiting for a human in the shared store (the same queue on every replica: use max)",
@@ -103,6 +110,11 @@ class BrokerMetrics:
         released = _RELEASE_OUTCOMES.get(approval.status)
         if released is not None:
             self._releases.labels(released).inc()
+
+    # -- VoteListener -------------------------------------------------------------------------------
+
+    def vote_cast(self, approval: Approval, approver: str, outcome: str) -> None:
+        self._votes.labels(outcome).inc()
 
     # -- exposition ----------------------------------------------------------------------------------
 

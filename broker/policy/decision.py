@@ -28,6 +28,10 @@ class ApprovalRequirement:
     hold_budget_seconds: float | None = None
     """How long an agent's request is held before it gets the "pending" answer, for this rule's
     calls (None: the agent's or the broker's budget; see broker/proxy/held_calls.py)."""
+    quorum: int = 1
+    """Distinct approvers whose yes releases the call (four-eyes: 2); see broker/approvals/quorum.py."""
+    quorum_from: tuple[str, ...] = ()
+    """Groups (``@risk``) that must each be represented by a different one of those approvers."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,11 @@ class Explanation:
                 f"approvers: {_approvers(approval.approvers)}; "
                 f"channels: {', '.join(approval.channels) or 'none named'}"
             )
+            if approval.quorum > 1 or approval.quorum_from:
+                groups = f", one of each of {', '.join(approval.quorum_from)}" if approval.quorum_from else ""
+                lines.append(
+                    f"quorum:    {approval.quorum} distinct approvers{groups}; any deny ends the call"
+                )
             if approval.hold_budget_seconds is not None:
                 lines.append(
                     f"hold:      an agent waits {approval.hold_budget_seconds:g}s at most before the "

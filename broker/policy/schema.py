@@ -26,6 +26,7 @@ from broker.policy.document import (
 from broker.policy.duration import parse_duration
 from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
+from broker.policy.quorum import parse_quorum
 from broker.policy.rules import CompiledRule, HideEntry
 
 SUPPORTED_VERSION: Final = "1"
@@ -44,9 +45,10 @@ RULE_KEYS: Final = (
     "channels",
     "hold_budget",
     "show_first",
+    "quorum",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
-APPROVAL_KEYS: Final = ("timeout", "on_timeout", "approvers", "channels", "hold_budget")
+APPROVAL_KEYS: Final = ("timeout", "on_timeout", "approvers", "channels", "hold_budget", "quorum")
 RULE_ACTIONS: Final = (Action.ALLOW, Action.DENY, Action.REQUIRE_APPROVAL)
 DEFAULT_REASONS: Final = {
     Action.ALLOW: "allowed by policy",
@@ -437,6 +439,7 @@ class _Compiler:
         timeout, on_timeout = requirement.timeout_seconds, requirement.on_timeout
         approvers, channels = requirement.approvers, requirement.channels
         hold_budget = requirement.hold_budget_seconds
+        quorum_node: Node | None = None
         for key, value in present:
             if key.name == "timeout":
                 timeout = self._duration(value, "timeout", body) or timeout
@@ -453,14 +456,21 @@ class _Compiler:
                     )
             elif key.name == "approvers":
                 approvers = self._string_list(value, "approvers", allow_empty=True) or ()
+            elif key.name == "quorum":
+                quorum_node = value
             else:
                 channels = self._string_list(value, "channels", allow_empty=True) or ()
+        quorum, quorum_from = (
+            (1, ()) if quorum_node is None else parse_quorum(quorum_node, approvers, self._fail)
+        )
         return ApprovalRequirement(
             timeout_seconds=timeout,
             on_timeout=on_timeout,
             approvers=approvers,
             channels=channels,
             hold_budget_seconds=hold_budget,
+            quorum=quorum,
+            quorum_from=quorum_from,
         )
 
 

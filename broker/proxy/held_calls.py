@@ -55,6 +55,7 @@ from broker.approvals.health import StoreHealth
 from broker.approvals.idempotency import describe_ids
 from broker.approvals.model import DELIVERABLE_STATUSES
 from broker.approvals.outcomes import unknown_reason
+from broker.approvals.quorum import progress_text
 from broker.approvals.service import (
     POLICY_ACTOR,
     ApprovalService,
@@ -208,6 +209,8 @@ class HeldCalls:
             approvers=requirement.approvers if requirement is not None else (),
             channels=requirement.channels if requirement is not None else (),
             task_id=self._new_task_id() if isinstance(task, dict) else None,
+            quorum=requirement.quorum if requirement is not None else 1,
+            quorum_from=requirement.quorum_from if requirement is not None else (),
         )
         try:
             approval, shared = await self._open(ctx, new)
@@ -321,7 +324,12 @@ class HeldCalls:
     def _waiting_message(self, approval: Approval) -> str:
         if approval.status is ApprovalStatus.PENDING:
             left = math.ceil(approval.time_left(self._clock()).total_seconds())
-            return f"Waiting for human approval of '{approval.tool}' (approval {approval.id}); auto-deny in {left} s"
+            votes = progress_text(approval, brackets=True)
+            so_far = f"; {votes}" if votes else ""
+            return (
+                f"Waiting for human approval of '{approval.tool}' (approval {approval.id}){so_far}; "
+                f"auto-deny in {left} s"
+            )
         return f"Approved by {approval.decided_by}; forwarding '{approval.tool}' to the upstream"
 
     def _pending_result(self, approval: Approval) -> JsonObject:
@@ -336,6 +344,9 @@ class HeldCalls:
                 f"waiting for a human to approve or deny it (approval id {approval.id}; it expires at "
                 f"{_iso(approval.expires_at)}, in {left} s, and is rejected then if nobody decides)."
             )
+            votes = progress_text(approval)
+            if votes:
+                state += f" It needs {approval.quorum} distinct approvers; so far {votes}."
         else:
             state = (
                 f"APPROVED, RUNNING: {approval.decided_by} approved the call to '{approval.tool}' and the "
@@ -523,7 +534,9 @@ def _summary(approval: Approval) -> JsonObject:
 def status_text(approval: Approval) -> str:
     status = approval.status
     if status is ApprovalStatus.PENDING:
-        return f"waiting for human approval until {_iso(approval.expires_at)}"
+        votes = progress_text(approval, brackets=True)
+        so_far = f": {votes}" if votes else ""
+        return f"waiting for human approval{so_far} until {_iso(approval.expires_at)}"
     if status is ApprovalStatus.APPROVED or status is ApprovalStatus.RELEASED:
         return f"approved by {approval.decided_by}; forwarding to the upstream"
     if status is ApprovalStatus.COMPLETED:

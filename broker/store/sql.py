@@ -58,6 +58,7 @@ from broker.store.failures import store_unavailable_on_db_error
 from broker.store.migrate import VERSION_TABLE
 from broker.store.probe import open_sqlite_afresh
 from broker.store.tables import approvals, audit_events
+from broker.store.vote_rows import votes_from_json, votes_json
 
 AUDIT_CHAIN_LOCK = int.from_bytes(
     hashlib.sha256(b"mcp-approval-broker/audit-chain").digest()[:8], "big", signed=True
@@ -465,6 +466,10 @@ class SqlApprovalStore:
         shielding and mapping of failures to StoreUnavailable."""
         return self._writing(operation)
 
+    async def append_in(self, conn: AsyncConnection, event: AuditEvent) -> None:
+        """Appends `event` to the audit chain inside a `transaction` (for sibling modules' tables)."""
+        await self._append(conn, event, self._now())
+
     # -- health --------------------------------------------------------------------------------
 
     def report_failures_to(self, listener: Callable[[str], None]) -> None:
@@ -522,6 +527,8 @@ class SqlApprovalStore:
             version=1,
             task_id=new.task_id,
             argument_order=new.argument_order,
+            quorum=new.quorum,
+            quorum_from=new.quorum_from,
         )
         try:
             await conn.execute(insert(approvals).values(_row_from_approval(approval)))
@@ -757,6 +764,9 @@ def _row_from_approval(approval: Approval) -> dict[str, Any]:
         "argument_order": list(approval.argument_order),
         "callers": approval.callers,
         "pending_told_at": approval.pending_told_at,
+        "quorum": approval.quorum,
+        "quorum_from": list(approval.quorum_from),
+        "votes": votes_json(approval.votes),
         "version": approval.version,
     }
 
@@ -796,6 +806,9 @@ def _approval_from_row(row: RowMapping) -> Approval:
         argument_order=tuple(row["argument_order"]),
         callers=row["callers"],
         pending_told_at=row["pending_told_at"],
+        quorum=row["quorum"],
+        quorum_from=tuple(row["quorum_from"]),
+        votes=votes_from_json(row["votes"]),
     )
 
 

@@ -76,6 +76,14 @@ class ApprovalRow(StoreModel, table=True):
     )
     callers: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
     pending_told_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    quorum: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+    quorum_from: list[str] = Field(
+        default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
+    )
+    votes: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
+    )
+    """The yes votes so far, as shown (the ``votes`` table is the record; see broker.store.votes)."""
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 
@@ -109,7 +117,26 @@ class SeenRequestRow(StoreModel, table=True):
     expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
+class VoteRow(StoreModel, table=True):
+    """One approver's yes toward an approval's quorum. The primary key is the uniqueness that makes
+    a person count once, even when two replicas record their votes at the same moment."""
+
+    __tablename__ = "votes"
+
+    approval_id: str = Field(
+        sa_column=Column(
+            Text, ForeignKey("approvals.id", name="fk_votes_approval_id"), primary_key=True, nullable=False
+        )
+    )
+    approver: str = Field(sa_column=Column(Text, primary_key=True, nullable=False))
+    groups: list[str] = Field(sa_column=Column(CanonicalJSON, nullable=False))
+    via: str = Field(sa_column=Column(Text, nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
 metadata: MetaData = StoreModel.metadata
 approvals: Table = metadata.tables["approvals"]
 audit_events: Table = metadata.tables["audit_events"]
 seen_requests: Table = metadata.tables["seen_requests"]
+votes: Table = metadata.tables["votes"]

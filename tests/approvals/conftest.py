@@ -17,6 +17,7 @@ from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import ApprovalService
 from broker.policy import Policy
 from broker.store.sql import SqlApprovalStore
+from broker.store.votes import SqlVoteStore
 from tests.store.conftest import ManualClock
 
 # The store's contract fixtures: a fresh database per backend (PostgreSQL marked `postgres`),
@@ -137,6 +138,7 @@ def service(
             stale_release_after=stale_release_after,
             policy=policy,
             principals=principals,
+            votes=SqlVoteStore(own_store),
         )
         approvals.set_releaser(releaser)
         approvals.add_listener(listener)

@@ -12,6 +12,7 @@ from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.model import ApprovalStatus
 from broker.approvals.service import Approver
 from broker.approvals.sweeper import PAGE_SIZE, RELEASES_IN_FLIGHT
+from broker.approvals.verdict import Approve
 from tests.store.builders import new_approval
 from tests.store.conftest import ManualClock
 
@@ -35,7 +36,7 @@ async def test_every_approved_call_waiting_for_its_upstream_is_released_oldest_f
         made = []
         for n in range(BACKLOG):
             approval, _ = await approvals.open(new_approval(arguments={"order": n}))
-            await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+            await approvals.decide(approval.id, Approve(), approver=ALICE, via="api")
             made.append(approval.id)
             clock.advance(timedelta(milliseconds=500))
         await approvals.sweep()

@@ -10,6 +10,7 @@ import pytest
 from broker.approvals.model import ApprovalStatus
 from broker.approvals.ports import InvalidTransition
 from broker.approvals.service import TIMEOUT_ACTOR, Approver, NotAllowedToDecide, ReleaseFailed
+from broker.approvals.verdict import Approve, Deny, verdict_of
 from broker.policy import load_policy
 from tests.store.builders import new_approval
 from tests.store.conftest import ManualClock
@@ -92,7 +93,7 @@ async def test_a_new_policy_revision_asks_again(service: ServiceFactory) -> None
 async def test_a_decided_call_keeps_its_outcome_across_a_policy_revision(service: ServiceFactory) -> None:
     async with service() as approvals:
         first, _ = await approvals.open(new_approval(policy_revision="rev-1"))
-        await approvals.decide(first.id, approver=ALICE, approve=False, via="web", reason="no")
+        await approvals.decide(first.id, Deny("no"), approver=ALICE, via="web")
 
         attached, created = await approvals.open(new_approval(policy_revision="rev-2"))
 
@@ -105,7 +106,7 @@ async def test_an_undelivered_outcome_is_handed_out_until_delivered_then_the_cal
 ) -> None:
     async with service() as approvals:
         first, _ = await approvals.open(new_approval())
-        await approvals.decide(first.id, approver=ALICE, approve=False, via="slack", reason="not today")
+        await approvals.decide(first.id, Deny("not today"), approver=ALICE, via="slack")
 
         attached, created = await approvals.open(new_approval())
         assert not created
@@ -143,7 +144,7 @@ async def test_approve_releases_the_call_once_and_completes_with_the_upstream_re
         approval, _ = await approvals.open(new_approval())
         clock.advance(timedelta(seconds=30))
 
-        decided = await approvals.decide(approval.id, approver=ALICE, approve=True, via="api", reason="ok")
+        decided = await approvals.decide(approval.id, Approve("ok"), approver=ALICE, via="api")
 
         assert decided.status is S.APPROVED
         assert (decided.decided_by, decided.decided_at, decided.decided_via, decided.decision_reason) == (
@@ -176,9 +177,7 @@ async def test_deny_records_the_reason_and_never_reaches_the_upstream(
     async with service() as approvals:
         approval, _ = await approvals.open(new_approval())
 
-        denied = await approvals.decide(
-            approval.id, approver=BOB, approve=False, via="web", reason="price looks wrong"
-        )
+        denied = await approvals.decide(approval.id, Deny("price looks wrong"), approver=BOB, via="web")
 
         assert denied.status is S.DENIED
         assert (denied.decided_by, denied.decided_via, denied.decision_reason) == (
@@ -203,15 +202,15 @@ async def test_a_second_decision_is_refused_and_says_who_decided_when(
         to_approve, _ = await approvals.open(new_approval(arguments={"order": "approve-me"}))
         to_deny, _ = await approvals.open(new_approval(arguments={"order": "deny-me"}))
         clock.advance(timedelta(seconds=12))
-        await approvals.decide(to_approve.id, approver=ALICE, approve=True, via="slack")
-        await approvals.decide(to_deny.id, approver=ALICE, approve=False, via="slack")
+        await approvals.decide(to_approve.id, Approve(), approver=ALICE, via="slack")
+        await approvals.decide(to_deny.id, Deny(), approver=ALICE, via="slack")
         decided_at = clock.now
         clock.advance(timedelta(seconds=3))
 
         for approval in (to_approve, to_deny):
             for second_approves in (True, False):
                 with pytest.raises(InvalidTransition) as refused:
-                    await approvals.decide(approval.id, approver=BOB, approve=second_approves, via="api")
+                    await approvals.decide(approval.id, verdict_of(second_approves), approver=BOB, via="api")
                 assert refused.value.current.decided_by == "alice"
                 assert refused.value.current.decided_at == decided_at
                 assert refused.value.current.decided_via == "slack"
@@ -232,7 +231,7 @@ async def test_an_upstream_that_cannot_take_the_call_fails_the_approval(
     releaser.failure = ReleaseFailed("upstream 'payments' is unavailable")
     async with service() as approvals:
         approval, _ = await approvals.open(new_approval())
-        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+        await approvals.decide(approval.id, Approve(), approver=ALICE, via="api")
 
         with anyio.fail_after(10):
             failed = await approvals.wait(approval.id, 10)
@@ -252,7 +251,7 @@ async def test_a_releaser_crash_still_ends_the_approval(
     releaser.failure = KeyError("boom")
     async with service() as approvals:
         approval, _ = await approvals.open(new_approval())
-        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+        await approvals.decide(approval.id, Approve(), approver=ALICE, via="api")
 
         with anyio.fail_after(10):
             failed = await approvals.wait(approval.id, 10)
@@ -280,7 +279,7 @@ async def test_the_agent_cannot_approve_its_own_call(service: ServiceFactory) ->
 
         assert "cannot approve its own call" in (approvals.may_decide(approval, Approver("trader")) or "")
         with pytest.raises(NotAllowedToDecide, match="trader is the agent"):
-            await approvals.decide(approval.id, approver=Approver("trader"), approve=True, via="api")
+            await approvals.decide(approval.id, Approve(), approver=Approver("trader"), via="api")
         assert (await approvals.store.get(approval.id)) == approval
 
 
@@ -299,11 +298,11 @@ async def test_named_and_group_approvers(service: ServiceFactory) -> None:
 
         with pytest.raises(NotAllowedToDecide, match="erin is not an approver"):
             await approvals.decide(
-                approval.id, approver=Approver("erin", frozenset({"ops"})), approve=False, via="api"
+                approval.id, Deny(), approver=Approver("erin", frozenset({"ops"})), via="api"
             )
         assert (await approvals.store.get(approval.id)) == approval
         decided = await approvals.decide(
-            approval.id, approver=Approver("dave", frozenset({"trading-leads"})), approve=False, via="api"
+            approval.id, Deny(), approver=Approver("dave", frozenset({"trading-leads"})), via="api"
         )
         assert decided.decided_by == "dave"
 
@@ -328,8 +327,8 @@ async def test_whom_the_agent_acts_for_cannot_approve_its_call(service: ServiceF
         approval, _ = await approvals.open(new_approval(agent="trading-bot"))
 
         with pytest.raises(NotAllowedToDecide, match="alice is who agent trading-bot acts for"):
-            await approvals.decide(approval.id, approver=ALICE, approve=True, via="slack")
-        decided = await approvals.decide(approval.id, approver=BOB, approve=True, via="slack")
+            await approvals.decide(approval.id, Approve(), approver=ALICE, via="slack")
+        decided = await approvals.decide(approval.id, Approve(), approver=BOB, via="slack")
         assert decided.decided_by == "bob"
 
 
@@ -358,9 +357,9 @@ async def test_a_reload_that_narrows_the_approvers_applies_to_calls_already_wait
 
         erin = Approver("erin", frozenset({"ops"}))
         with pytest.raises(NotAllowedToDecide, match=r"erin is not an approver for rule rules\[0\]"):
-            await approvals.decide(approval.id, approver=erin, approve=True, via="api")
+            await approvals.decide(approval.id, Approve(), approver=erin, via="api")
         decided = await approvals.decide(
-            approval.id, approver=Approver("rita", frozenset({"risk"})), approve=True, via="api"
+            approval.id, Approve(), approver=Approver("rita", frozenset({"risk"})), via="api"
         )
         assert decided.status is S.APPROVED
 
@@ -377,8 +376,8 @@ async def test_a_call_the_policy_now_denies_can_only_be_denied(
         policy = load_policy('{"version": "1", "default": "deny"}')
 
         with pytest.raises(NotAllowedToDecide, match="now denies this call"):
-            await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
-        denied = await approvals.decide(approval.id, approver=ALICE, approve=False, via="api")
+            await approvals.decide(approval.id, Approve(), approver=ALICE, via="api")
+        denied = await approvals.decide(approval.id, Deny(), approver=ALICE, via="api")
         assert denied.status is S.DENIED
         assert releaser.calls == []
 
@@ -393,7 +392,7 @@ async def test_an_approved_call_waits_for_its_upstream_to_connect(
     releaser.upstream_connected = False
     async with service() as approvals:
         approval, _ = await approvals.open(new_approval())
-        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+        await approvals.decide(approval.id, Approve(), approver=ALICE, via="api")
         await approvals.sweep()
 
         assert (await approvals.store.get(approval.id)).status is S.APPROVED  # type: ignore[union-attr]
@@ -414,7 +413,7 @@ async def test_an_approved_call_whose_upstream_stays_away_fails_without_being_fo
     releaser.upstream_connected = False
     async with service(stale_release_after=timedelta(minutes=15)) as approvals:
         approval, _ = await approvals.open(new_approval())
-        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+        await approvals.decide(approval.id, Approve(), approver=ALICE, via="api")
         clock.advance(timedelta(minutes=14))
         await approvals.sweep()
         assert (await approvals.store.get(approval.id)).status is S.APPROVED  # type: ignore[union-attr]
@@ -435,7 +434,7 @@ async def test_a_release_that_never_answers_ends_outcome_unknown_before_another_
     releaser.hang = anyio.Event()
     async with service(stale_release_after=timedelta(milliseconds=250)) as approvals:
         approval, _ = await approvals.open(new_approval())
-        await approvals.decide(approval.id, approver=ALICE, approve=True, via="api")
+        await approvals.decide(approval.id, Approve(), approver=ALICE, via="api")
 
         with anyio.fail_after(10):
             unknown = await approvals.wait(approval.id, 10)

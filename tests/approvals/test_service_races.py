@@ -11,6 +11,7 @@ import pytest
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import InvalidTransition
 from broker.approvals.service import TIMEOUT_ACTOR, ApprovalService, Approver
+from broker.approvals.verdict import Approve, verdict_of
 from tests.store.builders import new_approval
 from tests.store.conftest import ManualClock
 
@@ -36,7 +37,7 @@ async def click_all(approval_id: str, clicks: list[tuple[ApprovalService, Approv
 
     async def click(approvals: ApprovalService, approver: Approver, approve: bool) -> None:
         try:
-            decided = await approvals.decide(approval_id, approver=approver, approve=approve, via="api")
+            decided = await approvals.decide(approval_id, verdict_of(approve), approver=approver, via="api")
         except InvalidTransition as lost:
             outcome.lost.append(lost)
         else:
@@ -188,7 +189,9 @@ async def test_a_click_after_the_deadline_loses_even_before_any_sweep(
 
         for approve in (True, False):
             with pytest.raises(InvalidTransition) as late:
-                await approvals.decide(approval.id, approver=Approver("alice"), approve=approve, via="slack")
+                await approvals.decide(
+                    approval.id, verdict_of(approve), approver=Approver("alice"), via="slack"
+                )
             assert late.value.current.status is S.EXPIRED
             assert late.value.current.decided_by == TIMEOUT_ACTOR
             assert late.value.current.decided_at == clock.now
@@ -229,7 +232,7 @@ async def test_sweeper_and_clicks_at_the_deadline_settle_on_one_outcome_each(
 
         async def click(approval: Approval) -> None:
             try:
-                await clicker.decide(approval.id, approver=Approver("alice"), approve=True, via="slack")
+                await clicker.decide(approval.id, Approve(), approver=Approver("alice"), via="slack")
             except InvalidTransition as late:
                 refused[approval.id] = late.current.status
             else:

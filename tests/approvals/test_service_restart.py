@@ -12,6 +12,7 @@ import pytest
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import ApprovalService, Approver
+from broker.approvals.verdict import Approve, Deny
 from broker.store.sql import SqlApprovalStore
 from tests.store.builders import new_approval
 from tests.store.conftest import ManualClock
@@ -30,7 +31,7 @@ async def test_pending_approvals_outlive_the_service_that_parked_them(
     async with service("before-restart") as before:
         waiting = [(await before.open(new_approval(arguments={"order": n})))[0] for n in range(3)]
         denied, _ = await before.open(new_approval(arguments={"order": "denied"}))
-        await before.decide(denied.id, approver=Approver("alice"), approve=False, via="api")
+        await before.decide(denied.id, Deny(), approver=Approver("alice"), via="api")
 
     async with service("after-restart") as after:
         pending = await after.store.list(statuses={S.PENDING})
@@ -40,7 +41,7 @@ async def test_pending_approvals_outlive_the_service_that_parked_them(
         # The agent's repeated call finds its approval; a human can still decide it.
         attached, created = await after.open(new_approval(arguments={"order": 1}))
         assert (attached.id, created) == (waiting[1].id, False)
-        await after.decide(attached.id, approver=Approver("alice"), approve=True, via="api")
+        await after.decide(attached.id, Approve(), approver=Approver("alice"), via="api")
         with anyio.fail_after(10):
             assert (await after.wait(attached.id, 10)).status is S.COMPLETED
         assert [call.id for call in releaser.calls] == [attached.id]
@@ -174,7 +175,7 @@ async def test_a_waiter_learns_of_another_replicas_decision_on_its_next_sweep(
                 group.start_soon(wait_for_outcome)
                 await waiter_clock.consulted.wait()
 
-                await deciding.decide(approval.id, approver=Approver("bob"), approve=False, via="slack")
+                await deciding.decide(approval.id, Deny(), approver=Approver("bob"), via="slack")
                 # Nothing tells the waiting replica yet: its own sweep has to notice.
                 assert not returned.is_set()
                 await waiting.sweep()
@@ -221,7 +222,7 @@ async def test_a_decision_landing_while_a_waiter_reads_still_wakes_it(
                 group.start_soon(wait_for_outcome, approvals)
                 await store.read_done.wait()
                 # The waiter holds a pending row; the decision commits and is announced meanwhile.
-                await approvals.decide(approval.id, approver=Approver("alice"), approve=False, via="api")
+                await approvals.decide(approval.id, Deny(), approver=Approver("alice"), via="api")
                 store.resume.set()
 
         assert outcome[0].status is S.DENIED

@@ -19,6 +19,7 @@ import pytest
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import ApprovalService, Approver
+from broker.approvals.verdict import Deny
 from broker.store.engine import create_store
 from broker.store.migrate import upgrade
 from broker.store.notify import CHANNEL, ApprovalChange, ReplicaFeed, asyncpg_dsn
@@ -108,7 +109,7 @@ async def test_a_decision_on_one_replica_wakes_the_agent_waiting_on_another(url:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(agent)
                 await anyio.wait_all_tasks_blocked()
-                await a.service.decide(held.id, approver=ALICE, approve=False, via="api", reason="no")
+                await a.service.decide(held.id, Deny("no"), approver=ALICE, via="api")
         assert outcome["approval"].status is ApprovalStatus.DENIED
         assert outcome["approval"].decided_by == "alice"
 
@@ -166,7 +167,7 @@ async def test_after_a_lost_connection_the_feed_reconnects_and_waiters_catch_up(
                 await terminate_feed(url, b.feed)
                 await b.feed.wait_connected(False)
                 # Announced while b is not listening: PostgreSQL does not keep it for b.
-                await a.service.decide(held.id, approver=ALICE, approve=False, via="api")
+                await a.service.decide(held.id, Deny(), approver=ALICE, via="api")
                 await anyio.wait_all_tasks_blocked()
                 assert "approval" not in outcome
                 gate.set()
@@ -185,7 +186,7 @@ async def test_after_a_lost_connection_the_feed_reconnects_and_waiters_catch_up(
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(next_agent)
                 await anyio.wait_all_tasks_blocked()
-                await a.service.decide(again.id, approver=ALICE, approve=False, via="api")
+                await a.service.decide(again.id, Deny(), approver=ALICE, via="api")
         assert later["approval"].status is ApprovalStatus.DENIED
 
 
@@ -258,7 +259,7 @@ async def test_views_hear_what_other_replicas_change_and_acting_channels_do_not(
         with anyio.fail_after(10):
             held, _ = await a.service.open(new_approval())
             await view.until(lambda: bool(view.opened))
-            await a.service.decide(held.id, approver=ALICE, approve=False, via="api", reason="no")
+            await a.service.decide(held.id, Deny("no"), approver=ALICE, via="api")
             await view.until(lambda: bool(view.updates(held.id, ApprovalStatus.DENIED)))
 
         assert [approval.id for approval in view.opened] == [held.id]

@@ -19,6 +19,7 @@ from broker.approvals import Approval, ApprovalStatus, NewApproval
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditEvent
 from broker.approvals.service import ApprovalService, Approver
+from broker.approvals.verdict import Deny
 from broker.channels.slack import SlackChannel
 from broker.channels.slack.notifier import SlackNotifier
 from broker.store.engine import create_store
@@ -175,7 +176,7 @@ async def test_a_decision_made_while_another_replica_posts_reaches_the_message(d
             held, _ = await b.service.open(order())
             await fake.wait_for_call("chat.postMessage")  # B's post is in flight
 
-            await a.service.decide(held.id, approver=Approver("alice"), approve=False, via="api", reason="no")
+            await a.service.decide(held.id, Deny("no"), approver=Approver("alice"), via="api")
             assert await a.returned.next() == held.id  # A left the message to B, who is posting it
             assert fake.calls_to("chat.update") == []
 
@@ -228,7 +229,7 @@ async def test_the_periodic_pass_repairs_what_a_stopped_replica_left_and_rewrite
         with anyio.fail_after(30):
             posted, _ = await a.service.open(order())
             assert await a.returned.next() == posted.id
-            await b.service.decide(posted.id, approver=Approver("bob"), approve=False, via="api")
+            await b.service.decide(posted.id, Deny(), approver=Approver("bob"), via="api")
             assert await b.returned.next() == posted.id
             assert len(fake.calls_to("chat.update")) == 1
 

@@ -17,6 +17,7 @@ from broker.approvals import ApprovalStatus, NewApproval
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.outcomes import unknown_result
 from broker.approvals.service import Approver
+from broker.approvals.verdict import Approve, Deny
 from broker.config.settings import WebSettings
 from tests.e2e.harness import running_broker
 from tests.web.support import PASSWORDS, csrf_token, http_signed_in, web_settings
@@ -140,7 +141,7 @@ async def test_history_filters_by_status_agent_and_tool_and_pages_to_older_calls
         bob = Approver("bob", frozenset({"trading-leads"}))
         for index in range(52):
             approval, _ = await service.open(held("trader", price=1000 + index))
-            await service.decide(approval.id, approver=bob, approve=False, via="api", reason="no")
+            await service.decide(approval.id, Deny("no"), approver=bob, via="api")
         for index in range(3):
             approval, _ = await service.open(held("auditor", tool="get_balances", price=index))
             await service.cancel(approval.id, actor="auditor", reason="changed my mind")
@@ -180,7 +181,7 @@ async def test_a_call_whose_outcome_is_unknown_shows_what_to_check(tmp_path: Pat
         bob = Approver("bob", frozenset({"trading-leads"}))
         new = replace(held(), arguments={**held().arguments, "newClientOrderId": "web-<7>"})
         approval, _ = await service.open(new)
-        await service.decide(approval.id, approver=bob, approve=True, via="api")
+        await service.decide(approval.id, Approve(), approver=bob, via="api")
         # No upstream is configured, so the call waits approved; a replica sent it and died.
         await service.store.transition(
             approval.id,
@@ -197,7 +198,7 @@ async def test_a_call_whose_outcome_is_unknown_shows_what_to_check(tmp_path: Pat
             audit=AuditEvent(AuditEventKind.OUTCOME_UNKNOWN, "survivor", {"error": "the replica stopped"}),
         )
         other, _ = await service.open(held(price=2))
-        await service.decide(other.id, approver=bob, approve=False, via="api")
+        await service.decide(other.id, Deny(), approver=bob, via="api")
 
         async with http_signed_in(running, "alice") as http:
             page = await http.get(f"/approvals/{approval.id}")
@@ -232,8 +233,8 @@ async def test_the_event_stream_announces_changes_and_forgets_a_page_that_leaves
                     approval, _ = await running.broker.approvals.open(held(price=7))
                     await running.broker.approvals.decide(
                         approval.id,
+                        Deny(),
                         approver=Approver("alice", frozenset({"trading-leads"})),
-                        approve=False,
                         via="slack",
                     )
                     events = []

@@ -16,6 +16,7 @@ from typing import Any
 from broker.approvals import outcomes
 from broker.approvals.call_view import CallContext, CallField, CallView, Shape, ToolFacts, call_view
 from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.quorum import progress_text
 from broker.approvals.service import POLICY_ACTOR
 
 SECTION_TEXT_LIMIT = 3000
@@ -124,6 +125,8 @@ def _held_because(approval: Approval, view: CallView) -> dict[str, Any]:
         f"Held by rule `{escape(_clip(approval.rule, 200))}`{because}: "
         f"{_escaped_within(approval.rule_reason, 500)}{changed} · approval `{approval.id}`"
     )
+    if votes := progress_text(approval):
+        text += f" · {escape(votes)}"
     return {"type": "context", "block_id": "held", "elements": [_mrkdwn(text)]}
 
 

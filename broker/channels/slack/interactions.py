@@ -19,9 +19,11 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker.approvals.clock import Clock, utc_now
-from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.model import Approval, ApprovalStatus, Approver
 from broker.approvals.ports import ApprovalError, ApprovalNotFound, InvalidTransition
-from broker.approvals.service import ApprovalService, Approver, NotAllowedToDecide
+from broker.approvals.quorum import progress_text
+from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.approvals.verdict import verdict_of
 from broker.channels.slack.blocks import (
     APPROVE_ACTION,
     DENY_ACTION,
@@ -272,9 +274,12 @@ class InteractionHandler:
         reason: str | None,
     ) -> Approval | None:
         try:
-            return await self._service.decide(
-                approval_id, approver=approver, approve=approve, via=DECIDED_VIA, reason=reason
+            decided = await self._service.decide(
+                approval_id, verdict_of(approve, reason), approver=approver, via=DECIDED_VIA
             )
+            if decided.status is ApprovalStatus.PENDING and (votes := progress_text(decided)):
+                await self._tell(channel, user_id, f"Your approval is recorded; {escape(votes)}.")
+            return decided
         except InvalidTransition as lost:
             await self._tell(channel, user_id, already_decided_text(lost.current, self._people.mention))
         except NotAllowedToDecide as exc:

@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from broker.approvals.approvers import ApproverDirectory
-from broker.approvals.model import Approval
-from broker.approvals.service import Approver
+from broker.approvals.model import Approval, Approver
 from broker.channels.slack.blocks import escape
 from broker.channels.slack.client import SlackApi
 
@@ -93,7 +92,7 @@ class SlackPeople:
         if known is not None:
             return Approver(known.name, frozenset(groups))
         if groups:
-            return Approver(f"{SLACK_NAME_PREFIX}{user_id}", frozenset(groups))
+            return Approver(f"{SLACK_NAME_PREFIX}{user_id}", frozenset(groups), identified=False)
         return None
 
     def _slack_groups_named_by(self, approval: Approval) -> dict[str, str]:

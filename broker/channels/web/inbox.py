@@ -26,6 +26,7 @@ from broker.approvals.ports import (
     StoreUnavailable,
 )
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.approvals.verdict import verdict_of
 from broker.channels.call_context import CallContextSource
 from broker.channels.web.assets import InboxAssets
 from broker.channels.web.events import EventStreamResponse, InboxEvents
@@ -287,7 +288,7 @@ class WebInbox:
             )
         try:
             await self._service.decide(
-                approval_id, approver=viewer.approver, approve=approve, via="web", reason=reason
+                approval_id, verdict_of(approve, reason), approver=viewer.approver, via="web"
             )
         except ApprovalNotFound:
             return self._not_found(request, viewer, approval_id)

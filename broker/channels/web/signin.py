@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from broker.approvals.approvers import ApproverAccount, ApproverDirectory
 from broker.approvals.clock import Clock, utc_now
-from broker.approvals.service import Approver
+from broker.approvals.model import Approver
 from broker.channels.web.passwords import (
     PasswordHashError,
     ScryptHash,
