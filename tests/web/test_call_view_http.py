@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from broker.approvals import Approval, NewApproval
-from broker.approvals.service import Approver
+from broker.approvals.model import Approver
+from broker.approvals.verdict import Deny
 from tests.e2e.harness import RunningBroker, running_broker
 from tests.web.support import http_signed_in, web_settings
 
@@ -55,10 +56,9 @@ async def test_the_detail_page_reads_in_order_with_context(tmp_path: Path) -> No
             earlier = await hold(running, {**ORDER, "price": 1})
             await running.broker.approvals.decide(
                 earlier.id,
+                Deny("too big <today>"),
                 approver=Approver("bob", frozenset({"trading-leads"})),
-                approve=False,
                 via="web",
-                reason="too big <today>",
             )
             approval = await hold(running, ORDER)
             async with http_signed_in(running, "alice") as http:
