@@ -19,6 +19,9 @@ from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.model import Approval, ApprovalStatus
 
 PREVIEW_LENGTH = 96
+COUNT_CAP = 1000
+"""The inbox counts pending calls up to this many and then says "1,000+": an exact count of a
+queue of 100,000 would read all of it on every page."""
 
 HISTORY_STATUSES = (
     ApprovalStatus.APPROVED,
@@ -55,6 +58,12 @@ def fallback_time(moment: datetime | None) -> str:
 def argument_preview(arguments: Any, limit: int = PREVIEW_LENGTH) -> str:
     text = json.dumps(arguments, ensure_ascii=False, separators=(", ", ": "), default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def count_label(count: int | None) -> str:
+    if count is None:
+        return ""
+    return f"{COUNT_CAP:,}+" if count > COUNT_CAP else f"{count:,}"
 
 
 def pretty_json(value: Any) -> str:
@@ -142,6 +151,7 @@ def template_environment() -> jinja2.Environment:
         pretty=pretty_json,
         tone=status_tone,
         label=status_label,
+        count_label=count_label,
     )
     environment.globals["doubt"] = doubt
     return environment
