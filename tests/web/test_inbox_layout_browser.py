@@ -75,9 +75,20 @@ async def new_context(
     return context
 
 
+# Cells, links, buttons and fields that stick out past the window's right edge, even where a
+# card's `overflow: hidden` keeps the page itself from scrolling (clipped is unusable too).
+OUTSIDE = """
+Array.from(document.querySelectorAll("th, td, a, button, input, select, textarea, h1, p"))
+  .filter((element) => element.getClientRects().length > 0 && !element.closest("dialog"))
+  .filter((element) => element.getBoundingClientRect().right > window.innerWidth + 0.5)
+  .map((element) => element.tagName + "." + element.className + ": " + element.textContent.trim().slice(0, 30))
+"""
+
+
 async def fits_sideways(page: Page) -> None:
     widths = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert widths[0] <= widths[1], f"{page.url} is {widths[0]} px wide in a {widths[1]} px window"
+    assert await page.evaluate(OUTSIDE) == [], page.url
 
 
 async def hold(
