@@ -51,6 +51,7 @@ def listing_query(
     after: ListPosition | None,
     with_task: bool,
     oldest_first: bool,
+    keys_only: bool = False,
 ) -> Select[tuple[object, ...]] | None:
     """The SELECT for one page, or None when nothing can match (an empty status set)."""
     conditions: list[ColumnElement[bool]] = []
@@ -73,7 +74,8 @@ def listing_query(
         conditions.append(_past(after, oldest_first=oldest_first))
     if with_task:
         conditions.append(approvals.c.task_id.is_not(None))
-    query = select(approvals).where(*conditions)
+    columns = (approvals.c.id, approvals.c.created_at) if keys_only else (approvals,)
+    query = select(*columns).where(*conditions)
     if oldest_first:
         query = query.order_by(approvals.c.created_at, approvals.c.id)
     else:
@@ -112,8 +114,7 @@ async def list_rows(
         raise InvalidValue(f"a search term may be at most {MAX_SEARCH_LENGTH} characters")
     folded = search.lower()
     names: dict[str, list[str]] = {}
-    for column in _NAME_COLUMNS:
-        present = await _distinct_names(conn, column, wanted)
+    for column, present in (await _distinct_names(conn, wanted)).items():
         names[column] = sorted(name for name in present if folded in name.lower())
     by_id = approvals.c.id == search
     if sum(len(found) for found in names.values()) > MAX_SEARCH_NAMES:
@@ -135,27 +136,21 @@ async def _merged(
     """One indexed walk per (status, condition), each stopping at `limit`, merged: the newest
     `limit` keys of all of them, then those rows. Used where one query would need a sort or a
     scan: several statuses with an agent or a tool, and searches."""
-    branches = [
-        listing_query(statuses={ApprovalStatus(status)}, matches=matches, limit=limit, **filters)
-        for status in statuses
-        for matches in each
-    ]
-    keys = [
-        query.with_only_columns(approvals.c.id, approvals.c.created_at).subquery().select()
-        for query in branches
-        if query is not None
-    ]
+    keys = []
+    for status in statuses:
+        for matches in each:
+            branch = listing_query(
+                statuses={ApprovalStatus(status)}, matches=matches, limit=limit, keys_only=True, **filters
+            )
+            if branch is not None:
+                keys.append(branch.subquery().select())
     if not keys:
         return []
     merged = union_all(*keys).subquery()
-    order = (
-        (merged.c.created_at, merged.c.id)
-        if filters["oldest_first"]
-        else (
-            merged.c.created_at.desc(),
-            merged.c.id.desc(),
-        )
-    )
+    if filters["oldest_first"]:
+        order = (merged.c.created_at.asc(), merged.c.id.asc())
+    else:
+        order = (merged.c.created_at.desc(), merged.c.id.desc())
     # DISTINCT: an id found by two branches (its agent and its tool both match) counts once.
     newest = select(merged.c.id, merged.c.created_at).distinct().order_by(*order).limit(limit)
     chosen = [row.id for row in (await conn.execute(newest)).all()]
@@ -169,20 +164,27 @@ async def _merged(
 _ALL = tuple(status.value for status in ApprovalStatus)
 
 
-async def _distinct_names(conn: AsyncConnection, column: str, statuses: Sequence[str]) -> set[str]:
-    """Every distinct value of `column` among rows with these statuses, one index probe per value."""
-    assert column in _NAME_COLUMNS  # interpolated below: only ever one of ours
-    walk = text(
-        f"WITH RECURSIVE names(name) AS ("
-        f" SELECT MIN({column}) FROM approvals WHERE status = :status"
+async def _distinct_names(conn: AsyncConnection, statuses: Sequence[str]) -> dict[str, set[str]]:
+    """Every distinct tool and agent among rows with these statuses, in one statement: a walk
+    per (column, status) that probes the `(status, column)` index once per distinct value."""
+    seeds = " UNION ALL ".join(f"SELECT CAST(:s{n} AS VARCHAR(16)) AS status" for n in range(len(statuses)))
+    walks = ", ".join(
+        f"{column}_names(status, name) AS ("
+        f" SELECT s.status, (SELECT MIN({column}) FROM approvals WHERE status = s.status) FROM ({seeds}) AS s"
         f" UNION ALL"
-        f" SELECT (SELECT MIN({column}) FROM approvals WHERE status = :status AND {column} > names.name)"
-        f" FROM names WHERE names.name IS NOT NULL"
-        f") SELECT name FROM names WHERE name IS NOT NULL"
+        f" SELECT n.status, (SELECT MIN({column}) FROM approvals WHERE status = n.status AND {column} > n.name)"
+        f" FROM {column}_names AS n WHERE n.name IS NOT NULL)"
+        for column in _NAME_COLUMNS
     )
-    found: set[str] = set()
-    for status in statuses:
-        found.update(str(name) for name in (await conn.execute(walk, {"status": status})).scalars())
+    picks = " UNION ALL ".join(
+        f"SELECT '{column}' AS kind, name FROM {column}_names WHERE name IS NOT NULL"
+        for column in _NAME_COLUMNS
+    )
+    walk = text(f"WITH RECURSIVE {walks} {picks}")
+    found: dict[str, set[str]] = {column: set() for column in _NAME_COLUMNS}
+    params = {f"s{n}": status for n, status in enumerate(statuses)}
+    for kind, name in (await conn.execute(walk, params)).all():
+        found[str(kind)].add(str(name))
     return found
 
 
