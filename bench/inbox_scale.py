@@ -8,7 +8,8 @@ and the decisions API's pending listing, its filters and cursor pages.
 
     python bench/inbox_scale.py [--pending 100000] [--requests 100] [--postgres [--admin-url URL]]
 
-Prints p50 / p99 / max per request in milliseconds.
+Prints p50 / p99 / max per request in milliseconds; the first line, a static file, is the floor
+that the machine and the HTTP stack add to every request.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ async def run(args: argparse.Namespace, work: Path, database_url: str) -> None:
             deep = (await web.get(f"/api/approvals/{deep_id}", headers=api)).json()
             deep_cursor = ListPosition(datetime.fromisoformat(deep["created_at"]), deep_id).token()
             pages: list[tuple[str, str, dict[str, Any]]] = [
+                # No database at all: what this machine adds to every request right now.
+                ("floor: a static file", "/static/inbox.css", {}),
                 ("inbox page", "/", {}),
                 ("inbox, agent filter", f"/?agent={AGENTS[7]}", {}),
                 ("inbox, tool filter", f"/?tool={TOOLS[12]}", {}),
