@@ -1,4 +1,5 @@
-"""Takes the README's screenshots of the web inbox: docs/inbox.png and docs/detail.png.
+"""Takes the README's screenshots of the web inbox: docs/inbox.png and docs/detail.png at a
+desktop's size, docs/inbox-phone.png and docs/detail-phone.png at a phone's (390x844).
 
 Run from the repository root (needs Debian's chromium at /usr/bin/chromium):
 
@@ -81,6 +82,24 @@ async def _photograph(url: str, approval_id: str) -> None:
             await page.get_by_label("Reason").fill("within today's limit")
             await page.set_viewport_size({"width": 1280, "height": 800})
             await page.screenshot(path=str(DOCS / "detail.png"), full_page=True)
+            cookies = await context.cookies()
+            phone = await browser.new_context(
+                base_url=url,
+                viewport={"width": 390, "height": 844},
+                device_scale_factor=1,
+                is_mobile=True,
+                has_touch=True,
+                timezone_id="Europe/Berlin",
+            )
+            await phone.add_cookies(cookies)
+            page = await phone.new_page()
+            await page.goto("/")
+            await expect(page.locator("html[data-stream=open]")).to_have_count(1)
+            await page.screenshot(path=str(DOCS / "inbox-phone.png"))
+            await page.goto(f"/approvals/{approval_id}")
+            await expect(page.locator("html[data-stream=open]")).to_have_count(1)
+            await page.get_by_label("Reason").fill("within today's limit")
+            await page.screenshot(path=str(DOCS / "detail-phone.png"))
         finally:
             await browser.close()
 

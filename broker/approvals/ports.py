@@ -137,6 +137,7 @@ class ApprovalStore(Protocol):
         statuses: Collection[ApprovalStatus] | None = None,
         agent: str | None = None,
         tool: str | None = None,
+        search: str | None = None,
         limit: int = 100,
         before: datetime | None = None,
         after: ListPosition | None = None,
@@ -144,9 +145,10 @@ class ApprovalStore(Protocol):
         oldest_first: bool = False,
     ) -> builtins.list[Approval]:
         """Newest first (ties by id), or with `oldest_first` oldest first (ties by id, ascending).
-        `before` keeps approvals created before that time; `after` continues a listing past the
-        last row of its previous page (in the same order); `with_task` keeps only approvals that
-        are MCP tasks."""
+        `search` keeps approvals whose tool or agent contains it (ignoring case) or whose id it
+        is (InvalidValue past 200 characters); `before` keeps approvals created before that time;
+        `after` continues a listing past the last row of its previous page (in the same order);
+        `with_task` keeps only approvals that are MCP tasks."""
         ...
 
     async def transition(
@@ -192,7 +194,9 @@ class ApprovalStore(Protocol):
         """Pending approvals whose deadline is at or before `now`, oldest deadline first."""
         ...
 
-    async def pending_count(self) -> int: ...
+    async def pending_count(self, *, at_most: int | None = None) -> int:
+        """How many approvals are pending; with `at_most`, counting stops past it (returns at_most + 1)."""
+        ...
 
     async def changes_since(self, seq: int | None) -> tuple[int, set[str]]:
         """Approvals with audit events after `seq` (every state change writes one), and the newest

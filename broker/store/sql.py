@@ -28,7 +28,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import anyio
-from sqlalchemy import Select, Text, and_, func, insert, or_, select, text, type_coerce, update
+from sqlalchemy import Select, Text, func, insert, select, text, type_coerce, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -55,6 +55,7 @@ from broker.approvals.ports import (
 from broker.approvals.transitions import check_transition
 from broker.store.database import DEFAULT_TIMEOUT, writing
 from broker.store.failures import store_unavailable_on_db_error
+from broker.store.listing import list_rows
 from broker.store.migrate import VERSION_TABLE
 from broker.store.probe import open_sqlite_afresh
 from broker.store.tables import approvals, audit_events
@@ -157,6 +158,7 @@ class SqlApprovalStore:
         statuses: Collection[ApprovalStatus] | None = None,
         agent: str | None = None,
         tool: str | None = None,
+        search: str | None = None,
         limit: int = 100,
         before: datetime | None = None,
         after: ListPosition | None = None,
@@ -164,47 +166,21 @@ class SqlApprovalStore:
         oldest_first: bool = False,
     ) -> builtins.list[Approval]:
         _check_limit(limit)
-        if _NUL in (agent or "") or _NUL in (tool or ""):
+        if any(_NUL in (value or "") for value in (agent, tool, search)):
             return []
-        query = select(approvals)
-        if statuses is not None:
-            wanted = sorted({ApprovalStatus(status).value for status in statuses})
-            if not wanted:
-                return []
-            query = query.where(approvals.c.status.in_(wanted))
-        if agent is not None:
-            query = query.where(approvals.c.agent == agent)
-        if tool is not None:
-            query = query.where(approvals.c.tool == tool)
-        if before is not None:
-            query = query.where(approvals.c.created_at < require_utc(before, field="before"))
-        if after is not None:
-            if _NUL in after.approval_id:
-                raise InvalidValue("a listing position's approval id cannot hold a NUL character")
-            last_time = require_utc(after.created_at, field="after")
-            if oldest_first:
-                query = query.where(
-                    or_(
-                        approvals.c.created_at > last_time,
-                        and_(approvals.c.created_at == last_time, approvals.c.id > after.approval_id),
-                    )
-                )
-            else:
-                query = query.where(
-                    or_(
-                        approvals.c.created_at < last_time,
-                        and_(approvals.c.created_at == last_time, approvals.c.id < after.approval_id),
-                    )
-                )
-        if with_task:
-            query = query.where(approvals.c.task_id.is_not(None))
-        if oldest_first:
-            query = query.order_by(approvals.c.created_at, approvals.c.id)
-        else:
-            query = query.order_by(approvals.c.created_at.desc(), approvals.c.id.desc())
-        query = query.limit(limit)
         async with self._reading("list approvals") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+            rows = await list_rows(
+                conn,
+                statuses=statuses,
+                agent=agent,
+                tool=tool,
+                search=search,
+                limit=limit,
+                before=before,
+                after=after,
+                with_task=with_task,
+                oldest_first=oldest_first,
+            )
         return [_approval_from_row(row) for row in rows]
 
     async def due_for_expiry(self, now: datetime, *, limit: int = 100) -> builtins.list[Approval]:
@@ -230,12 +206,14 @@ class SqlApprovalStore:
             revision = (await conn.execute(query)).scalar_one_or_none()
         return None if revision is None else str(revision)
 
-    async def pending_count(self) -> int:
-        query = (
-            select(func.count())
-            .select_from(approvals)
-            .where(approvals.c.status == ApprovalStatus.PENDING.value)
-        )
+    async def pending_count(self, *, at_most: int | None = None) -> int:
+        pending = approvals.c.status == ApprovalStatus.PENDING.value
+        if at_most is None:
+            query = select(func.count()).select_from(approvals).where(pending)
+        else:
+            # Counting stops after at_most + 1 rows: "more than at_most" costs no more than that.
+            capped = select(approvals.c.id).where(pending).limit(at_most + 1).subquery()
+            query = select(func.count()).select_from(capped)
         async with self._reading("count pending approvals") as conn:
             return int((await conn.execute(query)).scalar_one())
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
@@ -40,6 +41,17 @@ class ApprovalRow(StoreModel, table=True):
         Index("ix_approvals_request_key", "request_key"),
         Index("ix_approvals_task_id", "task_id", unique=True),
         Index("ix_approvals_created_at", "created_at"),
+        # The listings (see broker/store/listing.py): every filter reads rows already in order.
+        Index("ix_approvals_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_approvals_status_agent_created_at_id", "status", "agent", "created_at", "id"),
+        Index("ix_approvals_status_tool_created_at_id", "status", "tool", "created_at", "id"),
+        Index(
+            "ix_approvals_decided_created_at_id",
+            "created_at",
+            "id",
+            sqlite_where=text("status <> 'pending'"),
+            postgresql_where=text("status <> 'pending'"),
+        ),
     )
 
     id: str = Field(sa_column=Column(Text, primary_key=True))

@@ -1,7 +1,7 @@
 """Four-eyes approval (issue 12): a quorum per approval and the votes toward it.
 
 Revision: 0006
-Previous: 0004 (re-chained after 0005 when both are merged)
+Previous: 0005
 
 * ``approvals.quorum``, ``approvals.quorum_from``: distinct approvers the rule asked for, and the
   groups (``["@risk", "@trading"]``) that each need one of them. Rows from before get 1 and ``[]``:
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | tuple[str, ...] | None = None
 depends_on: str | tuple[str, ...] | None = None
 

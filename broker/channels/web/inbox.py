@@ -5,7 +5,6 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,7 +15,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditRecord
 from broker.approvals.call_view import CallContext, CallContexts, ToolFacts
-from broker.approvals.clock import Clock, require_utc, utc_now
+from broker.approvals.clock import Clock, utc_now
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import (
     ApprovalNotFound,
@@ -30,9 +29,11 @@ from broker.approvals.verdict import verdict_of
 from broker.channels.call_context import CallContextSource
 from broker.channels.web.assets import InboxAssets
 from broker.channels.web.events import EventStreamResponse, InboxEvents
+from broker.channels.web.export import HistoryExport
+from broker.channels.web.filters import ListFilters, read_filters
 from broker.channels.web.hardening import HardenedRoute
 from broker.channels.web.origin import OriginCheck
-from broker.channels.web.presenters import HISTORY_STATUSES, ending, template_environment
+from broker.channels.web.presenters import COUNT_CAP, HISTORY_STATUSES, ending, template_environment
 from broker.channels.web.signin import Viewer, WebSignin
 from broker.channels.web.tools_view import ToolSources, tool_rows
 from broker.config.policy_file import ReloadRejection
@@ -41,7 +42,7 @@ from broker.config.settings import WebSettings
 logger = logging.getLogger(__name__)
 
 MAX_REASON_LENGTH = 2000
-INBOX_LIMIT = 200
+INBOX_PAGE = 50
 HISTORY_PAGE = 50
 
 
@@ -77,6 +78,7 @@ class WebInbox:
         # Rows and panels render each call's fields and risk badge through these (see _call*.html).
         self._templates.globals.update(call_of=self._calls.view, tool_of=self._tool_facts)
         self._static = InboxAssets()
+        self._export = HistoryExport(self._store, HISTORY_STATUSES)
 
     # -- rendering ---------------------------------------------------------------------------------
 
@@ -154,14 +156,24 @@ class WebInbox:
         return self._calls.tool(approval.server, approval.upstream_tool)
 
     async def _pending_count(self) -> int:
-        return await self._store.pending_count()
+        return await self._store.pending_count(at_most=COUNT_CAP)
 
     # -- inbox ---------------------------------------------------------------------------------------
 
-    async def _inbox_context(self, viewer: Viewer) -> dict[str, Any]:
+    async def _inbox_context(self, viewer: Viewer, filters: ListFilters) -> dict[str, Any]:
         now = self._clock()
         approver = viewer.approver
-        pending = await self._store.list(statuses={ApprovalStatus.PENDING}, limit=INBOX_LIMIT)
+        base = {"filters": filters, "problems": filters.problems, "older": None, "newest": None}
+        if filters.problems:
+            return {**base, "rows": [], "pending_count": await self._pending_count(), "live_query": ""}
+        pending = await self._store.list(
+            statuses={ApprovalStatus.PENDING},
+            agent=filters.agent or None,
+            tool=filters.tool or None,
+            search=filters.q or None,
+            after=filters.after,
+            limit=INBOX_PAGE,
+        )
         # The sweeper may not have expired these yet; they can no longer be approved, so they are not shown.
         rows = [
             {
@@ -171,24 +183,36 @@ class WebInbox:
             for approval in pending
             if not approval.is_overdue(now)
         ]
-        return {"rows": rows, "pending_count": len(rows), "truncated": len(pending) >= INBOX_LIMIT}
+        if len(pending) == INBOX_PAGE:
+            base["older"] = filters.link("/", after=ListPosition.of(pending[-1]).token())
+        if filters.after is not None:
+            base["newest"] = filters.link("/")
+        after = filters.after.token() if filters.after is not None else ""
+        return {
+            **base,
+            "rows": rows,
+            "pending_count": await self._pending_count(),
+            "live_query": filters.query(after=after),
+        }
 
     async def inbox(self, request: Request) -> Response:
         viewer = self._gate(request)
         if isinstance(viewer, Response):
             return viewer
+        filters = read_filters(request.query_params)
         try:
-            context = await self._inbox_context(viewer)
+            context = await self._inbox_context(viewer, filters)
         except StoreUnavailable as exc:
             return self._unavailable(request, viewer, exc)
-        return self._page(request, viewer, "inbox.html", section="inbox", **context)
+        status = 400 if filters.problems else 200
+        return self._page(request, viewer, "inbox.html", status=status, section="inbox", **context)
 
     async def inbox_rows(self, request: Request) -> Response:
         viewer = self._fragment_gate(request)
         if isinstance(viewer, Response):
             return viewer
         try:
-            context = await self._inbox_context(viewer)
+            context = await self._inbox_context(viewer, read_filters(request.query_params))
         except StoreUnavailable:
             return PlainTextResponse("approval store unavailable", status_code=503)
         return self._page(request, viewer, "inbox_rows.html", **context)
@@ -321,76 +345,62 @@ class WebInbox:
         viewer = self._gate(request)
         if isinstance(viewer, Response):
             return viewer
-        params = request.query_params
-        status = params.get("status", "")
-        agent = params.get("agent", "").strip()
-        tool = params.get("tool", "").strip()
-        before_text = params.get("before", "").strip()
-        problems = []
-        statuses = set(HISTORY_STATUSES)
-        if status:
-            if status not in {value.value for value in HISTORY_STATUSES}:
-                problems.append(f"unknown status {status!r}")
-            else:
-                statuses = {ApprovalStatus(status)}
-        before = None
-        if before_text:
-            before = _parse_moment(before_text)
-            if before is None:
-                problems.append(f"'before' must be an ISO 8601 time with a zone, got {before_text!r}")
-        after = None
-        after_text = params.get("after", "").strip()
-        if after_text:
-            try:
-                after = ListPosition.from_token(after_text)
-            except ValueError as exc:
-                problems.append(f"'after': {exc}")
-        filters = {"status": status, "agent": agent, "tool": tool, "before": before_text}
-        if problems:
+        filters = read_filters(request.query_params, statuses=HISTORY_STATUSES)
+        context: dict[str, Any] = {"filters": filters, "statuses": HISTORY_STATUSES}
+        if filters.problems:
             return self._page(
                 request,
                 viewer,
                 "history.html",
                 status=400,
                 section="history",
-                filters=filters,
-                statuses=HISTORY_STATUSES,
                 approvals=[],
-                problems=problems,
+                problems=filters.problems,
                 older=None,
                 newest="/history",
+                **context,
             )
         try:
             approvals = await self._store.list(
-                statuses=statuses,
-                agent=agent or None,
-                tool=tool or None,
+                statuses=filters.statuses(HISTORY_STATUSES),
+                agent=filters.agent or None,
+                tool=filters.tool or None,
+                search=filters.q or None,
                 limit=HISTORY_PAGE,
-                before=before,
-                after=after,
+                before=filters.before,
+                after=filters.after,
             )
             count = await self._pending_count()
         except StoreUnavailable as exc:
             return self._unavailable(request, viewer, exc)
-        query = {key: value for key, value in filters.items() if value and key != "before"}
-        paged = before is not None or after is not None
-        newest = "/history" + (f"?{urlencode(query)}" if query else "") if paged else None
         older = None
         if len(approvals) == HISTORY_PAGE:
-            older = "/history?" + urlencode({**query, "after": ListPosition.of(approvals[-1]).token()})
+            older = filters.link("/history", after=ListPosition.of(approvals[-1]).token())
         return self._page(
             request,
             viewer,
             "history.html",
             section="history",
             pending_count=count,
-            filters=filters,
-            statuses=HISTORY_STATUSES,
             approvals=approvals,
-            problems=[],
+            problems=(),
             older=older,
-            newest=newest,
+            newest=filters.link("/history") if filters.paged else None,
+            **context,
         )
+
+    async def history_export(self, request: Request, kind: str) -> Response:
+        viewer = self._gate(request)
+        if isinstance(viewer, Response):
+            return viewer
+        filters = read_filters(request.query_params, statuses=HISTORY_STATUSES)
+        if filters.problems:
+            return PlainTextResponse("; ".join(filters.problems), status_code=400)
+        try:
+            return await self._export.response(filters, kind)
+        except StoreUnavailable as exc:
+            logger.warning("history export: approval store unavailable: %s", exc)
+            return PlainTextResponse("the approval store is unavailable; try again", status_code=503)
 
     # -- tools ----------------------------------------------------------------------------------------------
 
@@ -556,6 +566,14 @@ class WebInbox:
         async def history(request: Request) -> Response:
             return await inbox.history(request)
 
+        @router.get("/history.csv")
+        async def history_csv(request: Request) -> Response:
+            return await inbox.history_export(request, "csv")
+
+        @router.get("/history.json")
+        async def history_json(request: Request) -> Response:
+            return await inbox.history_export(request, "json")
+
         @router.get("/tools")
         async def tools(request: Request) -> Response:
             return await inbox.tools(request)
@@ -590,12 +608,3 @@ def _local_target(candidate: str | None) -> str:
     if any(ord(char) < 0x20 for char in candidate):
         return "/"
     return candidate
-
-
-def _parse_moment(text: str) -> datetime | None:
-    try:
-        return require_utc(
-            datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+")), field="before"
-        )
-    except ValueError:
-        return None

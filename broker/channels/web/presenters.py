@@ -19,6 +19,9 @@ from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.model import Approval, ApprovalStatus
 
 PREVIEW_LENGTH = 96
+COUNT_CAP = 1000
+"""The inbox counts pending calls up to this many and then says "1,000+": an exact count of a
+queue of 100,000 would read all of it on every page."""
 
 HISTORY_STATUSES = (
     ApprovalStatus.APPROVED,
@@ -59,6 +62,12 @@ def argument_preview(arguments: Any, limit: int = PREVIEW_LENGTH) -> str:
 
 def thousands(number: int) -> str:
     return f"{number:,}"
+
+
+def count_label(count: int | None) -> str:
+    if count is None:
+        return ""
+    return f"{COUNT_CAP:,}+" if count > COUNT_CAP else f"{count:,}"
 
 
 def pretty_json(value: Any) -> str:
@@ -147,6 +156,7 @@ def template_environment() -> jinja2.Environment:
         tone=status_tone,
         label=status_label,
         thousands=thousands,
+        count_label=count_label,
     )
     environment.globals["doubt"] = doubt
     return environment

@@ -1,0 +1,262 @@
+"""The inbox at a desktop's and a phone's size in headless Chromium: nothing scrolls sideways,
+a call is decided at phone size without scrolling, keyboard shortcuts decide on a desktop, and
+an opted-in browser shows a notification when a call arrives (and none before opting in)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+
+from tests.e2e.harness import RunningBroker, running_broker
+from tests.web.support import ApprovalFeed, order, web_settings
+from tests.web.test_inbox_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, live, row, sign_in
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
+]
+
+# Records every notification the page constructs, then lets the browser's own class make it.
+RECORD_NOTIFICATIONS = """
+window.__notified = [];
+if ("Notification" in window) {
+  window.Notification = new Proxy(window.Notification, {
+    construct(target, args) {
+      window.__notified.push({ title: args[0], body: (args[1] || {}).body });
+      return Reflect.construct(target, args);
+    },
+  });
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningBroker]:
+    async with running_broker(web_settings(tmp_path_factory.mktemp("web-layout"))) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def feed(running: RunningBroker) -> ApprovalFeed:
+    feed = ApprovalFeed()
+    running.broker.approvals.add_listener(feed)
+    return feed
+
+
+@pytest.fixture(scope="module")
+async def browser(running: RunningBroker) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def new_context(
+    browser: Browser, running: RunningBroker, size: dict[str, int], **extra: Any
+) -> BrowserContext:
+    context = await browser.new_context(base_url=running.url, viewport=size, **extra)
+    context.set_default_timeout(WAIT_MS)
+    return context
+
+
+# Cells, links, buttons and fields that stick out past the window's right edge, even where a
+# card's `overflow: hidden` keeps the page itself from scrolling (clipped is unusable too).
+OUTSIDE = """
+Array.from(document.querySelectorAll("th, td, a, button, input, select, textarea, h1, p"))
+  .filter((element) => element.getClientRects().length > 0 && !element.closest("dialog"))
+  .filter((element) => element.getBoundingClientRect().right > window.innerWidth + 0.5)
+  .map((element) => element.tagName + "." + element.className + ": " + element.textContent.trim().slice(0, 30))
+"""
+
+
+async def fits_sideways(page: Page) -> None:
+    widths = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], f"{page.url} is {widths[0]} px wide in a {widths[1]} px window"
+    assert await page.evaluate(OUTSIDE) == [], page.url
+
+
+async def hold(
+    running: RunningBroker, feed: ApprovalFeed, tasks: Any, client: Any, price: float, **extra: Any
+) -> Any:
+    tasks.start_soon(client.call_tool, "place_order", order(price, **extra))
+    return await feed.wait_for(lambda item: item.arguments.get("price") == price)
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+async def test_no_page_scrolls_sideways(
+    browser: Browser, running: RunningBroker, feed: ApprovalFeed, size: dict[str, int]
+) -> None:
+    with anyio.fail_after(60):
+        context = await new_context(browser, running, size)
+        try:
+            async with (
+                running.client() as client,
+                anyio.create_task_group() as tasks,
+                running.approver("bob") as bob,
+            ):
+                long_note = "a-very-long-unbroken-argument-value-" * 8
+                held = await hold(running, feed, tasks, client, 2001 + size["width"], note=long_note)
+                done = await hold(running, feed, tasks, client, 2002 + size["width"])
+                await bob.post(f"/api/approvals/{done.id}/deny", json={"reason": "no " * 60})
+                page = await context.new_page()
+                await page.goto("/login")
+                await fits_sideways(page)
+                page = await sign_in(context, "alice")
+                await expect(row(page, held.id)).to_be_visible()
+                for path in (
+                    "/",
+                    "/?q=place",
+                    f"/approvals/{held.id}",
+                    f"/approvals/{done.id}",
+                    "/history",
+                    "/tools",
+                ):
+                    await page.goto(path)
+                    await expect(page.locator("h1").first).to_be_visible()
+                    await fits_sideways(page)
+                await bob.post(f"/api/approvals/{held.id}/deny", json={"reason": "cleanup"})
+        finally:
+            await context.close()
+
+
+async def test_a_call_is_decided_at_phone_size_without_scrolling(
+    browser: Browser, running: RunningBroker, feed: ApprovalFeed
+) -> None:
+    with anyio.fail_after(60):
+        context = await new_context(browser, running, PHONE, is_mobile=True, has_touch=True)
+        try:
+            async with running.client() as client, anyio.create_task_group() as tasks:
+                outcome: dict[str, Any] = {}
+
+                async def agent() -> None:
+                    outcome["result"] = await client.call_tool("place_order", order(2101))
+
+                tasks.start_soon(agent)
+                approval = await feed.wait_for(lambda item: item.arguments.get("price") == 2101)
+                page = await sign_in(context, "alice")
+                await row(page, approval.id).locator("a.button").click()
+                await live(page)
+                approve = page.get_by_role("button", name="Approve")
+                deny = page.get_by_role("button", name="Deny")
+                for button in (approve, deny):
+                    box = await button.bounding_box()
+                    assert box is not None
+                    assert box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], box
+                    assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+                trail = await page.locator(".trail-card").bounding_box()
+                approve_box = await approve.bounding_box()
+                assert trail is not None and approve_box is not None and approve_box["y"] < trail["y"]
+                assert await page.evaluate("window.scrollY") == 0
+                await page.get_by_label("Reason").fill("fine from my phone")
+                await approve.tap()
+                await expect(page.locator(".ending")).to_contain_text("Approved by alice via web")
+            assert not outcome["result"].is_error
+        finally:
+            await context.close()
+
+
+async def test_keyboard_shortcuts_pick_a_call_and_approve_it_after_asking(
+    browser: Browser, running: RunningBroker, feed: ApprovalFeed
+) -> None:
+    with anyio.fail_after(60):
+        context = await new_context(browser, running, DESKTOP)
+        try:
+            async with running.client() as client, anyio.create_task_group() as tasks:
+                approval = await hold(running, feed, tasks, client, 2201)
+                page = await sign_in(context, "alice", path=f"/?q={approval.id}")
+                await live(page)
+                asked: list[str] = []
+
+                async def answer(dialog: Any) -> None:
+                    asked.append(dialog.message)
+                    await (dialog.dismiss() if len(asked) == 1 else dialog.accept())
+
+                page.on("dialog", answer)
+                await page.keyboard.press("?")
+                await expect(page.locator("dialog#shortcuts")).to_be_visible()
+                await page.keyboard.press("Escape")
+                await expect(page.locator("dialog#shortcuts")).to_be_hidden()
+                await page.keyboard.press("/")
+                assert await page.evaluate("document.activeElement.name") == "q"
+                await page.keyboard.press("Escape")
+                await page.keyboard.press("j")
+                await expect(row(page, approval.id)).to_have_class(re.compile(r"\bselected\b"))
+                await page.keyboard.press("Enter")
+                await expect(page).to_have_url(f"{running.url}/approvals/{approval.id}")
+                await live(page)
+                # Typing in the reason never triggers a shortcut.
+                await page.keyboard.press("r")
+                await page.keyboard.type("all good")
+                await expect(page.get_by_label("Reason")).to_have_value("all good")
+                assert asked == []
+                await page.keyboard.press("Escape")
+                await page.keyboard.press("a")  # dismissed: nothing happens
+                await expect(page.locator("[data-status-badge]")).to_have_text("pending")
+                await page.keyboard.press("a")
+                await expect(page.locator(".ending")).to_contain_text("Approved by alice via web")
+                assert asked == ["Approve place_order?", "Approve place_order?"]
+                await expect(page.locator("blockquote.reason")).to_have_text("all good")
+        finally:
+            await context.close()
+
+
+async def test_a_notification_appears_for_a_new_call_only_after_opting_in(
+    browser: Browser, running: RunningBroker, feed: ApprovalFeed
+) -> None:
+    with anyio.fail_after(60):
+        context = await new_context(browser, running, DESKTOP)
+        await context.grant_permissions(["notifications"], origin=running.url)
+        await context.add_init_script(RECORD_NOTIFICATIONS)
+        try:
+            async with (
+                running.client() as client,
+                anyio.create_task_group() as tasks,
+                running.approver("bob") as bob,
+            ):
+                page = await sign_in(context, "alice", path="/history")
+                button = page.locator("[data-notify]")
+                await expect(button).to_have_text("Notify me")
+                # Without consent nothing is shown (the history page does not even listen).
+                first = await hold(running, feed, tasks, client, 2301)
+                await page.goto("/")
+                await live(page)
+                await expect(row(page, first.id)).to_be_visible()
+                assert await page.evaluate("window.__notified") == []
+
+                await page.goto("/history")
+                await button.click()
+                await expect(button).to_have_text("Notifications on")
+                await live(page)
+                second = await hold(running, feed, tasks, client, 2302)
+                await page.wait_for_function("window.__notified.length > 0", timeout=WAIT_MS)
+                [shown] = await page.evaluate("window.__notified")
+                assert shown["title"] == "Approval needed: place_order"
+                assert shown["body"] == "trader wants to call place_order"
+                # A decision is not a new call: no second notification.
+                await bob.post(f"/api/approvals/{second.id}/deny", json={"reason": "no"})
+                await bob.post(f"/api/approvals/{first.id}/deny", json={"reason": "no"})
+                third = await hold(running, feed, tasks, client, 2303)
+                await page.wait_for_function("window.__notified.length > 1", timeout=WAIT_MS)
+                assert len(await page.evaluate("window.__notified")) == 2
+                await bob.post(f"/api/approvals/{third.id}/deny", json={"reason": "no"})
+                # Turning it off again is remembered.
+                await button.click()
+                await expect(button).to_have_text("Notify me")
+        finally:
+            await context.close()
