@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.approvals.service import Approver
+from broker.approvals.model import Approver
+from broker.approvals.verdict import Approve, Deny
 from broker.channels.web.export import HistoryExport
 from broker.channels.web.filters import read_filters
 from broker.channels.web.presenters import HISTORY_STATUSES
@@ -32,7 +33,7 @@ async def test_the_inbox_searches_and_filters_the_waiting_calls(tmp_path: Path) 
         orders = [(await service.open(held("trader", price=index)))[0] for index in range(3)]
         cancel, _ = await service.open(held("Rebalancer", tool="binance_us_cust_cancel_order"))
         decided, _ = await service.open(held("trader", price=99))
-        await service.decide(decided.id, approver=BOB, approve=False, via="api")
+        await service.decide(decided.id, Deny(), approver=BOB, via="api")
 
         async with http_signed_in(running, "alice") as http:
             everything = await http.get("/")
@@ -75,9 +76,9 @@ async def test_the_history_exports_as_csv_and_json_with_its_filters(tmp_path: Pa
         service = running.broker.approvals
         for index in range(3):
             approval, _ = await service.open(held("trader", price=index))
-            await service.decide(approval.id, approver=BOB, approve=False, via="api", reason=f"no {index}")
+            await service.decide(approval.id, Deny(f"no {index}"), approver=BOB, via="api")
         hostile, _ = await service.open(held("=HYPERLINK(1)", tool="get_balances"))
-        await service.decide(hostile.id, approver=BOB, approve=True, via="web", reason="+1 @alice -x")
+        await service.decide(hostile.id, Approve("+1 @alice -x"), approver=BOB, via="web")
         await service.open(held("trader", price=42))  # pending: not history
 
         async with http_signed_in(running, "alice") as http:
@@ -126,7 +127,7 @@ async def test_the_export_reads_the_store_a_page_at_a_time_to_the_end(tmp_path: 
         made = []
         for index in range(5):
             approval, _ = await service.open(held("trader", price=index))
-            made.append(await service.decide(approval.id, approver=BOB, approve=False, via="api"))
+            made.append(await service.decide(approval.id, Deny(), approver=BOB, via="api"))
         export = HistoryExport(service.store, HISTORY_STATUSES, page=2)
         for kind in ("csv", "json"):
             response = await export.response(read_filters({}, statuses=HISTORY_STATUSES), kind)
