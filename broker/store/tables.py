@@ -40,6 +40,7 @@ class ApprovalRow(StoreModel, table=True):
         Index("ix_approvals_request_key", "request_key"),
         Index("ix_approvals_task_id", "task_id", unique=True),
         Index("ix_approvals_created_at", "created_at"),
+        Index("ix_approvals_status_next_escalation_at", "status", "next_escalation_at"),
     )
 
     id: str = Field(sa_column=Column(Text, primary_key=True))
@@ -84,6 +85,11 @@ class ApprovalRow(StoreModel, table=True):
         default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
     )
     """The yes votes so far, as shown (the ``votes`` table is the record; see broker.store.votes)."""
+    escalation: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
+    )
+    escalation_step: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    next_escalation_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 
