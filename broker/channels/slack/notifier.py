@@ -53,6 +53,7 @@ UPDATE_FAILED = "slack_update_failed"
 DELETE_FAILED = "slack_delete_failed"
 UPDATED = "slack_updated"
 ESCALATION_POSTED = "slack_escalation_posted"
+ESCALATION_POST_FAILED = "slack_escalation_post_failed"
 DUPLICATE_DELETED = "slack_duplicate_deleted"
 SHOWN_EVENTS = frozenset({AuditEventKind.NOTIFIED.value, UPDATED})
 """Audit events whose ``status`` detail says what the message showed from then on."""
@@ -286,7 +287,8 @@ class SlackNotifier:
                 posted = await self._api.post_message(channel, text=f"Escalated: {text}", blocks=blocks)
             except SlackRejected as exc:
                 logger.error("approval %s: escalation post to %s refused: %s", approval.id, channel, exc)
-                await self._audit(approval.id, POST_FAILED, {"error": str(exc), "escalation_step": number})
+                details = {"channel": channel, "error": str(exc), "escalation_step": number}
+                await self._audit(approval.id, ESCALATION_POST_FAILED, details)
                 return
             except SlackUnavailable as exc:
                 failures += 1
