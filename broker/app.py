@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.approvals.approvers import ApproverDirectory
-from broker.approvals.clock import utc_now
+from broker.approvals.clock import Clock, utc_now
 from broker.approvals.eligibility import unreachable_quorums
 from broker.approvals.health import StoreHealth
 from broker.approvals.ports import StoreUnavailable
@@ -41,6 +41,7 @@ from broker.proxy.upstream.pool import UpstreamPool
 from broker.proxy.upstream.spec import parse_servers
 from broker.store.database import Backend, backend_of
 from broker.store.engine import create_store
+from broker.store.escalations import SqlEscalationStore
 from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
@@ -63,6 +64,7 @@ class Broker:
         environ: Mapping[str, str],
         slack_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,  # Slack retry backoff (tests inject)
         decision_sink: DecisionSink | None = None,
+        clock: Clock = utc_now,  # approvals' deadlines and escalation steps (tests inject a manual clock)
     ) -> None:
         self.settings = settings
         self.environ = environ
@@ -90,7 +92,7 @@ class Broker:
             raise ConfigError(
                 "; ".join(f"{settings.policy_path}:{line}: {problem}" for line, problem in unreachable)
             )
-        self.store = create_store(settings.database_url)
+        self.store = create_store(settings.database_url, clock=clock)
         self.store_health = StoreHealth(self.store.probe, up_interval=settings.approvals.sweep_interval)
         self.store.report_failures_to(self.store_health.failed)
         self.approvals = ApprovalService(
@@ -102,6 +104,8 @@ class Broker:
             policy=lambda: self.policy_file.holder.current,
             principals=settings.acts_for,
             votes=SqlVoteStore(self.store),
+            escalations=SqlEscalationStore(self.store),
+            clock=clock,
         )
         self.approvals.set_releaser(
             UpstreamReleaser(
@@ -162,6 +166,7 @@ class Broker:
         )
         self.approvals.add_listener(self.metrics)
         self.approvals.add_vote_listener(self.metrics)
+        self.approvals.add_escalation_listener(self.metrics)
         self.replica_feed = (
             ReplicaFeed(
                 settings.database_url, replica=self.approvals.replica, on_lost=self.store_health.failed
@@ -189,6 +194,7 @@ class Broker:
                 sleep=slack_sleep,
             )
             self.approvals.add_listener(self.slack.notifier)
+            self.approvals.add_escalation_listener(self.slack.notifier)
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
         self.gateway.tools_changed()

@@ -45,6 +45,8 @@ class AuditEventKind(enum.StrEnum):
     VOTED = "voted"
     """One approver's yes toward a quorum (their repeats included); the deciding one is followed
     by ``approved``."""
+    ESCALATED = "escalated"
+    """Nobody decided in time and a step of the rule's ``escalate`` was reached (one per step)."""
 
     @classmethod
     def for_status(cls, status: ApprovalStatus) -> AuditEventKind:

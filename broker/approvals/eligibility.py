@@ -5,7 +5,8 @@ A person may decide an approval when
 1. they are not the agent that made the call, nor a person the agent acts for (``acts_for`` in
    broker.yaml), whichever channel they use;
 2. the rule that held the call names them (by name, by ``@group``, or ``*``; a rule without
-   ``approvers`` uses the broker's default approvers); and
+   ``approvers`` uses the broker's default approvers), or an escalation step the call has reached
+   names them (see broker.approvals.escalation); and
 3. when the policy has been reloaded since and still requires approval for the call, the rule in
    force now names them too: a reload that narrows who may approve applies to calls waiting.
 
@@ -45,18 +46,25 @@ class Eligibility:
             return f"{approver.name} is the agent that made this call and cannot approve its own call"
         if approver.name in self.principals.get(approval.agent, ()):
             return f"{approver.name} is who agent {approval.agent} acts for and cannot approve its own call"
-        refusal = self.not_named(approver, approval.approvers, approval.rule)
+        refusal = self.not_named(approver, approval.approvers, approval.rule, also=approval.escalated_to)
         if refusal is not None:
             return refusal
         changed = _changed_requirement(approval, current)
         if changed is not None and current is not None:
+            reached = changed.escalation[: approval.escalation_step]
             return self.not_named(
-                approver, changed.approvers, f"{current.rule} (revision {current.revision})"
+                approver,
+                changed.approvers,
+                f"{current.rule} (revision {current.revision})",
+                also=tuple(name for step in reached for name in step.to),
             )
         return None
 
-    def not_named(self, approver: Approver, approvers: Sequence[str], rule: str) -> str | None:
-        allowed = approvers or self.default_approvers
+    def not_named(
+        self, approver: Approver, approvers: Sequence[str], rule: str, *, also: Sequence[str] = ()
+    ) -> str | None:
+        """`also`: approvers the escalation steps reached so far added (see broker.approvals.escalation)."""
+        allowed = (*(approvers or self.default_approvers), *also)
         if named(approver.name, approver.groups, allowed):
             return None
         return f"{approver.name} is not an approver for rule {rule} (approvers: {', '.join(allowed)})"
@@ -110,7 +118,11 @@ def unreachable_quorum(
     wanted = Requirement(requirement.quorum, requirement.quorum_from)
     if not wanted.is_quorum:
         return None
-    allowed = requirement.approvers or tuple(default_approvers)
+    # Approvers that escalation adds may complete a quorum too.
+    allowed = (
+        *(requirement.approvers or tuple(default_approvers)),
+        *(name for step in requirement.escalation for name in step.to),
+    )
     eligible = [(name, groups) for name, groups in people if named(name, groups, allowed)]
     at = datetime.fromtimestamp(0, UTC)
     if tally([Vote(name, groups, "config", at) for name, groups in eligible], wanted).reached:

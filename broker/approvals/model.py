@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.approvals.canonical import arguments_hash, canonical_json, request_key
+from broker.policy.escalation import EscalationStep
 
 
 class ApprovalStatus(enum.StrEnum):
@@ -123,6 +124,9 @@ class NewApproval:
     """Distinct approvers whose yes releases the call (1: the first decision is final)."""
     quorum_from: tuple[str, ...] = ()
     """Groups (``@risk``) that must each be represented by a different one of those approvers."""
+    escalation: tuple[EscalationStep, ...] = ()
+    """Who is asked next when nobody decided (the rule's steps, kept with the call: a reload does
+    not change the plan of a call already waiting; see broker.approvals.escalation)."""
     arguments_hash: str = field(init=False)
     request_key: str = field(init=False)
     argument_order: tuple[str, ...] = field(init=False)
@@ -149,6 +153,7 @@ class NewApproval:
                 f"NewApproval.quorum must be at least 1 and cover quorum_from, got {self.quorum!r}"
             )
         object.__setattr__(self, "quorum_from", tuple(self.quorum_from))
+        object.__setattr__(self, "escalation", tuple(self.escalation))
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ValueError(f"NewApproval.task_id must be a non-empty string or None, got {self.task_id!r}")
         object.__setattr__(self, "argument_order", tuple(str(key) for key in self.arguments))
@@ -207,6 +212,24 @@ class Approval:
     quorum_from: tuple[str, ...] = ()
     votes: tuple[Vote, ...] = ()
     """The yes votes recorded toward the quorum so far, oldest first (empty for quorum 1)."""
+    escalation: tuple[EscalationStep, ...] = ()
+    """The escalation plan the call was held with (see `NewApproval.escalation`)."""
+    escalation_step: int = 0
+    """How many of its steps have been reached (0: none)."""
+    next_escalation_at: datetime | None = None
+    """When the next step is due; None when there is none left."""
+
+    @property
+    def escalated_to(self) -> tuple[str, ...]:
+        """Approvers the steps reached so far added (beside the rule's own)."""
+        reached = self.escalation[: self.escalation_step]
+        return tuple(dict.fromkeys(name for step in reached for name in step.to))
+
+    @property
+    def escalated_channels(self) -> tuple[str, ...]:
+        """Channels the steps reached so far announced the call in."""
+        reached = self.escalation[: self.escalation_step]
+        return tuple(dict.fromkeys(channel for step in reached for channel in step.channels))
 
     @property
     def is_terminal(self) -> bool:

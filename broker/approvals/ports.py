@@ -296,3 +296,34 @@ class VoteStore(Protocol):
         lost. `audit` (a ``voted`` event) is written for every vote, repeated ones included; the
         deciding one adds ``approved`` with the counted approvers."""
         ...
+
+
+class EscalationStore(Protocol):
+    """Escalation steps of pending approvals (see broker.approvals.escalation), across replicas.
+
+    Exception tree (from above)::
+
+        ApprovalNotFound      no approval has that id
+        StoreUnavailable      nothing was changed; the next sweep tries again
+    """
+
+    async def due_for_escalation(self, now: datetime, *, limit: int = 100) -> builtins.list[Approval]:
+        """Pending approvals whose next escalation step is due at or before `now`, soonest first."""
+        ...
+
+    async def escalate(
+        self,
+        approval_id: str,
+        *,
+        step: int,
+        now: datetime,
+        expires_at: datetime,
+        next_escalation_at: datetime | None,
+        audit: AuditEvent,
+    ) -> tuple[Approval, bool]:
+        """Record that the approval reached escalation `step` (counting from 1), with its deadline
+        and the time of the step after, only if it is still pending at step - 1 and its deadline
+        is after `now`: a compare-and-set, so of any number of replicas exactly one takes a step.
+        Returns the approval as it now stands and whether this call took the step; `audit` (an
+        ``escalated`` event) is written in the same transaction, only by the winner."""
+        ...

@@ -33,6 +33,7 @@ from anyio.abc import TaskGroup
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.eligibility import ANY_APPROVER, Eligibility, quorum_refusal
+from broker.approvals.escalation import Escalated, EscalationListener, escalate_due
 from broker.approvals.health import StoreHealth
 from broker.approvals.model import Approval, ApprovalStatus, Approver, NewApproval, Vote
 from broker.approvals.outcomes import unknown_result
@@ -40,6 +41,7 @@ from broker.approvals.ports import (
     ApprovalError,
     ApprovalNotFound,
     ApprovalStore,
+    EscalationStore,
     InvalidTransition,
     StoreUnavailable,
     VoteStore,
@@ -126,6 +128,7 @@ class ApprovalService:
         principals: Mapping[str, frozenset[str]] | None = None,
         health: StoreHealth | None = None,
         votes: VoteStore | None = None,
+        escalations: EscalationStore | None = None,
     ) -> None:
         self.store = store
         self.replica = replica
@@ -141,6 +144,8 @@ class ApprovalService:
         self._eligibility = Eligibility(self._default_approvers, self._principals)
         self._votes = votes
         self._vote_listeners: list[VoteListener] = []
+        self._escalations = escalations
+        self._escalation_listeners: list[EscalationListener] = []
         self._releaser: CallReleaser | None = None
         self._listeners: list[ApprovalListener] = []
         self._mirrors: list[ApprovalListener] = []
@@ -169,6 +174,10 @@ class ApprovalService:
 
     def add_vote_listener(self, listener: VoteListener) -> None:
         self._vote_listeners.append(listener)
+
+    def add_escalation_listener(self, listener: EscalationListener) -> None:
+        """`listener` hears each escalation step this replica took (see broker.approvals.escalation)."""
+        self._escalation_listeners.append(listener)
 
     @asynccontextmanager
     async def running(self, *, sweep: bool = True) -> AsyncIterator[ApprovalService]:
@@ -577,7 +586,7 @@ class ApprovalService:
         await self.health.wait(up=available)
 
     async def sweep(self) -> int:
-        """One pass: expire what is due, release approved calls nobody is releasing (all of them,
+        """One pass: expire what is due, escalate what waited long enough, release approved calls nobody is releasing (all of them,
         oldest first, see `_release_approved`), end releases whose replica died, notice outside
         changes to approvals someone here waits on. Returns how many approvals it expired."""
         now = self._clock()
@@ -589,6 +598,10 @@ class ApprovalService:
                 expired += won
             if len(due) < 100:
                 break
+        if self._escalations is not None:
+            for escalated in await escalate_due(self._escalations, now, replica=self.replica):
+                self._announce(escalated.approval)
+                self._announce_escalation(escalated)
         await self._release_approved(now)
         await self._fail_stale_releases(now)
         await self._recheck_watched()
@@ -810,6 +823,21 @@ class ApprovalService:
             return
         for listener in self._listeners:
             self._tasks.start_soon(self._tell, listener, approval, opened)
+
+    def _announce_escalation(self, escalated: Escalated) -> None:
+        if self._tasks is None:
+            return
+        for listener in self._escalation_listeners:
+            self._tasks.start_soon(self._tell_escalation, listener, escalated)
+
+    @staticmethod
+    async def _tell_escalation(listener: EscalationListener, escalated: Escalated) -> None:
+        try:
+            await listener.approval_escalated(escalated)
+        except Exception:
+            logger.exception(
+                "escalation listener %s failed on %s", type(listener).__name__, escalated.approval.id
+            )
 
     @staticmethod
     async def _tell(listener: ApprovalListener, approval: Approval, opened: bool) -> None:

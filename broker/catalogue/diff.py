@@ -99,6 +99,8 @@ class DecisionSnapshot:
                 text += f", quorum {self.approval.quorum}"
                 if self.approval.quorum_from:
                     text += f" from {' '.join(self.approval.quorum_from)}"
+            for step in self.approval.escalation:
+                text += f", escalate {step.describe()}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +125,8 @@ class DecisionSnapshot:
             and (self.approval.quorum > 1 or self.approval.quorum_from)
         ):
             approval["quorum"] = {"approvals": self.approval.quorum, "from": list(self.approval.quorum_from)}
+        if self.approval is not None and approval is not None and self.approval.escalation:
+            approval["escalate"] = [step.to_json() for step in self.approval.escalation]
         return {
             "action": self.action.value,
             "rule": self.rule,

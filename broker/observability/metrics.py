@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from broker.approvals.escalation import Escalated
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import StoreUnavailable
 from broker.observability.calls import CallCounts, UpstreamLatency
@@ -82,6 +83,13 @@ class BrokerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._escalations = Counter(
+            "broker_approval_escalations",
+            "Escalation steps reached by approvals nobody decided in time, by step number (each step "
+            "is taken by exactly one replica, so counters sum)",
+            ["step"],
+            registry=self.registry,
+        )
         self._pending = Gauge(
             "broker_approvals_pending",
             "Approvals waiting for a human in the shared store (the same queue on every replica: use max)",
@@ -115,6 +123,11 @@ class BrokerMetrics:
 
     def vote_cast(self, approval: Approval, approver: str, outcome: str) -> None:
         self._votes.labels(outcome).inc()
+
+    # -- EscalationListener -----------------------------------------------------------------------
+
+    async def approval_escalated(self, escalated: Escalated) -> None:
+        self._escalations.labels(str(escalated.number)).inc()
 
     # -- exposition ----------------------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ class Explanation:
                 lines.append(
                     f"quorum:    {approval.quorum} distinct approvers{groups}; any deny ends the call"
                 )
+            lines.extend(f"escalate:  {step.describe()}" for step in approval.escalation)
             if approval.hold_budget_seconds is not None:
                 lines.append(
                     f"hold:      an agent waits {approval.hold_budget_seconds:g}s at most before the "

@@ -51,6 +51,7 @@ from broker.approvals import (
     NewApproval,
     StoreUnavailable,
 )
+from broker.approvals.escalation import escalation_text
 from broker.approvals.health import StoreHealth
 from broker.approvals.idempotency import describe_ids
 from broker.approvals.model import DELIVERABLE_STATUSES
@@ -211,6 +212,7 @@ class HeldCalls:
             task_id=self._new_task_id() if isinstance(task, dict) else None,
             quorum=requirement.quorum if requirement is not None else 1,
             quorum_from=requirement.quorum_from if requirement is not None else (),
+            escalation=requirement.escalation if requirement is not None else (),
         )
         try:
             approval, shared = await self._open(ctx, new)
@@ -326,6 +328,8 @@ class HeldCalls:
             left = math.ceil(approval.time_left(self._clock()).total_seconds())
             votes = progress_text(approval, brackets=True)
             so_far = f"; {votes}" if votes else ""
+            if (escalated := escalation_text(approval)) is not None:
+                so_far += f"; {escalated}"
             return (
                 f"Waiting for human approval of '{approval.tool}' (approval {approval.id}){so_far}; "
                 f"auto-deny in {left} s"
@@ -347,6 +351,8 @@ class HeldCalls:
             votes = progress_text(approval)
             if votes:
                 state += f" It needs {approval.quorum} distinct approvers; so far {votes}."
+            if (escalated := escalation_text(approval)) is not None:
+                state += f" Nobody decided in time, so it was {escalated}."
         else:
             state = (
                 f"APPROVED, RUNNING: {approval.decided_by} approved the call to '{approval.tool}' and the "
@@ -536,6 +542,8 @@ def status_text(approval: Approval) -> str:
     if status is ApprovalStatus.PENDING:
         votes = progress_text(approval, brackets=True)
         so_far = f": {votes}" if votes else ""
+        if (escalated := escalation_text(approval)) is not None:
+            so_far += f" ({escalated})"
         return f"waiting for human approval{so_far} until {_iso(approval.expires_at)}"
     if status is ApprovalStatus.APPROVED or status is ApprovalStatus.RELEASED:
         return f"approved by {approval.decided_by}; forwarding to the upstream"

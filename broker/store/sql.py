@@ -54,6 +54,7 @@ from broker.approvals.ports import (
 )
 from broker.approvals.transitions import check_transition
 from broker.store.database import DEFAULT_TIMEOUT, writing
+from broker.store.escalation_rows import escalation_columns, escalation_fields, first_escalation_at
 from broker.store.failures import store_unavailable_on_db_error
 from broker.store.listing import list_rows
 from broker.store.migrate import VERSION_TABLE
@@ -444,6 +445,10 @@ class SqlApprovalStore:
         shielding and mapping of failures to StoreUnavailable."""
         return self._writing(operation)
 
+    def reading(self, operation: str) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A reading connection on this store's engine, for sibling modules' queries."""
+        return self._reading(operation)
+
     async def append_in(self, conn: AsyncConnection, event: AuditEvent) -> None:
         """Appends `event` to the audit chain inside a `transaction` (for sibling modules' tables)."""
         await self._append(conn, event, self._now())
@@ -507,6 +512,8 @@ class SqlApprovalStore:
             argument_order=new.argument_order,
             quorum=new.quorum,
             quorum_from=new.quorum_from,
+            escalation=new.escalation,
+            next_escalation_at=first_escalation_at(now, new.escalation),
         )
         try:
             await conn.execute(insert(approvals).values(_row_from_approval(approval)))
@@ -745,6 +752,7 @@ def _row_from_approval(approval: Approval) -> dict[str, Any]:
         "quorum": approval.quorum,
         "quorum_from": list(approval.quorum_from),
         "votes": votes_json(approval.votes),
+        **escalation_columns(approval),
         "version": approval.version,
     }
 
@@ -787,6 +795,7 @@ def _approval_from_row(row: RowMapping) -> Approval:
         quorum=row["quorum"],
         quorum_from=tuple(row["quorum_from"]),
         votes=votes_from_json(row["votes"]),
+        **escalation_fields(row),
     )
 
 

@@ -52,6 +52,7 @@ class ApprovalRow(StoreModel, table=True):
             sqlite_where=text("status <> 'pending'"),
             postgresql_where=text("status <> 'pending'"),
         ),
+        Index("ix_approvals_status_next_escalation_at", "status", "next_escalation_at"),
     )
 
     id: str = Field(sa_column=Column(Text, primary_key=True))
@@ -96,6 +97,11 @@ class ApprovalRow(StoreModel, table=True):
         default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
     )
     """The yes votes so far, as shown (the ``votes`` table is the record; see broker.store.votes)."""
+    escalation: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
+    )
+    escalation_step: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    next_escalation_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 

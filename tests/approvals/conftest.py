@@ -16,6 +16,7 @@ import pytest
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import ApprovalService
 from broker.policy import Policy
+from broker.store.escalations import SqlEscalationStore
 from broker.store.sql import SqlApprovalStore
 from broker.store.votes import SqlVoteStore
 from tests.store.conftest import ManualClock
@@ -139,6 +140,7 @@ def service(
             policy=policy,
             principals=principals,
             votes=SqlVoteStore(own_store),
+            escalations=SqlEscalationStore(own_store),
         )
         approvals.set_releaser(releaser)
         approvals.add_listener(listener)

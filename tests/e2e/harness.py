@@ -21,6 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from broker.app import Broker
 from broker.approvals.approvers import ApproverAccount
+from broker.approvals.clock import Clock, utc_now
 from broker.config.settings import ApprovalSettings, BrokerSettings
 from broker.net.limits import limited_protocol
 from broker.proxy.identity import AgentCredential
@@ -168,8 +169,8 @@ async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def running_broker(settings: BrokerSettings) -> AsyncIterator[RunningBroker]:
-    broker = Broker(settings, environ=dict(os.environ))
+async def running_broker(settings: BrokerSettings, *, clock: Clock = utc_now) -> AsyncIterator[RunningBroker]:
+    broker = Broker(settings, environ=dict(os.environ), clock=clock)
     # The listener `broker serve` runs: deadlines for slow requests, a cap per client address.
     listener = limited_protocol(settings.limits, exempt=settings.web.trusted_proxies)
     async with (

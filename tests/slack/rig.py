@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from broker.app import Broker
 from broker.approvals import Approval, NewApproval
+from broker.approvals.clock import Clock, utc_now
 from broker.channels.slack.notifier import Sleep
 from broker.channels.slack.signing import slack_signature
 from broker.config.settings import SlackSettings
@@ -233,6 +234,7 @@ async def slack_broker(
     policy: str = POLICY,
     sleep: Sleep = anyio.sleep,
     database_url: str | None = None,
+    clock: Clock = utc_now,
     **slack: Any,
 ) -> AsyncIterator[SlackRig]:
     """A real broker (real store, real uvicorn socket) whose Slack channel talks to `fake`.
@@ -250,7 +252,7 @@ async def slack_broker(
     )
     if database_url is not None:
         settings = replace(settings, database_url=database_url)
-    broker = Broker(settings, environ=dict(os.environ), slack_sleep=sleep)
+    broker = Broker(settings, environ=dict(os.environ), slack_sleep=sleep, clock=clock)
     feed = ApprovalFeed()
     broker.approvals.add_listener(feed)
     async with broker.running(upstream_ready_timeout=30), serve_asgi(broker.asgi()) as url:

@@ -15,6 +15,7 @@ from typing import Any
 
 from broker.approvals import outcomes
 from broker.approvals.call_view import CallContext, CallField, CallView, Shape, ToolFacts, call_view
+from broker.approvals.escalation import escalation_text
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.quorum import progress_text
 from broker.approvals.service import POLICY_ACTOR
@@ -127,6 +128,8 @@ def _held_because(approval: Approval, view: CallView) -> dict[str, Any]:
     )
     if votes := progress_text(approval):
         text += f" · {escape(votes)}"
+    if escalated := escalation_text(approval):
+        text += f" · :rotating_light: {escape(escalated)}"
     return {"type": "context", "block_id": "held", "elements": [_mrkdwn(text)]}
 
 

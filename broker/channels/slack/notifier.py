@@ -37,9 +37,10 @@ from anyio.abc import TaskGroup
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.call_view import CallContexts
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.escalation import Escalated
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import ApprovalError, ApprovalStore, ListPosition, StoreUnavailable
-from broker.channels.slack.blocks import ApprovalMessage, approval_message
+from broker.channels.slack.blocks import ApprovalMessage, approval_message, escape
 from broker.channels.slack.client import PostedMessage, SlackApi
 from broker.channels.slack.errors import SlackRateLimited, SlackRejected, SlackUnavailable
 from broker.channels.slack.people import SlackPeople
@@ -51,6 +52,8 @@ POST_FAILED = "slack_post_failed"
 UPDATE_FAILED = "slack_update_failed"
 DELETE_FAILED = "slack_delete_failed"
 UPDATED = "slack_updated"
+ESCALATION_POSTED = "slack_escalation_posted"
+ESCALATION_POST_FAILED = "slack_escalation_post_failed"
 DUPLICATE_DELETED = "slack_duplicate_deleted"
 SHOWN_EVENTS = frozenset({AuditEventKind.NOTIFIED.value, UPDATED})
 """Audit events whose ``status`` detail says what the message showed from then on."""
@@ -97,6 +100,22 @@ DEFAULT_RETRY_SCHEDULE = RetrySchedule()
 def worth_recording(attempt: int) -> bool:
     """Failures recorded in the audit trail: attempts 1, 2, 4, 8, ... (the rest are only logged)."""
     return attempt >= 1 and attempt & (attempt - 1) == 0
+
+
+def escalation_channels(channels: Collection[str], default_channel: str | None) -> list[str]:
+    """The Slack channels an escalation step names (``slack:#escalations``; a bare ``slack`` is the
+    default channel)."""
+    found: list[str] = []
+    for channel in channels:
+        if channel == "slack":
+            target = default_channel
+        elif channel.startswith(SLACK_CHANNEL_PREFIX):
+            target = channel[len(SLACK_CHANNEL_PREFIX) :] or default_channel
+        else:
+            continue
+        if target is not None and target not in found:
+            found.append(target)
+    return found
 
 
 def slack_destination(approval: Approval, default_channel: str | None) -> str | None:
@@ -215,6 +234,8 @@ class SlackNotifier:
         """Approval id -> a status at which its message (or its absence) was found truthful."""
         self._refused: OrderedDict[str, ApprovalStatus] = OrderedDict()
         """Approval id -> the status at which Slack refused its message (not retried at that status)."""
+        self._escalation_shown: dict[str, int] = {}
+        """Approval id -> the escalation step its waiting message was last rewritten to show."""
         self._owed: set[str] = set()
         """Posts this process began while the approval waited: still made if it is decided meanwhile."""
         self._watched: set[str] = set()
@@ -234,6 +255,58 @@ class SlackNotifier:
         if slack_destination(approval, self._default_channel) is None and approval.slack_ts is None:
             return  # its rule keeps it out of Slack
         await self._bring_in_line(approval.id)
+
+    async def approval_escalated(self, escalated: Escalated) -> None:
+        """A new post in each Slack channel of the step reached, made by the one replica that took
+        the step (see broker.approvals.escalation), with the buttons, so the people it adds can
+        decide right there. Retried while Slack is unavailable and the call still waits; not kept
+        current afterwards (a late click is told the outcome). The original message shows the
+        escalation through the usual worker (see `_shown`)."""
+        approval, step = escalated.approval, escalated.step
+        added = ", ".join(self._people.mention(name) for name in step.to) or "nobody new"
+        headline = (
+            f":rotating_light: *Escalated* (step {escalated.number}): nobody decided "
+            f"`{escape(approval.tool)}` for {escape(approval.agent)} within {step.after_seconds:g} s; "
+            f"now also asked: {added}"
+        )
+        for channel in escalation_channels(step.channels, self._default_channel):
+            rendered = await self._render(approval)
+            blocks = [
+                {"type": "section", "block_id": "escalated", "text": {"type": "mrkdwn", "text": headline}}
+            ]
+            await self._post_escalation(
+                approval, escalated.number, channel, rendered.text, blocks + rendered.blocks
+            )
+
+    async def _post_escalation(
+        self, approval: Approval, number: int, channel: str, text: str, blocks: list[dict[str, Any]]
+    ) -> None:
+        failures = 0
+        while True:
+            try:
+                posted = await self._api.post_message(channel, text=f"Escalated: {text}", blocks=blocks)
+            except SlackRejected as exc:
+                logger.error("approval %s: escalation post to %s refused: %s", approval.id, channel, exc)
+                details = {"channel": channel, "error": str(exc), "escalation_step": number}
+                await self._audit(approval.id, ESCALATION_POST_FAILED, details)
+                return
+            except SlackUnavailable as exc:
+                failures += 1
+                delay = (
+                    exc.retry_after if isinstance(exc, SlackRateLimited) else self._schedule.delay(failures)
+                )
+                logger.warning(
+                    "approval %s: escalation post failed (%s); retrying in %gs", approval.id, exc, delay
+                )
+                await self._sleep(delay)
+                current = await self._store.get(approval.id)
+                if current is None or current.status is not ApprovalStatus.PENDING:
+                    return  # decided meanwhile: the original message tells the outcome
+                continue
+            details = {"channel": posted.channel, "ts": posted.ts, "escalation_step": number}
+            await self._audit(approval.id, ESCALATION_POSTED, details)
+            logger.info("approval %s: escalation step %d posted to %s", approval.id, number, posted.channel)
+            return
 
     async def settled(self, approval_id: str) -> None:
         """Returns once no worker of this process is busy with the approval's message."""
@@ -549,13 +622,20 @@ class SlackNotifier:
         worker.failure_event = UPDATE_FAILED
         await self._api.update_message(message, text=rendered.text, blocks=rendered.blocks)
         _remember(self._settled, current.id, current.status, self.MEMORY)
+        self._escalation_shown[current.id] = current.escalation_step
+        if len(self._escalation_shown) > self.MEMORY:
+            del self._escalation_shown[next(iter(self._escalation_shown))]
         logger.info("approval %s: Slack message updated (%s)", current.id, current.status.value)
         try:
             await self._store.append_audit(
                 AuditEvent(
                     UPDATED,
                     AUDIT_ACTOR,
-                    {"status": current.status.value, "version": current.version},
+                    {
+                        "status": current.status.value,
+                        "version": current.version,
+                        "escalation_step": current.escalation_step,
+                    },
                     approval_id=current.id,
                 )
             )
@@ -567,6 +647,8 @@ class SlackNotifier:
     async def _shown(self, current: Approval) -> ApprovalStatus | None:
         """The status the approval's message shows, as far as the records say."""
         if current.status is ApprovalStatus.PENDING:
+            if current.escalation_step and not await self._shows_escalation(current):
+                return None  # the waiting message must say who else is asked now
             return ApprovalStatus.PENDING
         if self._settled.get(current.id) is current.status:
             return current.status
@@ -577,6 +659,14 @@ class SlackNotifier:
                 except ValueError:
                     return None  # recorded before messages named their status: rewrite it to be sure
         return None
+
+    async def _shows_escalation(self, current: Approval) -> bool:
+        if self._escalation_shown.get(current.id, 0) >= current.escalation_step:
+            return True
+        for record in reversed(await self._store.audit_trail(current.id)):
+            if record.event in SHOWN_EVENTS:
+                return int(record.details.get("escalation_step") or 0) >= current.escalation_step
+        return False
 
     async def _delete_duplicate(self, approval_id: str, duplicate: PostedMessage) -> None:
         try:
