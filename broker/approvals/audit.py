@@ -45,6 +45,8 @@ class AuditEventKind(enum.StrEnum):
     VOTED = "voted"
     """One approver's yes toward a quorum (their repeats included); the deciding one is followed
     by ``approved``."""
+    EDITED = "edited"
+    """An approver changed editable arguments (both hashes, each change); their vote follows."""
 
     @classmethod
     def for_status(cls, status: ApprovalStatus) -> AuditEventKind:

@@ -123,6 +123,8 @@ class NewApproval:
     """Distinct approvers whose yes releases the call (1: the first decision is final)."""
     quorum_from: tuple[str, ...] = ()
     """Groups (``@risk``) that must each be represented by a different one of those approvers."""
+    editable: tuple[str, ...] = ()
+    """Top-level arguments approvers may change before approving (the rule's ``editable``)."""
     arguments_hash: str = field(init=False)
     request_key: str = field(init=False)
     argument_order: tuple[str, ...] = field(init=False)
@@ -149,6 +151,7 @@ class NewApproval:
                 f"NewApproval.quorum must be at least 1 and cover quorum_from, got {self.quorum!r}"
             )
         object.__setattr__(self, "quorum_from", tuple(self.quorum_from))
+        object.__setattr__(self, "editable", tuple(self.editable))
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ValueError(f"NewApproval.task_id must be a non-empty string or None, got {self.task_id!r}")
         object.__setattr__(self, "argument_order", tuple(str(key) for key in self.arguments))
@@ -207,6 +210,18 @@ class Approval:
     quorum_from: tuple[str, ...] = ()
     votes: tuple[Vote, ...] = ()
     """The yes votes recorded toward the quorum so far, oldest first (empty for quorum 1)."""
+    editable: tuple[str, ...] = ()
+    """Top-level arguments approvers may change before approving (see broker.approvals.edits)."""
+    original_arguments: dict[str, Any] | None = None
+    """The arguments as the agent sent them, once an approver changed them (None: never edited).
+    `arguments` and `arguments_hash` are then what was approved and runs; `request_key` stays the
+    original call's, so the agent's identical re-call still finds this approval."""
+    edited_by: str | None = None
+    edited_at: datetime | None = None
+
+    @property
+    def is_edited(self) -> bool:
+        return self.original_arguments is not None
 
     @property
     def is_terminal(self) -> bool:

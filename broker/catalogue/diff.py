@@ -99,6 +99,8 @@ class DecisionSnapshot:
                 text += f", quorum {self.approval.quorum}"
                 if self.approval.quorum_from:
                     text += f" from {' '.join(self.approval.quorum_from)}"
+            if self.approval.editable:
+                text += f", editable {' '.join(self.approval.editable)}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +125,8 @@ class DecisionSnapshot:
             and (self.approval.quorum > 1 or self.approval.quorum_from)
         ):
             approval["quorum"] = {"approvals": self.approval.quorum, "from": list(self.approval.quorum_from)}
+        if self.approval is not None and approval is not None and self.approval.editable:
+            approval["editable"] = list(self.approval.editable)
         return {
             "action": self.action.value,
             "rule": self.rule,

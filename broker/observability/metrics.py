@@ -82,6 +82,13 @@ class BrokerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._edits = Counter(
+            "broker_approval_edits",
+            "Approvals with edited arguments made on this replica: applied (bound to the new arguments, "
+            "with the editor's yes), refused (a field not editable, a wrong type, or a policy refusal)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._pending = Gauge(
             "broker_approvals_pending",
             "Approvals waiting for a human in the shared store (the same queue on every replica: use max)",
@@ -115,6 +122,11 @@ class BrokerMetrics:
 
     def vote_cast(self, approval: Approval, approver: str, outcome: str) -> None:
         self._votes.labels(outcome).inc()
+
+    # -- EditListener -------------------------------------------------------------------------------
+
+    def edit_made(self, approval: Approval, outcome: str) -> None:
+        self._edits.labels(outcome).inc()
 
     # -- exposition ----------------------------------------------------------------------------------
 

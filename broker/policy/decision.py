@@ -32,6 +32,8 @@ class ApprovalRequirement:
     """Distinct approvers whose yes releases the call (four-eyes: 2); see broker/approvals/quorum.py."""
     quorum_from: tuple[str, ...] = ()
     """Groups (``@risk``) that must each be represented by a different one of those approvers."""
+    editable: tuple[str, ...] = ()
+    """Top-level arguments approvers may change before approving; see broker/policy/edits.py."""
 
 
 @dataclass(frozen=True, slots=True)

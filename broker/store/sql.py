@@ -529,6 +529,7 @@ class SqlApprovalStore:
             argument_order=new.argument_order,
             quorum=new.quorum,
             quorum_from=new.quorum_from,
+            editable=new.editable,
         )
         try:
             await conn.execute(insert(approvals).values(_row_from_approval(approval)))
@@ -767,6 +768,10 @@ def _row_from_approval(approval: Approval) -> dict[str, Any]:
         "quorum": approval.quorum,
         "quorum_from": list(approval.quorum_from),
         "votes": votes_json(approval.votes),
+        "editable": list(approval.editable),
+        "original_arguments": approval.original_arguments,
+        "edited_by": approval.edited_by,
+        "edited_at": approval.edited_at,
         "version": approval.version,
     }
 
@@ -809,6 +814,10 @@ def _approval_from_row(row: RowMapping) -> Approval:
         quorum=row["quorum"],
         quorum_from=tuple(row["quorum_from"]),
         votes=votes_from_json(row["votes"]),
+        editable=tuple(row["editable"]),
+        original_arguments=row["original_arguments"],
+        edited_by=row["edited_by"],
+        edited_at=row["edited_at"],
     )
 
 

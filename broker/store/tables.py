@@ -84,6 +84,15 @@ class ApprovalRow(StoreModel, table=True):
         default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
     )
     """The yes votes so far, as shown (the ``votes`` table is the record; see broker.store.votes)."""
+    editable: list[str] = Field(
+        default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
+    )
+    original_arguments: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(CanonicalJSON, nullable=True)
+    )
+    edited_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    edited_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    """Approve with edits (migration 0008; see broker.store.edits)."""
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 
