@@ -443,11 +443,7 @@ class ApprovalService:
                 approval,
                 verdict.edits,
                 current=current,
-                decide=None
-                if policy is None
-                else partial(
-                    policy().decide, approval.upstream_tool, server=approval.server, agent=approval.agent
-                ),
+                decide=None if policy is None else partial(_decide_for, policy(), approval),
                 input_schema=schema,
             )
         except EditRefused:
@@ -887,6 +883,13 @@ class ApprovalService:
         except Exception:
             # A channel outage must never change an approval's fate; the channel logs and retries itself.
             logger.exception("approval channel %s failed on %s", type(listener).__name__, approval.id)
+
+
+def _decide_for(policy: Policy, approval: Approval, arguments: Mapping[str, Any]) -> Decision:
+    """The policy's decision on `approval`'s call with other arguments (an edit)."""
+    return policy.decide(
+        approval.upstream_tool, server=approval.server, agent=approval.agent, arguments=arguments
+    )
 
 
 def _failure_result(message: str) -> dict[str, Any]:
