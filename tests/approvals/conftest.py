@@ -17,6 +17,7 @@ from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import ApprovalService
 from broker.policy import Policy
 from broker.store.sql import SqlApprovalStore
+from broker.store.edits import SqlEditStore
 from broker.store.votes import SqlVoteStore
 from tests.store.conftest import ManualClock
 
@@ -139,6 +140,7 @@ def service(
             policy=policy,
             principals=principals,
             votes=SqlVoteStore(own_store),
+            edits=SqlEditStore(own_store),
         )
         approvals.set_releaser(releaser)
         approvals.add_listener(listener)
