@@ -16,8 +16,8 @@ import pytest
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import ApprovalService
 from broker.policy import Policy
-from broker.store.sql import SqlApprovalStore
 from broker.store.edits import SqlEditStore
+from broker.store.sql import SqlApprovalStore
 from broker.store.votes import SqlVoteStore
 from tests.store.conftest import ManualClock
 
