@@ -29,6 +29,7 @@ from broker.config.settings import BrokerSettings, ConfigError
 from broker.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from broker.observability.metrics import BrokerMetrics
 from broker.policy import Policy
+from broker.policy.edits import ToolArguments, schema_properties, unknown_fields
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
@@ -40,6 +41,7 @@ from broker.proxy.sessions import SessionRegistry
 from broker.proxy.upstream.pool import UpstreamPool
 from broker.proxy.upstream.spec import parse_servers
 from broker.store.database import Backend, backend_of
+from broker.store.edits import SqlEditStore
 from broker.store.engine import create_store
 from broker.store.escalations import SqlEscalationStore
 from broker.store.migrate import head_revision, upgrade
@@ -106,6 +108,8 @@ class Broker:
             votes=SqlVoteStore(self.store),
             escalations=SqlEscalationStore(self.store),
             clock=clock,
+            edits=SqlEditStore(self.store),
+            tool_schema=self._tool_schema,
         )
         self.approvals.set_releaser(
             UpstreamReleaser(
@@ -167,6 +171,7 @@ class Broker:
         self.approvals.add_listener(self.metrics)
         self.approvals.add_vote_listener(self.metrics)
         self.approvals.add_escalation_listener(self.metrics)
+        self.approvals.add_edit_listener(self.metrics)
         self.replica_feed = (
             ReplicaFeed(
                 settings.database_url, replica=self.approvals.replica, on_lost=self.store_health.failed
@@ -198,9 +203,30 @@ class Broker:
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
         self.gateway.tools_changed()
+        for problem in self._unknown_editable_fields():
+            logger.error("%s", problem)
 
     async def _upstream_tools_changed(self) -> None:
         self.gateway.tools_changed()
+        for problem in self._unknown_editable_fields():
+            # The edit itself is refused whatever happens here; this tells the operator early.
+            logger.error("%s", problem)
+
+    def _unknown_editable_fields(self) -> list[str]:
+        """Positioned problems for editable fields a known upstream tool does not have."""
+        tools = [
+            ToolArguments(tool.server, tool.name, schema_properties(tool.definition.get("inputSchema")))
+            for tool in self.upstreams.tools()
+        ]
+        found = unknown_fields(self.policy_file.holder.current, tools)
+        return [f"{self.settings.policy_path}:{line}: {problem}" for line, problem in found]
+
+    def _tool_schema(self, server: str, name: str) -> dict[str, Any] | None:
+        for tool in self.upstreams.tools():
+            if tool.server == server and tool.name == name:
+                schema = tool.definition.get("inputSchema")
+                return schema if isinstance(schema, dict) else None
+        return None
 
     @asynccontextmanager
     async def running(self, *, upstream_ready_timeout: float = 30.0) -> AsyncIterator[Broker]:
@@ -215,6 +241,10 @@ class Broker:
             await stack.enter_async_context(self.approvals.running())
             await stack.enter_async_context(self.upstreams)
             await self.upstreams.wait_ready(upstream_ready_timeout)
+            for problem in self._unknown_editable_fields():
+                # Not fatal: an upstream may change its tools later, and an edit of an argument its
+                # schema lacks is refused anyway. `broker policy check --config` makes it fatal in CI.
+                logger.error("%s", problem)
             for status in self.upstreams.status():
                 if status.state == "connected":
                     logger.info("upstream %s: connected, %d tools", status.name, status.tool_count)

@@ -220,10 +220,30 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             failed = True
         else:
-            print(
-                f"{name}: ok (revision {policy.revision}, {len(policy.rules)} rules, default {policy.default.value})"
-            )
+            problems = _editable_problems(args, policy, name)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            failed = failed or bool(problems)
+            if not problems:
+                print(
+                    f"{name}: ok (revision {policy.revision}, {len(policy.rules)} rules, default {policy.default.value})"
+                )
     return EXIT_USAGE if failed else 0
+
+
+def _editable_problems(args: argparse.Namespace, policy: Any, name: str) -> list[str]:
+    """With --servers/--config: each rule's editable arguments against the tools' inputSchemas."""
+    if args.servers is None and args.config is None:
+        return []
+    from broker.policy.edits import ToolArguments, schema_properties, unknown_fields
+
+    if not hasattr(args, "scanned"):
+        args.scanned = _scan(args)
+    tools = [
+        ToolArguments(tool.server, tool.name, schema_properties(tool.definition.get("inputSchema")))
+        for tool in args.scanned.tools
+    ]
+    return [f"{name}:{line}: {problem}" for line, problem in unknown_fields(policy, tools)]
 
 
 def _cmd_policy_explain(args: argparse.Namespace) -> int:
@@ -481,13 +501,37 @@ def _cmd_approvals_show(args: argparse.Namespace) -> int:
 
 def _cmd_approvals_decide(args: argparse.Namespace) -> int:
     verb = "approve" if args.approvals_command == "approve" else "deny"
-    body = {"reason": args.reason} if args.reason else {}
+    body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
+    edits = _edits(getattr(args, "set", None) or ())
+    if edits:
+        body["edits"] = edits
     approval = _api_call(args, "POST", f"/api/approvals/{args.id}/{verb}", json=body)
+    if approval.get("changes") and edits:
+        shown = ", ".join(
+            f"{change['field']} {json.dumps(change.get('from'))} -> {json.dumps(change['to'])}"
+            for change in approval["changes"]
+        )
+        print(f"{approval['id']}: arguments changed: {shown}")
     if approval["status"] == "pending" and approval.get("progress"):
         print(f"{approval['id']}: vote recorded, still pending: {approval['progress']}")
     else:
         print(f"{approval['id']}: {approval['status']} by {approval['decided_by']}")
     return 0
+
+
+def _edits(assignments: Any) -> dict[str, Any]:
+    """``--set quantity=100 --set note=hello``: each value is read as JSON (100 stays a number,
+    ``'"100"'`` is a string), and taken as text when it is not JSON."""
+    edits: dict[str, Any] = {}
+    for assignment in assignments:
+        name, equals, text = assignment.partition("=")
+        if not equals or not name:
+            _fail(f"--set takes NAME=VALUE (the value as JSON), got {assignment!r}")
+        try:
+            edits[name] = json.loads(text)
+        except json.JSONDecodeError:
+            edits[name] = text
+    return edits
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -612,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
     check = policy_commands.add_parser("check", help="validate policy files (exit 2 on errors)")
     check.add_argument("files", nargs="+")
+    _add_upstream_options(check)
     check.set_defaults(handler=_cmd_policy_check)
     explain = policy_commands.add_parser("explain", help="show the decision for one tool call")
     explain.add_argument("file")
@@ -671,6 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
         decide = approvals_commands.add_parser(verb, help=f"{verb} a pending approval")
         decide.add_argument("id")
         decide.add_argument("--reason")
+        if verb == "approve":
+            decide.add_argument(
+                "--set",
+                action="append",
+                metavar="NAME=VALUE",
+                help="approve with edits: change an editable argument (VALUE is JSON: 100, true, '\"text\"')",
+            )
         _add_api_options(decide)
         decide.set_defaults(handler=_cmd_approvals_decide)
 

@@ -47,6 +47,8 @@ class AuditEventKind(enum.StrEnum):
     by ``approved``."""
     ESCALATED = "escalated"
     """Nobody decided in time and a step of the rule's ``escalate`` was reached (one per step)."""
+    EDITED = "edited"
+    """An approver changed editable arguments (both hashes, each change); their vote follows."""
 
     @classmethod
     def for_status(cls, status: ApprovalStatus) -> AuditEventKind:

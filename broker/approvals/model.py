@@ -127,6 +127,8 @@ class NewApproval:
     escalation: tuple[EscalationStep, ...] = ()
     """Who is asked next when nobody decided (the rule's steps, kept with the call: a reload does
     not change the plan of a call already waiting; see broker.approvals.escalation)."""
+    editable: tuple[str, ...] = ()
+    """Top-level arguments approvers may change before approving (the rule's ``editable``)."""
     arguments_hash: str = field(init=False)
     request_key: str = field(init=False)
     argument_order: tuple[str, ...] = field(init=False)
@@ -154,6 +156,7 @@ class NewApproval:
             )
         object.__setattr__(self, "quorum_from", tuple(self.quorum_from))
         object.__setattr__(self, "escalation", tuple(self.escalation))
+        object.__setattr__(self, "editable", tuple(self.editable))
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ValueError(f"NewApproval.task_id must be a non-empty string or None, got {self.task_id!r}")
         object.__setattr__(self, "argument_order", tuple(str(key) for key in self.arguments))
@@ -230,6 +233,19 @@ class Approval:
         """Channels the steps reached so far announced the call in."""
         reached = self.escalation[: self.escalation_step]
         return tuple(dict.fromkeys(channel for step in reached for channel in step.channels))
+
+    editable: tuple[str, ...] = ()
+    """Top-level arguments approvers may change before approving (see broker.approvals.edits)."""
+    original_arguments: dict[str, Any] | None = None
+    """The arguments as the agent sent them, once an approver changed them (None: never edited).
+    `arguments` and `arguments_hash` are then what was approved and runs; `request_key` stays the
+    original call's, so the agent's identical re-call still finds this approval."""
+    edited_by: str | None = None
+    edited_at: datetime | None = None
+
+    @property
+    def is_edited(self) -> bool:
+        return self.original_arguments is not None
 
     @property
     def is_terminal(self) -> bool:

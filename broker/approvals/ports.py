@@ -6,6 +6,8 @@ Exception tree::
     ├── ApprovalNotFound           no approval has that id
     ├── InvalidTransition          the approval is not in a state the caller expected
     │                              (lost a race, or already decided); `.current` is the fresh row
+    │   └── ArgumentsChanged       a yes for arguments the call no longer has (an approver
+    │                              edited them meanwhile); `.current` shows the new ones
     ├── ApprovalConflict           a unique value (approval id, task id) is already taken
     ├── InvalidValue               a value the store cannot keep (e.g. a NUL character); nothing changed
     └── StoreUnavailable           the database could not be reached or failed mid-operation;
@@ -58,6 +60,20 @@ class InvalidTransition(ApprovalError):
         self.current = current
         self.expected = frozenset(expected)
         self.to = to
+
+
+class ArgumentsChanged(InvalidTransition):
+    """The yes was given for arguments the call no longer has: someone edited them in between.
+    Nothing was recorded; the person must look at the call again (`current`)."""
+
+    def __init__(self, current: Approval, *, seen_hash: str) -> None:
+        super().__init__(current, expected={current.status})
+        by = f" by {current.edited_by}" if current.edited_by else ""
+        self.args = (
+            f"approval {current.id}: its arguments were changed{by} since you looked "
+            f"(you saw {seen_hash[:12]}, it now has {current.arguments_hash[:12]}); look again before deciding",
+        )
+        self.seen_hash = seen_hash
 
 
 class ApprovalConflict(ApprovalError):
@@ -278,6 +294,7 @@ class VoteStore(Protocol):
         ApprovalNotFound      no approval has that id
         InvalidTransition     the approval is no longer pending (`.current` says who ended it);
                               the vote was not recorded
+        └── ArgumentsChanged  the arguments are no longer those the voter saw; not recorded
         StoreUnavailable      nothing was recorded; fail closed
     """
 
@@ -289,12 +306,15 @@ class VoteStore(Protocol):
         reason: str | None,
         audit: AuditEvent,
         tally: Callable[[Sequence[Vote]], Tally],
+        arguments_hash: str | None = None,
     ) -> Cast:
         """Record `vote` and, when `tally` of every vote stored for the approval is reached, move
         it from pending to approved, all in one transaction that holds the approval's row: of any
         number of last votes racing on any number of replicas exactly one decides, and none is
         lost. `audit` (a ``voted`` event) is written for every vote, repeated ones included; the
-        deciding one adds ``approved`` with the counted approvers."""
+        deciding one adds ``approved`` with the counted approvers. With `arguments_hash` (what the
+        voter saw) the vote is refused with ArgumentsChanged, nothing recorded, unless the approval
+        still has exactly those arguments when its row is held."""
         ...
 
 

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.edits import Edit, EditListener, EditRefused, EditStore, prepare_edit
 from broker.approvals.eligibility import ANY_APPROVER, Eligibility, quorum_refusal
 from broker.approvals.escalation import Escalated, EscalationListener, escalate_due
 from broker.approvals.health import StoreHealth
@@ -41,6 +42,7 @@ from broker.approvals.ports import (
     ApprovalError,
     ApprovalNotFound,
     ApprovalStore,
+    ArgumentsChanged,
     EscalationStore,
     InvalidTransition,
     StoreUnavailable,
@@ -129,6 +131,8 @@ class ApprovalService:
         health: StoreHealth | None = None,
         votes: VoteStore | None = None,
         escalations: EscalationStore | None = None,
+        edits: EditStore | None = None,
+        tool_schema: Callable[[str, str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self.store = store
         self.replica = replica
@@ -146,6 +150,10 @@ class ApprovalService:
         self._vote_listeners: list[VoteListener] = []
         self._escalations = escalations
         self._escalation_listeners: list[EscalationListener] = []
+        self._edits = edits
+        self._tool_schema = tool_schema
+        """(server, upstream tool) -> its inputSchema, when known (see broker.approvals.edits)."""
+        self._edit_listeners: list[EditListener] = []
         self._releaser: CallReleaser | None = None
         self._listeners: list[ApprovalListener] = []
         self._mirrors: list[ApprovalListener] = []
@@ -178,6 +186,9 @@ class ApprovalService:
     def add_escalation_listener(self, listener: EscalationListener) -> None:
         """`listener` hears each escalation step this replica took (see broker.approvals.escalation)."""
         self._escalation_listeners.append(listener)
+
+    def add_edit_listener(self, listener: EditListener) -> None:
+        self._edit_listeners.append(listener)
 
     @asynccontextmanager
     async def running(self, *, sweep: bool = True) -> AsyncIterator[ApprovalService]:
@@ -398,6 +409,13 @@ class ApprovalService:
             # The deadline wins over a late click, even if the sweeper has not run yet.
             expired, _ = await self._expire(approval)
             raise InvalidTransition(expired, expected={ApprovalStatus.PENDING}, to=target)
+        seen = verdict.seen_hash if isinstance(verdict, Approve) else None
+        if seen is not None and seen != approval.arguments_hash:
+            raise ArgumentsChanged(approval, seen_hash=seen)
+        if isinstance(verdict, Approve) and verdict.edits is not None:
+            edit = self._edit(approval, verdict, current)
+            if edit.changes:
+                return await self._vote(approval, approver, verdict.reason, via, requirement, current, edit)
         if approve and requirement.is_quorum:
             return await self._vote(approval, approver, verdict.reason, via, requirement, current)
         now = self._clock()
@@ -425,6 +443,22 @@ class ApprovalService:
             self._start_release(decided)
         return decided
 
+    def _edit(self, approval: Approval, verdict: Approve, current: Decision | None) -> Edit:
+        """The checked edit (see broker.approvals.edits); EditRefused says why not."""
+        policy = self._policy
+        schema = self._tool_schema(approval.server, approval.upstream_tool) if self._tool_schema else None
+        try:
+            return prepare_edit(
+                approval,
+                verdict.edits,
+                current=current,
+                decide=None if policy is None else partial(_decide_for, policy(), approval),
+                input_schema=schema,
+            )
+        except EditRefused:
+            self._tell_edit(approval, "refused")
+            raise
+
     async def _vote(
         self,
         approval: Approval,
@@ -433,29 +467,57 @@ class ApprovalService:
         via: str,
         requirement: Requirement,
         current: Decision | None,
+        edit: Edit | None = None,
     ) -> Approval:
-        if self._votes is None:
+        if self._votes is None or (edit is not None and self._edits is None):
             # Fail closed: without a vote store a quorum could only be faked.
-            raise NotAllowedToDecide("this broker cannot record votes toward a quorum")
+            raise NotAllowedToDecide("this broker cannot record votes toward a quorum or edits")
         counts = self._eligibility.counts(approval, current)
         details: dict[str, Any] = {"via": via, "groups": sorted(approver.groups)}
         if reason:
             details["reason"] = reason
-        cast = await self._votes.cast(
-            approval.id,
-            Vote(approver.name, approver.groups, via, self._clock()),
-            reason=reason,
-            audit=AuditEvent(AuditEventKind.VOTED, approver.name, details),
-            tally=partial(tally, requirement=requirement, counts=counts),
-        )
-        self._tell_vote(
-            cast.approval, approver, "decisive" if cast.decided else "counted" if cast.new else "repeat"
-        )
+        vote = Vote(approver.name, approver.groups, via, self._clock())
+        voted = AuditEvent(AuditEventKind.VOTED, approver.name, details)
+        counted = partial(tally, requirement=requirement, counts=counts)
+        if edit is not None and self._edits is not None:
+            cast = await self._edits.approve_edited(
+                approval.id,
+                edit,
+                vote,
+                seen_hash=approval.arguments_hash,
+                reason=reason,
+                edited=AuditEvent(
+                    AuditEventKind.EDITED, approver.name, edit.audit_details(approval, via=via)
+                ),
+                voted=voted,
+                tally=counted,
+            )
+            self._tell_edit(cast.approval, "applied")
+        else:
+            cast = await self._votes.cast(
+                approval.id,
+                vote,
+                reason=reason,
+                audit=voted,
+                tally=counted,
+                arguments_hash=approval.arguments_hash,
+            )
+        if requirement.is_quorum:
+            self._tell_vote(
+                cast.approval, approver, "decisive" if cast.decided else "counted" if cast.new else "repeat"
+            )
         if cast.new:
             self._announce(cast.approval)
         if cast.decided:
             self._start_release(cast.approval)
         return cast.approval
+
+    def _tell_edit(self, approval: Approval, outcome: str) -> None:
+        for listener in self._edit_listeners:
+            try:
+                listener.edit_made(approval, outcome)
+            except Exception:
+                logger.exception("edit listener %s failed on %s", type(listener).__name__, approval.id)
 
     def _tell_vote(self, approval: Approval, approver: Approver, outcome: str) -> None:
         for listener in self._vote_listeners:
@@ -849,6 +911,13 @@ class ApprovalService:
         except Exception:
             # A channel outage must never change an approval's fate; the channel logs and retries itself.
             logger.exception("approval channel %s failed on %s", type(listener).__name__, approval.id)
+
+
+def _decide_for(policy: Policy, approval: Approval, arguments: Mapping[str, Any]) -> Decision:
+    """The policy's decision on `approval`'s call with other arguments (an edit)."""
+    return policy.decide(
+        approval.upstream_tool, server=approval.server, agent=approval.agent, arguments=arguments
+    )
 
 
 def _failure_result(message: str) -> dict[str, Any]:

@@ -2,17 +2,25 @@
 
 The channels (API, CLI, Slack, web inbox) turn a click or a request into a verdict and hand it to
 `ApprovalService.decide`; nothing else about the decision travels beside it. A verdict carries the
-person's optional reason. Approving with edited arguments will join `Approve` as a field.
+person's optional reason. An approval may carry `edits`, the top-level arguments the approver
+changed (see broker.approvals.edits), and `seen_hash`, the ``arguments_hash`` of the call as the
+approver was shown it: a yes then counts only for exactly those arguments.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class Approve:
     reason: str | None = None
+    edits: Mapping[str, Any] | None = None
+    """Argument name -> new value, for the rule's ``editable`` arguments; None: approved as shown."""
+    seen_hash: str | None = None
+    """The arguments the approver saw (``Approval.arguments_hash``); None: whatever is stored now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +31,6 @@ class Deny:
 Verdict = Approve | Deny
 
 
-def verdict_of(approve: bool, reason: str | None = None) -> Verdict:
+def verdict_of(approve: bool, reason: str | None = None, *, seen_hash: str | None = None) -> Verdict:
     """The verdict for a channel's yes/no button."""
-    return Approve(reason) if approve else Deny(reason)
+    return Approve(reason, seen_hash=seen_hash) if approve else Deny(reason)

@@ -101,6 +101,8 @@ class DecisionSnapshot:
                     text += f" from {' '.join(self.approval.quorum_from)}"
             for step in self.approval.escalation:
                 text += f", escalate {step.describe()}"
+            if self.approval.editable:
+                text += f", editable {' '.join(self.approval.editable)}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +129,8 @@ class DecisionSnapshot:
             approval["quorum"] = {"approvals": self.approval.quorum, "from": list(self.approval.quorum_from)}
         if self.approval is not None and approval is not None and self.approval.escalation:
             approval["escalate"] = [step.to_json() for step in self.approval.escalation]
+        if self.approval is not None and approval is not None and self.approval.editable:
+            approval["editable"] = list(self.approval.editable)
         return {
             "action": self.action.value,
             "rule": self.rule,

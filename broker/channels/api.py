@@ -14,13 +14,14 @@ from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRe
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.call_view import CallContext, CallContexts, call_view
 from broker.approvals.clock import require_utc
+from broker.approvals.edits import EditRefused, recorded_changes
 from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.model import Approver
 from broker.approvals.outcomes import guidance
-from broker.approvals.ports import InvalidValue, ListPosition, StoreUnavailable
+from broker.approvals.ports import ArgumentsChanged, InvalidValue, ListPosition, StoreUnavailable
 from broker.approvals.quorum import progress, progress_text
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
-from broker.approvals.verdict import verdict_of
+from broker.approvals.verdict import Approve, Deny, Verdict
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -79,6 +80,18 @@ def approval_json(
         "fields": [field.to_json() for field in view.fields],
         "context": about,
         **quorum_json(approval),
+        **edits_json(approval),
+    }
+
+
+def edits_json(approval: Approval) -> dict[str, Any]:
+    """What approvers may change, and what one changed (``original_arguments`` is what the agent sent)."""
+    return {
+        "editable": list(approval.editable),
+        "edited_by": approval.edited_by,
+        "edited_at": _iso(approval.edited_at),
+        "original_arguments": approval.original_arguments,
+        "changes": [change.as_json() for change in recorded_changes(approval)],
     }
 
 
@@ -133,6 +146,14 @@ def already_decided_message(current: Approval) -> str:
 
 class DecisionBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
+    edits: dict[str, Any] | None = Field(
+        default=None, description="approve with edits: argument name -> new value (the rule's editable ones)"
+    )
+    arguments_sha256: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the arguments you reviewed; refused with 409 if someone edited them since",
+    )
 
 
 def build_decisions_router(
@@ -218,15 +239,19 @@ def build_decisions_router(
             "audit": [audit_json(record) for record in trail],
         }
 
-    async def decide(approval_id: str, caller: Approver, approve: bool, reason: str | None) -> dict[str, Any]:
+    async def decide(approval_id: str, caller: Approver, verdict: Verdict) -> dict[str, Any]:
         try:
-            approval = await service.decide(
-                approval_id, verdict_of(approve, reason), approver=caller, via="api"
-            )
+            approval = await service.decide(approval_id, verdict, approver=caller, via="api")
         except ApprovalNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         except NotAllowedToDecide as exc:
             raise HTTPException(403, str(exc)) from exc
+        except EditRefused as exc:
+            raise HTTPException(422, f"the edit was refused: {exc}") from exc
+        except ArgumentsChanged as exc:
+            raise HTTPException(
+                409, {"message": str(exc), "approval": approval_json(exc.current, calls=calls)}
+            ) from exc
         except InvalidTransition as exc:
             raise HTTPException(
                 409,
@@ -247,12 +272,14 @@ def build_decisions_router(
     async def approve(
         approval_id: str, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
     ) -> dict[str, Any]:
-        return await decide(approval_id, caller, True, body.reason if body else None)
+        if body is None:
+            return await decide(approval_id, caller, Approve())
+        return await decide(approval_id, caller, Approve(body.reason, body.edits, body.arguments_sha256))
 
     @router.post("/{approval_id}/deny")
     async def deny(
         approval_id: str, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
     ) -> dict[str, Any]:
-        return await decide(approval_id, caller, False, body.reason if body else None)
+        return await decide(approval_id, caller, Deny(body.reason if body else None))
 
     return router

@@ -90,6 +90,13 @@ class BrokerMetrics:
             ["step"],
             registry=self.registry,
         )
+        self._edits = Counter(
+            "broker_approval_edits",
+            "Approvals with edited arguments made on this replica: applied (bound to the new arguments, "
+            "with the editor's yes), refused (a field not editable, a wrong type, or a policy refusal)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._pending = Gauge(
             "broker_approvals_pending",
             "Approvals waiting for a human in the shared store (the same queue on every replica: use max)",
@@ -128,6 +135,11 @@ class BrokerMetrics:
 
     async def approval_escalated(self, escalated: Escalated) -> None:
         self._escalations.labels(str(escalated.number)).inc()
+
+    # -- EditListener -------------------------------------------------------------------------------
+
+    def edit_made(self, approval: Approval, outcome: str) -> None:
+        self._edits.labels(outcome).inc()
 
     # -- exposition ----------------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ class ApprovalRequirement:
     """Groups (``@risk``) that must each be represented by a different one of those approvers."""
     escalation: tuple[EscalationStep, ...] = ()
     """Who is asked next when nobody decided (see broker/policy/escalation.py), in order."""
+    editable: tuple[str, ...] = ()
+    """Top-level arguments approvers may change before approving; see broker/policy/edits.py."""
 
 
 @dataclass(frozen=True, slots=True)

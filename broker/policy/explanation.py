@@ -96,6 +96,10 @@ class Explanation:
                     f"quorum:    {approval.quorum} distinct approvers{groups}; any deny ends the call"
                 )
             lines.extend(f"escalate:  {step.describe()}" for step in approval.escalation)
+            if approval.editable:
+                lines.append(
+                    f"editable:  approvers may change {', '.join(approval.editable)} before approving"
+                )
             if approval.hold_budget_seconds is not None:
                 lines.append(
                     f"hold:      an agent waits {approval.hold_budget_seconds:g}s at most before the "

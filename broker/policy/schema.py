@@ -24,6 +24,7 @@ from broker.policy.document import (
     to_python,
 )
 from broker.policy.duration import parse_duration
+from broker.policy.edits import parse_editable
 from broker.policy.escalation import parse_escalation
 from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
@@ -48,9 +49,19 @@ RULE_KEYS: Final = (
     "show_first",
     "quorum",
     "escalate",
+    "editable",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
-APPROVAL_KEYS: Final = ("timeout", "on_timeout", "approvers", "channels", "hold_budget", "quorum", "escalate")
+APPROVAL_KEYS: Final = (
+    "timeout",
+    "on_timeout",
+    "approvers",
+    "channels",
+    "hold_budget",
+    "quorum",
+    "escalate",
+    "editable",
+)
 RULE_ACTIONS: Final = (Action.ALLOW, Action.DENY, Action.REQUIRE_APPROVAL)
 DEFAULT_REASONS: Final = {
     Action.ALLOW: "allowed by policy",
@@ -443,6 +454,7 @@ class _Compiler:
         hold_budget = requirement.hold_budget_seconds
         quorum_node: Node | None = None
         escalate_node: Node | None = None
+        editable: tuple[str, ...] = ()
         for key, value in present:
             if key.name == "timeout":
                 timeout = self._duration(value, "timeout", body) or timeout
@@ -463,6 +475,8 @@ class _Compiler:
                 quorum_node = value
             elif key.name == "escalate":
                 escalate_node = value
+            elif key.name == "editable":
+                editable = parse_editable(value, self._fail)
             else:
                 channels = self._string_list(value, "channels", allow_empty=True) or ()
         quorum, quorum_from = (
@@ -477,6 +491,7 @@ class _Compiler:
             quorum=quorum,
             quorum_from=quorum_from,
             escalation=() if escalate_node is None else parse_escalation(escalate_node, timeout, self._fail),
+            editable=editable,
         )
 
 

@@ -66,6 +66,7 @@ from broker.approvals.service import (
 )
 from broker.policy.decision import Decision
 from broker.policy.holder import PolicyHolder
+from broker.proxy.edited_result import edit_meta, edit_notice, with_notice
 from broker.proxy.gateway import AgentContext, AgentRequest, Notify
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from broker.proxy.upstream.base import (
@@ -213,6 +214,7 @@ class HeldCalls:
             quorum=requirement.quorum if requirement is not None else 1,
             quorum_from=requirement.quorum_from if requirement is not None else (),
             escalation=requirement.escalation if requirement is not None else (),
+            editable=requirement.editable if requirement is not None else (),
         )
         try:
             approval, shared = await self._open(ctx, new)
@@ -353,6 +355,7 @@ class HeldCalls:
                 state += f" It needs {approval.quorum} distinct approvers; so far {votes}."
             if (escalated := escalation_text(approval)) is not None:
                 state += f" Nobody decided in time, so it was {escalated}."
+            state += f" {edit_notice(approval)}" if approval.is_edited else ""
         else:
             state = (
                 f"APPROVED, RUNNING: {approval.decided_by} approved the call to '{approval.tool}' and the "
@@ -528,16 +531,26 @@ async def _no_notify(method: str, params: JsonObject) -> None:
 
 
 def _summary(approval: Approval) -> JsonObject:
-    return {
+    summary: JsonObject = {
         "approvalId": approval.id,
         "status": approval.status.value,
         "expiresAt": _iso(approval.expires_at),
         "decidedBy": approval.decided_by,
         "decidedVia": approval.decided_via,
     }
+    edited = edit_meta(approval)
+    if edited is not None:
+        summary["edited"] = edited
+    return summary
 
 
 def status_text(approval: Approval) -> str:
+    notice = edit_notice(approval)
+    text = _status_text(approval)
+    return text if notice is None else f"{text}. {notice}"
+
+
+def _status_text(approval: Approval) -> str:
     status = approval.status
     if status is ApprovalStatus.PENDING:
         votes = progress_text(approval, brackets=True)
@@ -576,7 +589,7 @@ def outcome_result(approval: Approval) -> JsonObject:
     status = approval.status
     meta = {APPROVAL_META_KEY: _summary(approval)}
     if status in (ApprovalStatus.COMPLETED, ApprovalStatus.FAILED) and approval.result is not None:
-        result = dict(approval.result)
+        result = with_notice(dict(approval.result), approval)
         result["_meta"] = {**(result.get("_meta") or {}), **meta}
         return result
     when = _iso(approval.decided_at) if approval.decided_at else "?"
@@ -601,7 +614,9 @@ def outcome_result(approval: Approval) -> JsonObject:
         )
     else:
         text = f"Cancelled: the call to '{approval.tool}' was withdrawn before anybody decided; it was not executed."
-    return {"content": [{"type": "text", "text": text}], "isError": True, "_meta": meta}
+    return with_notice(
+        {"content": [{"type": "text", "text": text}], "isError": True, "_meta": meta}, approval
+    )
 
 
 class UpstreamReleaser(CallReleaser):

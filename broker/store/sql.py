@@ -514,6 +514,7 @@ class SqlApprovalStore:
             quorum_from=new.quorum_from,
             escalation=new.escalation,
             next_escalation_at=first_escalation_at(now, new.escalation),
+            editable=new.editable,
         )
         try:
             await conn.execute(insert(approvals).values(_row_from_approval(approval)))
@@ -753,6 +754,10 @@ def _row_from_approval(approval: Approval) -> dict[str, Any]:
         "quorum_from": list(approval.quorum_from),
         "votes": votes_json(approval.votes),
         **escalation_columns(approval),
+        "editable": list(approval.editable),
+        "original_arguments": approval.original_arguments,
+        "edited_by": approval.edited_by,
+        "edited_at": approval.edited_at,
         "version": approval.version,
     }
 
@@ -796,6 +801,10 @@ def _approval_from_row(row: RowMapping) -> Approval:
         quorum_from=tuple(row["quorum_from"]),
         votes=votes_from_json(row["votes"]),
         **escalation_fields(row),
+        editable=tuple(row["editable"]),
+        original_arguments=row["original_arguments"],
+        edited_by=row["edited_by"],
+        edited_at=row["edited_at"],
     )
 
 

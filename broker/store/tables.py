@@ -102,6 +102,15 @@ class ApprovalRow(StoreModel, table=True):
     )
     escalation_step: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     next_escalation_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    editable: list[str] = Field(
+        default_factory=list, sa_column=Column(CanonicalJSON, nullable=False, server_default="[]")
+    )
+    original_arguments: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(CanonicalJSON, nullable=True)
+    )
+    edited_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    edited_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    """Approve with edits (migration 0008; see broker.store.edits)."""
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 

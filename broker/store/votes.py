@@ -5,7 +5,9 @@
 1. read the approval's row ``FOR UPDATE`` (PostgreSQL; on SQLite the transaction already holds the
    single write lock): votes on one approval are serialized, on every replica, while votes on
    other approvals go on;
-2. refuse unless it is pending (InvalidTransition with the row, nothing recorded);
+2. refuse unless it is pending (InvalidTransition with the row, nothing recorded), and, when the
+   voter said which arguments they saw, unless the row still has exactly those (ArgumentsChanged:
+   an approver edited them in between, see broker.store.edits);
 3. ``INSERT .. ON CONFLICT (approval_id, approver) DO NOTHING``: the primary key makes a person
    count once, whichever channel they voted through; a repeat only adds its ``voted`` event;
 4. tally every stored vote (the caller's pure tally, see broker.approvals.quorum) and update the
@@ -25,11 +27,18 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import require_utc
-from broker.approvals.model import ApprovalStatus, Vote
-from broker.approvals.ports import ApprovalNotFound, Cast, InvalidTransition, InvalidValue
+from broker.approvals.model import Approval, ApprovalStatus, Vote
+from broker.approvals.ports import (
+    ApprovalNotFound,
+    ArgumentsChanged,
+    Cast,
+    InvalidTransition,
+    InvalidValue,
+)
 from broker.approvals.quorum import Tally
 from broker.store.sql import SqlApprovalStore, _approval_from_row
 from broker.store.tables import approvals, votes
@@ -52,72 +61,97 @@ class SqlVoteStore:
         reason: str | None,
         audit: AuditEvent,
         tally: Callable[[Sequence[Vote]], Tally],
+        arguments_hash: str | None = None,
     ) -> Cast:
-        if reason is not None and "\x00" in reason:
-            raise InvalidValue("the reason contains a NUL character, which the store cannot keep")
-        at = require_utc(vote.at, field="vote time")
+        check_reason(reason)
         async with self._store.transaction("record a vote") as conn:
-            locked = select(approvals).where(approvals.c.id == approval_id).with_for_update()
-            row = (await conn.execute(locked)).mappings().first()
-            if row is None:
-                raise ApprovalNotFound(approval_id)
-            current = _approval_from_row(row)
-            if current.status is not ApprovalStatus.PENDING:
-                raise InvalidTransition(current, expected=_PENDING, to=ApprovalStatus.APPROVED)
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            inserted = await conn.execute(
-                dialect.insert(votes)
-                .values(
-                    approval_id=approval_id,
-                    approver=vote.approver,
-                    groups=sorted(vote.groups),
-                    via=vote.via,
-                    reason=reason,
-                    at=at,
-                )
-                .on_conflict_do_nothing(index_elements=[votes.c.approval_id, votes.c.approver])
-                .returning(votes.c.approver)
+            current = await locked_pending(conn, approval_id, seen_hash=arguments_hash)
+            return await cast_in(self._store, conn, current, vote, reason=reason, audit=audit, tally=tally)
+
+
+def check_reason(reason: str | None) -> None:
+    if reason is not None and "\x00" in reason:
+        raise InvalidValue("the reason contains a NUL character, which the store cannot keep")
+
+
+async def locked_pending(conn: AsyncConnection, approval_id: str, *, seen_hash: str | None) -> Approval:
+    """The approval's row, held until the transaction ends; refused unless pending (and, with
+    `seen_hash`, unless it still has the arguments the person saw)."""
+    locked = select(approvals).where(approvals.c.id == approval_id).with_for_update()
+    row = (await conn.execute(locked)).mappings().first()
+    if row is None:
+        raise ApprovalNotFound(approval_id)
+    current = _approval_from_row(row)
+    if current.status is not ApprovalStatus.PENDING:
+        raise InvalidTransition(current, expected=_PENDING, to=ApprovalStatus.APPROVED)
+    if seen_hash is not None and seen_hash != current.arguments_hash:
+        raise ArgumentsChanged(current, seen_hash=seen_hash)
+    return current
+
+
+async def cast_in(
+    store: SqlApprovalStore,
+    conn: AsyncConnection,
+    current: Approval,
+    vote: Vote,
+    *,
+    reason: str | None,
+    audit: AuditEvent,
+    tally: Callable[[Sequence[Vote]], Tally],
+) -> Cast:
+    """Steps 3 and 4 above, inside the caller's transaction holding `current`'s row."""
+    approval_id = current.id
+    at = require_utc(vote.at, field="vote time")
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    inserted = await conn.execute(
+        dialect.insert(votes)
+        .values(
+            approval_id=approval_id,
+            approver=vote.approver,
+            groups=sorted(vote.groups),
+            via=vote.via,
+            reason=reason,
+            at=at,
+        )
+        .on_conflict_do_nothing(index_elements=[votes.c.approval_id, votes.c.approver])
+        .returning(votes.c.approver)
+    )
+    new = inserted.first() is not None
+    await store.append_in(conn, audit.for_approval(approval_id))
+    if not new:
+        return Cast(current, new=False, decided=False)
+    stored = [
+        Vote(record.approver, frozenset(record.groups), record.via, record.at)
+        for record in await conn.execute(
+            select(votes).where(votes.c.approval_id == approval_id).order_by(votes.c.at, votes.c.approver)
+        )
+    ]
+    result = tally(stored)
+    values: dict[str, object] = {"votes": votes_json(stored), "version": approvals.c.version + 1}
+    if result.reached:
+        values.update(
+            status=ApprovalStatus.APPROVED.value,
+            decided_by=", ".join(result.counted),
+            decided_at=at,
+            decided_via=vote.via,
+            decision_reason=reason,
+        )
+    changed = (
+        (
+            await conn.execute(
+                update(approvals)
+                .where(approvals.c.id == approval_id, approvals.c.status == ApprovalStatus.PENDING.value)
+                .values(**values)
+                .returning(*approvals.c)
             )
-            new = inserted.first() is not None
-            await self._store.append_in(conn, audit.for_approval(approval_id))
-            if not new:
-                return Cast(current, new=False, decided=False)
-            stored = [
-                Vote(record.approver, frozenset(record.groups), record.via, record.at)
-                for record in await conn.execute(
-                    select(votes)
-                    .where(votes.c.approval_id == approval_id)
-                    .order_by(votes.c.at, votes.c.approver)
-                )
-            ]
-            result = tally(stored)
-            values: dict[str, object] = {"votes": votes_json(stored), "version": approvals.c.version + 1}
-            if result.reached:
-                values.update(
-                    status=ApprovalStatus.APPROVED.value,
-                    decided_by=", ".join(result.counted),
-                    decided_at=at,
-                    decided_via=vote.via,
-                    decision_reason=reason,
-                )
-            changed = (
-                (
-                    await conn.execute(
-                        update(approvals)
-                        .where(
-                            approvals.c.id == approval_id, approvals.c.status == ApprovalStatus.PENDING.value
-                        )
-                        .values(**values)
-                        .returning(*approvals.c)
-                    )
-                )
-                .mappings()
-                .one()
-            )
-            if result.reached:
-                details = {"approvers": list(result.counted), "via": vote.via}
-                await self._store.append_in(
-                    conn,
-                    AuditEvent(AuditEventKind.APPROVED, vote.approver, details, approval_id=approval_id),
-                )
-            return Cast(_approval_from_row(changed), new=True, decided=result.reached)
+        )
+        .mappings()
+        .one()
+    )
+    if result.reached:
+        details = {"approvers": list(result.counted), "via": vote.via}
+        await store.append_in(
+            conn,
+            AuditEvent(AuditEventKind.APPROVED, vote.approver, details, approval_id=approval_id),
+        )
+    return Cast(_approval_from_row(changed), new=True, decided=result.reached)

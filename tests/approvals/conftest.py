@@ -16,6 +16,7 @@ import pytest
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.service import ApprovalService
 from broker.policy import Policy
+from broker.store.edits import SqlEditStore
 from broker.store.escalations import SqlEscalationStore
 from broker.store.sql import SqlApprovalStore
 from broker.store.votes import SqlVoteStore
@@ -141,6 +142,7 @@ def service(
             principals=principals,
             votes=SqlVoteStore(own_store),
             escalations=SqlEscalationStore(own_store),
+            edits=SqlEditStore(own_store),
         )
         approvals.set_releaser(releaser)
         approvals.add_listener(listener)

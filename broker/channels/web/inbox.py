@@ -16,18 +16,22 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditRecord
 from broker.approvals.call_view import CallContext, CallContexts, ToolFacts
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.edits import EditRefused
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import (
     ApprovalNotFound,
+    ArgumentsChanged,
     InvalidTransition,
     InvalidValue,
     ListPosition,
     StoreUnavailable,
 )
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
-from broker.approvals.verdict import verdict_of
+from broker.approvals.verdict import Approve, Verdict, verdict_of
 from broker.channels.call_context import CallContextSource
 from broker.channels.web.assets import InboxAssets
+from broker.channels.web.edit_form import PREFIX as EDIT_PREFIX
+from broker.channels.web.edit_form import edits_from_form
 from broker.channels.web.events import EventStreamResponse, InboxEvents
 from broker.channels.web.export import HistoryExport
 from broker.channels.web.filters import ListFilters, read_filters
@@ -311,9 +315,12 @@ class WebInbox:
                 message=f"A reason may be at most {MAX_REASON_LENGTH} characters; nothing was decided.",
             )
         try:
-            await self._service.decide(
-                approval_id, verdict_of(approve, reason), approver=viewer.approver, via="web"
-            )
+            verdict = await self._verdict(form, approval_id, approve, reason)
+            await self._service.decide(approval_id, verdict, approver=viewer.approver, via="web")
+        except EditRefused as exc:
+            return self._message(request, viewer, status=400, title="Edit refused", message=f"{exc}.")
+        except ArgumentsChanged as exc:
+            return self._message(request, viewer, status=409, title="Arguments changed", message=f"{exc}.")
         except ApprovalNotFound:
             return self._not_found(request, viewer, approval_id)
         except NotAllowedToDecide as exc:
@@ -326,6 +333,14 @@ class WebInbox:
         except StoreUnavailable as exc:
             return self._unavailable(request, viewer, exc)
         return RedirectResponse(f"/approvals/{approval_id}", status_code=303)
+
+    async def _verdict(self, form: Any, approval_id: str, approve: bool, reason: str | None) -> Verdict:
+        """Approve, Deny, or Approve with the edit form's arguments (see edit_form)."""
+        seen = form.get("seen_hash")
+        if not approve or not any(str(key).startswith(EDIT_PREFIX) for key in form):
+            return verdict_of(approve, reason, seen_hash=str(seen) if seen else None)
+        edits = edits_from_form(form, await self._store.get(approval_id))
+        return Approve(reason, edits, str(seen) if seen else None)
 
     async def _already_decided(self, request: Request, viewer: Viewer, current: Approval) -> Response:
         try:

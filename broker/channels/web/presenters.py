@@ -17,6 +17,7 @@ import jinja2
 from broker.approvals import outcomes
 from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.model import Approval, ApprovalStatus
+from broker.channels.web.edit_form import editable_fields
 
 PREVIEW_LENGTH = 96
 COUNT_CAP = 1000
@@ -159,4 +160,5 @@ def template_environment() -> jinja2.Environment:
         count_label=count_label,
     )
     environment.globals["doubt"] = doubt
+    environment.globals["edit_fields"] = editable_fields
     return environment
