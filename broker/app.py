@@ -18,11 +18,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import utc_now
 from broker.approvals.eligibility import unreachable_quorums
+from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.health import StoreHealth
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
 from broker.channels.api import build_decisions_router
 from broker.channels.call_context import CallContextSource
+from broker.channels.grants_api import build_grants_router
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
 from broker.config.settings import BrokerSettings, ConfigError
@@ -30,6 +32,7 @@ from broker.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from broker.observability.metrics import BrokerMetrics
 from broker.policy import Policy
 from broker.proxy.change_feed import ChangeFeed
+from broker.proxy.checks.grants import GrantCheck
 from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
 from broker.proxy.held_calls import HeldCalls, UpstreamReleaser
@@ -41,6 +44,7 @@ from broker.proxy.upstream.pool import UpstreamPool
 from broker.proxy.upstream.spec import parse_servers
 from broker.store.database import Backend, backend_of
 from broker.store.engine import create_store
+from broker.store.grants import SqlGrantStore
 from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
@@ -103,6 +107,8 @@ class Broker:
             principals=settings.acts_for,
             votes=SqlVoteStore(self.store),
         )
+        self.grants = GrantDesk(SqlGrantStore(self.store))
+        self.gateway.attach_grants(GrantCheck(self.grants.store))
         self.approvals.set_releaser(
             UpstreamReleaser(
                 upstreams=self.upstreams, policy=self.policy_file.holder, forward=self.gateway.forward_call
@@ -162,6 +168,8 @@ class Broker:
         )
         self.approvals.add_listener(self.metrics)
         self.approvals.add_vote_listener(self.metrics)
+        self.approvals.add_grant_listener(self.metrics)
+        self.grants.add_listener(self.metrics)
         self.replica_feed = (
             ReplicaFeed(
                 settings.database_url, replica=self.approvals.replica, on_lost=self.store_health.failed
@@ -341,7 +349,10 @@ class Broker:
         async def metrics() -> Response:
             return Response(await broker.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-        api.include_router(build_decisions_router(broker.approvals, broker.approvers, broker.calls))
+        api.include_router(
+            build_decisions_router(broker.approvals, broker.approvers, broker.calls, broker.grants)
+        )
+        api.include_router(build_grants_router(broker.grants, broker.approvers))
         if broker.web_inbox is not None:
             api.include_router(broker.web_inbox.router())
         slack_router = broker.slack.router() if broker.slack is not None else None

@@ -45,6 +45,10 @@ class AuditEventKind(enum.StrEnum):
     VOTED = "voted"
     """One approver's yes toward a quorum (their repeats included); the deciding one is followed
     by ``approved``."""
+    GRANTED = "granted"
+    """The approval's quorum also gave a time-boxed grant (broker.approvals.grants); its uses are
+    counted on the grant row and in the decision log, not audited one by one."""
+    GRANT_REVOKED = "grant_revoked"
 
     @classmethod
     def for_status(cls, status: ApprovalStatus) -> AuditEventKind:

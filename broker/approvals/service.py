@@ -33,6 +33,8 @@ from anyio.abc import TaskGroup
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.eligibility import ANY_APPROVER, Eligibility, quorum_refusal
+from broker.approvals.grant_making import GrantMaker
+from broker.approvals.grants import Grant, GrantListener
 from broker.approvals.health import StoreHealth
 from broker.approvals.model import Approval, ApprovalStatus, Approver, NewApproval, Vote
 from broker.approvals.outcomes import unknown_result
@@ -141,6 +143,7 @@ class ApprovalService:
         self._eligibility = Eligibility(self._default_approvers, self._principals)
         self._votes = votes
         self._vote_listeners: list[VoteListener] = []
+        self._grant_listeners: list[GrantListener] = []
         self._releaser: CallReleaser | None = None
         self._listeners: list[ApprovalListener] = []
         self._mirrors: list[ApprovalListener] = []
@@ -389,8 +392,13 @@ class ApprovalService:
             # The deadline wins over a late click, even if the sweeper has not run yet.
             expired, _ = await self._expire(approval)
             raise InvalidTransition(expired, expected={ApprovalStatus.PENDING}, to=target)
-        if approve and requirement.is_quorum:
-            return await self._vote(approval, approver, verdict.reason, via, requirement, current)
+        if isinstance(verdict, Approve) and verdict.grant is not None:
+            grant_refused = GrantMaker.check(approval, verdict.grant, current)
+            if grant_refused is not None:
+                raise NotAllowedToDecide(grant_refused)
+        if isinstance(verdict, Approve) and (requirement.is_quorum or verdict.grant is not None):
+            # A grant is made only inside the deciding vote's transaction, so it goes the voting way.
+            return await self._vote(approval, approver, verdict, via, requirement, current)
         now = self._clock()
         reason = verdict.reason
         decided = await self.store.transition(
@@ -420,11 +428,12 @@ class ApprovalService:
         self,
         approval: Approval,
         approver: Approver,
-        reason: str | None,
+        verdict: Approve,
         via: str,
         requirement: Requirement,
         current: Decision | None,
     ) -> Approval:
+        reason = verdict.reason
         if self._votes is None:
             # Fail closed: without a vote store a quorum could only be faked.
             raise NotAllowedToDecide("this broker cannot record votes toward a quorum")
@@ -438,6 +447,8 @@ class ApprovalService:
             reason=reason,
             audit=AuditEvent(AuditEventKind.VOTED, approver.name, details),
             tally=partial(tally, requirement=requirement, counts=counts),
+            grant=verdict.grant,
+            make_grant=GrantMaker(current, self._clock).make,
         )
         self._tell_vote(
             cast.approval, approver, "decisive" if cast.decided else "counted" if cast.new else "repeat"
@@ -445,8 +456,20 @@ class ApprovalService:
         if cast.new:
             self._announce(cast.approval)
         if cast.decided:
+            if cast.grant is not None:
+                self._tell_grant(cast.approval, cast.grant)
             self._start_release(cast.approval)
         return cast.approval
+
+    def add_grant_listener(self, listener: GrantListener) -> None:
+        self._grant_listeners.append(listener)
+
+    def _tell_grant(self, approval: Approval, grant: Grant) -> None:
+        for listener in self._grant_listeners:
+            try:
+                listener.grant_made(approval, grant)
+            except Exception:
+                logger.exception("grant listener %s failed on %s", type(listener).__name__, grant.id)
 
     def _tell_vote(self, approval: Approval, approver: Approver, outcome: str) -> None:
         for listener in self._vote_listeners:

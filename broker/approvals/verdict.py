@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.approvals.grants import GrantRequest
+
 
 @dataclass(frozen=True, slots=True)
 class Approve:
     reason: str | None = None
+    grant: GrantRequest | None = None
+    """Also let the agent's next calls like this one through for a while (broker.approvals.grants)."""
 
 
 @dataclass(frozen=True, slots=True)

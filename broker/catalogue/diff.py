@@ -40,6 +40,7 @@ from broker.catalogue.report import aligned
 from broker.catalogue.untrusted import printable
 from broker.policy import Action, ApprovalRequirement, CompiledRule, Decision, Policy, RateLimit
 from broker.policy.explanation import Outcome
+from broker.policy.grants import grant_json, grant_text
 
 DIFF_COLUMNS = ("tool", "server", "agents", "before", "after")
 COMPARED = ("listed", "conditions", "action", "rule", "rate_limit", "approval")
@@ -99,6 +100,8 @@ class DecisionSnapshot:
                 text += f", quorum {self.approval.quorum}"
                 if self.approval.quorum_from:
                     text += f" from {' '.join(self.approval.quorum_from)}"
+            if self.approval.grant is not None:
+                text += f", {grant_text(self.approval.grant)}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +126,8 @@ class DecisionSnapshot:
             and (self.approval.quorum > 1 or self.approval.quorum_from)
         ):
             approval["quorum"] = {"approvals": self.approval.quorum, "from": list(self.approval.quorum_from)}
+        if self.approval is not None and approval is not None and self.approval.grant is not None:
+            approval["grant"] = grant_json(self.approval.grant)
         return {
             "action": self.action.value,
             "rule": self.rule,

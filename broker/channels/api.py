@@ -4,23 +4,26 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 and the per-router dependency alias below is local to `build_decisions_router`.
 """
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.call_view import CallContext, CallContexts, call_view
 from broker.approvals.clock import require_utc
+from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.model import Approver
 from broker.approvals.outcomes import guidance
 from broker.approvals.ports import InvalidValue, ListPosition, StoreUnavailable
 from broker.approvals.quorum import progress, progress_text
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
-from broker.approvals.verdict import verdict_of
+from broker.approvals.verdict import Approve, Deny
+from broker.channels.grants_api import GrantBody, bearer_approver, grant_json
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -133,31 +136,19 @@ def already_decided_message(current: Approval) -> str:
 
 class DecisionBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
+    grant: GrantBody | None = None
+    """Approve only: also let the agent's next calls like this one through (see grants_api)."""
 
 
 def build_decisions_router(
-    service: ApprovalService, directory: ApproverDirectory, calls: CallContexts | None = None
+    service: ApprovalService,
+    directory: ApproverDirectory,
+    calls: CallContexts | None = None,
+    grants: GrantDesk | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/api/approvals", tags=["approvals"])
 
-    def approver(request: Request) -> Approver:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(
-                401,
-                "an approver token is required: 'Authorization: Bearer <token>'",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        account = directory.by_token(token.strip())
-        if account is None:
-            raise HTTPException(
-                401,
-                "unknown approver token: no approver in this broker's configuration has it "
-                "(approvers.<name>.token, token_env or token_sha256)",
-                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        return account.approver
+    approver = bearer_approver(directory)
 
     Caller = Annotated[Approver, Depends(approver)]
 
@@ -218,10 +209,19 @@ def build_decisions_router(
             "audit": [audit_json(record) for record in trail],
         }
 
-    async def decide(approval_id: str, caller: Approver, approve: bool, reason: str | None) -> dict[str, Any]:
+    async def decide(
+        approval_id: str, caller: Approver, approve: bool, body: DecisionBody | None
+    ) -> dict[str, Any]:
+        reason = body.reason if body else None
+        if not approve and body is not None and body.grant is not None:
+            raise HTTPException(422, "a grant goes with an approval, not with a denial")
+        grant = body.grant.request() if body is not None and body.grant is not None else None
         try:
             approval = await service.decide(
-                approval_id, verdict_of(approve, reason), approver=caller, via="api"
+                approval_id,
+                Approve(reason, grant=grant) if approve else Deny(reason),
+                approver=caller,
+                via="api",
             )
         except ApprovalNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
@@ -241,18 +241,24 @@ def build_decisions_router(
             raise HTTPException(
                 503, f"the approval store is unavailable; nothing was decided: {exc}"
             ) from exc
-        return approval_json(approval, calls=calls)
+        decided = approval_json(approval, calls=calls)
+        if grant is not None and grants is not None and approval.status is not ApprovalStatus.PENDING:
+            # The grant, if the quorum's narrowest request made one (its id derives from the approval's).
+            with contextlib.suppress(StoreUnavailable):
+                made = await grants.store.get(f"g-{approval.id}")
+                decided["grant"] = None if made is None else grant_json(made, grants.now())
+        return decided
 
     @router.post("/{approval_id}/approve")
     async def approve(
         approval_id: str, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
     ) -> dict[str, Any]:
-        return await decide(approval_id, caller, True, body.reason if body else None)
+        return await decide(approval_id, caller, True, body)
 
     @router.post("/{approval_id}/deny")
     async def deny(
         approval_id: str, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
     ) -> dict[str, Any]:
-        return await decide(approval_id, caller, False, body.reason if body else None)
+        return await decide(approval_id, caller, False, body)
 
     return router

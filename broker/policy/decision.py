@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from broker.policy.grants import GrantAllowance
+
 
 class Action(enum.StrEnum):
     ALLOW = "allow"
@@ -32,6 +34,8 @@ class ApprovalRequirement:
     """Distinct approvers whose yes releases the call (four-eyes: 2); see broker/approvals/quorum.py."""
     quorum_from: tuple[str, ...] = ()
     """Groups (``@risk``) that must each be represented by a different one of those approvers."""
+    grant: GrantAllowance | None = None
+    """What approvers may grant beside their yes (None: nothing); see broker/policy/grants.py."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from broker.policy.document import (
     to_python,
 )
 from broker.policy.duration import parse_duration
+from broker.policy.grants import parse_grant
 from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.quorum import parse_quorum
@@ -46,9 +47,10 @@ RULE_KEYS: Final = (
     "hold_budget",
     "show_first",
     "quorum",
+    "grant",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
-APPROVAL_KEYS: Final = ("timeout", "on_timeout", "approvers", "channels", "hold_budget", "quorum")
+APPROVAL_KEYS: Final = ("timeout", "on_timeout", "approvers", "channels", "hold_budget", "quorum", "grant")
 RULE_ACTIONS: Final = (Action.ALLOW, Action.DENY, Action.REQUIRE_APPROVAL)
 DEFAULT_REASONS: Final = {
     Action.ALLOW: "allowed by policy",
@@ -440,6 +442,7 @@ class _Compiler:
         approvers, channels = requirement.approvers, requirement.channels
         hold_budget = requirement.hold_budget_seconds
         quorum_node: Node | None = None
+        grant = None
         for key, value in present:
             if key.name == "timeout":
                 timeout = self._duration(value, "timeout", body) or timeout
@@ -458,6 +461,8 @@ class _Compiler:
                 approvers = self._string_list(value, "approvers", allow_empty=True) or ()
             elif key.name == "quorum":
                 quorum_node = value
+            elif key.name == "grant":
+                grant = parse_grant(value, self._fail)
             else:
                 channels = self._string_list(value, "channels", allow_empty=True) or ()
         quorum, quorum_from = (
@@ -471,6 +476,7 @@ class _Compiler:
             hold_budget_seconds=hold_budget,
             quorum=quorum,
             quorum_from=quorum_from,
+            grant=grant,
         )
 
 

@@ -21,16 +21,18 @@ Failures: StoreUnavailable (unreachable, timed out, refused), as everywhere in b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import require_utc
-from broker.approvals.model import ApprovalStatus, Vote
+from broker.approvals.grants import Grant, GrantRequest
+from broker.approvals.model import Approval, ApprovalStatus, Vote
 from broker.approvals.ports import ApprovalNotFound, Cast, InvalidTransition, InvalidValue
 from broker.approvals.quorum import Tally
+from broker.store.grants import insert_in
 from broker.store.sql import SqlApprovalStore, _approval_from_row
 from broker.store.tables import approvals, votes
 from broker.store.vote_rows import votes_json
@@ -52,6 +54,9 @@ class SqlVoteStore:
         reason: str | None,
         audit: AuditEvent,
         tally: Callable[[Sequence[Vote]], Tally],
+        grant: GrantRequest | None = None,
+        make_grant: Callable[[Approval, Tally, Mapping[str, GrantRequest | None]], Grant | None]
+        | None = None,
     ) -> Cast:
         if reason is not None and "\x00" in reason:
             raise InvalidValue("the reason contains a NUL character, which the store cannot keep")
@@ -74,6 +79,7 @@ class SqlVoteStore:
                     via=vote.via,
                     reason=reason,
                     at=at,
+                    grant_request=None if grant is None else grant.to_json(),
                 )
                 .on_conflict_do_nothing(index_elements=[votes.c.approval_id, votes.c.approver])
                 .returning(votes.c.approver)
@@ -82,13 +88,15 @@ class SqlVoteStore:
             await self._store.append_in(conn, audit.for_approval(approval_id))
             if not new:
                 return Cast(current, new=False, decided=False)
-            stored = [
-                Vote(record.approver, frozenset(record.groups), record.via, record.at)
-                for record in await conn.execute(
+            records = list(
+                await conn.execute(
                     select(votes)
                     .where(votes.c.approval_id == approval_id)
                     .order_by(votes.c.at, votes.c.approver)
                 )
+            )
+            stored = [
+                Vote(record.approver, frozenset(record.groups), record.via, record.at) for record in records
             ]
             result = tally(stored)
             values: dict[str, object] = {"votes": votes_json(stored), "version": approvals.c.version + 1}
@@ -114,10 +122,37 @@ class SqlVoteStore:
                 .mappings()
                 .one()
             )
+            approved = _approval_from_row(changed)
+            made: Grant | None = None
             if result.reached:
                 details = {"approvers": list(result.counted), "via": vote.via}
                 await self._store.append_in(
                     conn,
                     AuditEvent(AuditEventKind.APPROVED, vote.approver, details, approval_id=approval_id),
                 )
-            return Cast(_approval_from_row(changed), new=True, decided=result.reached)
+                if make_grant is not None:
+                    requests = {
+                        record.approver: None
+                        if record.grant_request is None
+                        else GrantRequest.from_json(record.grant_request)
+                        for record in records
+                    }
+                    made = make_grant(approved, result, requests)
+                if made is not None:
+                    await insert_in(conn, made)
+                    await self._store.append_in(
+                        conn,
+                        AuditEvent(
+                            AuditEventKind.GRANTED,
+                            vote.approver,
+                            {
+                                "grant": made.id,
+                                "scope": made.scope.value,
+                                "expires_at": made.expires_at.isoformat(),
+                                "max_calls": made.max_calls,
+                                "approvers": list(made.created_by),
+                            },
+                            approval_id=approval_id,
+                        ),
+                    )
+            return Cast(approved, new=True, decided=result.reached, grant=made)
