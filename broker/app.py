@@ -197,6 +197,8 @@ class Broker:
                 sleep=slack_sleep,
             )
             self.approvals.add_listener(self.slack.notifier)
+            self.approvals.add_grant_listener(self.slack.grants)
+            self.grants.add_listener(self.slack.grants)
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
         self.gateway.tools_changed()

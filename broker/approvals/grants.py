@@ -124,7 +124,8 @@ class Grant:
     def summary(self) -> str:
         """``grant for 30 min (10 calls, matching)``: what Slack, the inbox and the CLI say."""
         minutes = (self.expires_at - self.created_at).total_seconds() / 60
-        return f"grant for {minutes:g} min ({self.max_calls} calls, {self.scope.value})"
+        calls = "1 call" if self.max_calls == 1 else f"{self.max_calls} calls"
+        return f"grant for {minutes:g} min ({calls}, {self.scope.value})"
 
 
 def grant_for(approval: Approval, request: GrantRequest, created_by: tuple[str, ...], at: datetime) -> Grant:

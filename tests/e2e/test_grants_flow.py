@@ -170,7 +170,16 @@ async def test_an_identical_grant_holds_other_arguments_and_runs_out(tmp_path: P
         feed = watch(running)
         with anyio.fail_after(60):
             async with running.client() as client:
-                await held_then_approved(running, client, feed, order(10), {"minutes": 5, "max_calls": 1})
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(client.call_tool, "place_order", order(10))
+                    approval = await feed.opened.receive()
+                    api = ["--url", running.url, "--token", APPROVER_TOKENS["alice"]]
+                    code, out, err = await cli(
+                        "approvals", "approve", approval.id, "--grant", "5m", "--grant-calls", "1", *api
+                    )
+                    assert code == 0, err
+                    summary = f"{approval.id}: approved by alice + grant for 5 min (1 call, identical): g-{approval.id}"
+                    assert out.strip() == summary
                 assert await is_held(running, client, feed, order(11))
                 assert await passes(client, order(10))
                 # The rate limit (4 an hour) was not reached: the grant's one call is spent.
