@@ -156,6 +156,7 @@ class Broker:
                 policy_rejection=lambda: self.policy_file.rejection,
                 demo=settings.demo,
                 calls=self.calls,
+                grants=self.grants,
             )
             if settings.web.enabled
             else None

@@ -17,6 +17,7 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditRecord
 from broker.approvals.call_view import CallContext, CallContexts, ToolFacts
 from broker.approvals.clock import Clock, require_utc, utc_now
+from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import (
     ApprovalNotFound,
@@ -26,10 +27,11 @@ from broker.approvals.ports import (
     StoreUnavailable,
 )
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
-from broker.approvals.verdict import verdict_of
+from broker.approvals.verdict import Approve, Deny
 from broker.channels.call_context import CallContextSource
 from broker.channels.web.assets import InboxAssets
 from broker.channels.web.events import EventStreamResponse, InboxEvents
+from broker.channels.web.grants_page import GrantsPage, grant_allowance, grant_from_form
 from broker.channels.web.hardening import HardenedRoute
 from broker.channels.web.origin import OriginCheck
 from broker.channels.web.presenters import HISTORY_STATUSES, ending, template_environment
@@ -60,7 +62,9 @@ class WebInbox:
         clock: Clock = utc_now,
         policy_rejection: Callable[[], ReloadRejection | None] = lambda: None,
         demo: bool = False,
+        grants: GrantDesk | None = None,
     ) -> None:
+        self._grants = grants
         self._policy_rejection = policy_rejection
         self._demo = demo
         self._service = service
@@ -76,6 +80,9 @@ class WebInbox:
         self._templates = template_environment()
         # Rows and panels render each call's fields and risk badge through these (see _call*.html).
         self._templates.globals.update(call_of=self._calls.view, tool_of=self._tool_facts)
+        self._templates.globals.update(
+            grant_allowance=grant_allowance(tools.policy) if grants else lambda _: None
+        )
         self._static = InboxAssets()
 
     # -- rendering ---------------------------------------------------------------------------------
@@ -286,9 +293,15 @@ class WebInbox:
                 title="Reason too long",
                 message=f"A reason may be at most {MAX_REASON_LENGTH} characters; nothing was decided.",
             )
+        grant = grant_from_form(form) if approve else None
+        if isinstance(grant, str):
+            return self._message(request, viewer, status=400, title="Not decided", message=grant)
         try:
             await self._service.decide(
-                approval_id, verdict_of(approve, reason), approver=viewer.approver, via="web"
+                approval_id,
+                Approve(reason, grant=grant) if approve else Deny(reason),
+                approver=viewer.approver,
+                via="web",
             )
         except ApprovalNotFound:
             return self._not_found(request, viewer, approval_id)
@@ -575,6 +588,9 @@ class WebInbox:
         @router.get("/events")
         async def events(request: Request) -> Response:
             return await inbox.events(request)
+
+        if self._grants is not None:
+            GrantsPage(self, self._grants).register(router)
 
         @router.get("/static/{name}")
         async def static(name: str) -> Response:
