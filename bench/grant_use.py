@@ -76,6 +76,7 @@ async def measure(url: str, calls: int) -> tuple[list[float], list[float]]:
                 rule="rules[0]",
                 policy_revision="rev",
                 arguments_hash=f"{n:064x}",
+                request_key=f"{n:064x}",
                 now=utc_now(),
             )
             uses.append((time.perf_counter() - started) * 1000)

@@ -329,12 +329,18 @@ class GrantStore(Protocol):
         rule: str,
         policy_revision: str,
         arguments_hash: str,
+        request_key: str,
         now: datetime,
     ) -> Grant | None:
         """Spend one call of a usable grant for this call, atomically: one statement that adds one
         to ``used_calls`` only while it is below ``max_calls``, the grant unexpired at `now` and not
         revoked, so racing calls on any number of replicas never exceed ``max_calls``. Returns the
-        grant after the increment, or None when no grant lets the call through."""
+        grant after the increment, or None when no grant lets the call through.
+
+        None also while an approval for this exact call (`request_key`) is open, i.e. not cancelled
+        and its outcome not yet delivered: the call is then an agent coming back for that outcome
+        (or joining that wait), which `ApprovalStore.find_or_create` attaches it to; a grant must
+        not run it a second time."""
         ...
 
     async def get(self, grant_id: str) -> Grant | None: ...

@@ -450,9 +450,10 @@ class ApprovalService:
             grant=verdict.grant,
             make_grant=GrantMaker(current, self._clock).make,
         )
-        self._tell_vote(
-            cast.approval, approver, "decisive" if cast.decided else "counted" if cast.new else "repeat"
-        )
+        if requirement.is_quorum:  # a single approver's yes with a grant goes this way too
+            self._tell_vote(
+                cast.approval, approver, "decisive" if cast.decided else "counted" if cast.new else "repeat"
+            )
         if cast.new:
             self._announce(cast.approval)
         if cast.decided:

@@ -332,7 +332,9 @@ class Gateway:
             if action is Action.REQUIRE_APPROVAL:
                 # A task-augmented call stays a task (its client awaits a CreateTaskResult).
                 if self._grants is not None and not (isinstance(params.get("task"), dict) and not ctx.modern):
-                    grant = await self._grants.use(ctx.agent, tool.server, tool.name, arguments, decision)
+                    grant = await self._grants.use(
+                        ctx.agent, tool.server, tool.name, tool.exposed_name, arguments, decision
+                    )
                     if grant is not None and (health is None or health.up):
                         self.call_counts.granted += 1
                         self._decisions.record(

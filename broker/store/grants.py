@@ -5,6 +5,7 @@ Using a grant is one conditional UPDATE::
     UPDATE grants SET used_calls = used_calls + 1
      WHERE id = (SELECT id FROM grants WHERE <this agent, server, tool, rule, revision>
                    AND <usable at now> AND (scope = 'matching' OR arguments_hash = :hash)
+                   AND NOT EXISTS (<an open approval for this exact call: the agent is back for it>)
                  ORDER BY expires_at, id LIMIT 1)
        AND <usable at now>
     RETURNING *
@@ -28,16 +29,17 @@ from __future__ import annotations
 import builtins
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import require_utc
 from broker.approvals.grants import Grant, GrantScope
+from broker.approvals.model import ApprovalStatus
 from broker.approvals.ports import GrantNotFound
 from broker.store.sql import SqlApprovalStore
-from broker.store.tables import grants
+from broker.store.tables import approvals, grants
 
 
 def _usable(now: datetime):  # type: ignore[no-untyped-def]
@@ -61,6 +63,7 @@ class SqlGrantStore:
         rule: str,
         policy_revision: str,
         arguments_hash: str,
+        request_key: str,
         now: datetime,
     ) -> Grant | None:
         now = require_utc(now, field="grant use time")
@@ -74,6 +77,11 @@ class SqlGrantStore:
                 grants.c.policy_revision == policy_revision,
                 _usable(now),
                 or_(grants.c.scope == GrantScope.MATCHING.value, grants.c.arguments_hash == arguments_hash),
+                ~exists().where(
+                    approvals.c.request_key == request_key,
+                    approvals.c.status != ApprovalStatus.CANCELLED.value,
+                    approvals.c.result_delivered_at.is_(None),
+                ),
             )
             .order_by(grants.c.expires_at, grants.c.id)
             .limit(1)

@@ -6,6 +6,7 @@ changes; it never lets through what the policy denies or hides, nor a call over 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ from mcp.client import Client
 
 from broker.approvals.clock import utc_now
 from broker.proxy.checks.grants import GrantCheck
-from tests.e2e.harness import APPROVER_TOKENS, RunningBroker, exchange_server, make_settings, running_broker
+from tests.e2e.harness import (
+    APPROVER_TOKENS,
+    FAST_APPROVALS,
+    RunningBroker,
+    exchange_server,
+    make_settings,
+    running_broker,
+)
 from tests.e2e.test_approvals_cli import cli
 from tests.e2e.test_approvals_flow import ApprovalFeed, text_of, watch
 from tests.store.conftest import ManualClock
@@ -262,3 +270,29 @@ async def test_grants_beyond_the_rule_or_without_one_are_refused(tmp_path: Path)
                 assert no_grant.status_code == 403 and "allows no grants" in no_grant.json()["detail"]
                 assert (await approve(running, cancel.id)).status_code == 200
             assert await running.broker.grants.list() == []
+
+
+async def test_an_agent_back_for_its_held_call_gets_that_outcome_not_a_granted_second_run(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        tmp_path, GRANT_POLICY, exchange_server(), approvals=replace(FAST_APPROVALS, hold_budget=0.3)
+    )
+    async with running_broker(settings) as running:
+        feed = watch(running)
+        with anyio.fail_after(60):
+            async with running.client() as client:
+                pending = await client.call_tool("place_order", order(10))
+                assert "pending" in text_of(pending).lower(), text_of(pending)
+                approval = await feed.opened.receive()
+                response = await approve(running, approval.id, {"minutes": 30, "max_calls": 5})
+                assert response.status_code == 200, response.text
+                finished = await running.broker.approvals.wait(approval.id, 20)
+                assert finished.status.value == "completed"
+
+                back = await client.call_tool("place_order", order(10))
+                assert not back.is_error and back.structured_content == finished.result["structuredContent"]
+                [grant] = await running.broker.grants.list()
+                assert grant.used_calls == 0  # the outcome came from the approval, nothing ran again
+                assert await passes(client, order(10))  # a new identical call uses the grant
+                assert (await running.broker.grants.list())[0].used_calls == 1

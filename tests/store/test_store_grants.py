@@ -22,7 +22,7 @@ from broker.policy.grants import GrantAllowance
 from broker.store.grants import SqlGrantStore
 from broker.store.sql import SqlApprovalStore
 from broker.store.votes import SqlVoteStore
-from tests.store.builders import new_approval, requested
+from tests.store.builders import entering, new_approval, requested
 from tests.store.conftest import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -70,6 +70,7 @@ def use_for(grants: SqlGrantStore, clock: ManualClock, **overrides: Any):  # typ
         "rule": "rules[0] 'payments__*'",
         "policy_revision": "rev-1",
         "arguments_hash": arguments_hash(ARGUMENTS),
+        "request_key": "no-open-approval",
         "now": clock(),
     }
     fields.update(overrides)
@@ -216,3 +217,24 @@ async def test_fifty_racing_calls_on_two_replicas_spend_exactly_max_calls(
     assert sorted(passed) == [1, 2, 3, 4, 5]
     stored = await replicas[0].get(grant.id)
     assert stored is not None and stored.used_calls == 5
+
+
+async def test_an_open_approval_for_the_exact_call_keeps_the_grant_unused(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
+    approval, grant = await approve_with_grant(
+        store, clock, [("alice", GrantRequest(600, GrantScope.IDENTICAL))]
+    )
+    assert grant is not None
+    grants = SqlGrantStore(store)
+    # The approved call's outcome is not delivered yet: its agent coming back attaches to it.
+    assert await use_for(grants, clock, request_key=approval.request_key) is None
+    for step, to in (
+        (ApprovalStatus.APPROVED, ApprovalStatus.RELEASED),
+        (ApprovalStatus.RELEASED, ApprovalStatus.COMPLETED),
+    ):
+        await store.transition(approval.id, expected={step}, to=to, audit=entering(to))
+    assert await use_for(grants, clock, request_key=approval.request_key) is None
+    assert await store.mark_delivered(approval.id, clock())
+    used = await use_for(grants, clock, request_key=approval.request_key)
+    assert used is not None and used.used_calls == 1

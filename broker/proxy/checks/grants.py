@@ -5,6 +5,8 @@ setting, after the rate limit let it through (a grant never overrides deny, hide
 and an allowed call never comes here: its cost is unchanged). One store round trip
 (`GrantStore.use`, a compare-and-increment) looks for a usable grant of this agent for this
 upstream tool, made under this very rule and policy revision, identical arguments or matching.
+A call whose exact twin has an open approval (the agent coming back for a held call's outcome,
+the pending/re-call path) never uses a grant: it goes on to that approval.
 
 Fail closed: a store failure, or arguments that have no canonical hash, mean "no grant": the call
 is held as usual (and the hold reports the store being down).
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from broker.approvals.canonical import arguments_hash
+from broker.approvals.canonical import arguments_hash, request_key
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.grants import Grant
 from broker.approvals.ports import GrantStore, StoreUnavailable
@@ -42,7 +44,7 @@ class GrantCheck:
         )
 
     async def use(
-        self, agent: str, server: str, tool: str, arguments: dict[str, Any], decision: Decision
+        self, agent: str, server: str, tool: str, exposed: str, arguments: dict[str, Any], decision: Decision
     ) -> Grant | None:
         """The grant this call spends one use of, or None: then the call is held."""
         if not self.applies(decision):
@@ -59,6 +61,7 @@ class GrantCheck:
                 rule=decision.rule,
                 policy_revision=decision.revision,
                 arguments_hash=digest,
+                request_key=request_key(agent, exposed, digest),
                 now=self._clock(),
             )
         except StoreUnavailable as exc:
