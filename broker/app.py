@@ -18,11 +18,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.eligibility import unreachable_quorums
+from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.health import StoreHealth
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
 from broker.channels.api import build_decisions_router
 from broker.channels.call_context import CallContextSource
+from broker.channels.grants_api import build_grants_router
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
 from broker.config.settings import BrokerSettings, ConfigError
@@ -31,6 +33,7 @@ from broker.observability.metrics import BrokerMetrics
 from broker.policy import Policy
 from broker.policy.edits import ToolArguments, schema_properties, unknown_fields
 from broker.proxy.change_feed import ChangeFeed
+from broker.proxy.checks.grants import GrantCheck
 from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
 from broker.proxy.held_calls import HeldCalls, UpstreamReleaser
@@ -44,6 +47,7 @@ from broker.store.database import Backend, backend_of
 from broker.store.edits import SqlEditStore
 from broker.store.engine import create_store
 from broker.store.escalations import SqlEscalationStore
+from broker.store.grants import SqlGrantStore
 from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
@@ -111,6 +115,8 @@ class Broker:
             edits=SqlEditStore(self.store),
             tool_schema=self._tool_schema,
         )
+        self.grants = GrantDesk(SqlGrantStore(self.store))
+        self.gateway.attach_grants(GrantCheck(self.grants.store))
         self.approvals.set_releaser(
             UpstreamReleaser(
                 upstreams=self.upstreams, policy=self.policy_file.holder, forward=self.gateway.forward_call
@@ -158,6 +164,7 @@ class Broker:
                 policy_rejection=lambda: self.policy_file.rejection,
                 demo=settings.demo,
                 calls=self.calls,
+                grants=self.grants,
             )
             if settings.web.enabled
             else None
@@ -172,6 +179,8 @@ class Broker:
         self.approvals.add_vote_listener(self.metrics)
         self.approvals.add_escalation_listener(self.metrics)
         self.approvals.add_edit_listener(self.metrics)
+        self.approvals.add_grant_listener(self.metrics)
+        self.grants.add_listener(self.metrics)
         self.replica_feed = (
             ReplicaFeed(
                 settings.database_url, replica=self.approvals.replica, on_lost=self.store_health.failed
@@ -200,6 +209,8 @@ class Broker:
             )
             self.approvals.add_listener(self.slack.notifier)
             self.approvals.add_escalation_listener(self.slack.notifier)
+            self.approvals.add_grant_listener(self.slack.grants)
+            self.grants.add_listener(self.slack.grants)
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
         self.gateway.tools_changed()
@@ -377,7 +388,10 @@ class Broker:
         async def metrics() -> Response:
             return Response(await broker.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-        api.include_router(build_decisions_router(broker.approvals, broker.approvers, broker.calls))
+        api.include_router(
+            build_decisions_router(broker.approvals, broker.approvers, broker.calls, broker.grants)
+        )
+        api.include_router(build_grants_router(broker.grants, broker.approvers))
         if broker.web_inbox is not None:
             api.include_router(broker.web_inbox.router())
         slack_router = broker.slack.router() if broker.slack is not None else None

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from broker.cli_grants import add_grant_options, grant_body, grant_note
+from broker.cli_grants import register as register_grants
 from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
 from broker.policy import PolicyError, load_policy
 from broker.proxy.decision_log import DECISION_LOGGER, BufferedLineSink
@@ -505,6 +507,8 @@ def _cmd_approvals_decide(args: argparse.Namespace) -> int:
     edits = _edits(getattr(args, "set", None) or ())
     if edits:
         body["edits"] = edits
+    if verb == "approve":
+        body.update(grant_body(args))
     approval = _api_call(args, "POST", f"/api/approvals/{args.id}/{verb}", json=body)
     if approval.get("changes") and edits:
         shown = ", ".join(
@@ -515,7 +519,7 @@ def _cmd_approvals_decide(args: argparse.Namespace) -> int:
     if approval["status"] == "pending" and approval.get("progress"):
         print(f"{approval['id']}: vote recorded, still pending: {approval['progress']}")
     else:
-        print(f"{approval['id']}: {approval['status']} by {approval['decided_by']}")
+        print(f"{approval['id']}: {approval['status']} by {approval['decided_by']}{grant_note(approval)}")
     return 0
 
 
@@ -723,8 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="NAME=VALUE",
                 help="approve with edits: change an editable argument (VALUE is JSON: 100, true, '\"text\"')",
             )
+            add_grant_options(decide)
         _add_api_options(decide)
         decide.set_defaults(handler=_cmd_approvals_decide)
+
+    register_grants(commands, parser_class=_Parser, add_api_options=_add_api_options, api_call=_api_call)
 
     audit = commands.add_parser("audit", help="the approvals audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)

@@ -49,6 +49,10 @@ class AuditEventKind(enum.StrEnum):
     """Nobody decided in time and a step of the rule's ``escalate`` was reached (one per step)."""
     EDITED = "edited"
     """An approver changed editable arguments (both hashes, each change); their vote follows."""
+    GRANTED = "granted"
+    """The approval's quorum also gave a time-boxed grant (broker.approvals.grants); its uses are
+    counted on the grant row and in the decision log, not audited one by one."""
+    GRANT_REVOKED = "grant_revoked"
 
     @classmethod
     def for_status(cls, status: ApprovalStatus) -> AuditEventKind:

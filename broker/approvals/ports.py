@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol
 
 from broker.approvals.audit import AuditEvent, AuditRecord, AuditVerification
 from broker.approvals.clock import require_utc
+from broker.approvals.grants import Grant, GrantRequest
 from broker.approvals.model import Approval, ApprovalStatus, NewApproval, Vote
 from broker.approvals.quorum import Tally
 
@@ -284,6 +285,8 @@ class Cast(NamedTuple):
     approval: Approval
     new: bool
     decided: bool
+    grant: Grant | None = None
+    """The grant the deciding vote made (broker.approvals.grants), if the counted voters asked for one."""
 
 
 class VoteStore(Protocol):
@@ -307,6 +310,9 @@ class VoteStore(Protocol):
         audit: AuditEvent,
         tally: Callable[[Sequence[Vote]], Tally],
         arguments_hash: str | None = None,
+        grant: GrantRequest | None = None,
+        make_grant: Callable[[Approval, Tally, Mapping[str, GrantRequest | None]], Grant | None]
+        | None = None,
     ) -> Cast:
         """Record `vote` and, when `tally` of every vote stored for the approval is reached, move
         it from pending to approved, all in one transaction that holds the approval's row: of any
@@ -314,7 +320,11 @@ class VoteStore(Protocol):
         lost. `audit` (a ``voted`` event) is written for every vote, repeated ones included; the
         deciding one adds ``approved`` with the counted approvers. With `arguments_hash` (what the
         voter saw) the vote is refused with ArgumentsChanged, nothing recorded, unless the approval
-        still has exactly those arguments when its row is held."""
+        still has exactly those arguments when its row is held.
+
+        `grant` is the grant this voter asks for, kept with the vote. When the vote decides,
+        `make_grant` gets the approved row, the tally and every stored vote's request by approver,
+        and the grant it returns is stored (with a ``granted`` event) in the same transaction."""
         ...
 
 
@@ -346,4 +356,54 @@ class EscalationStore(Protocol):
         is after `now`: a compare-and-set, so of any number of replicas exactly one takes a step.
         Returns the approval as it now stands and whether this call took the step; `audit` (an
         ``escalated`` event) is written in the same transaction, only by the winner."""
+
+
+class GrantNotFound(ApprovalError):
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(f"no grant with id {grant_id!r}")
+        self.grant_id = grant_id
+
+
+class GrantStore(Protocol):
+    """Time-boxed grants (broker.approvals.grants), shared by every replica on the database.
+
+    Exception tree (from above)::
+
+        GrantNotFound         no grant has that id (revoke)
+        StoreUnavailable      nothing was read or changed; a call looking for a grant is held
+                              (fail closed: a grant never lets a call through unseen)
+    """
+
+    async def use(
+        self,
+        *,
+        agent: str,
+        server: str,
+        tool: str,
+        rule: str,
+        policy_revision: str,
+        arguments_hash: str,
+        request_key: str,
+        now: datetime,
+    ) -> Grant | None:
+        """Spend one call of a usable grant for this call, atomically: one statement that adds one
+        to ``used_calls`` only while it is below ``max_calls``, the grant unexpired at `now` and not
+        revoked, so racing calls on any number of replicas never exceed ``max_calls``. Returns the
+        grant after the increment, or None when no grant lets the call through.
+
+        None also while an approval for this exact call (`request_key`) is open, i.e. not cancelled
+        and its outcome not yet delivered: the call is then an agent coming back for that outcome
+        (or joining that wait), which `ApprovalStore.find_or_create` attaches it to; a grant must
+        not run it a second time."""
+        ...
+
+    async def get(self, grant_id: str) -> Grant | None: ...
+
+    async def list(self, *, active_at: datetime | None = None, limit: int = 100) -> builtins.list[Grant]:
+        """Newest first; with `active_at`, only grants still usable then."""
+        ...
+
+    async def revoke(self, grant_id: str, *, by: str, at: datetime) -> tuple[Grant, bool]:
+        """End the grant now; (grant, True) for the one caller that revoked it, (grant, False) when
+        it was revoked already. A ``grant_revoked`` event joins its approval's audit trail."""
         ...

@@ -35,6 +35,8 @@ from broker.approvals.clock import Clock, utc_now
 from broker.approvals.edits import Edit, EditListener, EditRefused, EditStore, prepare_edit
 from broker.approvals.eligibility import ANY_APPROVER, Eligibility, quorum_refusal
 from broker.approvals.escalation import Escalated, EscalationListener, escalate_due
+from broker.approvals.grant_making import GrantMaker
+from broker.approvals.grants import Grant, GrantListener
 from broker.approvals.health import StoreHealth
 from broker.approvals.model import Approval, ApprovalStatus, Approver, NewApproval, Vote
 from broker.approvals.outcomes import unknown_result
@@ -154,6 +156,7 @@ class ApprovalService:
         self._tool_schema = tool_schema
         """(server, upstream tool) -> its inputSchema, when known (see broker.approvals.edits)."""
         self._edit_listeners: list[EditListener] = []
+        self._grant_listeners: list[GrantListener] = []
         self._releaser: CallReleaser | None = None
         self._listeners: list[ApprovalListener] = []
         self._mirrors: list[ApprovalListener] = []
@@ -412,12 +415,22 @@ class ApprovalService:
         seen = verdict.seen_hash if isinstance(verdict, Approve) else None
         if seen is not None and seen != approval.arguments_hash:
             raise ArgumentsChanged(approval, seen_hash=seen)
+        if isinstance(verdict, Approve) and verdict.grant is not None:
+            if verdict.edits:
+                raise NotAllowedToDecide(
+                    "a grant cannot be given together with edits: approve the edited call first, and "
+                    "grant on a later call that matches it"
+                )
+            grant_refused = GrantMaker.check(approval, verdict.grant, current)
+            if grant_refused is not None:
+                raise NotAllowedToDecide(grant_refused)
         if isinstance(verdict, Approve) and verdict.edits is not None:
             edit = self._edit(approval, verdict, current)
             if edit.changes:
-                return await self._vote(approval, approver, verdict.reason, via, requirement, current, edit)
-        if approve and requirement.is_quorum:
-            return await self._vote(approval, approver, verdict.reason, via, requirement, current)
+                return await self._vote(approval, approver, verdict, via, requirement, current, edit)
+        if isinstance(verdict, Approve) and (requirement.is_quorum or verdict.grant is not None):
+            # A grant is made only inside the deciding vote's transaction, so it goes the voting way.
+            return await self._vote(approval, approver, verdict, via, requirement, current)
         now = self._clock()
         reason = verdict.reason
         decided = await self.store.transition(
@@ -463,12 +476,13 @@ class ApprovalService:
         self,
         approval: Approval,
         approver: Approver,
-        reason: str | None,
+        verdict: Approve,
         via: str,
         requirement: Requirement,
         current: Decision | None,
         edit: Edit | None = None,
     ) -> Approval:
+        reason = verdict.reason
         if self._votes is None or (edit is not None and self._edits is None):
             # Fail closed: without a vote store a quorum could only be faked.
             raise NotAllowedToDecide("this broker cannot record votes toward a quorum or edits")
@@ -501,6 +515,8 @@ class ApprovalService:
                 audit=voted,
                 tally=counted,
                 arguments_hash=approval.arguments_hash,
+                grant=verdict.grant,
+                make_grant=GrantMaker(current, self._clock).make,
             )
         if requirement.is_quorum:
             self._tell_vote(
@@ -509,6 +525,8 @@ class ApprovalService:
         if cast.new:
             self._announce(cast.approval)
         if cast.decided:
+            if cast.grant is not None:
+                self._tell_grant(cast.approval, cast.grant)
             self._start_release(cast.approval)
         return cast.approval
 
@@ -518,6 +536,16 @@ class ApprovalService:
                 listener.edit_made(approval, outcome)
             except Exception:
                 logger.exception("edit listener %s failed on %s", type(listener).__name__, approval.id)
+
+    def add_grant_listener(self, listener: GrantListener) -> None:
+        self._grant_listeners.append(listener)
+
+    def _tell_grant(self, approval: Approval, grant: Grant) -> None:
+        for listener in self._grant_listeners:
+            try:
+                listener.grant_made(approval, grant)
+            except Exception:
+                logger.exception("grant listener %s failed on %s", type(listener).__name__, grant.id)
 
     def _tell_vote(self, approval: Approval, approver: Approver, outcome: str) -> None:
         for listener in self._vote_listeners:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.approvals.grants import GrantRequest
+
 
 @dataclass(frozen=True, slots=True)
 class Approve:
@@ -21,6 +23,8 @@ class Approve:
     """Argument name -> new value, for the rule's ``editable`` arguments; None: approved as shown."""
     seen_hash: str | None = None
     """The arguments the approver saw (``Approval.arguments_hash``); None: whatever is stored now."""
+    grant: GrantRequest | None = None
+    """Also let the agent's next calls like this one through for a while (broker.approvals.grants)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from broker.catalogue.report import aligned
 from broker.catalogue.untrusted import printable
 from broker.policy import Action, ApprovalRequirement, CompiledRule, Decision, Policy, RateLimit
 from broker.policy.explanation import Outcome
+from broker.policy.grants import grant_json, grant_text
 
 DIFF_COLUMNS = ("tool", "server", "agents", "before", "after")
 COMPARED = ("listed", "conditions", "action", "rule", "rate_limit", "approval")
@@ -103,6 +104,8 @@ class DecisionSnapshot:
                 text += f", escalate {step.describe()}"
             if self.approval.editable:
                 text += f", editable {' '.join(self.approval.editable)}"
+            if self.approval.grant is not None:
+                text += f", {grant_text(self.approval.grant)}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +134,8 @@ class DecisionSnapshot:
             approval["escalate"] = [step.to_json() for step in self.approval.escalation]
         if self.approval is not None and approval is not None and self.approval.editable:
             approval["editable"] = list(self.approval.editable)
+        if self.approval is not None and approval is not None and self.approval.grant is not None:
+            approval["grant"] = grant_json(self.approval.grant)
         return {
             "action": self.action.value,
             "rule": self.rule,

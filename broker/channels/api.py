@@ -4,10 +4,11 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 and the per-router dependency alias below is local to `build_decisions_router`.
 """
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRecord, InvalidTransition
@@ -15,6 +16,7 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.call_view import CallContext, CallContexts, call_view
 from broker.approvals.clock import require_utc
 from broker.approvals.edits import EditRefused, recorded_changes
+from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.model import Approver
 from broker.approvals.outcomes import guidance
@@ -22,6 +24,7 @@ from broker.approvals.ports import ArgumentsChanged, InvalidValue, ListPosition,
 from broker.approvals.quorum import progress, progress_text
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
 from broker.approvals.verdict import Approve, Deny, Verdict
+from broker.channels.grants_api import GrantBody, bearer_approver, grant_json
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -154,31 +157,19 @@ class DecisionBody(BaseModel):
         max_length=64,
         description="the arguments you reviewed; refused with 409 if someone edited them since",
     )
+    grant: GrantBody | None = None
+    """Approve only: also let the agent's next calls like this one through (see grants_api)."""
 
 
 def build_decisions_router(
-    service: ApprovalService, directory: ApproverDirectory, calls: CallContexts | None = None
+    service: ApprovalService,
+    directory: ApproverDirectory,
+    calls: CallContexts | None = None,
+    grants: GrantDesk | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/api/approvals", tags=["approvals"])
 
-    def approver(request: Request) -> Approver:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(
-                401,
-                "an approver token is required: 'Authorization: Bearer <token>'",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        account = directory.by_token(token.strip())
-        if account is None:
-            raise HTTPException(
-                401,
-                "unknown approver token: no approver in this broker's configuration has it "
-                "(approvers.<name>.token, token_env or token_sha256)",
-                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        return account.approver
+    approver = bearer_approver(directory)
 
     Caller = Annotated[Approver, Depends(approver)]
 
@@ -266,7 +257,14 @@ def build_decisions_router(
             raise HTTPException(
                 503, f"the approval store is unavailable; nothing was decided: {exc}"
             ) from exc
-        return approval_json(approval, calls=calls)
+        decided = approval_json(approval, calls=calls)
+        grant = verdict.grant if isinstance(verdict, Approve) else None
+        if grant is not None and grants is not None and approval.status is not ApprovalStatus.PENDING:
+            # The grant, if the quorum's narrowest request made one (its id derives from the approval's).
+            with contextlib.suppress(StoreUnavailable):
+                made = await grants.store.get(f"g-{approval.id}")
+                decided["grant"] = None if made is None else grant_json(made, grants.now())
+        return decided
 
     @router.post("/{approval_id}/approve")
     async def approve(
@@ -274,12 +272,17 @@ def build_decisions_router(
     ) -> dict[str, Any]:
         if body is None:
             return await decide(approval_id, caller, Approve())
-        return await decide(approval_id, caller, Approve(body.reason, body.edits, body.arguments_sha256))
+        grant = body.grant.request() if body.grant is not None else None
+        return await decide(
+            approval_id, caller, Approve(body.reason, body.edits, body.arguments_sha256, grant=grant)
+        )
 
     @router.post("/{approval_id}/deny")
     async def deny(
         approval_id: str, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
     ) -> dict[str, Any]:
+        if body is not None and body.grant is not None:
+            raise HTTPException(422, "a grant goes with an approval, not with a denial")
         return await decide(approval_id, caller, Deny(body.reason if body else None))
 
     return router

@@ -35,7 +35,7 @@ UPSTREAM_LATENCY_BUCKETS: tuple[float, ...] = (
 class CallCounts:
     """Tool calls by what the policy did with them; each call is counted under exactly one action."""
 
-    __slots__ = ("allow", "deny", "hide", "rate_limited", "require_approval")
+    __slots__ = ("allow", "deny", "granted", "hide", "rate_limited", "require_approval")
 
     def __init__(self) -> None:
         self.allow = 0
@@ -43,6 +43,8 @@ class CallCounts:
         self.hide = 0
         self.require_approval = 0
         self.rate_limited = 0
+        self.granted = 0
+        """Held by the policy and let through by a time-boxed grant (broker/proxy/checks/grants.py)."""
 
     def by_action(self) -> dict[str, int]:
         return {
@@ -51,6 +53,7 @@ class CallCounts:
             "hide": self.hide,
             "require_approval": self.require_approval,
             "rate_limited": self.rate_limited,
+            "granted": self.granted,
         }
 
 

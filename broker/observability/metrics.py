@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from broker.approvals.escalation import Escalated
+from broker.approvals.grants import Grant
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import StoreUnavailable
 from broker.observability.calls import CallCounts, UpstreamLatency
@@ -107,7 +108,8 @@ class BrokerMetrics:
             "1 when this scrape could read the approval store, else 0 (the broker then forwards nothing)",
             registry=self.registry,
         )
-        self.registry.register(_CallCollector(calls, upstream_latency, held_calls))
+        self._grant_events = {"created": 0, "revoked": 0}
+        self.registry.register(_CallCollector(calls, upstream_latency, held_calls, self._grant_events))
 
     # -- ApprovalListener -------------------------------------------------------------------------
 
@@ -141,6 +143,14 @@ class BrokerMetrics:
     def edit_made(self, approval: Approval, outcome: str) -> None:
         self._edits.labels(outcome).inc()
 
+    # -- GrantListener ------------------------------------------------------------------------------
+
+    def grant_made(self, approval: Approval, grant: Grant) -> None:
+        self._grant_events["created"] += 1
+
+    def grant_revoked(self, grant: Grant) -> None:
+        self._grant_events["revoked"] += 1
+
     # -- exposition ----------------------------------------------------------------------------------
 
     async def render(self) -> bytes:
@@ -156,7 +166,14 @@ class BrokerMetrics:
 
 
 class _CallCollector(Collector):
-    def __init__(self, calls: CallCounts, upstream_latency: UpstreamLatency, held_calls: Callable[[], int]):
+    def __init__(
+        self,
+        calls: CallCounts,
+        upstream_latency: UpstreamLatency,
+        held_calls: Callable[[], int],
+        grant_events: dict[str, int],
+    ):
+        self._grant_events = grant_events
         self._calls = calls
         self._upstream_latency = upstream_latency
         self._held_calls = held_calls
@@ -170,7 +187,8 @@ class _CallCollector(Collector):
     def _families(self) -> list[Metric]:
         calls = CounterMetricFamily(
             "broker_tool_calls",
-            "Agent tool calls by what the policy did (allow, deny, hide, require_approval, rate_limited)",
+            "Agent tool calls by what the policy did (allow, deny, hide, require_approval, rate_limited; "
+            "granted: held by the policy and let through by a time-boxed grant)",
             labels=["action"],
         )
         for action, count in self._calls.by_action().items():
@@ -187,4 +205,12 @@ class _CallCollector(Collector):
             "Agent requests waiting on this replica for a human decision right now",
             value=self._held_calls(),
         )
-        return [calls, latency, held]
+        grants = CounterMetricFamily(
+            "broker_grants",
+            "Time-boxed grants on this replica: created (by a deciding vote here), used (a held call "
+            "let through here), revoked (here)",
+            labels=["event"],
+        )
+        for event, count in (*self._grant_events.items(), ("used", self._calls.granted)):
+            grants.add_metric([event], count)
+        return [calls, latency, held, grants]

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from broker.policy.escalation import EscalationStep
+from broker.policy.grants import GrantAllowance
 
 
 class Action(enum.StrEnum):
@@ -38,6 +39,8 @@ class ApprovalRequirement:
     """Who is asked next when nobody decided (see broker/policy/escalation.py), in order."""
     editable: tuple[str, ...] = ()
     """Top-level arguments approvers may change before approving; see broker/policy/edits.py."""
+    grant: GrantAllowance | None = None
+    """What approvers may grant beside their yes (None: nothing); see broker/policy/grants.py."""
 
 
 @dataclass(frozen=True, slots=True)

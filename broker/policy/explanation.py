@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.policy.decision import Action, Decision
+from broker.policy.grants import grant_text
 from broker.policy.rules import CompiledRule, HideEntry
 
 
@@ -100,6 +101,8 @@ class Explanation:
                 lines.append(
                     f"editable:  approvers may change {', '.join(approval.editable)} before approving"
                 )
+            if approval.grant is not None:
+                lines.append(f"grant:     approvers may give a {grant_text(approval.grant)}")
             if approval.hold_budget_seconds is not None:
                 lines.append(
                     f"hold:      an agent waits {approval.hold_budget_seconds:g}s at most before the "

@@ -26,6 +26,7 @@ from broker.policy.document import (
 from broker.policy.duration import parse_duration
 from broker.policy.edits import parse_editable
 from broker.policy.escalation import parse_escalation
+from broker.policy.grants import parse_grant
 from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.quorum import parse_quorum
@@ -50,6 +51,7 @@ RULE_KEYS: Final = (
     "quorum",
     "escalate",
     "editable",
+    "grant",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
 APPROVAL_KEYS: Final = (
@@ -61,6 +63,7 @@ APPROVAL_KEYS: Final = (
     "quorum",
     "escalate",
     "editable",
+    "grant",
 )
 RULE_ACTIONS: Final = (Action.ALLOW, Action.DENY, Action.REQUIRE_APPROVAL)
 DEFAULT_REASONS: Final = {
@@ -455,6 +458,7 @@ class _Compiler:
         quorum_node: Node | None = None
         escalate_node: Node | None = None
         editable: tuple[str, ...] = ()
+        grant = None
         for key, value in present:
             if key.name == "timeout":
                 timeout = self._duration(value, "timeout", body) or timeout
@@ -477,6 +481,8 @@ class _Compiler:
                 escalate_node = value
             elif key.name == "editable":
                 editable = parse_editable(value, self._fail)
+            elif key.name == "grant":
+                grant = parse_grant(value, self._fail)
             else:
                 channels = self._string_list(value, "channels", allow_empty=True) or ()
         quorum, quorum_from = (
@@ -492,6 +498,7 @@ class _Compiler:
             quorum_from=quorum_from,
             escalation=() if escalate_node is None else parse_escalation(escalate_node, timeout, self._fail),
             editable=editable,
+            grant=grant,
         )
 
 

@@ -104,6 +104,7 @@ class DecisionLog:
         server: str,
         arguments: Mapping[str, Any] | None,
         outcome: str | None = None,
+        grant: str | None = None,
     ) -> str:
         decision_id = self._next_id()
         line: dict[str, Any] = {
@@ -120,5 +121,7 @@ class DecisionLog:
         }
         if outcome is not None:
             line["outcome"] = outcome
+        if grant is not None:
+            line["grant"] = grant  # the time-boxed grant that let a held call through
         self.sink.write(orjson.dumps(line))
         return decision_id

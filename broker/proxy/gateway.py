@@ -30,6 +30,7 @@ from broker.policy import Policy
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.change_feed import ChangeFeed
+from broker.proxy.checks.grants import GrantCheck
 from broker.proxy.decision_log import DecisionLog
 from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from broker.proxy.ratelimit import RateLimiter, RateVerdict
@@ -145,8 +146,10 @@ class Gateway:
         changes: ChangeFeed,
         approvals: ApprovalGate | None = None,
         call_timeout: float | None = None,
+        grants: GrantCheck | None = None,
     ) -> None:
         self._policy = policy
+        self._grants = grants
         self._upstreams = upstreams
         self._rate_limiter = rate_limiter
         self._decisions = decisions
@@ -172,6 +175,9 @@ class Gateway:
             # Tasks exist only in the 2025-11-25 handshake era; held calls can be awaited as tasks.
             capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
         return capabilities
+
+    def attach_grants(self, grants: GrantCheck) -> None:
+        self._grants = grants
 
     def attach_approvals(self, approvals: ApprovalGate) -> None:
         self._approvals = approvals
@@ -324,6 +330,24 @@ class Gateway:
                     # Seen down while the limiter was asked; from here on nothing awaits before forwarding.
                     return _store_down_result()
             if action is Action.REQUIRE_APPROVAL:
+                # A task-augmented call stays a task (its client awaits a CreateTaskResult).
+                if self._grants is not None and not (isinstance(params.get("task"), dict) and not ctx.modern):
+                    grant = await self._grants.use(
+                        ctx.agent, tool.server, tool.name, tool.exposed_name, arguments, decision
+                    )
+                    if grant is not None and (health is None or health.up):
+                        self.call_counts.granted += 1
+                        self._decisions.record(
+                            decision,
+                            agent=ctx.agent,
+                            session=ctx.session,
+                            tool=tool.exposed_name,
+                            server=tool.server,
+                            arguments=arguments,
+                            outcome="granted",
+                            grant=grant.id,
+                        )
+                        return await self._forward(ctx, tool, arguments, params, request.notify)
                 self.call_counts.require_approval += 1
                 return await self._hold(ctx, tool, arguments, decision, params, request)
             self.call_counts.allow += 1

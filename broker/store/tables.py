@@ -160,6 +160,39 @@ class VoteRow(StoreModel, table=True):
     via: str = Field(sa_column=Column(Text, nullable=False))
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    grant_request: dict[str, Any] | None = Field(default=None, sa_column=Column(CanonicalJSON, nullable=True))
+    """The grant this voter asked for beside their yes (broker.approvals.grants), if any."""
+
+
+class GrantRow(StoreModel, table=True):
+    """A time-boxed grant (broker.approvals.grants); one per approval at most, its id derived from it.
+    ``used_calls`` only grows, by a compare-and-increment that keeps it at most ``max_calls``."""
+
+    __tablename__ = "grants"
+    __table_args__ = (
+        CheckConstraint("used_calls <= max_calls", name="ck_grants_used_calls"),
+        Index("ix_grants_agent_tool", "agent", "server", "tool"),
+        Index("ix_grants_created_at", "created_at"),
+    )
+
+    id: str = Field(sa_column=Column(Text, primary_key=True))
+    approval_id: str = Field(
+        sa_column=Column(Text, ForeignKey("approvals.id", name="fk_grants_approval_id"), nullable=False)
+    )
+    agent: str = Field(sa_column=Column(Text, nullable=False))
+    server: str = Field(sa_column=Column(Text, nullable=False))
+    tool: str = Field(sa_column=Column(Text, nullable=False))
+    rule: str = Field(sa_column=Column(Text, nullable=False))
+    policy_revision: str = Field(sa_column=Column(Text, nullable=False))
+    scope: str = Field(sa_column=Column(String(16), nullable=False))
+    arguments_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    created_by: list[str] = Field(sa_column=Column(CanonicalJSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    max_calls: int = Field(sa_column=Column(Integer, nullable=False))
+    used_calls: int = Field(sa_column=Column(Integer, nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    revoked_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 metadata: MetaData = StoreModel.metadata
@@ -167,3 +200,4 @@ approvals: Table = metadata.tables["approvals"]
 audit_events: Table = metadata.tables["audit_events"]
 seen_requests: Table = metadata.tables["seen_requests"]
 votes: Table = metadata.tables["votes"]
+grants: Table = metadata.tables["grants"]

@@ -23,7 +23,7 @@ Failures: StoreUnavailable (unreachable, timed out, refused), as everywhere in b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.clock import require_utc
+from broker.approvals.grants import Grant, GrantRequest
 from broker.approvals.model import Approval, ApprovalStatus, Vote
 from broker.approvals.ports import (
     ApprovalNotFound,
@@ -40,6 +41,7 @@ from broker.approvals.ports import (
     InvalidValue,
 )
 from broker.approvals.quorum import Tally
+from broker.store.grants import insert_in
 from broker.store.sql import SqlApprovalStore, _approval_from_row
 from broker.store.tables import approvals, votes
 from broker.store.vote_rows import votes_json
@@ -62,11 +64,24 @@ class SqlVoteStore:
         audit: AuditEvent,
         tally: Callable[[Sequence[Vote]], Tally],
         arguments_hash: str | None = None,
+        grant: GrantRequest | None = None,
+        make_grant: Callable[[Approval, Tally, Mapping[str, GrantRequest | None]], Grant | None]
+        | None = None,
     ) -> Cast:
         check_reason(reason)
         async with self._store.transaction("record a vote") as conn:
             current = await locked_pending(conn, approval_id, seen_hash=arguments_hash)
-            return await cast_in(self._store, conn, current, vote, reason=reason, audit=audit, tally=tally)
+            return await cast_in(
+                self._store,
+                conn,
+                current,
+                vote,
+                reason=reason,
+                audit=audit,
+                tally=tally,
+                grant=grant,
+                make_grant=make_grant,
+            )
 
 
 def check_reason(reason: str | None) -> None:
@@ -98,6 +113,8 @@ async def cast_in(
     reason: str | None,
     audit: AuditEvent,
     tally: Callable[[Sequence[Vote]], Tally],
+    grant: GrantRequest | None = None,
+    make_grant: Callable[[Approval, Tally, Mapping[str, GrantRequest | None]], Grant | None] | None = None,
 ) -> Cast:
     """Steps 3 and 4 above, inside the caller's transaction holding `current`'s row."""
     approval_id = current.id
@@ -112,6 +129,7 @@ async def cast_in(
             via=vote.via,
             reason=reason,
             at=at,
+            grant_request=None if grant is None else grant.to_json(),
         )
         .on_conflict_do_nothing(index_elements=[votes.c.approval_id, votes.c.approver])
         .returning(votes.c.approver)
@@ -120,12 +138,12 @@ async def cast_in(
     await store.append_in(conn, audit.for_approval(approval_id))
     if not new:
         return Cast(current, new=False, decided=False)
-    stored = [
-        Vote(record.approver, frozenset(record.groups), record.via, record.at)
-        for record in await conn.execute(
+    records = list(
+        await conn.execute(
             select(votes).where(votes.c.approval_id == approval_id).order_by(votes.c.at, votes.c.approver)
         )
-    ]
+    )
+    stored = [Vote(record.approver, frozenset(record.groups), record.via, record.at) for record in records]
     result = tally(stored)
     values: dict[str, object] = {"votes": votes_json(stored), "version": approvals.c.version + 1}
     if result.reached:
@@ -148,10 +166,37 @@ async def cast_in(
         .mappings()
         .one()
     )
+    approved = _approval_from_row(changed)
+    made: Grant | None = None
     if result.reached:
         details = {"approvers": list(result.counted), "via": vote.via}
         await store.append_in(
             conn,
             AuditEvent(AuditEventKind.APPROVED, vote.approver, details, approval_id=approval_id),
         )
-    return Cast(_approval_from_row(changed), new=True, decided=result.reached)
+        if make_grant is not None:
+            requests = {
+                record.approver: None
+                if record.grant_request is None
+                else GrantRequest.from_json(record.grant_request)
+                for record in records
+            }
+            made = make_grant(approved, result, requests)
+        if made is not None:
+            await insert_in(conn, made)
+            await store.append_in(
+                conn,
+                AuditEvent(
+                    AuditEventKind.GRANTED,
+                    vote.approver,
+                    {
+                        "grant": made.id,
+                        "scope": made.scope.value,
+                        "expires_at": made.expires_at.isoformat(),
+                        "max_calls": made.max_calls,
+                        "approvers": list(made.created_by),
+                    },
+                    approval_id=approval_id,
+                ),
+            )
+    return Cast(approved, new=True, decided=result.reached, grant=made)

@@ -18,6 +18,7 @@ from broker.approvals.ports import SeenRequests
 from broker.approvals.service import ApprovalService
 from broker.channels.slack.client import SlackApi
 from broker.channels.slack.endpoint import build_slack_router
+from broker.channels.slack.grants import SlackGrantAnnouncer
 from broker.channels.slack.interactions import InteractionHandler
 from broker.channels.slack.notifier import DEFAULT_RETRY_SCHEDULE, RetrySchedule, SlackNotifier, Sleep
 from broker.channels.slack.people import SlackPeople, UserGroupMembers
@@ -72,6 +73,8 @@ class SlackChannel:
             calls=calls,
         )
         """Register with `ApprovalService.add_listener`."""
+        self.grants = SlackGrantAnnouncer(service.store, self.api)
+        """Register with `ApprovalService.add_grant_listener` and `GrantDesk.add_listener`."""
         self.interactions = InteractionHandler(service, self.api, self.people, clock=clock)
         self._seen_requests = seen_requests
         """Signed requests already accepted, shared by the replicas: a replay is refused."""
@@ -92,6 +95,7 @@ class SlackChannel:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.api.connected())
             await stack.enter_async_context(self.notifier.running())
+            await stack.enter_async_context(self.grants.running())
             await stack.enter_async_context(self.interactions.running())
             if self.settings.mode == "socket" and self.settings.app_token:
                 await stack.enter_async_context(

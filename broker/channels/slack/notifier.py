@@ -160,6 +160,10 @@ def _message_of(approval: Approval) -> PostedMessage | None:
     return None
 
 
+posted_message = _message_of
+"""The approval's Slack message once it is really posted (None while unposted or only claimed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Unrecorded:
     """A message Slack accepted that is not stored with its approval yet."""

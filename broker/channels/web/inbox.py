@@ -5,6 +5,7 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,6 +18,7 @@ from broker.approvals.audit import AuditRecord
 from broker.approvals.call_view import CallContext, CallContexts, ToolFacts
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.edits import EditRefused
+from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import (
     ApprovalNotFound,
@@ -35,6 +37,7 @@ from broker.channels.web.edit_form import edits_from_form
 from broker.channels.web.events import EventStreamResponse, InboxEvents
 from broker.channels.web.export import HistoryExport
 from broker.channels.web.filters import ListFilters, read_filters
+from broker.channels.web.grants_page import GrantsPage, grant_allowance, grant_from_form
 from broker.channels.web.hardening import HardenedRoute
 from broker.channels.web.origin import OriginCheck
 from broker.channels.web.presenters import COUNT_CAP, HISTORY_STATUSES, ending, template_environment
@@ -65,7 +68,9 @@ class WebInbox:
         clock: Clock = utc_now,
         policy_rejection: Callable[[], ReloadRejection | None] = lambda: None,
         demo: bool = False,
+        grants: GrantDesk | None = None,
     ) -> None:
+        self._grants = grants
         self._policy_rejection = policy_rejection
         self._demo = demo
         self._service = service
@@ -81,6 +86,9 @@ class WebInbox:
         self._templates = template_environment()
         # Rows and panels render each call's fields and risk badge through these (see _call*.html).
         self._templates.globals.update(call_of=self._calls.view, tool_of=self._tool_facts)
+        self._templates.globals.update(
+            grant_allowance=grant_allowance(tools.policy) if grants else lambda _: None
+        )
         self._static = InboxAssets()
         self._export = HistoryExport(self._store, HISTORY_STATUSES)
 
@@ -314,8 +322,13 @@ class WebInbox:
                 title="Reason too long",
                 message=f"A reason may be at most {MAX_REASON_LENGTH} characters; nothing was decided.",
             )
+        grant = grant_from_form(form) if approve else None
+        if isinstance(grant, str):
+            return self._message(request, viewer, status=400, title="Not decided", message=grant)
         try:
             verdict = await self._verdict(form, approval_id, approve, reason)
+            if grant is not None and isinstance(verdict, Approve):
+                verdict = replace(verdict, grant=grant)
             await self._service.decide(approval_id, verdict, approver=viewer.approver, via="web")
         except EditRefused as exc:
             return self._message(request, viewer, status=400, title="Edit refused", message=f"{exc}.")
@@ -608,6 +621,9 @@ class WebInbox:
         @router.get("/events")
         async def events(request: Request) -> Response:
             return await inbox.events(request)
+
+        if self._grants is not None:
+            GrantsPage(self, self._grants).register(router)
 
         @router.get("/static/{name}")
         async def static(name: str) -> Response:
