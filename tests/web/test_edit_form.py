@@ -64,3 +64,43 @@ async def test_an_approver_edits_in_the_inbox_and_the_agent_gets_the_edited_call
             assert result.structured_content["quantity"] == 6 and isinstance(
                 result.structured_content["price"], int | float
             )
+
+
+QUORUM_EDIT_POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: place_order
+    action: require_approval
+    quorum: 2
+    approvers: ["@trading-leads"]
+    editable: [quantity]
+"""
+
+
+async def test_a_plain_approve_from_a_page_shown_before_an_edit_is_refused(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, QUORUM_EDIT_POLICY, exchange_server(), approvers=accounts_with_passwords()
+    )
+    async with running_broker(settings) as running:
+        opened = watch(running)
+        with anyio.fail_after(60):
+            async with running.client() as client, anyio.create_task_group() as tasks:
+                tasks.start_soon(client.call_tool, "place_order", BIG_ORDER)
+                approval = await opened.opened.receive()
+                async with http_signed_in(running, "alice") as alice:
+                    stale = (await alice.get(f"/approvals/{approval.id}")).text
+                    decide_form = re.search(r"<form[^>]*data-decide>.*?</form>", stale, re.S)
+                    assert decide_form is not None
+                    assert f'name="seen_hash" value="{approval.arguments_hash}"' in decide_form.group(0)
+                    async with running.approver("bob") as bob:
+                        edited = await bob.post(
+                            f"/api/approvals/{approval.id}/approve", json={"edits": {"quantity": 6}}
+                        )
+                        assert edited.status_code == 200, edited.text
+                    form = {"csrf_token": csrf_token(stale), "seen_hash": approval.arguments_hash}
+                    refused = await alice.post(f"/approvals/{approval.id}/approve", data=form)
+                    assert refused.status_code == 409 and "Arguments changed" in refused.text
+                stored = await running.broker.approvals.store.get(approval.id)
+                assert stored is not None and stored.status.value == "pending"
+                tasks.cancel_scope.cancel()
