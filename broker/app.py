@@ -36,10 +36,11 @@ from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.checks.grants import GrantCheck
 from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
-from broker.proxy.held_calls import HeldCalls, UpstreamReleaser
+from broker.proxy.held_calls import HeldCalls
 from broker.proxy.http_endpoint import McpHttpEndpoint
 from broker.proxy.identity import Authenticator
 from broker.proxy.ratelimit import RateLimiter, SlidingWindowLimiter
+from broker.proxy.releaser import UpstreamReleaser
 from broker.proxy.sessions import SessionRegistry
 from broker.proxy.upstream.pool import UpstreamPool
 from broker.proxy.upstream.spec import parse_servers

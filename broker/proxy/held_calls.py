@@ -33,7 +33,6 @@ approval answers (`Approval.callers`).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -51,32 +50,30 @@ from broker.approvals import (
     NewApproval,
     StoreUnavailable,
 )
-from broker.approvals.escalation import escalation_text
 from broker.approvals.health import StoreHealth
-from broker.approvals.idempotency import describe_ids
 from broker.approvals.model import DELIVERABLE_STATUSES
-from broker.approvals.outcomes import unknown_reason
-from broker.approvals.quorum import progress_text
 from broker.approvals.service import (
-    POLICY_ACTOR,
     ApprovalService,
-    CallReleaser,
-    ReleaseFailed,
-    ReleaseOutcomeUnknown,
 )
 from broker.policy.decision import Decision
-from broker.policy.holder import PolicyHolder
-from broker.proxy.edited_result import edit_meta, edit_notice, with_notice
 from broker.proxy.gateway import AgentContext, AgentRequest, Notify
+from broker.proxy.held_answers import (
+    APPROVAL_META_KEY,
+    iso,
+    no_such_approval,
+    outcome_result,
+    pending_result,
+    status_text,
+    store_down_result,
+    summary,
+    tell_shared,
+    waiting_message,
+)
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from broker.proxy.upstream.base import (
     JsonObject,
-    MalformedResult,
-    UpstreamError,
-    UpstreamRpcError,
-    may_have_run,
 )
-from broker.proxy.upstream.pool import UpstreamPool, UpstreamTool
+from broker.proxy.upstream.pool import UpstreamTool
 from broker.proxy.waiting import (
     DEFAULT_HOLD_BUDGET,
     NO_PREFERENCE,
@@ -89,7 +86,6 @@ logger = logging.getLogger(__name__)
 
 TASKS_PAGE_SIZE = 100
 RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"
-APPROVAL_META_KEY = "io.github.mcp-approval-broker/approval"
 TASK_STATUS = {
     ApprovalStatus.PENDING: "working",
     ApprovalStatus.APPROVED: "working",
@@ -101,10 +97,6 @@ TASK_STATUS = {
     ApprovalStatus.CANCELLED: "cancelled",
     ApprovalStatus.OUTCOME_UNKNOWN: "failed",
 }
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class HeldCalls:
@@ -220,7 +212,7 @@ class HeldCalls:
             approval, shared = await self._open(ctx, new)
         except StoreUnavailable as exc:
             # Fail closed: a call that cannot be parked is not forwarded either.
-            return _store_down_result(tool.exposed_name, str(exc))
+            return store_down_result(tool.exposed_name, str(exc))
         if isinstance(task, dict):
             if approval.task_id is None:
                 # The same call was parked earlier without a task; this caller still gets one.
@@ -244,7 +236,7 @@ class HeldCalls:
             )
         except StoreUnavailable as exc:
             # The approval itself is safe in the store; the agent can come back for it.
-            return _store_down_result(tool.exposed_name, f"{exc}; approval {approval.id} is kept")
+            return store_down_result(tool.exposed_name, f"{exc}; approval {approval.id} is kept")
         except anyio.get_cancelled_exc_class():
             if request.withdrawn:
                 with anyio.CancelScope(shield=True):
@@ -302,7 +294,9 @@ class HeldCalls:
             remaining = min(deadline, self._service.drain_deadline) - time.monotonic()
             if remaining <= 0:
                 approval = await self._service.mark_pending_told(approval, actor=ctx.agent)
-                return self._pending_result(approval)
+                return pending_result(
+                    approval, now=self._clock(), check=self.check_tool_name, cancel=self.cancel_tool_name
+                )
             step = min(remaining, self._progress_interval) if progress_token is not None else remaining
             approval = await self._service.wait(approval.id, step)
             if progress_token is not None and not approval.is_terminal:
@@ -312,7 +306,7 @@ class HeldCalls:
                     {
                         "progressToken": progress_token,
                         "progress": ticks,
-                        "message": self._waiting_message(approval),
+                        "message": waiting_message(approval, self._clock()),
                     },
                 )
         return await self._deliver(ctx, approval, shared=shared)
@@ -322,85 +316,22 @@ class HeldCalls:
             await self._service.mark_delivered(approval, actor=ctx.agent)
         result = outcome_result(approval)
         if shared:
-            _tell_shared(result, approval)
+            tell_shared(result, approval)
         return result
-
-    def _waiting_message(self, approval: Approval) -> str:
-        if approval.status is ApprovalStatus.PENDING:
-            left = math.ceil(approval.time_left(self._clock()).total_seconds())
-            votes = progress_text(approval, brackets=True)
-            so_far = f"; {votes}" if votes else ""
-            if (escalated := escalation_text(approval)) is not None:
-                so_far += f"; {escalated}"
-            return (
-                f"Waiting for human approval of '{approval.tool}' (approval {approval.id}){so_far}; "
-                f"auto-deny in {left} s"
-            )
-        return f"Approved by {approval.decided_by}; forwarding '{approval.tool}' to the upstream"
-
-    def _pending_result(self, approval: Approval) -> JsonObject:
-        """The answer a model reads while a human decides: plain words first, the same facts in
-        `structuredContent` for clients that pass only that on, and `isError` so that no client
-        mistakes it for the tool's result (nor validates it against the tool's output schema)."""
-        check, cancel = self.check_tool_name, self.cancel_tool_name
-        if approval.status is ApprovalStatus.PENDING:
-            left = math.ceil(approval.time_left(self._clock()).total_seconds())
-            state = (
-                f"PENDING HUMAN APPROVAL: the call to '{approval.tool}' has NOT been executed yet. It is "
-                f"waiting for a human to approve or deny it (approval id {approval.id}; it expires at "
-                f"{_iso(approval.expires_at)}, in {left} s, and is rejected then if nobody decides)."
-            )
-            votes = progress_text(approval)
-            if votes:
-                state += f" It needs {approval.quorum} distinct approvers; so far {votes}."
-            if (escalated := escalation_text(approval)) is not None:
-                state += f" Nobody decided in time, so it was {escalated}."
-            state += f" {edit_notice(approval)}" if approval.is_edited else ""
-        else:
-            state = (
-                f"APPROVED, RUNNING: {approval.decided_by} approved the call to '{approval.tool}' and the "
-                f"broker is executing it now (approval id {approval.id}); the result is not in yet."
-            )
-        steps = (
-            f"What to do: get the outcome by calling {check} with approval_id '{approval.id}', or by "
-            "repeating exactly the same call with exactly the same arguments; either returns the real "
-            "result once it is decided, and the call runs at most once. Do NOT retry with changed "
-            "arguments or another tool to get around the approval: that is a new request and needs its "
-            f"own approval. To withdraw it, call {cancel} with approval_id '{approval.id}'. Meanwhile you "
-            "may tell the user that a human approval is pending."
-        )
-        summary = _summary(approval)
-        return {
-            "content": [{"type": "text", "text": f"{state}\n{steps}"}],
-            "structuredContent": {
-                "status": "pending_approval"
-                if approval.status is ApprovalStatus.PENDING
-                else "approved_running",
-                "executed": False,
-                "approval_id": approval.id,
-                "tool": approval.tool,
-                "expires_at": _iso(approval.expires_at),
-                "next_step": f"call {check} with approval_id '{approval.id}' or repeat the identical call",
-                "do_not": "retry with changed arguments to get around the approval",
-                "cancel": f"call {cancel} with approval_id '{approval.id}'",
-            },
-            "isError": True,
-            "_meta": {APPROVAL_META_KEY: summary},
-        }
 
     # -- check_approval ---------------------------------------------------------------------------
 
     async def check(self, ctx: AgentContext, arguments: dict[str, Any]) -> JsonObject:
         approval = await self._own_approval(ctx, self.check_tool_name, arguments)
         if approval is None:
-            return _no_such_approval(arguments["approval_id"])
+            return no_such_approval(arguments["approval_id"])
         budget = budget_for(self._hold_budget, self._waits(ctx.agent), None)
         return await self._await_outcome(ctx, approval, budget, _no_notify, None)
 
     async def cancel_by_agent(self, ctx: AgentContext, arguments: dict[str, Any]) -> JsonObject:
         approval = await self._own_approval(ctx, self.cancel_tool_name, arguments)
         if approval is None:
-            return _no_such_approval(arguments["approval_id"])
+            return no_such_approval(arguments["approval_id"])
         try:
             approval = await self._service.cancel(
                 approval.id, actor=ctx.agent, reason=f"withdrawn by the agent ({self.cancel_tool_name})"
@@ -419,7 +350,7 @@ class HeldCalls:
             f"Withdrawn: the call to '{approval.tool}' (approval {approval.id}) was cancelled and will never "
             "be executed."
         )
-        return {"content": [{"type": "text", "text": text}], "_meta": {APPROVAL_META_KEY: _summary(approval)}}
+        return {"content": [{"type": "text", "text": text}], "_meta": {APPROVAL_META_KEY: summary(approval)}}
 
     async def _own_approval(self, ctx: AgentContext, tool: str, arguments: dict[str, Any]) -> Approval | None:
         approval_id = arguments.get("approval_id")
@@ -495,165 +426,12 @@ class HeldCalls:
             "taskId": approval.task_id,
             "status": TASK_STATUS[approval.status],
             "statusMessage": status_text(approval),
-            "createdAt": _iso(approval.created_at),
-            "lastUpdatedAt": _iso(updated),
+            "createdAt": iso(approval.created_at),
+            "lastUpdatedAt": iso(updated),
             "ttl": ttl_ms,
             "pollInterval": self._task_poll_interval_ms,
         }
 
 
-def _no_such_approval(approval_id: str) -> JsonObject:
-    text = f"No approval with id '{approval_id}' exists for this agent."
-    return {"content": [{"type": "text", "text": text}], "isError": True}
-
-
-def _tell_shared(result: JsonObject, approval: Approval) -> None:
-    """A caller from another session attached to this approval: its result is that one execution."""
-    note = (
-        f"Note: this identical call was attached to approval {approval.id}, first requested at "
-        f"{_iso(approval.created_at)} in another session; this outcome answers all "
-        f"{approval.callers} identical requests, and the upstream received the call at most once."
-    )
-    content = result.get("content")
-    result["content"] = [{"type": "text", "text": note}, *(content if isinstance(content, list) else [])]
-    summary = result.setdefault("_meta", {}).setdefault(APPROVAL_META_KEY, {})
-    if isinstance(summary, dict):
-        summary["shared"] = True
-
-
-def _store_down_result(tool: str, detail: str) -> JsonObject:
-    text = f"The call to '{tool}' needs human approval, but the broker's approval store is unreachable ({detail}). It was not forwarded."
-    return {"content": [{"type": "text", "text": text}], "isError": True}
-
-
 async def _no_notify(method: str, params: JsonObject) -> None:
     return None
-
-
-def _summary(approval: Approval) -> JsonObject:
-    summary: JsonObject = {
-        "approvalId": approval.id,
-        "status": approval.status.value,
-        "expiresAt": _iso(approval.expires_at),
-        "decidedBy": approval.decided_by,
-        "decidedVia": approval.decided_via,
-    }
-    edited = edit_meta(approval)
-    if edited is not None:
-        summary["edited"] = edited
-    return summary
-
-
-def status_text(approval: Approval) -> str:
-    notice = edit_notice(approval)
-    text = _status_text(approval)
-    return text if notice is None else f"{text}. {notice}"
-
-
-def _status_text(approval: Approval) -> str:
-    status = approval.status
-    if status is ApprovalStatus.PENDING:
-        votes = progress_text(approval, brackets=True)
-        so_far = f": {votes}" if votes else ""
-        if (escalated := escalation_text(approval)) is not None:
-            so_far += f" ({escalated})"
-        return f"waiting for human approval{so_far} until {_iso(approval.expires_at)}"
-    if status is ApprovalStatus.APPROVED or status is ApprovalStatus.RELEASED:
-        return f"approved by {approval.decided_by}; forwarding to the upstream"
-    if status is ApprovalStatus.COMPLETED:
-        return f"approved by {approval.decided_by} and completed"
-    if status is ApprovalStatus.FAILED:
-        return "approved, but the call could not be completed (it was not run)"
-    if status is ApprovalStatus.OUTCOME_UNKNOWN:
-        return (
-            f"outcome unknown: the approved call was sent to upstream '{approval.server}' and no answer came "
-            "back; it may have run, and it was not retried"
-        )
-    if status is ApprovalStatus.DENIED:
-        # SDKs that report only a task's status still tell the model who said no and why
-        via = f" via {approval.decided_via}" if approval.decided_via else ""
-        reason = f": {approval.decision_reason}" if approval.decision_reason else ""
-        return f"denied by {approval.decided_by}{via}{reason}"
-    if status is ApprovalStatus.EXPIRED:
-        return (
-            f"expired: nobody decided before the deadline ({_iso(approval.expires_at)}), so the call "
-            "was automatically rejected; it was not denied by a human and was not executed"
-        )
-    if approval.decided_via != POLICY_ACTOR or not approval.decision_reason:
-        return "cancelled by the agent"
-    return f"cancelled: {approval.decision_reason}"
-
-
-def outcome_result(approval: Approval) -> JsonObject:
-    """What the agent receives for a finished approval."""
-    status = approval.status
-    meta = {APPROVAL_META_KEY: _summary(approval)}
-    if status in (ApprovalStatus.COMPLETED, ApprovalStatus.FAILED) and approval.result is not None:
-        result = with_notice(dict(approval.result), approval)
-        result["_meta"] = {**(result.get("_meta") or {}), **meta}
-        return result
-    when = _iso(approval.decided_at) if approval.decided_at else "?"
-    if status is ApprovalStatus.DENIED:
-        reason = f": {approval.decision_reason}" if approval.decision_reason else ""
-        text = (
-            f"Denied by a human: {approval.decided_by} denied the call to '{approval.tool}' "
-            f"via {approval.decided_via} at {when}{reason}. Do not retry this call."
-        )
-    elif status is ApprovalStatus.EXPIRED:
-        text = (
-            f"Expired: nobody approved the call to '{approval.tool}' before its deadline "
-            f"({_iso(approval.expires_at)}), so it was automatically rejected. It was not denied by a human; "
-            "it was not executed."
-        )
-    elif status is ApprovalStatus.OUTCOME_UNKNOWN:
-        ids = describe_ids(approval.arguments)
-        text = (
-            f"Outcome unknown: the approved call to '{approval.tool}' was sent to upstream '{approval.server}' "
-            f"but no answer came back ({unknown_reason(approval)}); it may have run. It was not retried. "
-            "Check on the upstream before doing it again" + (f" (the call carried {ids})." if ids else ".")
-        )
-    else:
-        text = f"Cancelled: the call to '{approval.tool}' was withdrawn before anybody decided; it was not executed."
-    return with_notice(
-        {"content": [{"type": "text", "text": text}], "isError": True, "_meta": meta}, approval
-    )
-
-
-class UpstreamReleaser(CallReleaser):
-    """Forwards approved calls through the same door as allowed ones, after re-checking the policy."""
-
-    def __init__(self, *, upstreams: UpstreamPool, policy: PolicyHolder, forward: Any) -> None:
-        self._upstreams = upstreams
-        self._policy = policy
-        self._forward = forward
-
-    def can_release(self, approval: Approval) -> bool:
-        return self._upstreams.is_connected(approval.server)
-
-    async def release(self, approval: Approval) -> JsonObject:
-        tool = self._upstreams.resolve(approval.tool)
-        if tool is None or tool.name != approval.upstream_tool or tool.server != approval.server:
-            raise ReleaseFailed(
-                f"the tool '{approval.tool}' is no longer offered by upstream '{approval.server}'"
-            )
-        decision = self._policy.current.decide(
-            tool.name, server=tool.server, agent=approval.agent, arguments=approval.arguments
-        )
-        refusal = decision.refusal()
-        if refusal is not None:
-            raise ReleaseFailed(f"{refusal}; it was not forwarded")
-        try:
-            result: JsonObject = await self._forward(tool, dict(approval.arguments))
-        except UpstreamRpcError as exc:
-            raise ReleaseFailed(f"upstream '{tool.server}' rejected the call: {exc.rpc_message}") from exc
-        except MalformedResult as exc:
-            # The upstream did answer, so it probably ran the call: say so, not just "failed".
-            raise ReleaseFailed(
-                f"upstream '{tool.server}' answered with a malformed result ({exc.problem}), which the "
-                "broker did not pass on; the call may have run upstream"
-            ) from exc
-        except UpstreamError as exc:
-            if may_have_run(exc):
-                raise ReleaseOutcomeUnknown(exc.detail) from exc
-            raise ReleaseFailed(f"{exc}; it was not sent") from exc
-        return result

@@ -27,7 +27,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
-from broker.proxy.held_calls import APPROVAL_META_KEY
+from broker.proxy.held_answers import APPROVAL_META_KEY
 from tests.e2e.harness import AGENT_KEYS, APPROVER_TOKENS, REPO
 from tests.store.conftest import database_url as database_url
 

@@ -20,7 +20,7 @@ from broker.approvals import Approval, ApprovalStatus, NewApproval
 from broker.approvals.service import ReleaseFailed
 from broker.policy.holder import PolicyHolder
 from broker.policy.loader import load_policy
-from broker.proxy.held_calls import UpstreamReleaser
+from broker.proxy.releaser import UpstreamReleaser
 from broker.proxy.upstream.pool import UpstreamPool
 from broker.proxy.upstream.stdio import StdioConnection
 from tests.e2e.harness import demo_test_server, make_settings, running_broker

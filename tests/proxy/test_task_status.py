@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from broker.approvals import Approval, ApprovalStatus, NewApproval
-from broker.proxy.held_calls import status_text
+from broker.proxy.held_answers import status_text
 
 CREATED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ import anyio
 import httpx2
 import pytest
 
-from broker.proxy.held_calls import APPROVAL_META_KEY
+from broker.proxy.held_answers import APPROVAL_META_KEY
 from tests.replicas.cluster import (
     Cluster,
     ServerProcess,

@@ -1,0 +1,61 @@
+"""Releasing an approved call: the `CallReleaser` that forwards it through the gateway's one door.
+
+It re-checks the policy in force and tells the service whether the call did not run
+(`ReleaseFailed`) or may have run (`ReleaseOutcomeUnknown`); see `broker.approvals.service`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.approvals import Approval
+from broker.approvals.service import CallReleaser, ReleaseFailed, ReleaseOutcomeUnknown
+from broker.policy.holder import PolicyHolder
+from broker.proxy.upstream.base import (
+    JsonObject,
+    MalformedResult,
+    UpstreamError,
+    UpstreamRpcError,
+    may_have_run,
+)
+from broker.proxy.upstream.pool import UpstreamPool
+
+
+class UpstreamReleaser(CallReleaser):
+    """Forwards approved calls through the same door as allowed ones, after re-checking the policy."""
+
+    def __init__(self, *, upstreams: UpstreamPool, policy: PolicyHolder, forward: Any) -> None:
+        self._upstreams = upstreams
+        self._policy = policy
+        self._forward = forward
+
+    def can_release(self, approval: Approval) -> bool:
+        return self._upstreams.is_connected(approval.server)
+
+    async def release(self, approval: Approval) -> JsonObject:
+        tool = self._upstreams.resolve(approval.tool)
+        if tool is None or tool.name != approval.upstream_tool or tool.server != approval.server:
+            raise ReleaseFailed(
+                f"the tool '{approval.tool}' is no longer offered by upstream '{approval.server}'"
+            )
+        decision = self._policy.current.decide(
+            tool.name, server=tool.server, agent=approval.agent, arguments=approval.arguments
+        )
+        refusal = decision.refusal()
+        if refusal is not None:
+            raise ReleaseFailed(f"{refusal}; it was not forwarded")
+        try:
+            result: JsonObject = await self._forward(tool, dict(approval.arguments))
+        except UpstreamRpcError as exc:
+            raise ReleaseFailed(f"upstream '{tool.server}' rejected the call: {exc.rpc_message}") from exc
+        except MalformedResult as exc:
+            # The upstream did answer, so it probably ran the call: say so, not just "failed".
+            raise ReleaseFailed(
+                f"upstream '{tool.server}' answered with a malformed result ({exc.problem}), which the "
+                "broker did not pass on; the call may have run upstream"
+            ) from exc
+        except UpstreamError as exc:
+            if may_have_run(exc):
+                raise ReleaseOutcomeUnknown(exc.detail) from exc
+            raise ReleaseFailed(f"{exc}; it was not sent") from exc
+        return result
