@@ -41,6 +41,12 @@ class GrantMaker:
         self._clock = clock
 
     @staticmethod
+    def allowance(approval: Approval, current: Decision | None) -> GrantAllowance | None:
+        """What the rule lets approvers grant now, or None (no grant setting, or the policy changed)."""
+        allowance, problem = _allowance(approval, current)
+        return allowance if problem is None else None
+
+    @staticmethod
     def check(approval: Approval, request: GrantRequest, current: Decision | None) -> str | None:
         allowance, problem = _allowance(approval, current)
         problem = problem or refusal(request, allowance)

@@ -55,6 +55,7 @@ from broker.approvals.sweeper import RELEASES_IN_FLIGHT, oldest_first
 from broker.approvals.verdict import Approve, Verdict
 from broker.policy import Policy
 from broker.policy.decision import Decision
+from broker.policy.grants import GrantAllowance
 
 logger = logging.getLogger(__name__)
 
@@ -375,6 +376,10 @@ class ApprovalService:
         """None when `approver` may decide `approval`, else the reason they may not (see
         broker.approvals.eligibility: the rule that held the call and the rule in force now)."""
         return self._eligibility.refusal(approval, approver, self._decision_now(approval))
+
+    def grant_allowance(self, approval: Approval) -> GrantAllowance | None:
+        """What approvers may grant beside approving `approval` now (broker.approvals.grant_making)."""
+        return GrantMaker.allowance(approval, self._decision_now(approval))
 
     def _decision_now(self, approval: Approval) -> Decision | None:
         if self._policy is None:

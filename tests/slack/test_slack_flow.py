@@ -72,7 +72,7 @@ async def test_a_click_on_approve_releases_the_call_and_the_message_says_who_app
                 approve, deny = actions["elements"]
                 assert (approve["action_id"], approve["value"], approve["style"]) == (
                     f"broker_approve:{approval.id}",
-                    approval.id,
+                    approval.arguments_hash,  # a yes counts only for the arguments shown
                     "primary",
                 )
                 assert approve["confirm"]["confirm"]["text"] == "Approve"

@@ -19,6 +19,8 @@ from broker.approvals.escalation import escalation_text
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.quorum import progress_text
 from broker.approvals.service import POLICY_ACTOR
+from broker.channels.slack.edits import extra_buttons
+from broker.policy.grants import GrantAllowance
 
 SECTION_TEXT_LIMIT = 3000
 """Slack refuses a section whose text is longer than this."""
@@ -67,14 +69,19 @@ class ApprovalMessage:
 
 
 def approval_message(
-    approval: Approval, *, mention: Mention, context: CallContext | None = None
+    approval: Approval,
+    *,
+    mention: Mention,
+    context: CallContext | None = None,
+    grant: GrantAllowance | None = None,
 ) -> ApprovalMessage:
     """The message for an approval as it stands: a prompt while pending, its outcome afterwards.
 
     Reading order (see `broker.approvals.call_view`): what the tool is and how risky, why the
     call was held (the condition with the value it saw), then the arguments, decisive ones first,
     every short one whole; long values are started here and posted whole in the thread, and the
-    message says so. Nothing long is cut to make room: short fields come first.
+    message says so. Nothing long is cut to make room: short fields come first. `grant`: what
+    the rule lets approvers grant now, for the ``Approve + allow`` button (broker.channels.slack.edits).
     """
     view = context.view if context is not None else call_view(approval, None)
     arguments = _Arguments(approval, view)
@@ -95,7 +102,7 @@ def approval_message(
     blocks.append(_held_because(approval, view))
     blocks.extend(arguments.blocks)
     if approval.status is ApprovalStatus.PENDING:
-        blocks.append(_buttons(approval, arguments))
+        blocks.append(_buttons(approval, arguments, grant))
     else:
         blocks.append(
             {"type": "section", "block_id": "outcome", "text": _mrkdwn(outcome_text(approval, mention))}
@@ -231,7 +238,7 @@ def _result_excerpt(approval: Approval, limit: int = 500) -> str:
     return _escaped_within(excerpt, limit)
 
 
-def _buttons(approval: Approval, arguments: _Arguments) -> dict[str, Any]:
+def _buttons(approval: Approval, arguments: _Arguments, grant: GrantAllowance | None) -> dict[str, Any]:
     confirm = _clip_escaped(
         f"`{escape(_clip(approval.tool, 60))}` will be sent to `{escape(_clip(approval.server, 40))}` "
         f"with {arguments.what_was_shown()} (SHA-256 `{approval.arguments_hash[:12]}`).",
@@ -244,7 +251,7 @@ def _buttons(approval: Approval, arguments: _Arguments) -> dict[str, Any]:
             {
                 "type": "button",
                 "action_id": f"{APPROVE_ACTION}:{approval.id}",
-                "value": approval.id,
+                "value": approval.arguments_hash,  # a yes counts only for the arguments shown
                 "style": "primary",
                 "text": _plain("Approve"),
                 "confirm": {
@@ -261,6 +268,7 @@ def _buttons(approval: Approval, arguments: _Arguments) -> dict[str, Any]:
                 "style": "danger",
                 "text": _plain("Deny"),
             },
+            *extra_buttons(approval, grant),
         ],
     }
 

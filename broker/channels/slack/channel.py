@@ -71,6 +71,7 @@ class SlackChannel:
             look_back=look_back,
             claim_lease=claim_lease,
             calls=calls,
+            grants=service.grant_allowance,
         )
         """Register with `ApprovalService.add_listener`."""
         self.grants = SlackGrantAnnouncer(service.store, self.api)

@@ -19,11 +19,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.edits import EditRefused
 from broker.approvals.model import Approval, ApprovalStatus, Approver
-from broker.approvals.ports import ApprovalError, ApprovalNotFound, InvalidTransition
+from broker.approvals.ports import ApprovalError, ApprovalNotFound, ArgumentsChanged, InvalidTransition
 from broker.approvals.quorum import progress_text
 from broker.approvals.service import ApprovalService, NotAllowedToDecide
-from broker.approvals.verdict import verdict_of
+from broker.approvals.verdict import Deny, Verdict, verdict_of
 from broker.channels.slack.blocks import (
     APPROVE_ACTION,
     DENY_ACTION,
@@ -35,6 +36,16 @@ from broker.channels.slack.blocks import (
     escape,
 )
 from broker.channels.slack.client import SlackApi
+from broker.channels.slack.edits import (
+    EDIT_MODAL,
+    STALE_TEXT,
+    EditSubmission,
+    ExtraClick,
+    SlackEdits,
+    parse_edit_submission,
+    parse_extra_click,
+    seen_hash_of,
+)
 from broker.channels.slack.errors import MalformedInteraction, SlackError
 from broker.channels.slack.people import SlackPeople
 
@@ -50,6 +61,8 @@ class ButtonClick:
     user_id: str
     channel_id: str | None
     trigger_id: str | None
+    seen_hash: str | None = None
+    """For Approve: the arguments hash the message showed (None on messages posted before it did)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +73,7 @@ class DenySubmission:
     reason: str | None
 
 
-Interaction = ButtonClick | DenySubmission
+Interaction = ButtonClick | DenySubmission | ExtraClick | EditSubmission
 
 
 def parse_interaction(payload: Mapping[str, Any]) -> Interaction | None:
@@ -71,22 +84,32 @@ def parse_interaction(payload: Mapping[str, Any]) -> Interaction | None:
         for action in _list(payload.get("actions"), "actions"):
             action_id = _string(action.get("action_id"), "actions[].action_id")
             name, _, approval_id = action_id.partition(":")
-            if name not in (APPROVE_ACTION, DENY_ACTION):
+            if not name.startswith("broker_"):
                 continue
             if not approval_id:
                 raise MalformedInteraction(f"action {action_id!r} names no approval")
             channel = payload.get("channel")
+            channel_id = _optional_string(channel.get("id") if isinstance(channel, dict) else None)
+            trigger_id = _optional_string(payload.get("trigger_id"))
+            extra = parse_extra_click(
+                name, approval_id, action, user_id=user_id, channel_id=channel_id, trigger_id=trigger_id
+            )
+            if extra is not None:
+                return extra
+            if name not in (APPROVE_ACTION, DENY_ACTION):
+                continue
             return ButtonClick(
                 approve=name == APPROVE_ACTION,
                 approval_id=approval_id,
                 user_id=user_id,
-                channel_id=_optional_string(channel.get("id") if isinstance(channel, dict) else None),
-                trigger_id=_optional_string(payload.get("trigger_id")),
+                channel_id=channel_id,
+                trigger_id=trigger_id,
+                seen_hash=seen_hash_of(action.get("value")),
             )
         return None
     if kind == "view_submission":
         view = payload.get("view")
-        if not isinstance(view, dict) or view.get("callback_id") != DENY_MODAL:
+        if not isinstance(view, dict) or view.get("callback_id") not in (DENY_MODAL, EDIT_MODAL):
             return None
         try:
             metadata = json.loads(_string(view.get("private_metadata"), "view.private_metadata"))
@@ -94,6 +117,8 @@ def parse_interaction(payload: Mapping[str, Any]) -> Interaction | None:
             raise MalformedInteraction(f"view.private_metadata is not JSON: {exc.msg}") from exc
         if not isinstance(metadata, dict):
             raise MalformedInteraction("view.private_metadata is not an object")
+        if view.get("callback_id") == EDIT_MODAL:
+            return parse_edit_submission(view, metadata, user_id)
         return DenySubmission(
             approval_id=_string(metadata.get("approval_id"), "private_metadata.approval_id"),
             user_id=user_id,
@@ -148,6 +173,9 @@ class InteractionHandler:
         self._people = people
         self._clock = clock
         self._tasks: TaskGroup | None = None
+        self._edits = SlackEdits(
+            service, api, authorise=self._authorised, tell=self._tell, decide=self._decide
+        )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[InteractionHandler]:
@@ -178,6 +206,10 @@ class InteractionHandler:
     async def handle(self, interaction: Interaction) -> None:
         if isinstance(interaction, ButtonClick):
             await self._click(interaction)
+        elif isinstance(interaction, ExtraClick):
+            await self._edits.click(interaction)
+        elif isinstance(interaction, EditSubmission):
+            await self._edits.submit(interaction)
         else:
             await self._submit_denial(interaction)
 
@@ -189,7 +221,11 @@ class InteractionHandler:
         approval, approver = authorised
         if click.approve:
             await self._decide(
-                click.approval_id, approver, click.user_id, click.channel_id, approve=True, reason=None
+                click.approval_id,
+                approver,
+                click.user_id,
+                click.channel_id,
+                verdict_of(True, seen_hash=click.seen_hash),
             )
             return
         if approval.status is not ApprovalStatus.PENDING or approval.is_overdue(self._clock()):
@@ -220,8 +256,7 @@ class InteractionHandler:
                 authorised[1],
                 submission.user_id,
                 submission.channel_id,
-                approve=False,
-                reason=submission.reason,
+                Deny(submission.reason),
             )
 
     async def _authorised(
@@ -269,22 +304,26 @@ class InteractionHandler:
         approver: Approver,
         user_id: str,
         channel: str | None,
-        *,
-        approve: bool,
-        reason: str | None,
+        verdict: Verdict,
     ) -> Approval | None:
         try:
-            decided = await self._service.decide(
-                approval_id, verdict_of(approve, reason), approver=approver, via=DECIDED_VIA
-            )
+            decided = await self._service.decide(approval_id, verdict, approver=approver, via=DECIDED_VIA)
             if decided.status is ApprovalStatus.PENDING and (votes := progress_text(decided)):
                 await self._tell(channel, user_id, f"Your approval is recorded; {escape(votes)}.")
             return decided
+        except ArgumentsChanged:
+            await self._tell(channel, user_id, STALE_TEXT)
         except InvalidTransition as lost:
             await self._tell(channel, user_id, already_decided_text(lost.current, self._people.mention))
         except NotAllowedToDecide as exc:
             await self._tell(
                 channel, user_id, f":no_entry_sign: You may not decide this: {escape(str(exc))}."
+            )
+        except EditRefused as exc:
+            await self._tell(
+                channel,
+                user_id,
+                f":no_entry_sign: Your edit was refused: {escape(str(exc))}. Nothing was decided.",
             )
         except ApprovalNotFound:
             await self._tell(channel, user_id, f"There is no approval `{escape(approval_id)}` any more.")

@@ -44,6 +44,7 @@ from broker.channels.slack.blocks import ApprovalMessage, approval_message, esca
 from broker.channels.slack.client import PostedMessage, SlackApi
 from broker.channels.slack.errors import SlackRateLimited, SlackRejected, SlackUnavailable
 from broker.channels.slack.people import SlackPeople
+from broker.policy.grants import GrantAllowance
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +220,10 @@ class SlackNotifier:
         claim_lease: timedelta = timedelta(minutes=2),
         writer: str | None = None,
         calls: CallContexts | None = None,
+        grants: Callable[[Approval], GrantAllowance | None] | None = None,
     ) -> None:
         self._store = store
+        self._grants = grants
         self._calls = calls
         self._api = api
         self._people = people
@@ -240,6 +243,8 @@ class SlackNotifier:
         """Approval id -> the status at which Slack refused its message (not retried at that status)."""
         self._escalation_shown: dict[str, int] = {}
         """Approval id -> the escalation step its waiting message was last rewritten to show."""
+        self._arguments_shown: dict[str, str] = {}
+        """Approval id -> the arguments hash its waiting message was last rewritten to show (edits)."""
         self._owed: set[str] = set()
         """Posts this process began while the approval waited: still made if it is decided meanwhile."""
         self._watched: set[str] = set()
@@ -607,7 +612,12 @@ class SlackNotifier:
     async def _render(self, approval: Approval) -> ApprovalMessage:
         # Without the recent decisions: the message shows the tool, its risk and the condition.
         context = await self._calls.context(approval, recent=False) if self._calls is not None else None
-        return approval_message(approval, mention=self._people.mention, context=context)
+        grant = (
+            self._grants(approval)
+            if self._grants is not None and approval.status is ApprovalStatus.PENDING
+            else None
+        )
+        return approval_message(approval, mention=self._people.mention, context=context, grant=grant)
 
     async def _give_back(self, approval_id: str, claim: str) -> None:
         """Releases a claim after a failed post, so that the next attempt (here or elsewhere) can
@@ -629,6 +639,10 @@ class SlackNotifier:
         self._escalation_shown[current.id] = current.escalation_step
         if len(self._escalation_shown) > self.MEMORY:
             del self._escalation_shown[next(iter(self._escalation_shown))]
+        if current.original_arguments is not None:
+            self._arguments_shown[current.id] = current.arguments_hash
+            if len(self._arguments_shown) > self.MEMORY:
+                del self._arguments_shown[next(iter(self._arguments_shown))]
         logger.info("approval %s: Slack message updated (%s)", current.id, current.status.value)
         try:
             await self._store.append_audit(
@@ -639,6 +653,7 @@ class SlackNotifier:
                         "status": current.status.value,
                         "version": current.version,
                         "escalation_step": current.escalation_step,
+                        "arguments_sha256": current.arguments_hash,
                     },
                     approval_id=current.id,
                 )
@@ -653,6 +668,8 @@ class SlackNotifier:
         if current.status is ApprovalStatus.PENDING:
             if current.escalation_step and not await self._shows_escalation(current):
                 return None  # the waiting message must say who else is asked now
+            if current.original_arguments is not None and not await self._shows_arguments(current):
+                return None  # an approver edited the call: the waiting message must show what would run
             return ApprovalStatus.PENDING
         if self._settled.get(current.id) is current.status:
             return current.status
@@ -670,6 +687,14 @@ class SlackNotifier:
         for record in reversed(await self._store.audit_trail(current.id)):
             if record.event in SHOWN_EVENTS:
                 return int(record.details.get("escalation_step") or 0) >= current.escalation_step
+        return False
+
+    async def _shows_arguments(self, current: Approval) -> bool:
+        if self._arguments_shown.get(current.id) == current.arguments_hash:
+            return True
+        for record in reversed(await self._store.audit_trail(current.id)):
+            if record.event in SHOWN_EVENTS:
+                return record.details.get("arguments_sha256") == current.arguments_hash
         return False
 
     async def _delete_duplicate(self, approval_id: str, duplicate: PostedMessage) -> None:
