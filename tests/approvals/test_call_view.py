@@ -20,6 +20,7 @@ from broker.approvals.call_view import (
 )
 from broker.approvals.model import Approval, ApprovalStatus, NewApproval
 from broker.policy import PolicyError, load_policy
+from tests.store.builders import as_stored
 
 POLICY = """
 version: "1"
@@ -59,26 +60,10 @@ def held(tool: str, arguments: dict[str, Any], *, rule: str, revision: str) -> A
         rule_reason="held",
         timeout=timedelta(minutes=5),
     )
-    return Approval(
-        id="01JAPPROVAL0000000000000000",
-        status=ApprovalStatus.PENDING,
-        agent=new.agent,
-        session_id=None,
-        server=new.server,
-        tool=new.tool,
-        upstream_tool=new.upstream_tool,
-        arguments=dict(new.arguments),
-        arguments_hash=new.arguments_hash,
-        request_key=new.request_key,
-        policy_revision=new.policy_revision,
-        rule=new.rule,
-        rule_reason=new.rule_reason,
-        approvers=(),
-        channels=(),
+    return as_stored(
+        new,
+        approval_id="01JAPPROVAL0000000000000000",
         created_at=CREATED,
-        expires_at=CREATED + new.timeout,
-        version=1,
-        argument_order=new.argument_order,
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from broker.approvals import Approval, ApprovalStatus, NewApproval
 from broker.proxy.held_answers import status_text
+from tests.store.builders import as_stored
 
 CREATED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -25,24 +26,11 @@ def approval(status: ApprovalStatus, **changes: object) -> Approval:
         rule_reason="big orders",
         timeout=timedelta(minutes=5),
     )
-    base = Approval(
-        id="a-1",
-        status=status,
-        agent=new.agent,
-        session_id=None,
-        server=new.server,
-        tool=new.tool,
-        upstream_tool=new.upstream_tool,
-        arguments=dict(new.arguments),
-        arguments_hash=new.arguments_hash,
-        request_key=new.request_key,
-        policy_revision=new.policy_revision,
-        rule=new.rule,
-        rule_reason=new.rule_reason,
-        approvers=(),
-        channels=(),
+    base = as_stored(
+        new,
+        approval_id="a-1",
         created_at=CREATED,
-        expires_at=CREATED + new.timeout,
+        status=status,
         version=2,
     )
     return replace(base, **changes)  # type: ignore[arg-type]

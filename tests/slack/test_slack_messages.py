@@ -19,6 +19,7 @@ from broker.channels.slack.notifier import RetrySchedule, slack_destination, wor
 from tests.e2e.harness import exchange_server
 from tests.slack.fake_slack import FakeSlack, Message
 from tests.slack.rig import slack_broker
+from tests.store.builders import as_stored
 
 pytestmark = pytest.mark.anyio
 
@@ -41,25 +42,11 @@ def approval(status: ApprovalStatus = ApprovalStatus.PENDING, **changes: Any) ->
         rule_reason="big orders",
         timeout=timedelta(minutes=5),
     )
-    base = Approval(
-        id="01JAPPROVAL0000000000000000",
-        status=status,
-        agent=new.agent,
-        session_id=None,
-        server=new.server,
-        tool=new.tool,
-        upstream_tool=new.upstream_tool,
-        arguments=dict(new.arguments),
-        arguments_hash=new.arguments_hash,
-        request_key=new.request_key,
-        policy_revision=new.policy_revision,
-        rule=new.rule,
-        rule_reason=new.rule_reason,
-        approvers=(),
-        channels=(),
+    base = as_stored(
+        new,
+        approval_id="01JAPPROVAL0000000000000000",
         created_at=CREATED,
-        expires_at=CREATED + new.timeout,
-        version=1,
+        status=status,
         decided_by="alice" if status is not ApprovalStatus.PENDING else None,
         decided_at=CREATED + timedelta(minutes=1) if status is not ApprovalStatus.PENDING else None,
         decided_via="slack" if status is not ApprovalStatus.PENDING else None,

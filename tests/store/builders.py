@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
@@ -62,3 +62,37 @@ async def walk_to(store: ApprovalStore, approval: Approval, target: ApprovalStat
     for step in PATH_TO[target]:
         current = await store.transition(current.id, expected={current.status}, to=step, audit=entering(step))
     return current
+
+
+def as_stored(
+    new: _NewApproval,
+    *,
+    approval_id: str,
+    created_at: datetime,
+    status: ApprovalStatus = ApprovalStatus.PENDING,
+    version: int = 1,
+    **fields: Any,
+) -> Approval:
+    """The Approval a store would hand back for `new`, without a store: for presentation tests."""
+    return Approval(
+        id=approval_id,
+        status=status,
+        agent=new.agent,
+        session_id=new.session_id,
+        server=new.server,
+        tool=new.tool,
+        upstream_tool=new.upstream_tool,
+        arguments=dict(new.arguments),
+        arguments_hash=new.arguments_hash,
+        request_key=new.request_key,
+        policy_revision=new.policy_revision,
+        rule=new.rule,
+        rule_reason=new.rule_reason,
+        approvers=new.approvers,
+        channels=new.channels,
+        created_at=created_at,
+        expires_at=created_at + new.timeout,
+        version=version,
+        argument_order=new.argument_order,
+        **fields,
+    )
