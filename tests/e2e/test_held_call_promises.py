@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from broker.approvals import ApprovalStatus
-from broker.config.settings import ApprovalSettings
+from broker.config.settings import ApprovalSettings, BrokerSettings
 from broker.policy.decision import ApprovalRequirement
 from broker.proxy.waiting import (
     DEFAULT_HOLD_BUDGET,
@@ -45,6 +45,13 @@ rules:
     hold_budget: 0.2
 """
 APPROVAL_META = "io.github.mcp-approval-broker/approval"
+
+
+def answered_pending_quickly(tmp_path: Path, *, progress_interval: float = 5.0) -> BrokerSettings:
+    """The demo exchange behind POLICY, with a 0.2 s hold budget: requests without a progress token
+    are told "pending" at once."""
+    approvals = ApprovalSettings(sweep_interval=0.05, progress_interval=progress_interval, hold_budget=0.2)
+    return make_settings(tmp_path, POLICY, exchange_server(), approvals=approvals)
 
 
 def approval_id_of(result: Any) -> str:
@@ -125,12 +132,7 @@ async def test_a_rule_and_an_agent_can_shorten_or_lengthen_the_hold(tmp_path: Pa
 
 
 async def test_after_the_pending_answer_ending_the_session_withdraws_nothing(tmp_path: Path) -> None:
-    settings = make_settings(
-        tmp_path,
-        POLICY,
-        exchange_server(),
-        approvals=replace(ApprovalSettings(sweep_interval=0.05), hold_budget=0.2),
-    )
+    settings = answered_pending_quickly(tmp_path)
     async with running_broker(settings) as running:
         with anyio.fail_after(30):
             async with running.client() as first_run:
@@ -155,12 +157,7 @@ async def test_after_the_pending_answer_ending_the_session_withdraws_nothing(tmp
 
 
 async def test_cancel_approval_withdraws_a_pending_call_but_not_an_approved_one(tmp_path: Path) -> None:
-    settings = make_settings(
-        tmp_path,
-        POLICY,
-        exchange_server(),
-        approvals=replace(ApprovalSettings(sweep_interval=0.05), hold_budget=0.2),
-    )
+    settings = answered_pending_quickly(tmp_path)
     async with running_broker(settings) as running:
         with anyio.fail_after(30):
             async with running.client() as client:
@@ -266,12 +263,7 @@ async def test_a_caller_from_another_session_is_told_it_shares_one_execution(tmp
 
 
 async def test_an_agent_told_to_come_back_is_the_same_caller_in_a_new_session(tmp_path: Path) -> None:
-    settings = make_settings(
-        tmp_path,
-        POLICY,
-        exchange_server(),
-        approvals=replace(ApprovalSettings(sweep_interval=0.05), hold_budget=0.2),
-    )
+    settings = answered_pending_quickly(tmp_path)
     async with running_broker(settings) as running:
         with anyio.fail_after(30):
             async with running.client() as first:
@@ -290,12 +282,7 @@ async def test_an_agent_told_to_come_back_is_the_same_caller_in_a_new_session(tm
 async def test_a_request_waiting_again_after_the_pending_answer_is_not_withdrawn_by_session_end(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        POLICY,
-        exchange_server(),
-        approvals=replace(ApprovalSettings(sweep_interval=0.05, progress_interval=0.1), hold_budget=0.2),
-    )
+    settings = answered_pending_quickly(tmp_path, progress_interval=0.1)
     async with running_broker(settings) as running:
         feed = watch(running)
         with anyio.fail_after(30):
