@@ -265,6 +265,43 @@ class ApprovalService:
                     return lost.current, False  # decided meanwhile: that outcome stands
             # Cancelled (by us or a racing identical call): the next round creates or attaches.
 
+    async def open_granted(self, new: NewApproval, grant: Grant) -> Approval:
+        """An approval for a call a grant let through that must still be tracked as one (a
+        task-augmented call: its task is served from the approval): created and approved by the
+        grant at once, then released like any approved call, so any replica serves its task."""
+        opened = await self.store.create(
+            new,
+            audit=AuditEvent(
+                AuditEventKind.REQUESTED,
+                new.agent,
+                {
+                    "tool": new.tool,
+                    "server": new.server,
+                    "arguments_sha256": new.arguments_hash,
+                    "rule": new.rule,
+                    "policy_revision": new.policy_revision,
+                    "grant": grant.id,
+                },
+            ),
+        )
+        approved = await self.store.transition(
+            opened.id,
+            expected={ApprovalStatus.PENDING},
+            to=ApprovalStatus.APPROVED,
+            changes={
+                "decided_by": f"grant {grant.id}",
+                "decided_at": self._clock(),
+                "decided_via": "grant",
+                "decision_reason": f"let through by {grant.summary()} from approval {grant.approval_id}",
+            },
+            audit=AuditEvent(
+                AuditEventKind.APPROVED, f"grant {grant.id}", {"via": "grant", "grant": grant.id}
+            ),
+        )
+        self._announce(approved)
+        self._start_release(approved)
+        return approved
+
     async def wait(self, approval_id: str, timeout: float) -> Approval:
         """The approval once it has an outcome for the agent, or as it stands after `timeout` seconds."""
         watch = self._watches.setdefault(approval_id, _Watch())
