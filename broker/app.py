@@ -47,6 +47,7 @@ from broker.proxy.upstream.spec import parse_servers
 from broker.store.database import Backend, backend_of
 from broker.store.edits import SqlEditStore
 from broker.store.engine import create_store
+from broker.store.escalation_posts import SqlEscalationPostStore
 from broker.store.escalations import SqlEscalationStore
 from broker.store.grants import SqlGrantStore
 from broker.store.migrate import head_revision, upgrade
@@ -207,6 +208,7 @@ class Broker:
                 seen_requests=SqlSeenRequests.on(self.store, clock=utc_now),
                 calls=self.calls,
                 sleep=slack_sleep,
+                escalation_posts=SqlEscalationPostStore(self.store),
             )
             self.approvals.add_listener(self.slack.notifier)
             self.approvals.add_escalation_listener(self.slack.notifier)

@@ -1,4 +1,8 @@
-"""Reading the approvals a sweep works through: all of them, oldest first, a page at a time.
+"""Sweep steps of the approval service: expiring what nobody decided in time, and reading the
+approvals a sweep works through (all of them, oldest first, a page at a time).
+
+The other steps live with what they act on: escalation in broker.approvals.escalation, failing
+unreleasable and stale releases in broker.approvals.releasing; the service runs them in order.
 
 A sweep must reach every approved call (an upstream that comes back after an outage may find
 thousands waiting) and every released one (a replica that died may have left many behind), in
@@ -10,9 +14,13 @@ skip or repeat others.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
+from datetime import datetime
 
+from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.model import Approval, ApprovalStatus
-from broker.approvals.ports import ApprovalStore, ListPosition
+from broker.approvals.ports import ApprovalStore, InvalidTransition, ListPosition
+
+TIMEOUT_ACTOR = "timeout"
 
 PAGE_SIZE = 100
 RELEASES_IN_FLIGHT = 100
@@ -32,3 +40,26 @@ async def oldest_first(
         if len(page) < page_size:
             return
         after = ListPosition.of(page[-1])
+
+
+async def expire(store: ApprovalStore, approval: Approval, now: datetime) -> tuple[Approval, bool]:
+    """Expires a pending approval: the row as it now stands, and whether this call expired it
+    (False when a decision or another replica's sweep got there first)."""
+    try:
+        expired = await store.transition(
+            approval.id,
+            expected={ApprovalStatus.PENDING},
+            to=ApprovalStatus.EXPIRED,
+            changes={
+                "decided_by": TIMEOUT_ACTOR,
+                "decided_at": now,
+                "decided_via": TIMEOUT_ACTOR,
+                "decision_reason": "nobody decided before the deadline; auto-denied",
+            },
+            audit=AuditEvent(
+                AuditEventKind.EXPIRED, TIMEOUT_ACTOR, {"expires_at": approval.expires_at.isoformat()}
+            ),
+        )
+    except InvalidTransition as lost:
+        return lost.current, False
+    return expired, True

@@ -15,6 +15,7 @@ from broker.approvals import Approval, ApprovalNotFound, ApprovalStatus, AuditRe
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.call_view import CallContext, CallContexts, call_view
 from broker.approvals.clock import require_utc
+from broker.approvals.deciding import NotAllowedToDecide
 from broker.approvals.edits import EditRefused, recorded_changes
 from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.idempotency import idempotency_ids
@@ -22,7 +23,7 @@ from broker.approvals.model import Approver
 from broker.approvals.outcomes import guidance
 from broker.approvals.ports import ArgumentsChanged, InvalidValue, ListPosition, StoreUnavailable
 from broker.approvals.quorum import progress, progress_text
-from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.approvals.service import ApprovalService
 from broker.approvals.verdict import Approve, Deny, Verdict
 from broker.channels.grants_api import GrantBody, bearer_approver, grant_json
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from broker import __version__
+from broker.approvals.grants import Grant
 from broker.approvals.health import StoreHealth
 from broker.observability.calls import CallCounts, UpstreamLatency
 from broker.policy import Policy
@@ -130,6 +131,17 @@ class ApprovalGate(Protocol):
         """Returns the agent's CallToolResult (or a CreateTaskResult for task-augmented calls).
 
         A request the agent withdraws while it waits withdraws the approval too."""
+        ...
+
+    async def run_granted_task(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        grant: Grant,
+    ) -> JsonObject:
+        """The CreateTaskResult for a task-augmented call a grant let through; the task runs it now."""
         ...
 
     async def task_request(self, ctx: AgentContext, method: str, params: JsonObject | None) -> JsonObject: ...
@@ -330,12 +342,22 @@ class Gateway:
                     # Seen down while the limiter was asked; from here on nothing awaits before forwarding.
                     return _store_down_result()
             if action is Action.REQUIRE_APPROVAL:
-                # A task-augmented call stays a task (its client awaits a CreateTaskResult).
-                if self._grants is not None and not (isinstance(params.get("task"), dict) and not ctx.modern):
+                if self._grants is not None and self._grants.applies(decision):
+                    if health is not None and not health.up:
+                        # Before spending one of the grant's calls on a call that would be refused.
+                        return _store_down_result()
                     grant = await self._grants.use(
                         ctx.agent, tool.server, tool.name, tool.exposed_name, arguments, decision
                     )
-                    if grant is not None and (health is None or health.up):
+                    if (
+                        grant is not None
+                        and health is not None
+                        and not health.up
+                        and not await health.recheck()
+                    ):
+                        # Seen down while the grant was spent: the call spent is lost with the store.
+                        return _store_down_result()
+                    if grant is not None:
                         self.call_counts.granted += 1
                         self._decisions.record(
                             decision,
@@ -347,6 +369,15 @@ class Gateway:
                             outcome="granted",
                             grant=grant.id,
                         )
+                        if (
+                            self._approvals is not None
+                            and isinstance(params.get("task"), dict)
+                            and not ctx.modern
+                        ):
+                            # Its client asked for a task: it gets one, which runs the call at once.
+                            return await self._approvals.run_granted_task(
+                                ctx, tool, arguments, decision, grant
+                            )
                         return await self._forward(ctx, tool, arguments, params, request.notify)
                 self.call_counts.require_approval += 1
                 return await self._hold(ctx, tool, arguments, decision, params, request)

@@ -50,6 +50,7 @@ from broker.approvals import (
     NewApproval,
     StoreUnavailable,
 )
+from broker.approvals.grants import Grant
 from broker.approvals.health import StoreHealth
 from broker.approvals.model import DELIVERABLE_STATUSES
 from broker.approvals.service import (
@@ -187,27 +188,8 @@ class HeldCalls:
         request: AgentRequest,
     ) -> JsonObject:
         requirement = decision.approval
-        timeout = requirement.timeout_seconds if requirement is not None else 300.0
         task = params.get("task") if not ctx.modern else None
-        new = NewApproval(
-            agent=ctx.agent,
-            server=tool.server,
-            tool=tool.exposed_name,
-            upstream_tool=tool.name,
-            arguments=arguments,
-            policy_revision=decision.revision,
-            rule=decision.rule,
-            rule_reason=decision.reason,
-            timeout=timedelta(seconds=timeout),
-            session_id=ctx.session,
-            approvers=requirement.approvers if requirement is not None else (),
-            channels=requirement.channels if requirement is not None else (),
-            task_id=self._new_task_id() if isinstance(task, dict) else None,
-            quorum=requirement.quorum if requirement is not None else 1,
-            quorum_from=requirement.quorum_from if requirement is not None else (),
-            escalation=requirement.escalation if requirement is not None else (),
-            editable=requirement.editable if requirement is not None else (),
-        )
+        new = self._new_approval(ctx, tool, arguments, decision, with_task=isinstance(task, dict))
         try:
             approval, shared = await self._open(ctx, new)
         except StoreUnavailable as exc:
@@ -246,6 +228,54 @@ class HeldCalls:
             waiting[ctx.session] -= 1
             if not +waiting and self._waiting.get(approval.id) is waiting:
                 del self._waiting[approval.id]
+
+    async def run_granted_task(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        grant: Grant,
+    ) -> JsonObject:
+        """A task-augmented call a grant let through: its client asked for a task, so it gets one,
+        served like a held call's (an approval, approved by the grant at once and released now)."""
+        new = self._new_approval(ctx, tool, arguments, decision, with_task=True)
+        try:
+            approval = await self._service.open_granted(new, grant)
+        except StoreUnavailable as exc:
+            return store_down_result(tool.exposed_name, str(exc))
+        return {"task": self._task(approval)}
+
+    def _new_approval(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        *,
+        with_task: bool,
+    ) -> NewApproval:
+        requirement = decision.approval
+        timeout = requirement.timeout_seconds if requirement is not None else 300.0
+        return NewApproval(
+            agent=ctx.agent,
+            server=tool.server,
+            tool=tool.exposed_name,
+            upstream_tool=tool.name,
+            arguments=arguments,
+            policy_revision=decision.revision,
+            rule=decision.rule,
+            rule_reason=decision.reason,
+            timeout=timedelta(seconds=timeout),
+            session_id=ctx.session,
+            approvers=requirement.approvers if requirement is not None else (),
+            channels=requirement.channels if requirement is not None else (),
+            task_id=self._new_task_id() if with_task else None,
+            quorum=requirement.quorum if requirement is not None else 1,
+            quorum_from=requirement.quorum_from if requirement is not None else (),
+            escalation=requirement.escalation if requirement is not None else (),
+            editable=requirement.editable if requirement is not None else (),
+        )
 
     async def _open(self, ctx: AgentContext, new: NewApproval) -> tuple[Approval, bool]:
         """The approval this call waits on, and whether it shares another caller's execution."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.approvals import Approval
-from broker.approvals.service import CallReleaser, ReleaseFailed, ReleaseOutcomeUnknown
+from broker.approvals.releasing import CallReleaser, ReleaseFailed, ReleaseOutcomeUnknown
 from broker.policy.holder import PolicyHolder
 from broker.proxy.upstream.base import (
     JsonObject,

@@ -195,9 +195,32 @@ class GrantRow(StoreModel, table=True):
     revoked_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
+class EscalationPostRow(StoreModel, table=True):
+    """One post an escalation step owes in one channel (broker.approvals.escalation_posts): claimed by
+    one writer at a time (compare-and-set on ``writer``/``claimed_until``), settled once."""
+
+    __tablename__ = "escalation_posts"
+
+    approval_id: str = Field(
+        sa_column=Column(
+            Text,
+            ForeignKey("approvals.id", name="fk_escalation_posts_approval_id"),
+            primary_key=True,
+            nullable=False,
+        )
+    )
+    step: int = Field(sa_column=Column(Integer, primary_key=True, nullable=False))
+    channel: str = Field(sa_column=Column(Text, primary_key=True, nullable=False))
+    writer: str = Field(sa_column=Column(Text, nullable=False))
+    claimed_until: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    outcome: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    ts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
 metadata: MetaData = StoreModel.metadata
 approvals: Table = metadata.tables["approvals"]
 audit_events: Table = metadata.tables["audit_events"]
 seen_requests: Table = metadata.tables["seen_requests"]
 votes: Table = metadata.tables["votes"]
 grants: Table = metadata.tables["grants"]
+escalation_posts: Table = metadata.tables["escalation_posts"]

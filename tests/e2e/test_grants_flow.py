@@ -13,10 +13,14 @@ from typing import Any
 
 import anyio
 import httpx2
+import mcp_types as types
 import pytest
 from mcp.client import Client
 
 from broker.approvals.clock import utc_now
+from broker.approvals.grants import Grant
+from broker.approvals.health import StoreHealth
+from broker.policy.decision import Decision
 from broker.proxy.checks.grants import GrantCheck
 from tests.e2e.harness import (
     APPROVER_TOKENS,
@@ -295,4 +299,85 @@ async def test_an_agent_back_for_its_held_call_gets_that_outcome_not_a_granted_s
                 [grant] = await running.broker.grants.list()
                 assert grant.used_calls == 0  # the outcome came from the approval, nothing ran again
                 assert await passes(client, order(10))  # a new identical call uses the grant
+                assert (await running.broker.grants.list())[0].used_calls == 1
+
+
+async def call_as_task(client: Client, arguments: dict[str, Any]) -> types.CreateTaskResult:
+    """tools/call with params.task over the SDK client's session. The SDK (2.3) validates every
+    tools/call answer as a CallToolResult, so the CreateTaskResult is read from its raw send."""
+    params = types.CallToolRequestParams(
+        name="place_order", arguments=arguments, task=types.TaskMetadata(ttl=60000)
+    ).model_dump(by_alias=True, mode="json", exclude_none=True)
+    raw = await client.session._dispatcher.send_raw_request("tools/call", params, {})
+    return types.CreateTaskResult.model_validate(raw, by_name=False)
+
+
+async def test_a_task_call_under_a_grant_runs_at_once_and_its_task_gives_the_result(tmp_path: Path) -> None:
+    """The Python SDK client asks for a task: it still gets one, but nobody is asked; the task runs
+    the forwarded call at once, and tasks/get and tasks/result give the upstream's answer."""
+    async with running_broker(make_settings(tmp_path, GRANT_POLICY, exchange_server())) as running:
+        feed = watch(running)
+        lines = Lines()
+        running.broker.decisions.sink = lines
+        with anyio.fail_after(60):
+            async with running.client() as client:
+                approved = await held_then_approved(
+                    running, client, feed, order(10), {"minutes": 30, "scope": "matching", "max_calls": 10}
+                )
+                created = await call_as_task(client, order(20))
+                task_id = created.task.task_id
+                result = await client.session.send_request(
+                    types.GetTaskPayloadRequest(params=types.GetTaskPayloadRequestParams(task_id=task_id)),
+                    types.CallToolResult,
+                )
+                assert not result.is_error, result
+                assert result.structured_content is not None and result.structured_content["quantity"] == 20
+                status = await client.session.send_request(
+                    types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id)),
+                    types.GetTaskResult,
+                )
+                assert status.status == "completed"
+            assert feed.opened.statistics().current_buffer_used == 0  # nobody was asked
+            [grant] = await running.broker.grants.list()
+            assert (grant.id, grant.used_calls) == (approved["grant"]["id"], 1)
+            granted = [line for line in lines.lines if line.get("outcome") == "granted"]
+            assert [line["grant"] for line in granted] == [grant.id]
+            ran = await running.broker.approvals.store.get_by_task(task_id)
+            assert ran is not None and (ran.decided_via, ran.decided_by) == ("grant", f"grant {grant.id}")
+
+
+class StoreFailsDuringUse(GrantCheck):
+    """A grant check during whose store round trip another part of the broker sees the store fail."""
+
+    def __init__(self, inner: GrantCheck, health: StoreHealth) -> None:
+        self._inner = inner
+        self._health = health
+
+    def applies(self, decision: Decision) -> bool:
+        return self._inner.applies(decision)
+
+    async def use(self, *args: Any) -> Grant | None:
+        grant = await self._inner.use(*args)
+        self._health.failed("seen failing while the grant was spent")
+        return grant
+
+
+async def test_a_grant_spent_while_the_store_was_seen_failing_is_forwarded_only_after_a_probe(
+    tmp_path: Path,
+) -> None:
+    """The store answered the grant's use but was seen failing meanwhile: the call spent one of the
+    grant's calls, so it goes through once a probe shows the store back (it used to be refused with
+    its call spent)."""
+    async with running_broker(make_settings(tmp_path, GRANT_POLICY, exchange_server())) as running:
+        feed = watch(running)
+        health = running.broker.store_health
+        with anyio.fail_after(60):
+            async with running.client() as client:
+                await held_then_approved(
+                    running, client, feed, order(10), {"minutes": 30, "scope": "matching"}
+                )
+                gateway = running.broker.gateway
+                gateway.attach_grants(StoreFailsDuringUse(GrantCheck(running.broker.grants.store), health))
+                assert await passes(client, order(20))
+                assert health.up
                 assert (await running.broker.grants.list())[0].used_calls == 1

@@ -59,3 +59,33 @@ async def test_a_typescript_client_runs_under_a_grant_until_it_is_revoked(tmp_pa
         [after] = outcome["revoked"]
         assert after["ok"] and after["result"]["isError"], after
         assert "denied" in text_of(after["result"])
+
+
+async def test_a_typescript_task_call_under_a_grant_runs_at_once_as_a_task(tmp_path: Path) -> None:
+    """The SDK asks for a task under a grant: it gets one, nobody is asked, and the task's result
+    is the upstream's answer."""
+    async with running_broker(make_settings(tmp_path, GRANT_POLICY, exchange_server())) as running:
+        feed = watch(running)
+        url = f"{running.url}/mcp"
+        outcome: dict[str, list[dict[str, Any]]] = {}
+
+        async def client(name: str, steps: list[Step]) -> None:
+            outcome[name] = await run_node_client(url, steps, api_key=AGENT_KEYS["trader"])
+
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(client, "approved", [call(10)])
+                approval = await feed.opened.receive()
+                approved = await approve(running, approval.id, {"minutes": 30, "scope": "matching"})
+                assert approved.status_code == 200, approved.text
+            as_task: Step = {"op": "call_tool_as_task", "name": "place_order", "arguments": order(20)}
+            created, fetched, status = await run_node_client(
+                url,
+                [as_task, {"op": "task_result", "timeoutMs": 5000}, {"op": "get_task"}],
+                api_key=AGENT_KEYS["trader"],
+            )
+        assert created["ok"] and fetched["ok"] and status["ok"], (created, fetched, status)
+        assert fetched["result"]["structuredContent"]["quantity"] == 20, text_of(fetched["result"])
+        assert status["result"]["status"] == "completed"
+        assert feed.opened.statistics().current_buffer_used == 0  # nobody was asked
+        assert (await running.broker.grants.list())[0].used_calls == 1

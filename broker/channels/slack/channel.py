@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.call_view import CallContexts
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.escalation_posts import EscalationPostStore
 from broker.approvals.ports import SeenRequests
 from broker.approvals.service import ApprovalService
 from broker.channels.slack.client import SlackApi
@@ -46,6 +47,7 @@ class SlackChannel:
         look_back: timedelta = timedelta(days=7),
         claim_lease: timedelta = timedelta(minutes=2),
         calls: CallContexts | None = None,
+        escalation_posts: EscalationPostStore | None = None,
     ) -> None:
         if settings.mode == "socket" and not settings.app_token:
             raise ValueError("Slack Socket Mode needs an app-level token")
@@ -72,6 +74,7 @@ class SlackChannel:
             claim_lease=claim_lease,
             calls=calls,
             grants=service.grant_allowance,
+            escalation_posts=escalation_posts,
         )
         """Register with `ApprovalService.add_listener`."""
         self.grants = SlackGrantAnnouncer(service.store, self.api)

@@ -19,11 +19,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.deciding import NotAllowedToDecide
 from broker.approvals.edits import EditRefused
 from broker.approvals.model import Approval, ApprovalStatus, Approver
 from broker.approvals.ports import ApprovalError, ApprovalNotFound, ArgumentsChanged, InvalidTransition
 from broker.approvals.quorum import progress_text
-from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.approvals.service import ApprovalService
 from broker.approvals.verdict import Deny, Verdict, verdict_of
 from broker.channels.slack.blocks import (
     APPROVE_ACTION,

@@ -38,11 +38,16 @@ from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.call_view import CallContexts
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.escalation import Escalated
+from broker.approvals.escalation_posts import EscalationPostStore
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import ApprovalError, ApprovalStore, ListPosition, StoreUnavailable
-from broker.channels.slack.blocks import ApprovalMessage, approval_message, escape
+from broker.channels.slack.blocks import ApprovalMessage, approval_message
 from broker.channels.slack.client import PostedMessage, SlackApi
 from broker.channels.slack.errors import SlackRateLimited, SlackRejected, SlackUnavailable
+from broker.channels.slack.escalation_posts import (
+    SLACK_CHANNEL_PREFIX,
+    EscalationPoster,
+)
 from broker.channels.slack.people import SlackPeople
 from broker.policy.grants import GrantAllowance
 
@@ -53,12 +58,9 @@ POST_FAILED = "slack_post_failed"
 UPDATE_FAILED = "slack_update_failed"
 DELETE_FAILED = "slack_delete_failed"
 UPDATED = "slack_updated"
-ESCALATION_POSTED = "slack_escalation_posted"
-ESCALATION_POST_FAILED = "slack_escalation_post_failed"
 DUPLICATE_DELETED = "slack_duplicate_deleted"
 SHOWN_EVENTS = frozenset({AuditEventKind.NOTIFIED.value, UPDATED})
 """Audit events whose ``status`` detail says what the message showed from then on."""
-SLACK_CHANNEL_PREFIX = "slack:"
 CLAIM_PREFIX = "claim:"
 
 LIVE_STATUSES = frozenset({ApprovalStatus.PENDING, ApprovalStatus.APPROVED, ApprovalStatus.RELEASED})
@@ -101,22 +103,6 @@ DEFAULT_RETRY_SCHEDULE = RetrySchedule()
 def worth_recording(attempt: int) -> bool:
     """Failures recorded in the audit trail: attempts 1, 2, 4, 8, ... (the rest are only logged)."""
     return attempt >= 1 and attempt & (attempt - 1) == 0
-
-
-def escalation_channels(channels: Collection[str], default_channel: str | None) -> list[str]:
-    """The Slack channels an escalation step names (``slack:#escalations``; a bare ``slack`` is the
-    default channel)."""
-    found: list[str] = []
-    for channel in channels:
-        if channel == "slack":
-            target = default_channel
-        elif channel.startswith(SLACK_CHANNEL_PREFIX):
-            target = channel[len(SLACK_CHANNEL_PREFIX) :] or default_channel
-        else:
-            continue
-        if target is not None and target not in found:
-            found.append(target)
-    return found
 
 
 def slack_destination(approval: Approval, default_channel: str | None) -> str | None:
@@ -221,6 +207,7 @@ class SlackNotifier:
         writer: str | None = None,
         calls: CallContexts | None = None,
         grants: Callable[[Approval], GrantAllowance | None] | None = None,
+        escalation_posts: EscalationPostStore | None = None,
     ) -> None:
         self._store = store
         self._grants = grants
@@ -252,6 +239,20 @@ class SlackNotifier:
         self._finished_since: datetime | None = None
         self._passes = anyio.Lock()
         self._tasks: TaskGroup | None = None
+        self._escalations = EscalationPoster(
+            store,
+            escalation_posts,
+            api,
+            people=people,
+            default_channel=default_channel,
+            render=self._render,
+            audit=self._audit,
+            retry_delay=schedule.delay,
+            sleep=sleep,
+            clock=clock,
+            writer=self._writer,
+            lease=claim_lease,
+        )
 
     # -- the approval listener ---------------------------------------------------------------------
 
@@ -266,56 +267,9 @@ class SlackNotifier:
         await self._bring_in_line(approval.id)
 
     async def approval_escalated(self, escalated: Escalated) -> None:
-        """A new post in each Slack channel of the step reached, made by the one replica that took
-        the step (see broker.approvals.escalation), with the buttons, so the people it adds can
-        decide right there. Retried while Slack is unavailable and the call still waits; not kept
-        current afterwards (a late click is told the outcome). The original message shows the
-        escalation through the usual worker (see `_shown`)."""
-        approval, step = escalated.approval, escalated.step
-        added = ", ".join(self._people.mention(name) for name in step.to) or "nobody new"
-        headline = (
-            f":rotating_light: *Escalated* (step {escalated.number}): nobody decided "
-            f"`{escape(approval.tool)}` for {escape(approval.agent)} within {step.after_seconds:g} s; "
-            f"now also asked: {added}"
-        )
-        for channel in escalation_channels(step.channels, self._default_channel):
-            rendered = await self._render(approval)
-            blocks = [
-                {"type": "section", "block_id": "escalated", "text": {"type": "mrkdwn", "text": headline}}
-            ]
-            await self._post_escalation(
-                approval, escalated.number, channel, rendered.text, blocks + rendered.blocks
-            )
-
-    async def _post_escalation(
-        self, approval: Approval, number: int, channel: str, text: str, blocks: list[dict[str, Any]]
-    ) -> None:
-        failures = 0
-        while True:
-            try:
-                posted = await self._api.post_message(channel, text=f"Escalated: {text}", blocks=blocks)
-            except SlackRejected as exc:
-                logger.error("approval %s: escalation post to %s refused: %s", approval.id, channel, exc)
-                details = {"channel": channel, "error": str(exc), "escalation_step": number}
-                await self._audit(approval.id, ESCALATION_POST_FAILED, details)
-                return
-            except SlackUnavailable as exc:
-                failures += 1
-                delay = (
-                    exc.retry_after if isinstance(exc, SlackRateLimited) else self._schedule.delay(failures)
-                )
-                logger.warning(
-                    "approval %s: escalation post failed (%s); retrying in %gs", approval.id, exc, delay
-                )
-                await self._sleep(delay)
-                current = await self._store.get(approval.id)
-                if current is None or current.status is not ApprovalStatus.PENDING:
-                    return  # decided meanwhile: the original message tells the outcome
-                continue
-            details = {"channel": posted.channel, "ts": posted.ts, "escalation_step": number}
-            await self._audit(approval.id, ESCALATION_POSTED, details)
-            logger.info("approval %s: escalation step %d posted to %s", approval.id, number, posted.channel)
-            return
+        """The step's new posts, by the replica that took it (broker.channels.slack.escalation_posts).
+        The original message shows the escalation through the usual worker (see `_shown`)."""
+        await self._escalations.post_step(escalated)
 
     async def settled(self, approval_id: str) -> None:
         """Returns once no worker of this process is busy with the approval's message."""
@@ -367,6 +321,8 @@ class SlackNotifier:
             first = self._finished_since is None
             started = self._clock()
             live = {approval.id: approval for approval in await self._all(LIVE_STATUSES)}
+            for waiting, step, channel in await self._escalations.missing(live.values()):
+                self._tasks.start_soon(self._escalations.post, waiting, step, channel)
             candidates = dict(live)
             # Listed after the live ones: an approval finishing in between is in one list or the other.
             since = self._finished_since or started - self._look_back

@@ -17,6 +17,7 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.audit import AuditRecord
 from broker.approvals.call_view import CallContext, CallContexts, ToolFacts
 from broker.approvals.clock import Clock, utc_now
+from broker.approvals.deciding import NotAllowedToDecide
 from broker.approvals.edits import EditRefused
 from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.model import Approval, ApprovalStatus
@@ -28,7 +29,7 @@ from broker.approvals.ports import (
     ListPosition,
     StoreUnavailable,
 )
-from broker.approvals.service import ApprovalService, NotAllowedToDecide
+from broker.approvals.service import ApprovalService
 from broker.approvals.verdict import Approve, Verdict, verdict_of
 from broker.channels.call_context import CallContextSource
 from broker.channels.web.assets import InboxAssets
