@@ -243,7 +243,7 @@ class _Classifier:
 
     def _evidence(self) -> tuple[list[_Finding], list[str]]:
         """Findings that count, and reasons that were weighed but do not count."""
-        reading = self._read(self.name_words, "name token")
+        named = reading = self._read(self.name_words, "name token")
         lead = words(_SENTENCE_END.split(self.description, maxsplit=1)[0])[:DESCRIPTION_LEAD_WORDS]
         findings = list(reading.findings)
         if not findings and lead:
@@ -254,7 +254,9 @@ class _Classifier:
             if bound is not None and bound > max(finding.weight for finding in findings):
                 findings += self._read(lead, "description word").opening
         findings += self._description_findings()
-        counted, noted = self._argument_findings(read_verb_query=reading.query and reading.led_by_read_verb)
+        # Only the name's own read verb discounts money arguments: a description that opens with
+        # "find the route for ..." says nothing about whether the tool then sends it.
+        counted, noted = self._argument_findings(read_verb_query=named.query and named.led_by_read_verb)
         findings += counted
         if not findings:
             findings.append(

@@ -7,13 +7,18 @@ from broker.catalogue.terms import Signal, exact
 
 ARGUMENT_SIGNALS: tuple[Signal, ...] = (
     Signal(
-        exact(
-            "private_key privatekey privkey mnemonic seed_phrase seedphrase secret_key password "
-            "passphrase recovery_phrase"
-        ),
+        exact("private_key privatekey privkey mnemonic seed_phrase seedphrase secret_key recovery_phrase"),
         Category.CREDENTIALS,
         Risk.CRITICAL,
-        "carries a secret",
+        "carries a wallet key",
+        overrides_read=True,
+    ),
+    Signal(
+        # An API password or passphrase the caller already holds: it passes through, it is not revealed.
+        exact("password passphrase"),
+        Category.CREDENTIALS,
+        Risk.HIGH,
+        "carries a password",
         overrides_read=True,
     ),
     Signal(
@@ -24,12 +29,13 @@ ARGUMENT_SIGNALS: tuple[Signal, ...] = (
         whole_name=True,
     ),
     Signal(
-        exact("amount quantity qty value_wei lamports sats"),
+        exact("amount quantity qty value_wei lamports sats flow_rate"),
         Category.FINANCIAL,
         Risk.CRITICAL,
         "suggests money movement to another party",
         needs=exact(
-            "to recipient destination receiver beneficiary address dest payee spender to_address wallet"
+            "to recipient destination receiver beneficiary address dest payee spender to_address wallet "
+            "recipient_address destination_address receiver_address"
         ),
     ),
     Signal(
@@ -80,6 +86,9 @@ DESCRIPTION_SIGNALS: tuple[Signal, ...] = (
                 "runs code",
                 "executes python",
                 "executes javascript",
+                "raw sql",
+                "executing ddl",
+                "executes ddl",
             }
         ),
         Category.CODE_EXECUTION,
@@ -106,6 +115,8 @@ DESCRIPTION_SIGNALS: tuple[Signal, ...] = (
                 "broadcasts the transaction",
                 "real funds",
                 "real money",
+                "handles payments",
+                "x402 payment",
             }
         ),
         Category.FINANCIAL,
@@ -123,14 +134,17 @@ DESCRIPTION_SIGNALS: tuple[Signal, ...] = (
             {
                 "places an order",
                 "place an order",
-                "market order",
-                "limit order",
+                "places a market order",
+                "place a market order",
+                "places a limit order",
+                "place a limit order",
                 "executes a trade",
                 "execute a trade",
+                "for sale",
             }
         ),
         Category.FINANCIAL,
-        Risk.HIGH,
+        Risk.CRITICAL,
         "which suggests placing an order",
     ),
     Signal(

@@ -73,8 +73,8 @@ MONEY_OBJECTS = plurals(
 
 # Objects of a destructive verb that make it critical: cancelling or removing these loses money or orders.
 DESTRUCTIVE_MONEY_OBJECTS = plurals(
-    "order trade position fund payment wallet transaction loan stake liquidity vault account "
-    "subscription withdrawal transfer deposit collateral escrow"
+    "order trade position fund payment wallet transaction loan stake liquidity vault "
+    "withdrawal transfer deposit collateral escrow"
 ) | exact("funds")
 
 # What a transaction-sending verb may be sending.

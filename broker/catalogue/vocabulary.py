@@ -40,6 +40,13 @@ NAME_SIGNALS: tuple[Signal, ...] = (
         overrides_read=True,
     ),
     Signal(
+        plurals("publishable_key anon_key public_key"),
+        Category.CREDENTIALS,
+        Risk.MEDIUM,
+        "names keys meant to be public; still keys, so not harmless",
+        overrides_read=True,
+    ),
+    Signal(
         SECRETS,
         Category.CREDENTIALS,
         Risk.HIGH,
@@ -80,11 +87,29 @@ NAME_SIGNALS: tuple[Signal, ...] = (
             "transfer transfers withdraw withdraws withdrawal withdrawals swap swaps bridge bridges "
             "borrow borrows repay repays stake stakes unstake unstakes restake mint mints redeem redeems "
             "deposit deposits supply payment payments payout payouts loan loans liquidation flashloan "
-            "fund refund refunds charge charges permit tip tips exchange"
+            "fund refund refunds charge charges permit tip tips"
         ),
         Category.FINANCIAL,
         Risk.CRITICAL,
         "suggests moving money",
+        also_a_noun=True,
+    ),
+    Signal(
+        exact("exchange exchanges"),
+        Category.FINANCIAL,
+        Risk.CRITICAL,
+        "suggests exchanging one asset for another",
+        # "exchange" is also the venue ("clear_exchange_cache"): only with something to exchange.
+        needs=SENDABLE_MONEY | (TRADING_VENUES - exact("exchange")) | plurals("asset currency"),
+        also_a_noun=True,
+    ),
+    Signal(
+        exact("spend spends"),
+        Category.FINANCIAL,
+        Risk.CRITICAL,
+        "suggests spending funds",
+        # Giving up or listing a spending permission spends nothing.
+        unless=plurals("revoke remove delete list"),
         also_a_noun=True,
     ),
     Signal(
@@ -139,17 +164,10 @@ NAME_SIGNALS: tuple[Signal, ...] = (
         also_a_noun=True,
     ),
     Signal(
-        exact("buy buys sell sells"),
-        Category.FINANCIAL,
-        Risk.CRITICAL,
-        "suggests an on-chain purchase or sale, which settles immediately",
-        needs=plurals("nft erc20 erc721 spl onchain memecoin") | exact("dex uniswap jupiter pump"),
-    ),
-    Signal(
         exact("for_sale"),
         Category.FINANCIAL,
-        Risk.HIGH,
-        "suggests offering assets for sale",
+        Risk.CRITICAL,
+        "suggests offering assets for sale: a sell order anyone can fill",
         overrides_read=True,
     ),
     Signal(
@@ -166,19 +184,55 @@ NAME_SIGNALS: tuple[Signal, ...] = (
         "suggests destroying tokens for good",
     ),
     Signal(
-        plurals("order trade position leverage offer"),
+        plurals("order trade position offer"),
         Category.FINANCIAL,
-        Risk.HIGH,
-        "suggests placing or changing an exchange order",
+        Risk.CRITICAL,
+        "suggests placing or changing an order, which can fill at once",
         needs=ORDER_VERBS,
         also_a_noun=True,
     ),
     Signal(
-        exact("buy buys sell sells trade trades claim claims bid bids"),
+        plurals("leverage"),
         Category.FINANCIAL,
         Risk.HIGH,
-        "suggests committing funds on a market",
+        "suggests changing the leverage later orders trade at",
+        needs=ORDER_VERBS,
         also_a_noun=True,
+    ),
+    Signal(
+        exact("buy buys sell sells trade trades bid bids"),
+        Category.FINANCIAL,
+        Risk.CRITICAL,
+        "suggests buying or selling: an order that can fill at once",
+        also_a_noun=True,
+    ),
+    Signal(
+        plurals("close cancel"),
+        Category.DESTRUCTIVE,
+        Risk.CRITICAL,
+        "suggests cancelling orders or closing positions",
+        needs=plurals("order position trade"),
+    ),
+    Signal(
+        exact("exercise exercises"),
+        Category.FINANCIAL,
+        Risk.CRITICAL,
+        "suggests exercising an option, which converts the position for good",
+        needs=plurals("option position contract"),
+    ),
+    Signal(
+        exact("claim claims"),
+        Category.FINANCIAL,
+        Risk.HIGH,
+        "suggests claiming funds into the wallet",
+        also_a_noun=True,
+    ),
+    Signal(
+        exact("unlock unlocks"),
+        Category.CREDENTIALS,
+        Risk.CRITICAL,
+        "suggests unlocking wallet keys for use",
+        needs=plurals("wallet keystore keyring"),
     ),
     Signal(
         exact("rebalance rebalances harvest harvests collect collects delegate delegates"),
@@ -189,8 +243,8 @@ NAME_SIGNALS: tuple[Signal, ...] = (
     Signal(
         exact("convert converts"),
         Category.FINANCIAL,
-        Risk.HIGH,
-        "suggests converting between assets",
+        Risk.CRITICAL,
+        "suggests converting between assets, which is a trade",
         needs=CONVERTIBLE,
     ),
     Signal(
