@@ -25,12 +25,14 @@ acts.
 
 In a query, money words in the name are nouns (``get_withdraw_fee``), and arguments that
 only say money is involved (``amount``, ``quantity``) are noted but do not count when a read
-verb leads the name (``get_swap_quote(amount)`` quotes, it does not swap). Everything else
+verb leads the name itself (``get_swap_quote(amount)`` quotes, it does not swap; a silent
+name whose description opens "find the route ..." gets no such benefit). Everything else
 counts: secrets and code execution, telling description phrases and an action-led
 description opening, and every argument of a name that is not led by a read verb. The
 riskiest finding decides; equal risks go to the category a reviewer most needs to see. A
 write on a trading venue or about orders or funds becomes financial/high; a destructive
-action on orders or funds becomes critical. A name with no telling word falls back to the
+action on orders or funds becomes critical, as does placing, changing, buying or selling
+(what each risk means is in `broker.catalogue.terms`). A name with no telling word falls back to the
 first words of the description, and failing that the tool is treated as write/medium:
 unknown effects are not assumed harmless.
 
