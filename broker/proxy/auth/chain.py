@@ -1,5 +1,6 @@
 """API keys and access tokens on one endpoint.
 
+    a token that verified before   -> its agent, until it expires (one dict lookup)
     no Authorization header        -> anonymous (if allowed) or 401 with the OAuth challenge
     a known API key                -> that agent (API keys keep working beside OAuth)
     a JWT-shaped bearer token      -> jwt.py decides (401 invalid_token / 403 insufficient_scope)
@@ -26,6 +27,11 @@ class ChainVerifier:
         self._missing = tokens.challenge()
 
     async def verify(self, authorization: bytes | None) -> AgentIdentity | Challenge:
+        if authorization:
+            # Tokens are long: looking one up as an API key would hash it on every call.
+            remembered = self._tokens.remembered(authorization)
+            if remembered is not None:
+                return remembered
         identity = self._api_keys.identify(authorization)
         if identity is not None:
             return identity
@@ -39,4 +45,4 @@ class ChainVerifier:
         if not looks_like_jwt(token):
             logger.warning("oauth: refused a bearer token that is neither an API key nor a JWT")
             return self._tokens.challenge("unknown API key or malformed access token")
-        return await self._tokens.verify_token(token)
+        return await self._tokens.verify_token(token, authorization)

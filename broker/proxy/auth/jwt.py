@@ -16,7 +16,7 @@ A token is accepted only when all of these hold, in this order (the first failur
 
 Failures 1-5 answer 401 `invalid_token` and log one line naming the reason (never the token).
 
-Hot path: a token that verified is remembered with its expiry, so the next call with it costs a
+Hot path: a token that verified is remembered (by its whole Authorization header) with its expiry, so the next call with it costs a
 dict lookup and a clock read. The memory only holds tokens that verified (an attacker cannot grow
 it without valid tokens) and is emptied when it reaches `cache_size`.
 """
@@ -101,13 +101,25 @@ class JwtVerifier:
             scope=self._scope,
         )
 
-    async def verify_token(self, token: bytes) -> AgentIdentity | Challenge:
-        remembered = self._verified.get(token)
-        if remembered is not None:
-            identity, expires = remembered
-            if self._clock() < expires:
-                return identity
-            del self._verified[token]
+    def remembered(self, authorization: bytes) -> AgentIdentity | None:
+        """The identity of a token that verified before and has not expired since (no I/O)."""
+        remembered = self._verified.get(authorization)
+        if remembered is None:
+            return None
+        identity, expires = remembered
+        if self._clock() < expires:
+            return identity
+        del self._verified[authorization]
+        return None
+
+    async def verify_token(
+        self, token: bytes, authorization: bytes | None = None
+    ) -> AgentIdentity | Challenge:
+        """`authorization`: the whole header, the key under which a verified token is remembered."""
+        key = authorization if authorization is not None else b"Bearer " + token
+        identity = self.remembered(key)
+        if identity is not None:
+            return identity
         try:
             identity, expires = await self._verify(token)
         except TokenRefused as refused:
@@ -123,7 +135,7 @@ class JwtVerifier:
             )
         if len(self._verified) >= self._cache_size:
             self._verified.clear()
-        self._verified[token] = (identity, expires)
+        self._verified[key] = (identity, expires)
         return identity
 
     async def _verify(self, token: bytes) -> tuple[AgentIdentity, float]:
