@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any, Final
 
 import anyio
@@ -27,7 +28,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from broker.proxy.auth.model import AgentVerifier, Challenge
 from broker.proxy.change_feed import ChangeFeed
-from broker.proxy.gateway import AgentContext, AgentRequest, Gateway
+from broker.proxy.gateway import AgentContext, AgentRequest, Claims, Gateway
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -188,7 +189,7 @@ class McpHttpEndpoint:
         agent = identity.agent
         method = scope["method"]
         if method == "POST":
-            await self._post(headers, agent, receive, send)
+            await self._post(headers, agent, receive, send, identity.claims or None)
         elif method == "GET":
             await self._open_listen_stream(headers, agent, receive, send)
         elif method == "DELETE":
@@ -206,7 +207,9 @@ class McpHttpEndpoint:
 
     # -- POST ------------------------------------------------------------------------------
 
-    async def _post(self, headers: dict[bytes, bytes], agent: str, receive: Receive, send: Send) -> None:
+    async def _post(
+        self, headers: dict[bytes, bytes], agent: str, receive: Receive, send: Send, claims: Claims | None
+    ) -> None:
         body = await self._read_body(receive, send)
         if body is None:
             return
@@ -279,13 +282,15 @@ class McpHttpEndpoint:
                 self._session_notification(session, method, params)
                 await _respond(send, 202, None, session_headers)
                 return
+            # The claims of the token this request came with: it may have been refreshed since initialize.
+            context = session.context if claims is None else replace(session.context, claims=claims)
             await self._serve_request(
-                session.context, request_id, method, params, headers, receive, send, session_headers, session
+                context, request_id, method, params, headers, receive, send, session_headers, session
             )
             return
 
         if self._is_modern(headers, params):
-            await self._modern(agent, message, request_id, method, params, headers, receive, send)
+            await self._modern(agent, claims, message, request_id, method, params, headers, receive, send)
             return
         await _reject(
             send,
@@ -346,6 +351,7 @@ class McpHttpEndpoint:
     async def _modern(
         self,
         agent: str,
+        claims: Claims | None,
         message: dict[str, Any],
         request_id: Any,
         method: str,
@@ -374,7 +380,7 @@ class McpHttpEndpoint:
         if method == "subscriptions/listen":
             await self._modern_listen(request_id, params or {}, receive, send)
             return
-        context = AgentContext(agent=agent, session=f"agent:{agent}", modern=True)
+        context = AgentContext(agent=agent, session=f"agent:{agent}", modern=True, claims=claims)
         await self._serve_request(context, request_id, method, params, headers, receive, send, [], None)
 
     async def _serve_request(

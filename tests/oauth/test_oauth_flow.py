@@ -35,11 +35,15 @@ POLICY = """
 version: "1"
 default: deny
 rules:
-  - tool: "get_*"
+  - tool: get_ticker
     action: allow
   - tool: place_order
     action: allow
     agents: [bob]
+  - tool: get_balances
+    action: allow
+    when:
+      "claims.groups": {contains: approvers}
 """
 ORDER = {"symbol": "BTCUSD", "side": "buy", "quantity": 1, "price": 1000}
 
@@ -194,3 +198,18 @@ async def test_the_sdk_client_signs_in_and_the_policy_sees_the_agent_its_token_n
             # Static API keys keep working on the same broker.
             async with running.client("trader") as client:
                 assert not (await client.call_tool("get_ticker", {"symbol": "BTCUSD"})).is_error
+
+
+async def test_rules_can_test_the_token_claims(tmp_path: Path, auth_server: AuthServer) -> None:
+    async with oauth_broker(tmp_path, auth_server) as running:
+        resource = f"{running.url}/mcp"
+        with anyio.fail_after(60):
+            async with running.client(key=auth_server.token("alice", aud=resource)) as client:
+                balances = await client.call_tool("get_balances", {})
+                assert not balances.is_error, text_of(balances)
+            async with running.client(key=auth_server.token("carol", aud=resource)) as client:
+                refused = await client.call_tool("get_balances", {})
+                assert refused.is_error and "Policy violation" in text_of(refused)
+            # API-key agents have no claims: the same rule does not admit them.
+            async with running.client("trader") as client:
+                assert (await client.call_tool("get_balances", {})).is_error
