@@ -31,14 +31,13 @@ from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.gateway import AgentContext, AgentRequest, Claims, Gateway
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
-    INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_MESSAGE_BYTES,
     REQUEST_CANCELLED,
+    EnvelopeRejection,
     RequestId,
     RpcError,
-    check_nesting,
-    decode,
+    check_envelope,
     encode,
     error_message,
     notification_message,
@@ -213,50 +212,18 @@ class McpHttpEndpoint:
         body = await self._read_body(receive, send)
         if body is None:
             return
-        try:
-            message = decode(body)
-        except RpcError as exc:
-            await _reject(send, 400, exc.code, exc.message)
-            return
-        if not isinstance(message, dict):
+        envelope = check_envelope(body)
+        if isinstance(envelope, EnvelopeRejection):
             await _reject(
-                send,
-                400,
-                INVALID_REQUEST,
-                "Invalid Request: expected one JSON-RPC object (batches are not supported)",
+                send, envelope.status, envelope.code, envelope.message, request_id=envelope.request_id
             )
             return
-        if message.get("jsonrpc") != "2.0":
-            await _reject(send, 400, INVALID_REQUEST, "Invalid Request: 'jsonrpc' must be \"2.0\"")
-            return
-        method = message.get("method")
-        has_id = "id" in message
-        request_id: Any = message.get("id")
+        message, method, has_id = envelope.message, envelope.method, envelope.has_id
+        request_id, params = envelope.request_id, envelope.params
         if method is None:
-            if has_id and ("result" in message or "error" in message):
-                # A reply to a server request; the broker sends none, so there is nothing to match.
-                await _respond(send, 202, None, [])
-            else:
-                await _reject(send, 400, INVALID_REQUEST, "Invalid Request: missing 'method'")
+            # A reply to a server request; the broker sends none, so there is nothing to match.
+            await _respond(send, 202, None, [])
             return
-        if not isinstance(method, str):
-            await _reject(send, 400, INVALID_REQUEST, "Invalid Request: 'method' must be a string")
-            return
-        if has_id and not valid_request_id(request_id):
-            await _reject(send, 400, INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer")
-            return
-        params = message.get("params")
-        if params is not None and not isinstance(params, dict):
-            await _reject(
-                send, 400, INVALID_PARAMS, "Invalid params: 'params' must be an object", request_id=request_id
-            )
-            return
-        if params is not None:
-            try:
-                check_nesting(body, params)
-            except RpcError as exc:
-                await _reject(send, 400, exc.code, exc.message, request_id=request_id)
-                return
 
         if method == "initialize":
             if has_id:
