@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from broker.config.oauth import OAuthEntry, oauth_settings
-from broker.config.settings import load_settings
+from broker.config.settings import ConfigError, load_settings
 from broker.policy import load_policy
 from tests.e2e.harness import REPO
 
@@ -48,3 +48,19 @@ def test_broker_yaml_with_the_section_loads(tmp_path: Path) -> None:
     assert settings.oauth is not None
     assert settings.oauth.issuer == "https://login.example.com/realms/agents"
     assert settings.oauth.required_scopes == ("mcp:tools",)
+
+
+def test_introspection_needs_its_secret_in_the_environment(tmp_path: Path) -> None:
+    config, _ = section_blocks()
+    config += (
+        "  introspection: {endpoint: 'https://login.example.com/introspect', client_id: broker,"
+        " client_secret_env: BROKER_INTROSPECTION_SECRET}\n"
+    )
+    (tmp_path / "servers.json").write_text('{"mcpServers": {}}')
+    (tmp_path / "policy.yaml").write_text('version: "1"\ndefault: deny\n')
+    (tmp_path / "broker.yaml").write_text("servers: servers.json\npolicy: policy.yaml\n" + config)
+    with pytest.raises(ConfigError, match="BROKER_INTROSPECTION_SECRET is not set"):
+        load_settings(tmp_path / "broker.yaml", environ={})
+    settings = load_settings(tmp_path / "broker.yaml", environ={"BROKER_INTROSPECTION_SECRET": "s3cret"})
+    assert settings.oauth is not None and settings.oauth.introspection is not None
+    assert settings.oauth.introspection.client_secret == "s3cret"
