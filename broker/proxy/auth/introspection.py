@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from broker.config.oauth import IntrospectionSettings, OAuthSettings
+from broker.proxy.auth.answers import json_object
 from broker.proxy.auth.jwt import TokenRefused, agent_of, scopes_of
 from broker.proxy.auth.model import AgentIdentity
 
@@ -81,15 +82,10 @@ class Introspector:
                 )
         except httpx.HTTPError as error:
             raise TokenRefused(f"introspection endpoint unreachable ({type(error).__name__})") from error
-        if response.status_code != 200:
-            raise TokenRefused(f"introspection endpoint answered HTTP {response.status_code}")
         try:
-            answer = response.json()
+            return json_object(response)
         except ValueError as error:
-            raise TokenRefused("introspection endpoint did not answer JSON") from error
-        if not isinstance(answer, dict):
-            raise TokenRefused("introspection endpoint did not answer a JSON object")
-        return answer
+            raise TokenRefused(f"introspection endpoint {error}") from error
 
     def _check(self, answer: Mapping[str, Any], now: float) -> None:
         if answer.get("active") is not True:
