@@ -34,450 +34,50 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-# authlib refuses plain-HTTP URIs unless told it is a test; the server only listens on loopback.
-os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
-
 import uvicorn
-from authlib.oauth2 import AuthorizationServer, OAuth2Error
-from authlib.oauth2.rfc6749 import (
-    ClientMixin,
-    JsonPayload,
-    JsonRequest,
-    OAuth2Payload,
-    OAuth2Request,
-    grants,
-)
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
-from authlib.oauth2.rfc7591 import ClientMetadataClaims, ClientRegistrationEndpoint
-from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-from authlib.oidc.core import OpenIDCode
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import OAuth2Request
 from joserfc import jwt
-from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
-SCOPES = ["openid", "profile", "email", "tools:read", "tools:call", "trade", "offline_access"]
-
-
-@dataclass(frozen=True)
-class User:
-    sub: str
-    email: str
-    groups: tuple[str, ...] = ()
-
-    def get_user_id(self) -> str:
-        return self.sub
-
-
-DEFAULT_USERS = {
-    "alice": User("alice", "alice@example.com", ("trading-leads", "approvers")),
-    "bob": User("bob", "bob@example.com", ("trading-leads",)),
-    "carol": User("carol", "carol@example.com", ()),
-}
-
-
-@dataclass
-class Client(ClientMixin):  # type: ignore[misc]
-    client_id: str
-    client_secret: str | None
-    metadata: dict[str, Any]
-
-    def get_client_id(self) -> str:
-        return self.client_id
-
-    def get_default_redirect_uri(self) -> str | None:
-        uris = self.metadata.get("redirect_uris") or []
-        return uris[0] if uris else None
-
-    def get_allowed_scope(self, scope: str | None) -> str:
-        if not scope:
-            return ""
-        allowed = set((self.metadata.get("scope") or " ".join(SCOPES)).split())
-        return " ".join(s for s in scope.split() if s in allowed)
-
-    def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return redirect_uri in (self.metadata.get("redirect_uris") or [])
-
-    def check_client_secret(self, client_secret: str) -> bool:
-        return self.client_secret is not None and hmac.compare_digest(self.client_secret, client_secret)
-
-    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        if endpoint != "token":
-            return method != "none"
-        return method == self.metadata.get("token_endpoint_auth_method", "client_secret_basic")
-
-    def check_response_type(self, response_type: str) -> bool:
-        return response_type in (self.metadata.get("response_types") or ["code"])
-
-    def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type in (self.metadata.get("grant_types") or ["authorization_code"])
-
-
-@dataclass
-class AuthorizationCode:
-    code: str
-    client_id: str
-    redirect_uri: str
-    scope: str
-    user: User
-    resource: str | None
-    code_challenge: str | None
-    code_challenge_method: str | None
-    nonce: str | None
-    auth_time: int
-
-    def get_redirect_uri(self) -> str:
-        return self.redirect_uri
-
-    def get_scope(self) -> str:
-        return self.scope
-
-    def get_nonce(self) -> str | None:
-        return self.nonce
-
-    def get_auth_time(self) -> int:
-        return self.auth_time
-
-    def get_acr(self) -> None:
-        return None
-
-    def get_amr(self) -> None:
-        return None
-
-
-@dataclass
-class Token:
-    """What the server remembers of a token it issued: for refresh and for introspection."""
-
-    access_token: str
-    refresh_token: str | None
-    client_id: str
-    scope: str
-    user: User | None
-    resource: str | None
-    issued_at: int
-    expires_in: int
-    claims: dict[str, Any] = field(default_factory=dict)
-    revoked: bool = False
-
-    def check_client(self, client: Client) -> bool:
-        return self.client_id == client.client_id
-
-    def get_scope(self) -> str:
-        return self.scope
-
-    def get_expires_in(self) -> int:
-        return self.expires_in
-
-    def is_expired(self) -> bool:
-        return time.time() > self.issued_at + self.expires_in
-
-    def is_revoked(self) -> bool:
-        return self.revoked
-
-    def get_user(self) -> User | None:
-        return self.user
-
-    def get_client(self) -> Client | None:
-        return None
-
-
-# -- requests: authlib's framework-neutral request objects, filled from Starlette ---------------
-
-
-class _FormPayload(OAuth2Payload):  # type: ignore[misc]
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self._datalist: dict[str, list[str]] = {}
-        for key, value in pairs:
-            self._datalist.setdefault(key, []).append(value)
-        self._data = {key: values[0] for key, values in self._datalist.items()}
-
-    @property
-    def data(self) -> dict[str, str]:
-        return self._data
-
-    @property
-    def datalist(self) -> dict[str, list[str]]:
-        return self._datalist
-
-
-class _Request(OAuth2Request):  # type: ignore[misc]
-    def __init__(self, method: str, url: str, headers: Mapping[str, str], pairs: list[tuple[str, str]]):
-        super().__init__(method=method, uri=url, headers=headers)
-        self.payload = _FormPayload(pairs)
-        self._pairs = pairs
-
-    @property
-    def args(self) -> dict[str, str]:
-        return self.payload.data  # type: ignore[no-any-return]
-
-    @property
-    def form(self) -> dict[str, str]:
-        return self.payload.data  # type: ignore[no-any-return]
-
-
-class _Json(JsonPayload):  # type: ignore[misc]
-    def __init__(self, data: Any) -> None:
-        self._data = data
-
-    @property
-    def data(self) -> Any:
-        return self._data
-
-
-class _JsonRequest(JsonRequest):  # type: ignore[misc]
-    def __init__(self, method: str, url: str, headers: Mapping[str, str], data: Any) -> None:
-        super().__init__(method, url, headers)
-        self.payload = _Json(data)
-
-
-# -- grants ---------------------------------------------------------------------------------------
-
-
-class _AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
-
-    def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
-        data = request.payload.data
-        server: AuthServer = self.server.owner
-        server.codes[code] = AuthorizationCode(
-            code=code,
-            client_id=request.client.client_id,
-            redirect_uri=data.get("redirect_uri", ""),
-            scope=request.scope or "",
-            user=request.user,
-            resource=data.get("resource"),
-            code_challenge=data.get("code_challenge"),
-            code_challenge_method=data.get("code_challenge_method"),
-            nonce=data.get("nonce"),
-            auth_time=int(time.time()),
-        )
-
-    def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
-        found = self.server.owner.codes.get(code)
-        if found is not None and found.client_id == client.client_id:
-            self.server.owner.current_resource = found.resource
-            return found
-        return None
-
-    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
-        self.server.owner.codes.pop(authorization_code.code, None)
-
-    def authenticate_user(self, authorization_code: AuthorizationCode) -> User:
-        return authorization_code.user
-
-
-class _RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
-    INCLUDE_NEW_REFRESH_TOKEN = True
-
-    def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
-        found = self.server.owner.refresh_tokens.get(refresh_token)
-        if found is None or found.revoked:
-            return None
-        self.server.owner.current_resource = self.request.payload.data.get("resource") or found.resource
-        return found
-
-    def authenticate_user(self, refresh_token: Token) -> User | None:
-        return refresh_token.user
-
-    def revoke_old_credential(self, refresh_token: Token) -> None:
-        refresh_token.revoked = True
-
-
-class _ClientCredentialsGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
-
-class _TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):  # type: ignore[misc]
-    """RFC 8693: a client trades an access token this server issued for one meant for another
-    audience; the new token keeps the subject and names the client as the actor (`act`)."""
-
-    GRANT_TYPE = TOKEN_EXCHANGE
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
-    def validate_token_request(self) -> None:
-        client = self.authenticate_token_endpoint_client()
-        if not client.check_grant_type(self.GRANT_TYPE):
-            raise InvalidGrantError("client may not exchange tokens")
-        data = self.request.payload.data
-        if data.get("subject_token_type") != ACCESS_TOKEN_TYPE or not data.get("subject_token"):
-            raise InvalidRequestError("subject_token of type access_token required")
-        server: AuthServer = self.server.owner
-        try:
-            subject = jwt.decode(data["subject_token"], server.keys).claims
-        except (JoseError, ValueError) as error:
-            raise InvalidGrantError("subject_token is not valid") from error
-        if subject.get("iss") != server.issuer or subject.get("exp", 0) < time.time():
-            raise InvalidGrantError("subject_token is not valid")
-        self.request.client = client
-        self.request.user = server.users.get(subject.get("sub", "")) or User(subject.get("sub", ""), "")
-        server.current_resource = data.get("resource") or data.get("audience")
-        server.current_extra = {"act": {"sub": client.client_id}}
-        self.request.scope = data.get("scope") or subject.get("scope", "")
-
-    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        token = self.generate_token(
-            user=self.request.user, scope=self.request.scope, include_refresh_token=False
-        )
-        token["issued_token_type"] = ACCESS_TOKEN_TYPE
-        self.save_token(token)
-        return 200, token, self.TOKEN_RESPONSE_HEADER
-
-
-class _S256Required(CodeChallenge):  # type: ignore[misc]
-    """OAuth 2.1: every authorization request carries a challenge, and only S256 is accepted."""
-
-    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
-        data = grant.request.payload.data
-        if not data.get("code_challenge"):
-            raise InvalidRequestError("Missing 'code_challenge'")
-        if data.get("code_challenge_method") != "S256":
-            raise InvalidRequestError("'code_challenge_method' must be S256")
-        super().validate_code_challenge(grant, redirect_uri)
-
-
-class _OpenIDCode(OpenIDCode):  # type: ignore[misc]
-    def __init__(self, owner: AuthServer) -> None:
-        super().__init__(require_nonce=False)
-        self.owner = owner
-
-    def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
-        return False
-
-    def resolve_client_private_key(self, client: Client) -> Any:
-        return self.owner.keys.get_by_kid(self.owner.signing_kid)
-
-    def get_client_algorithm(self, client: Client) -> str:
-        return self.owner.signing_alg
-
-    def get_encode_header(self, client: Client) -> dict[str, str]:
-        return {"alg": self.owner.signing_alg, "kid": self.owner.signing_kid}
-
-    def get_client_claims(self, client: Client) -> dict[str, Any]:
-        return {"iss": self.owner.issuer, "aud": [client.client_id]}
-
-    def generate_user_info(self, user: User, scope: str) -> dict[str, Any]:
-        return {"sub": user.sub, "email": user.email, "groups": list(user.groups)}
-
-
-class _Registration(ClientRegistrationEndpoint):  # type: ignore[misc]
-    def __init__(self, owner: AuthServer) -> None:
-        super().__init__(owner.oauth, claims_classes=[ClientMetadataClaims])
-        self.owner = owner
-
-    def authenticate_token(self, request: JsonRequest) -> bool:
-        return True  # open registration, as the MCP authorization specification expects
-
-    def get_server_metadata(self) -> dict[str, Any]:
-        return self.owner.metadata()
-
-    def save_client(
-        self, client_info: dict[str, Any], client_metadata: dict[str, Any], request: Any
-    ) -> Client:
-        metadata = dict(client_metadata)
-        metadata.setdefault("token_endpoint_auth_method", "client_secret_basic")
-        secret = None if metadata["token_endpoint_auth_method"] == "none" else client_info["client_secret"]
-        client = Client(client_info["client_id"], secret, metadata)
-        self.owner.clients[client.client_id] = client
-        return client
-
-    def generate_client_info(self, request: Any) -> dict[str, Any]:
-        info: dict[str, Any] = super().generate_client_info(request)
-        if (request.payload.data or {}).get("token_endpoint_auth_method") == "none":
-            info.pop("client_secret", None)
-            info.pop("client_secret_expires_at", None)
-        return info
-
-
-class _Introspection(IntrospectionEndpoint):  # type: ignore[misc]
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
-    def __init__(self, owner: AuthServer) -> None:
-        super().__init__(owner.oauth)
-        self.owner = owner
-
-    def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
-        self.owner.introspection_hits += 1
-        return self.owner.tokens.get(token_string) or self.owner.refresh_tokens.get(token_string)
-
-    def check_permission(self, token: Token, client: Client, request: Any) -> bool:
-        return True
-
-    def introspect_token(self, token: Token) -> dict[str, Any]:
-        claims = dict(token.claims)
-        claims.update(
-            active=True,
-            client_id=token.client_id,
-            token_type="Bearer",
-            scope=token.scope,
-            iss=self.owner.issuer,
-            iat=token.issued_at,
-            exp=token.issued_at + token.expires_in,
-        )
-        if token.user is not None:
-            claims.setdefault("sub", token.user.sub)
-            claims.setdefault("username", token.user.sub)
-        if token.resource:
-            claims["aud"] = token.resource
-        return claims
-
-
-class _Server(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, owner: AuthServer) -> None:
-        super().__init__(scopes_supported=SCOPES)
-        self.owner = owner
-
-    def query_client(self, client_id: str) -> Client | None:
-        return self.owner.clients.get(client_id)
-
-    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
-        self.owner.remember(token, request)
-
-    def generate_token(
-        self,
-        grant_type: str,
-        client: Client,
-        user: User | None = None,
-        scope: str | None = None,
-        expires_in: int | None = None,
-        include_refresh_token: bool = True,
-    ) -> dict[str, Any]:
-        return self.owner.issue(grant_type, client, user, scope or "", include_refresh_token)
-
-    def create_oauth2_request(self, request: _Request) -> _Request:
-        return request
-
-    def create_json_request(self, request: _JsonRequest) -> _JsonRequest:
-        return request
-
-    def handle_response(self, status: int, body: Any, headers: Iterable[tuple[str, str]]) -> Response:
-        headers = dict(headers)
-        if isinstance(body, dict):
-            return JSONResponse(body, status_code=status, headers=headers)
-        if status == 302:
-            return RedirectResponse(headers.pop("Location"), status_code=302, headers=headers)
-        return Response(body, status_code=status, headers=headers)
-
-    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
-        pass
+from tests.authserver.grants import (
+    _AuthorizationCodeGrant,
+    _ClientCredentialsGrant,
+    _Introspection,
+    _OpenIDCode,
+    _RefreshTokenGrant,
+    _Registration,
+    _S256Required,
+    _Server,
+    _TokenExchangeGrant,
+)
+from tests.authserver.models import (
+    ACCESS_TOKEN_TYPE,
+    AUTH_METHODS,
+    DEFAULT_USERS,
+    SCOPES,
+    TOKEN_EXCHANGE,
+    AuthorizationCode,
+    Client,
+    FormRequest,
+    JsonBodyRequest,
+    Token,
+    User,
+)
+
+__all__ = ["ACCESS_TOKEN_TYPE", "DEFAULT_USERS", "TOKEN_EXCHANGE", "AuthServer", "User"]
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -765,12 +365,12 @@ class AuthServer:
             "claims_supported": ["sub", "email", "groups"],
         }
 
-    async def _oauth_request(self, request: Request) -> _Request:
+    async def _oauth_request(self, request: Request) -> FormRequest:
         pairs = list(request.query_params.multi_items())
         if request.method == "POST":
             form = await request.form()
             pairs += [(key, str(value)) for key, value in form.multi_items()]
-        return _Request(request.method, str(request.url), request.headers, pairs)
+        return FormRequest(request.method, str(request.url), request.headers, pairs)
 
     async def _metadata(self, request: Request) -> Response:
         self.metadata_hits += 1
@@ -821,7 +421,7 @@ class AuthServer:
             data = await request.json()
         except ValueError:
             data = None
-        json_request = _JsonRequest(request.method, str(request.url), request.headers, data)
+        json_request = JsonBodyRequest(request.method, str(request.url), request.headers, data)
         with self._lock:
             return self.oauth.create_endpoint_response("client_registration", json_request)  # type: ignore[no-any-return]
 
