@@ -14,14 +14,19 @@ import anyio
 import httpx2
 import pytest
 
-from broker.approvals.approvers import ApproverDirectory
-from broker.channels.sso.identity import match_claims, provider_groups
+from broker.approvals.approvers import ApproverAccount, ApproverDirectory
+from broker.approvals.clock import utc_now
+from broker.channels.sso.identity import credential_of, match_claims, provider_groups
 from broker.channels.sso.provider import IdentityProvider, ProviderUnavailable, TokenRejected
+from broker.channels.web.sessions import Session
+from broker.channels.web.signin import WebSignin
+from broker.config.settings import WebSettings
 from broker.config.sso import SsoSettings
 from tests.authserver.server import AuthServer
 from tests.store.conftest import ManualClock
 from tests.web.sso_support import API_AUDIENCE, CLIENT_ID, sso_accounts, sso_broker
 from tests.web.support import ApprovalFeed, order
+from tests.web.test_signin import request
 
 pytestmark = pytest.mark.anyio
 
@@ -185,3 +190,23 @@ async def test_the_decisions_api_takes_the_providers_access_tokens(
                 assert decided.status_code == 200, decided.text
                 assert decided.json()["decided_by"] == "bob"
             assert not outcome["result"].is_error
+
+
+def test_a_sign_on_session_ends_when_the_approvers_mapping_changes() -> None:
+    sso = SsoSettings(issuer="https://idp", client_id="c", match="email")
+    web = WebSettings(session_secret="x" * 32, sso=sso)
+    alice = ApproverAccount("alice", frozenset({"leads"}), email="alice@example.com")
+    credential = credential_of(alice, sso)
+    assert credential is not None
+    signin = WebSignin(ApproverDirectory([alice]), web)
+    cookie = signin.signer.dumps(Session.signed_in("alice", credential, utc_now(), groups=("traders",)))
+    viewer = signin.viewer(request("127.0.0.1", cookie=cookie))
+    assert viewer.approver is not None and viewer.approver.groups == {"leads", "traders"}
+    moved = ApproverDirectory([replace(alice, email="alice@elsewhere.example")])
+    assert WebSignin(moved, web).viewer(request("127.0.0.1", cookie=cookie)).account is None
+    assert (
+        WebSignin(ApproverDirectory([alice]), replace(web, sso=None))
+        .viewer(request("127.0.0.1", cookie=cookie))
+        .account
+        is None
+    )
