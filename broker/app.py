@@ -34,13 +34,14 @@ from broker.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from broker.observability.metrics import BrokerMetrics
 from broker.policy import Policy
 from broker.policy.edits import ToolArguments, schema_properties, unknown_fields
+from broker.proxy.auth.build import agent_verifier
+from broker.proxy.auth.metadata import ProtectedResourceMetadata
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.checks.grants import GrantCheck
 from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
 from broker.proxy.held_calls import HeldCalls
 from broker.proxy.http_endpoint import McpHttpEndpoint
-from broker.proxy.identity import Authenticator
 from broker.proxy.ratelimit import RateLimiter, SlidingWindowLimiter
 from broker.proxy.releaser import UpstreamReleaser
 from broker.proxy.sessions import SessionRegistry
@@ -139,7 +140,9 @@ class Broker:
         self.sessions = SessionRegistry()
         self.mcp_endpoint = McpHttpEndpoint(
             self.gateway,
-            authenticator=Authenticator(settings.credentials, allow_anonymous=settings.allow_anonymous),
+            verifier=agent_verifier(
+                settings.credentials, allow_anonymous=settings.allow_anonymous, oauth=settings.oauth
+            ),
             sessions=self.sessions,
             changes=self.changes,
             allowed_origins=settings.allowed_origins,
@@ -432,19 +435,23 @@ class Broker:
         return api
 
     def asgi(self) -> ASGIApp:
-        return BrokerASGI(self.mcp_endpoint, self.build_api())
+        metadata = ProtectedResourceMetadata(self.settings.oauth) if self.settings.oauth else None
+        return BrokerASGI(self.mcp_endpoint, self.build_api(), metadata)
 
 
 class BrokerASGI:
     """Sends `/mcp` straight to the MCP endpoint so the hot path skips the web framework's routing."""
 
-    def __init__(self, mcp: ASGIApp, api: ASGIApp) -> None:
+    def __init__(self, mcp: ASGIApp, api: ASGIApp, metadata: ProtectedResourceMetadata | None = None) -> None:
         self._mcp = mcp
         self._api = api
+        self._metadata = metadata
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in ("/mcp", "/mcp/"):
             await self._mcp(scope, receive, send)
+        elif self._metadata is not None and scope["type"] == "http" and scope["path"] in self._metadata.paths:
+            await self._metadata(scope, receive, send)
         else:
             await self._api(scope, receive, send)
 

@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broker.approvals.approvers import ApproverAccount
+from broker.config.oauth import OAuthEntry, OAuthSettings, oauth_settings
 from broker.config.positions import describe_validation_error
 from broker.config.sso import SsoConfigError, SsoEntry, SsoSettings, sso_settings
 from broker.proxy.identity import AgentCredential
@@ -196,6 +197,7 @@ class _ConfigFile(BaseModel):
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
     limits: _Limits = _Limits()
     slack: _Slack | None = None
+    oauth: OAuthEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,7 @@ class BrokerSettings:
     """On SIGTERM: held agents may still receive decisions this long, then get a 'pending' answer."""
     limits: LimitSettings = field(default_factory=LimitSettings)
     slack: SlackSettings | None = None  # None when the config has no slack block
+    oauth: OAuthSettings | None = None  # None: API keys only
     demo: bool = False
     """Started with --demo: the inbox tells how to make a held call (`broker demo calls`)."""
 
@@ -459,6 +462,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
             max_connections_per_address=config.limits.max_connections_per_address,
         ),
         slack=slack,
+        oauth=oauth_settings(config.oauth),
     )
 
 

@@ -25,9 +25,9 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, c
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope, Send
 
+from broker.proxy.auth.model import AgentVerifier, Challenge
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.gateway import AgentContext, AgentRequest, Gateway
-from broker.proxy.identity import Authenticator
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -147,7 +147,7 @@ class McpHttpEndpoint:
         self,
         gateway: Gateway,
         *,
-        authenticator: Authenticator,
+        verifier: AgentVerifier,
         sessions: SessionRegistry,
         changes: ChangeFeed,
         max_body_bytes: int = MAX_MESSAGE_BYTES,
@@ -155,7 +155,7 @@ class McpHttpEndpoint:
         allowed_origins: frozenset[str] | None = None,
     ) -> None:
         self._gateway = gateway
-        self._auth = authenticator
+        self._verifier = verifier
         self._sessions = sessions
         self._changes = changes
         self._max_body = max_body_bytes
@@ -175,16 +175,17 @@ class McpHttpEndpoint:
             # Browsers send Origin; refusing foreign ones stops DNS-rebinding pages from driving agents' tools.
             await _reject(send, 403, INVALID_REQUEST, "Forbidden: origin not allowed")
             return
-        agent = self._auth.agent_for_header(headers.get(b"authorization"))
-        if agent is None:
+        identity = await self._verifier.verify(headers.get(b"authorization"))
+        if isinstance(identity, Challenge):
             await _reject(
                 send,
-                401,
+                identity.status,
                 INVALID_REQUEST,
-                "Unauthorized: present a valid agent API key as 'Authorization: Bearer <key>'",
-                headers=[(b"www-authenticate", b'Bearer realm="mcp-approval-broker"')],
+                identity.message,
+                headers=[(b"www-authenticate", identity.www_authenticate)],
             )
             return
+        agent = identity.agent
         method = scope["method"]
         if method == "POST":
             await self._post(headers, agent, receive, send)
