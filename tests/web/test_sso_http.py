@@ -172,23 +172,18 @@ async def test_an_error_from_the_provider_is_shown(auth_server: AuthServer, tmp_
 
 
 @pytest.mark.parametrize("mode", ["down", "garbage"])
+@pytest.mark.parametrize("part", ["metadata", "jwks"])
 async def test_a_provider_that_is_down_or_answers_garbage_means_no_session(
-    auth_server: AuthServer, tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+    auth_server: AuthServer, tmp_path: Path, part: str, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Discovery fails when the sign-on starts; the keys fail when the ID token is checked."""
     with anyio.fail_after(60), caplog.at_level(logging.WARNING):
         async with sso_broker(auth_server, tmp_path) as running, browser_like(running) as http:
-            auth_server.metadata_mode = mode
-            first = await http.get("/signin/oidc")
-            assert first.status_code == 502
-            assert "Identity provider unavailable" in first.text
-            auth_server.metadata_mode = "ok"
-            auth_server.jwks_mode = mode
-            callback, _ = await begin(http)
-            second = await http.get(callback)
-            assert second.status_code == 502
+            setattr(auth_server, f"{part}_mode", mode)
+            refused = await http.get("/signin/oidc" if part == "metadata" else (await begin(http))[0])
+            assert refused.status_code == 502
+            assert "Identity provider unavailable" in refused.text
             assert (await http.get("/")).url.path == "/login"
-            auth_server.jwks_mode = "ok"
-            assert (await http.get((await begin(http))[0])).url.path == "/"
     assert "identity provider unavailable" in caplog.text
 
 

@@ -56,7 +56,7 @@ BAD_TOKENS = {
     "wrongly signed": (lambda auth: auth.wrongly_signed_token(aud=API_AUDIENCE), "signature"),
     "hs256 confusion": (lambda auth: auth.hs256_confused_token(aud=API_AUDIENCE), "'HS256' is not allowed"),
     "alg none": (lambda auth: auth.alg_none_token(aud=API_AUDIENCE), "'none' is not allowed"),
-    "not a jwt": (lambda auth: "opaque-token", "not a signed JWT"),
+    "not a jwt": (lambda auth: "opaque-token", "not a well-formed signed JWT"),
 }
 
 
@@ -114,12 +114,23 @@ async def test_a_new_key_is_fetched_at_a_bounded_rate_and_old_keys_serve_while_t
         assert (await provider.verify_access_token(auth_server.token(aud=API_AUDIENCE)))["sub"] == "alice"
 
 
-@pytest.mark.parametrize("mode", ["down", "garbage", "empty"])
-async def test_without_usable_keys_nothing_verifies(auth_server: AuthServer, mode: str) -> None:
-    auth_server.jwks_mode = mode
-    provider = IdentityProvider(settings_for(auth_server), clock=real_time())
-    with anyio.fail_after(30), pytest.raises(ProviderUnavailable):
-        await provider.verify_access_token(auth_server.token(aud=API_AUDIENCE))
+@pytest.mark.parametrize(
+    ("part", "mode"), [("jwks", "down"), ("jwks", "garbage"), ("jwks", "empty"), ("metadata", "down")]
+)
+async def test_without_usable_keys_nothing_verifies_and_the_provider_is_asked_again_only_after_a_while(
+    auth_server: AuthServer, part: str, mode: str
+) -> None:
+    setattr(auth_server, f"{part}_mode", mode)
+    clock = real_time()
+    provider = IdentityProvider(settings_for(auth_server), clock=clock)
+    with anyio.fail_after(30):
+        for _ in range(5):
+            with pytest.raises(ProviderUnavailable):
+                await provider.verify_access_token(auth_server.token(aud=API_AUDIENCE))
+        assert getattr(auth_server, f"{part}_hits") == 1
+        setattr(auth_server, f"{part}_mode", "ok")
+        clock.advance(timedelta(seconds=31))
+        assert (await provider.verify_access_token(auth_server.token(aud=API_AUDIENCE)))["sub"] == "alice"
 
 
 async def test_a_discovery_document_for_another_issuer_is_refused(auth_server: AuthServer) -> None:

@@ -1,10 +1,13 @@
 """The approvers' identity provider, as a client sees it: discovery, signing keys, token checks.
 
 Discovery (``<issuer>/.well-known/openid-configuration``) is fetched on first use and kept; its
-``issuer`` must be the configured one, character for character. The JWKS is kept too and
-fetched again only for a key id it does not hold, at most once per `refresh_interval`, so a
-stream of tokens with invented key ids cannot turn the broker into a load generator against the
-provider. While the provider cannot be reached, the keys already held keep working.
+``issuer`` must be the configured one, character for character; after a failed attempt the next
+waits `refresh_interval`. The signing keys are the agents' JWKS cache
+(broker.proxy.auth.jwks.JwksCache) over the discovered ``jwks_uri``: fetched again for a key id
+it does not hold or when older than an hour, at most once per `refresh_interval`, so a stream of
+tokens with invented key ids cannot turn the broker into a load generator against the provider;
+while the provider cannot be reached, the keys already held keep working, and with none held
+(or none fresh) nothing verifies.
 
 A token is checked with joserfc: its header's ``alg`` must be in the configured asymmetric
 allow-list (never ``none``, never HMAC), the key must come from the provider's JWKS, and ``iss``,
@@ -21,22 +24,19 @@ Exception tree::
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import anyio
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from broker.approvals.clock import Clock, utc_now
 from broker.config.sso import SsoSettings
+from broker.proxy.auth.jwks import JwksCache
 
 logger = logging.getLogger(__name__)
 
@@ -77,59 +77,54 @@ class IdentityProvider:
         self._clock = clock
         self._refresh_interval = refresh_interval
         self._metadata: ProviderMetadata | None = None
-        self._keys: KeySet | None = None
-        self._keys_fetched_at: datetime | None = None
-        self._lock = anyio.Lock()
+        self._metadata_failed_at: datetime | None = None
+        self._jwks: JwksCache | None = None
 
     # -- documents ------------------------------------------------------------------------------
 
     async def metadata(self) -> ProviderMetadata:
         if self._metadata is None:
-            url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            document = await self._get_json(url)
-            if document.get("issuer") != self.settings.issuer:
-                raise ProviderUnavailable(
-                    f"the discovery document at {url} names issuer {document.get('issuer')!r}, "
-                    f"not the configured {self.settings.issuer!r}"
-                )
+            failed_at, now = self._metadata_failed_at, self._clock()
+            if failed_at is not None and now - failed_at < self._refresh_interval:
+                raise ProviderUnavailable("the identity provider's discovery document failed moments ago")
             try:
-                self._metadata = ProviderMetadata(
-                    issuer=document["issuer"],
-                    authorization_endpoint=_url(document, "authorization_endpoint"),
-                    token_endpoint=_url(document, "token_endpoint"),
-                    jwks_uri=_url(document, "jwks_uri"),
-                    end_session_endpoint=document.get("end_session_endpoint")
-                    if isinstance(document.get("end_session_endpoint"), str)
-                    else None,
-                )
-            except (KeyError, TypeError) as exc:
-                raise ProviderUnavailable(f"the discovery document at {url} lacks {exc}") from None
+                self._metadata = await self._discover()
+            except ProviderUnavailable:
+                self._metadata_failed_at = now
+                raise
         return self._metadata
 
-    async def _key_set(self, kid: str | None) -> KeySet:
-        async with self._lock:
-            if self._keys is not None and _holds(self._keys, kid):
-                return self._keys
-            now = self._clock()
-            recently = (
-                self._keys_fetched_at is not None and now - self._keys_fetched_at < self._refresh_interval
+    async def _discover(self) -> ProviderMetadata:
+        url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        document = await self._get_json(url)
+        if document.get("issuer") != self.settings.issuer:
+            raise ProviderUnavailable(
+                f"the discovery document at {url} names issuer {document.get('issuer')!r}, "
+                f"not the configured {self.settings.issuer!r}"
             )
-            if self._keys is not None and recently:
-                return self._keys  # the kid stays unknown until the next refresh is allowed
-            self._keys_fetched_at = now
-            try:
-                metadata = await self.metadata()
-                document = await self._get_json(metadata.jwks_uri)
-                self._keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
-            except ProviderUnavailable:
-                if self._keys is None:
-                    raise
-                logger.warning("identity provider keys could not be refreshed; using the keys held")
-            except (JoseError, KeyError, TypeError, ValueError) as exc:
-                if self._keys is None:
-                    raise ProviderUnavailable(f"the provider's JWKS is not usable: {exc}") from None
-                logger.warning("identity provider returned an unusable JWKS (%s); using the keys held", exc)
-            return self._keys
+        try:
+            return ProviderMetadata(
+                issuer=document["issuer"],
+                authorization_endpoint=_url(document, "authorization_endpoint"),
+                token_endpoint=_url(document, "token_endpoint"),
+                jwks_uri=_url(document, "jwks_uri"),
+                end_session_endpoint=document.get("end_session_endpoint")
+                if isinstance(document.get("end_session_endpoint"), str)
+                else None,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ProviderUnavailable(f"the discovery document at {url} lacks {exc}") from None
+
+    async def _keys(self) -> JwksCache:
+        if self._jwks is None:
+            metadata = await self.metadata()
+            self._jwks = JwksCache(
+                metadata.issuer,
+                jwks_uri=metadata.jwks_uri,
+                min_refresh=self._refresh_interval.total_seconds(),
+                monotonic=lambda: self._clock().timestamp(),
+            )
+        return self._jwks
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
@@ -203,7 +198,10 @@ class IdentityProvider:
         return await self._verify(token, audience=self.settings.api_audience)
 
     async def _verify(self, token: str, *, audience: str) -> dict[str, Any]:
-        header = _header(token)
+        try:
+            header = jws.extract_compact(token.encode("ascii")).headers()
+        except (JoseError, ValueError, TypeError, UnicodeError):
+            raise TokenRejected("not a well-formed signed JWT") from None
         alg = header.get("alg")
         if alg not in self.settings.algorithms:
             raise TokenRejected(
@@ -212,11 +210,17 @@ class IdentityProvider:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise TokenRejected("the token's kid is not a string")
-        keys = await self._key_set(kid)
-        if not _holds(keys, kid):
+        keys = await self._keys()
+        key = keys.key(kid)
+        if key is None or not keys.fresh:
+            await keys.refresh()
+            key = keys.key(kid)
+        if key is None:
+            if not keys.fresh:
+                raise ProviderUnavailable("the identity provider's signing keys cannot be fetched")
             raise TokenRejected(f"no key {kid!r} in the identity provider's JWKS")
         try:
-            decoded = jwt.decode(token, keys.get_by_kid(kid), algorithms=list(self.settings.algorithms))
+            decoded = jwt.decode(token, key, algorithms=[alg])
             registry = jwt.JWTClaimsRegistry(
                 now=lambda: int(self._clock().timestamp()),
                 leeway=self.settings.leeway_seconds,
@@ -231,25 +235,6 @@ class IdentityProvider:
         except ValueError as exc:
             raise TokenRejected(f"the token is malformed: {exc}") from None
         return dict(decoded.claims)
-
-
-def _header(token: str) -> dict[str, Any]:
-    if token.count(".") != 2:
-        raise TokenRejected("not a signed JWT (three dot-separated parts)")
-    segment = token.split(".", 1)[0]
-    try:
-        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except ValueError:
-        raise TokenRejected("the token's header is not base64url JSON") from None
-    if not isinstance(header, dict):
-        raise TokenRejected("the token's header is not a JSON object")
-    return header
-
-
-def _holds(keys: KeySet, kid: str | None) -> bool:
-    if kid is None:
-        return len(keys.keys) == 1
-    return any(key.kid == kid for key in keys.keys)
 
 
 def _url(document: dict[str, Any], name: str) -> str:
