@@ -23,9 +23,10 @@ from broker.channels.web.signin import WebSignin
 from broker.config.settings import WebSettings
 from broker.config.sso import SsoSettings
 from tests.authserver.server import AuthServer
+from tests.e2e.test_approvals_cli import cli
 from tests.store.conftest import ManualClock
 from tests.web.sso_support import API_AUDIENCE, CLIENT_ID, sso_accounts, sso_broker
-from tests.web.support import ApprovalFeed, order
+from tests.web.support import ApprovalFeed, order, text_of
 from tests.web.test_signin import request
 
 pytestmark = pytest.mark.anyio
@@ -221,3 +222,29 @@ def test_a_sign_on_session_ends_when_the_approvers_mapping_changes() -> None:
         .account
         is None
     )
+
+
+async def test_the_cli_decides_with_the_providers_access_token(
+    auth_server: AuthServer, tmp_path: Path
+) -> None:
+    feed = ApprovalFeed()
+    with anyio.fail_after(90):
+        async with sso_broker(auth_server, tmp_path) as running:
+            running.broker.approvals.add_listener(feed)
+            as_bob = ["--url", running.url, "--token", auth_server.token("bob", aud=API_AUDIENCE)]
+            expired = ["--url", running.url, "--token", auth_server.expired_token("bob", aud=API_AUDIENCE)]
+            async with running.client() as client, anyio.create_task_group() as tasks:
+                outcome = {}
+
+                async def agent() -> None:
+                    outcome["result"] = await client.call_tool("place_order", order(3002))
+
+                tasks.start_soon(agent)
+                approval = await feed.wait_for(lambda item: item.arguments.get("price") == 3002)
+                code, out, err = await cli("approvals", "list", *expired)
+                assert code != 0 and "expired" in err, (out, err)
+                code, out, err = await cli("approvals", "list", *as_bob)
+                assert code == 0 and approval.id in out, err
+                code, out, err = await cli("approvals", "deny", approval.id, "--reason", "not today", *as_bob)
+                assert code == 0 and f"{approval.id}: denied by bob" in out, err
+            assert outcome["result"].is_error and "not today" in text_of(outcome["result"])
