@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import anyio
+
+from broker.approvals import Approval
 from broker.approvals.approvers import ApproverAccount
 from broker.config.settings import WebSettings
 from broker.config.sso import SsoSettings
 from tests.authserver.server import AuthServer
 from tests.e2e.harness import RunningBroker, exchange_server, make_settings, running_broker
-from tests.web.support import POLICY, accounts_with_passwords
+from tests.web.support import POLICY, ApprovalFeed, accounts_with_passwords, order
 
 CLIENT_ID = "broker-inbox"
 API_AUDIENCE = "mcp-broker-api"
@@ -64,3 +68,24 @@ async def sso_broker(
     async with running_broker(settings) as running:
         auth.clients[CLIENT_ID].metadata["redirect_uris"].append(f"{running.url}/signin/oidc/callback")
         yield running
+
+
+@dataclass
+class HeldOrder:
+    approval: Approval | None = None
+    result: Any = None
+    """The agent's answer, once the call was decided (after the `held_order` block)."""
+
+
+@asynccontextmanager
+async def held_order(running: RunningBroker, feed: ApprovalFeed, price: float) -> AsyncIterator[HeldOrder]:
+    """An agent's big order, held for approval while the block runs; the block must decide it."""
+    held = HeldOrder()
+    async with running.client() as client, anyio.create_task_group() as tasks:
+
+        async def agent() -> None:
+            held.result = await client.call_tool("place_order", order(price))
+
+        tasks.start_soon(agent)
+        held.approval = await feed.wait_for(lambda item: item.arguments.get("price") == price)
+        yield held

@@ -14,8 +14,8 @@ from playwright.async_api import Browser, async_playwright, expect
 
 from tests.authserver.server import AuthServer
 from tests.e2e.harness import RunningBroker
-from tests.web.sso_support import sso_broker
-from tests.web.support import ApprovalFeed, order
+from tests.web.sso_support import held_order, sso_broker
+from tests.web.support import ApprovalFeed
 from tests.web.test_inbox_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
 from tests.web.test_inbox_layout_browser import DESKTOP, PHONE, fits_sideways
 
@@ -81,14 +81,9 @@ async def test_an_approver_signs_on_in_the_browser_and_approves_a_held_call(
         context = await browser.new_context(base_url=running.url, viewport=size, **extra)
         context.set_default_timeout(WAIT_MS)
         try:
-            outcome: dict[str, Any] = {}
-            async with running.client() as client, anyio.create_task_group() as tasks:
-
-                async def agent() -> None:
-                    outcome["result"] = await client.call_tool("place_order", order(price))
-
-                tasks.start_soon(agent)
-                approval = await feed.wait_for(lambda item: item.arguments.get("price") == price)
+            async with held_order(running, feed, price) as held:
+                approval = held.approval
+                assert approval is not None
                 page = await context.new_page()
                 await page.goto(f"/approvals/{approval.id}")
                 await expect(page).to_have_url(re.compile(r"/login\?next="))
@@ -101,7 +96,7 @@ async def test_an_approver_signs_on_in_the_browser_and_approves_a_held_call(
                 await page.get_by_label("Reason").fill("signed on and checked")
                 await page.get_by_role("button", name="Approve").click()
                 await expect(page.locator(".ending")).to_contain_text("alice")
-            result = outcome["result"]
+            result = held.result
             assert not result.is_error and result.structured_content["price"] == price
         finally:
             await context.close()

@@ -17,8 +17,8 @@ import pytest
 from broker.channels.web.sessions import COOKIE_NAME
 from tests.authserver.server import AuthServer
 from tests.e2e.harness import RunningBroker
-from tests.web.sso_support import sso_broker
-from tests.web.support import ApprovalFeed, csrf_token, order
+from tests.web.sso_support import held_order, sso_broker
+from tests.web.support import ApprovalFeed, csrf_token
 
 pytestmark = pytest.mark.anyio
 
@@ -70,14 +70,9 @@ async def test_groups_come_from_the_provider_and_decide_who_may_approve(
     with anyio.fail_after(60):
         async with sso_broker(auth_server, tmp_path) as running, browser_like(running) as http:
             running.broker.approvals.add_listener(feed)
-            async with running.client() as client, anyio.create_task_group() as tasks:
-                outcome = {}
-
-                async def agent() -> None:
-                    outcome["result"] = await client.call_tool("place_order", order(2001))
-
-                tasks.start_soon(agent)
-                approval = await feed.wait_for(lambda item: item.arguments.get("price") == 2001)
+            async with held_order(running, feed, 2001) as held:
+                approval = held.approval
+                assert approval is not None
                 callback, _ = await begin(http, f"/approvals/{approval.id}")
                 page = await http.get(callback)
                 assert page.url.path == f"/approvals/{approval.id}"
@@ -86,8 +81,8 @@ async def test_groups_come_from_the_provider_and_decide_who_may_approve(
                     data={"csrf_token": csrf_token(page.text), "reason": "fine"},
                 )
                 assert decided.status_code == 200, decided.text
-            assert not outcome["result"].is_error
-            assert outcome["result"].structured_content["price"] == 2001
+            assert not held.result.is_error
+            assert held.result.structured_content["price"] == 2001
             async with running.approver("alice") as api:
                 record = (await api.get(f"/api/approvals/{approval.id}")).json()
             assert (record["decided_by"], record["decided_via"]) == ("bob", "web")

@@ -25,8 +25,8 @@ from broker.config.sso import SsoSettings
 from tests.authserver.server import AuthServer
 from tests.e2e.test_approvals_cli import cli
 from tests.store.conftest import ManualClock
-from tests.web.sso_support import API_AUDIENCE, CLIENT_ID, sso_accounts, sso_broker
-from tests.web.support import ApprovalFeed, order, text_of
+from tests.web.sso_support import API_AUDIENCE, CLIENT_ID, held_order, sso_accounts, sso_broker
+from tests.web.support import ApprovalFeed, text_of
 from tests.web.test_signin import request
 
 pytestmark = pytest.mark.anyio
@@ -188,20 +188,15 @@ async def test_the_decisions_api_takes_the_providers_access_tokens(
                 assert "identity provider token was refused" in refused.json()["detail"]
             async with running.approver("alice") as http:  # configured approver tokens still work
                 assert (await http.get("/api/approvals")).status_code == 200
-            async with running.client() as client, anyio.create_task_group() as tasks:
-                outcome = {}
-
-                async def agent() -> None:
-                    outcome["result"] = await client.call_tool("place_order", order(3001))
-
-                tasks.start_soon(agent)
-                approval = await feed.wait_for(lambda item: item.arguments.get("price") == 3001)
+            async with held_order(running, feed, 3001) as held:
+                approval = held.approval
+                assert approval is not None
                 # Bob is a trading lead only by the provider's groups claim in his token.
                 async with api(auth_server.token("bob", aud=API_AUDIENCE)) as http:
                     decided = await http.post(f"/api/approvals/{approval.id}/approve", json={"reason": "ok"})
                 assert decided.status_code == 200, decided.text
                 assert decided.json()["decided_by"] == "bob"
-            assert not outcome["result"].is_error
+            assert not held.result.is_error
 
 
 def test_a_sign_on_session_ends_when_the_approvers_mapping_changes() -> None:
@@ -233,18 +228,13 @@ async def test_the_cli_decides_with_the_providers_access_token(
             running.broker.approvals.add_listener(feed)
             as_bob = ["--url", running.url, "--token", auth_server.token("bob", aud=API_AUDIENCE)]
             expired = ["--url", running.url, "--token", auth_server.expired_token("bob", aud=API_AUDIENCE)]
-            async with running.client() as client, anyio.create_task_group() as tasks:
-                outcome = {}
-
-                async def agent() -> None:
-                    outcome["result"] = await client.call_tool("place_order", order(3002))
-
-                tasks.start_soon(agent)
-                approval = await feed.wait_for(lambda item: item.arguments.get("price") == 3002)
+            async with held_order(running, feed, 3002) as held:
+                approval = held.approval
+                assert approval is not None
                 code, out, err = await cli("approvals", "list", *expired)
                 assert code != 0 and "expired" in err, (out, err)
                 code, out, err = await cli("approvals", "list", *as_bob)
                 assert code == 0 and approval.id in out, err
                 code, out, err = await cli("approvals", "deny", approval.id, "--reason", "not today", *as_bob)
                 assert code == 0 and f"{approval.id}: denied by bob" in out, err
-            assert outcome["result"].is_error and "not today" in text_of(outcome["result"])
+            assert held.result.is_error and "not today" in text_of(held.result)
