@@ -10,6 +10,11 @@
       jwks_uri: null                                      # default: discovered from the issuer's metadata
       jwks_max_age_seconds: 3600                          # keys are refetched after this long
       jwks_min_refresh_seconds: 30                        # at most one refetch this often for an unknown kid
+      introspection:                                      # optional: opaque tokens, asked of RFC 7662
+        endpoint: https://login.example.com/introspect
+        client_id: broker
+        client_secret_env: BROKER_INTROSPECTION_SECRET
+        cache_seconds: 60                                 # an active answer is reused this long at most
 
 Without the section the broker takes API keys only, as before; with it, API keys keep working
 beside tokens.
@@ -17,6 +22,7 @@ beside tokens.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,6 +31,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+
+
+class IntrospectionEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str
+    client_id: str
+    client_secret_env: str
+    cache_seconds: float = Field(default=60.0, ge=0, le=3600)
 
 
 class OAuthEntry(BaseModel):
@@ -40,6 +55,7 @@ class OAuthEntry(BaseModel):
     jwks_max_age_seconds: float = Field(default=3600.0, gt=0)
     jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
     resource_name: str = "MCP approval broker"
+    introspection: IntrospectionEntry | None = None
 
     @field_validator("issuer", "resource", "jwks_uri")
     @classmethod
@@ -64,6 +80,14 @@ class OAuthEntry(BaseModel):
 
 
 @dataclass(frozen=True)
+class IntrospectionSettings:
+    endpoint: str
+    client_id: str
+    client_secret: str
+    cache_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class OAuthSettings:
     issuer: str
     resource: str
@@ -75,6 +99,7 @@ class OAuthSettings:
     jwks_max_age_seconds: float = 3600.0
     jwks_min_refresh_seconds: float = 30.0
     resource_name: str = "MCP approval broker"
+    introspection: IntrospectionSettings | None = None
 
     @property
     def resource_metadata_url(self) -> str:
@@ -84,9 +109,29 @@ class OAuthSettings:
         return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{path}"
 
 
-def oauth_settings(entry: OAuthEntry | None) -> OAuthSettings | None:
+class MissingSecret(ValueError):
+    pass
+
+
+def oauth_settings(
+    entry: OAuthEntry | None, environ: Mapping[str, str] | None = None
+) -> OAuthSettings | None:
+    """Raises MissingSecret when the introspection client's secret is not in the environment."""
     if entry is None:
         return None
+    introspection = None
+    if entry.introspection is not None:
+        secret = (environ or {}).get(entry.introspection.client_secret_env)
+        if not secret:
+            raise MissingSecret(
+                f"oauth.introspection: the environment variable {entry.introspection.client_secret_env} is not set"
+            )
+        introspection = IntrospectionSettings(
+            entry.introspection.endpoint,
+            entry.introspection.client_id,
+            secret,
+            entry.introspection.cache_seconds,
+        )
     return OAuthSettings(
         issuer=entry.issuer,
         resource=entry.resource,
@@ -98,4 +143,5 @@ def oauth_settings(entry: OAuthEntry | None) -> OAuthSettings | None:
         jwks_max_age_seconds=entry.jwks_max_age_seconds,
         jwks_min_refresh_seconds=entry.jwks_min_refresh_seconds,
         resource_name=entry.resource_name,
+        introspection=introspection,
     )

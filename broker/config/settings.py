@@ -36,7 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broker.approvals.approvers import ApproverAccount
-from broker.config.oauth import OAuthEntry, OAuthSettings, oauth_settings
+from broker.config.oauth import MissingSecret, OAuthEntry, OAuthSettings, oauth_settings
 from broker.config.positions import describe_validation_error
 from broker.config.sso import SsoConfigError, SsoEntry, SsoSettings, sso_settings
 from broker.proxy.identity import AgentCredential
@@ -462,8 +462,15 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
             max_connections_per_address=config.limits.max_connections_per_address,
         ),
         slack=slack,
-        oauth=oauth_settings(config.oauth),
+        oauth=_oauth(config.oauth, environ, path),
     )
+
+
+def _oauth(entry: OAuthEntry | None, environ: Mapping[str, str], path: Path) -> OAuthSettings | None:
+    try:
+        return oauth_settings(entry, environ)
+    except MissingSecret as error:
+        raise ConfigError(f"{path}: {error}") from error
 
 
 def _sso(entry: SsoEntry, environ: Mapping[str, str], path: Path) -> SsoSettings:

@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from broker.approvals.grants import Grant
 from broker.approvals.health import StoreHealth
 from broker.observability.calls import CallCounts, UpstreamLatency
 from broker.policy import Policy
+from broker.policy.conditions import with_claims
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.change_feed import ChangeFeed
@@ -70,12 +71,17 @@ class AgentRequest:
         makes that a cancellation), as opposed to a lost connection or a broker shutdown."""
 
 
+Claims = Mapping[str, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class AgentContext:
     agent: str
     session: str
     """The key rate limits are counted under: the MCP session, or the agent itself on the stateless era."""
     modern: bool = False
+    claims: Claims | None = None
+    """The verified access token's claims (None for API keys): `claims.` paths in `when` read them."""
 
 
 class Upstreams(Protocol):
@@ -317,7 +323,10 @@ class Gateway:
             raise RpcError(INVALID_PARAMS, _unknown_tool_message(name, self._upstreams.status()))
 
         decision = self._policy.current.decide(
-            tool.name, server=tool.server, agent=ctx.agent, arguments=arguments
+            tool.name,
+            server=tool.server,
+            agent=ctx.agent,
+            arguments=arguments if ctx.claims is None else with_claims(arguments, ctx.claims),
         )
         action = decision.action
         if action is Action.ALLOW or action is Action.REQUIRE_APPROVAL:

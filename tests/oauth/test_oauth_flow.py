@@ -28,6 +28,7 @@ from mcp.shared.auth import (
 from broker.config.oauth import OAuthSettings
 from tests.authserver.server import AuthServer
 from tests.e2e.harness import RunningBroker, exchange_server, make_settings, running_broker
+from tests.e2e.test_approvals_flow import watch
 
 pytestmark = pytest.mark.anyio
 
@@ -35,11 +36,18 @@ POLICY = """
 version: "1"
 default: deny
 rules:
-  - tool: "get_*"
+  - tool: get_ticker
     action: allow
   - tool: place_order
     action: allow
     agents: [bob]
+  - tool: get_balances
+    action: allow
+    when:
+      "claims.groups": {contains: approvers}
+  - tool: list_open_orders
+    action: require_approval
+    timeout: 60
 """
 ORDER = {"symbol": "BTCUSD", "side": "buy", "quantity": 1, "price": 1000}
 
@@ -194,3 +202,40 @@ async def test_the_sdk_client_signs_in_and_the_policy_sees_the_agent_its_token_n
             # Static API keys keep working on the same broker.
             async with running.client("trader") as client:
                 assert not (await client.call_tool("get_ticker", {"symbol": "BTCUSD"})).is_error
+
+
+async def test_rules_can_test_the_token_claims(tmp_path: Path, auth_server: AuthServer) -> None:
+    async with oauth_broker(tmp_path, auth_server) as running:
+        resource = f"{running.url}/mcp"
+        with anyio.fail_after(60):
+            async with running.client(key=auth_server.token("alice", aud=resource)) as client:
+                balances = await client.call_tool("get_balances", {})
+                assert not balances.is_error, text_of(balances)
+            async with running.client(key=auth_server.token("carol", aud=resource)) as client:
+                refused = await client.call_tool("get_balances", {})
+                assert refused.is_error and "Policy violation" in text_of(refused)
+            # API-key agents have no claims: the same rule does not admit them.
+            async with running.client("trader") as client:
+                assert (await client.call_tool("get_balances", {})).is_error
+
+
+async def test_a_held_call_records_the_agent_the_token_names(tmp_path: Path, auth_server: AuthServer) -> None:
+    async with oauth_broker(tmp_path, auth_server, agent_claim="client_id") as running:
+        feed = watch(running)
+        token = auth_server.token("carol", aud=f"{running.url}/mcp", client_id="research-assistant")
+        with anyio.fail_after(30):
+            async with running.client(key=token) as client, anyio.create_task_group() as tasks:
+                outcome: dict[str, Any] = {}
+
+                async def agent() -> None:
+                    outcome["result"] = await client.call_tool("list_open_orders", {})
+
+                tasks.start_soon(agent)
+                approval = await feed.opened.receive()
+                assert approval.agent == "research-assistant"
+                async with running.approver("alice") as alice:
+                    decided = await alice.post(
+                        f"/api/approvals/{approval.id}/deny", json={"reason": "not now"}
+                    )
+                    assert decided.status_code == 200, decided.text
+            assert outcome["result"].is_error and "not now" in text_of(outcome["result"])

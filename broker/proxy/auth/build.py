@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from broker.config.oauth import OAuthSettings
 from broker.proxy.auth.api_keys import ApiKeyVerifier
 from broker.proxy.auth.chain import ChainVerifier
+from broker.proxy.auth.introspection import Introspector
 from broker.proxy.auth.jwks import JwksCache
 from broker.proxy.auth.jwt import JwtVerifier
 from broker.proxy.auth.model import AgentVerifier, bearer_challenge
@@ -31,4 +32,5 @@ def agent_verifier(
         max_age=oauth.jwks_max_age_seconds,
         min_refresh=oauth.jwks_min_refresh_seconds,
     )
-    return ChainVerifier(api_keys, JwtVerifier(oauth, keys))
+    introspector = Introspector(oauth, oauth.introspection) if oauth.introspection is not None else None
+    return ChainVerifier(api_keys, JwtVerifier(oauth, keys), introspector)

@@ -26,6 +26,8 @@ import httpx
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from broker.proxy.auth.answers import json_object
+
 logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 5.0
@@ -138,12 +140,7 @@ async def _get_json(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
         answer = await http.get(url, headers={"Accept": "application/json"})
     except httpx.HTTPError as error:
         raise KeysUnavailable(f"{url}: {type(error).__name__}: {error}") from error
-    if answer.status_code != 200:
-        raise KeysUnavailable(f"{url} answered HTTP {answer.status_code}")
     try:
-        document = answer.json()
+        return json_object(answer)
     except ValueError as error:
-        raise KeysUnavailable(f"{url} did not answer JSON") from error
-    if not isinstance(document, dict):
-        raise KeysUnavailable(f"{url} did not answer a JSON object")
-    return document
+        raise KeysUnavailable(f"{url} {error}") from error

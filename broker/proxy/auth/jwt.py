@@ -101,6 +101,20 @@ class JwtVerifier:
             scope=self._scope,
         )
 
+    def refuse(self, refused: TokenRefused) -> Challenge:
+        logger.warning("oauth: access token refused: %s", refused)
+        return self.challenge(str(refused))
+
+    def admit(self, identity: AgentIdentity) -> AgentIdentity | Challenge:
+        """403 insufficient_scope unless the identity holds every required scope."""
+        missing = self._required - identity.scopes
+        if not missing:
+            return identity
+        logger.warning("oauth: agent %s lacks scopes %s", identity.agent, " ".join(sorted(missing)))
+        return self.challenge(
+            f"the token lacks the scopes {' '.join(sorted(missing))}", status=403, error="insufficient_scope"
+        )
+
     def remembered(self, authorization: bytes) -> AgentIdentity | None:
         """The identity of a token that verified before and has not expired since (no I/O)."""
         remembered = self._verified.get(authorization)
@@ -123,16 +137,10 @@ class JwtVerifier:
         try:
             identity, expires = await self._verify(token)
         except TokenRefused as refused:
-            logger.warning("oauth: access token refused: %s", refused)
-            return self.challenge(str(refused))
-        missing = self._required - identity.scopes
-        if missing:
-            logger.warning("oauth: agent %s lacks scopes %s", identity.agent, " ".join(sorted(missing)))
-            return self.challenge(
-                f"the token lacks the scopes {' '.join(sorted(missing))}",
-                status=403,
-                error="insufficient_scope",
-            )
+            return self.refuse(refused)
+        admitted = self.admit(identity)
+        if isinstance(admitted, Challenge):
+            return admitted
         if len(self._verified) >= self._cache_size:
             self._verified.clear()
         self._verified[key] = (identity, expires)

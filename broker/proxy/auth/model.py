@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Method = Literal["api_key", "jwt", "anonymous"]
+Method = Literal["api_key", "jwt", "introspection", "anonymous"]
 
 
 @dataclass(frozen=True, slots=True)
