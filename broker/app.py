@@ -26,6 +26,7 @@ from broker.channels.api import build_decisions_router
 from broker.channels.call_context import CallContextSource
 from broker.channels.grants_api import build_grants_router
 from broker.channels.sso.api_tokens import SsoApproverTokens
+from broker.channels.sso.identity import possible_groups
 from broker.channels.sso.provider import IdentityProvider
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
@@ -96,7 +97,10 @@ class Broker:
         self.approvers = ApproverDirectory(settings.approvers)
         unreachable = unreachable_quorums(
             self.policy_file.holder.current,
-            ((account.name, account.groups) for account in self.approvers.accounts()),
+            (
+                (account.name, account.groups | possible_groups(account, settings.web.sso))
+                for account in self.approvers.accounts()
+            ),
             settings.approvals.default_approvers,
         )
         if unreachable:

@@ -14,15 +14,17 @@ import anyio
 import httpx2
 import pytest
 
+from broker.app import Broker
 from broker.approvals.approvers import ApproverAccount, ApproverDirectory
 from broker.approvals.clock import utc_now
 from broker.channels.sso.identity import credential_of, match_claims, provider_groups
 from broker.channels.sso.provider import IdentityProvider, ProviderUnavailable, TokenRejected
 from broker.channels.web.sessions import Session
 from broker.channels.web.signin import WebSignin
-from broker.config.settings import WebSettings
+from broker.config.settings import ConfigError, WebSettings
 from broker.config.sso import SsoSettings
 from tests.authserver.server import AuthServer
+from tests.e2e.harness import exchange_server, make_settings
 from tests.e2e.test_approvals_cli import cli
 from tests.store.conftest import ManualClock
 from tests.web.sso_support import API_AUDIENCE, CLIENT_ID, held_order, sso_accounts, sso_broker
@@ -238,3 +240,16 @@ async def test_the_cli_decides_with_the_providers_access_token(
                 code, out, err = await cli("approvals", "deny", approval.id, "--reason", "not today", *as_bob)
                 assert code == 0 and f"{approval.id}: denied by bob" in out, err
             assert held.result.is_error and "not today" in text_of(held.result)
+
+
+def test_a_quorum_only_the_providers_groups_reach_lets_the_broker_start(tmp_path: Path) -> None:
+    """Bob is a trading lead only through the provider: the start-up check must count him."""
+    policy = (
+        'version: "1"\ndefault: deny\nrules:\n  - tool: place_order\n    action: require_approval\n'
+        '    approvers: ["@trading-leads"]\n    quorum: 2\n'
+    )
+    settings = make_settings(tmp_path, policy, exchange_server(), approvers=sso_accounts())
+    with pytest.raises(ConfigError, match="quorum"):
+        Broker(settings, environ={})
+    sso = SsoSettings(issuer="https://idp", client_id="c", match="email", groups={"trading-leads": "traders"})
+    assert Broker(replace(settings, web=WebSettings(sso=sso)), environ={}).identity_provider is not None

@@ -62,6 +62,14 @@ def provider_groups(claims: Mapping[str, Any], settings: SsoSettings) -> frozens
     return frozenset(group for group, provider_group in settings.groups.items() if provider_group in held)
 
 
+def possible_groups(account: ApproverAccount, settings: SsoSettings | None) -> frozenset[str]:
+    """Every broker group the provider could vouch for `account` in: for the start-up check that
+    a quorum is reachable, which must count members the provider alone makes."""
+    if settings is None or credential_of(account, settings) is None:
+        return frozenset()
+    return frozenset(settings.groups)
+
+
 def credential_of(account: ApproverAccount, settings: SsoSettings) -> str | None:
     """The session credential for a sign-on as `account`; None when the account cannot sign on."""
     matched_by = account.email.casefold() if settings.match == "email" and account.email else None
