@@ -25,6 +25,9 @@ from broker.approvals.service import ApprovalService
 from broker.channels.api import build_decisions_router
 from broker.channels.call_context import CallContextSource
 from broker.channels.grants_api import build_grants_router
+from broker.channels.sso.api_tokens import SsoApproverTokens
+from broker.channels.sso.identity import possible_groups
+from broker.channels.sso.provider import IdentityProvider
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
 from broker.config.settings import BrokerSettings, ConfigError
@@ -94,7 +97,10 @@ class Broker:
         self.approvers = ApproverDirectory(settings.approvers)
         unreachable = unreachable_quorums(
             self.policy_file.holder.current,
-            ((account.name, account.groups) for account in self.approvers.accounts()),
+            (
+                (account.name, account.groups | possible_groups(account, settings.web.sso))
+                for account in self.approvers.accounts()
+            ),
             settings.approvals.default_approvers,
         )
         if unreachable:
@@ -154,6 +160,13 @@ class Broker:
         """What surfaces show beside a held call (tool description and rating, hold condition, waiters)."""
         self.inbox_events = InboxEvents()
         self.approvals.add_listener(self.inbox_events, hears_other_replicas=True)
+        self.identity_provider = (
+            IdentityProvider(settings.web.sso, clock=clock) if settings.web.sso is not None else None
+        )
+        """The approvers' single sign-on provider (web.sso), shared by the inbox and the API."""
+        self.sso_tokens = (
+            SsoApproverTokens(self.identity_provider, self.approvers) if self.identity_provider else None
+        )
         self.web_inbox = (
             WebInbox(
                 self.approvals,
@@ -170,6 +183,7 @@ class Broker:
                 demo=settings.demo,
                 calls=self.calls,
                 grants=self.grants,
+                identity_provider=self.identity_provider,
             )
             if settings.web.enabled
             else None
@@ -395,9 +409,11 @@ class Broker:
             return Response(await broker.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
         api.include_router(
-            build_decisions_router(broker.approvals, broker.approvers, broker.calls, broker.grants)
+            build_decisions_router(
+                broker.approvals, broker.approvers, broker.calls, broker.grants, broker.sso_tokens
+            )
         )
-        api.include_router(build_grants_router(broker.grants, broker.approvers))
+        api.include_router(build_grants_router(broker.grants, broker.approvers, broker.sso_tokens))
         if broker.web_inbox is not None:
             api.include_router(broker.web_inbox.router())
         slack_router = broker.slack.router() if broker.slack is not None else None
