@@ -11,9 +11,9 @@ import logging
 import pytest
 
 from broker.config.oauth import OAuthSettings
+from broker.net.jwks import JwksCache
 from broker.proxy.auth.build import agent_verifier
 from broker.proxy.auth.chain import ChainVerifier
-from broker.proxy.auth.jwks import JwksCache
 from broker.proxy.auth.jwt import JwtVerifier
 from broker.proxy.auth.model import AgentIdentity, Challenge
 from broker.proxy.identity import AgentCredential

@@ -3,7 +3,7 @@
 Discovery (``<issuer>/.well-known/openid-configuration``) is fetched on first use and kept; its
 ``issuer`` must be the configured one, character for character; after a failed attempt the next
 waits `refresh_interval`. The signing keys are the agents' JWKS cache
-(broker.proxy.auth.jwks.JwksCache) over the discovered ``jwks_uri``: fetched again for a key id
+(broker.net.jwks.JwksCache) over the discovered ``jwks_uri``: fetched again for a key id
 it does not hold or when older than an hour, at most once per `refresh_interval`, so a stream of
 tokens with invented key ids cannot turn the broker into a load generator against the provider;
 while the provider cannot be reached, the keys already held keep working, and with none held
@@ -36,7 +36,7 @@ from joserfc.errors import JoseError
 
 from broker.approvals.clock import Clock, utc_now
 from broker.config.sso import SsoSettings
-from broker.proxy.auth.jwks import JwksCache
+from broker.net.jwks import JwksCache
 
 logger = logging.getLogger(__name__)
 

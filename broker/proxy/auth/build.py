@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from broker.config.oauth import OAuthSettings
+from broker.net.jwks import JwksCache
 from broker.proxy.auth.api_keys import ApiKeyVerifier
 from broker.proxy.auth.chain import ChainVerifier
 from broker.proxy.auth.introspection import Introspector
-from broker.proxy.auth.jwks import JwksCache
 from broker.proxy.auth.jwt import JwtVerifier
 from broker.proxy.auth.model import AgentVerifier, bearer_challenge
 from broker.proxy.identity import AgentCredential, Authenticator

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from broker.config.oauth import IntrospectionSettings, OAuthSettings
-from broker.proxy.auth.answers import json_object
+from broker.net.json_answers import json_object
 from broker.proxy.auth.jwt import TokenRefused, agent_of, scopes_of
 from broker.proxy.auth.model import AgentIdentity
 

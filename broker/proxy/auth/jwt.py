@@ -32,7 +32,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 
 from broker.config.oauth import OAuthSettings
-from broker.proxy.auth.jwks import JwksCache
+from broker.net.jwks import JwksCache
 from broker.proxy.auth.model import AgentIdentity, Challenge, bearer_challenge
 
 logger = logging.getLogger(__name__)

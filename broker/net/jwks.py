@@ -26,7 +26,7 @@ import httpx
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from broker.proxy.auth.answers import json_object
+from broker.net.json_answers import json_object
 
 logger = logging.getLogger(__name__)
 
