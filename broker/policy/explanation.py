@@ -84,6 +84,7 @@ class Explanation:
         if decision.rate_limit is not None:
             limit = decision.rate_limit
             lines.append(f"rate limit: {limit.max_calls} calls per {limit.window_seconds:g}s")
+        lines.extend(f"limit:     {spend.describe()}" for spend in decision.limits)
         if decision.approval is not None:
             approval = decision.approval
             lines.append(
