@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,12 +27,14 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from broker import __version__
 from broker.approvals.grants import Grant
 from broker.approvals.health import StoreHealth
+from broker.approvals.spending import Reservation
 from broker.observability.calls import CallCounts, UpstreamLatency
 from broker.policy import Policy
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.checks.grants import GrantCheck
+from broker.proxy.checks.spend import SpendBlocked, SpendCheck
 from broker.proxy.decision_log import DecisionLog
 from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from broker.proxy.ratelimit import RateLimiter, RateVerdict
@@ -159,9 +162,11 @@ class Gateway:
         approvals: ApprovalGate | None = None,
         call_timeout: float | None = None,
         grants: GrantCheck | None = None,
+        spend: SpendCheck | None = None,
     ) -> None:
         self._policy = policy
         self._grants = grants
+        self._spend = spend
         self._upstreams = upstreams
         self._rate_limiter = rate_limiter
         self._decisions = decisions
@@ -190,6 +195,9 @@ class Gateway:
 
     def attach_grants(self, grants: GrantCheck) -> None:
         self._grants = grants
+
+    def attach_spend(self, spend: SpendCheck) -> None:
+        self._spend = spend
 
     def attach_approvals(self, approvals: ApprovalGate) -> None:
         self._approvals = approvals
@@ -358,6 +366,9 @@ class Gateway:
                         # Seen down while the grant was spent: the call spent is lost with the store.
                         return _store_down_result()
                     if grant is not None:
+                        reservation = await self._reserve(ctx, tool, arguments, decision)
+                        if isinstance(reservation, dict):
+                            return reservation
                         self.call_counts.granted += 1
                         self._decisions.record(
                             decision,
@@ -374,16 +385,21 @@ class Gateway:
                             and isinstance(params.get("task"), dict)
                             and not ctx.modern
                         ):
-                            # Its client asked for a task: it gets one, which runs the call at once.
-                            return await self._approvals.run_granted_task(
-                                ctx, tool, arguments, decision, grant
-                            )
-                        return await self._forward(ctx, tool, arguments, params, request.notify)
+                            # Its client asked for a task: it gets one, which runs the call at once;
+                            # its spend counts from the start (the task's outcome is not awaited here).
+                            async with self._settled(reservation):
+                                return await self._approvals.run_granted_task(
+                                    ctx, tool, arguments, decision, grant
+                                )
+                        return await self._forward(ctx, tool, arguments, params, request.notify, reservation)
                 self.call_counts.require_approval += 1
                 return await self._hold(ctx, tool, arguments, decision, params, request)
+            reservation = await self._reserve(ctx, tool, arguments, decision)
+            if isinstance(reservation, dict):
+                return reservation
             self.call_counts.allow += 1
             self._record(decision, ctx, tool, arguments, None)
-            return await self._forward(ctx, tool, arguments, params, request.notify)
+            return await self._forward(ctx, tool, arguments, params, request.notify, reservation)
 
         if action is Action.HIDE:
             self.call_counts.hide += 1
@@ -393,6 +409,34 @@ class Gateway:
         if action is Action.HIDE:
             return _hidden_result(name, decision, decision_id)
         return _denied_result(name, decision, decision_id)
+
+    async def _reserve(
+        self, ctx: AgentContext, tool: UpstreamTool, arguments: dict[str, Any], decision: Decision
+    ) -> Reservation | JsonObject | None:
+        """The call's spend reservation (None: no limits), or the refusal to return instead."""
+        if not decision.limits:
+            return None
+        if self._spend is None:
+            # Fail closed: limits nobody can count are limits nobody may pass.
+            blocked: Reservation | SpendBlocked | None = SpendBlocked(
+                f"Not forwarded: '{tool.exposed_name}' is under a spend limit (policy rule "
+                f"{decision.rule}) and this broker has no spend ledger."
+            )
+        else:
+            blocked = await self._spend.reserve(
+                decision, agent=ctx.agent, session=ctx.session, tool=tool.exposed_name, arguments=arguments
+            )
+        if not isinstance(blocked, SpendBlocked):
+            return blocked
+        self.call_counts.spend_limited += 1
+        decision_id = self._record(decision, ctx, tool, arguments, "spend_limited")
+        result = _error_result(blocked.text, decision, decision_id)
+        if blocked.retry_at is not None:
+            result["_meta"][DECISION_META_KEY]["retryAt"] = blocked.retry_at
+        return result
+
+    def _settled(self, reservation: Reservation | None) -> AbstractAsyncContextManager[None]:
+        return nullcontext() if self._spend is None else self._spend.settled(reservation)
 
     async def _hold(
         self,
@@ -422,6 +466,7 @@ class Gateway:
         arguments: dict[str, Any],
         params: JsonObject,
         notify: Notify,
+        reservation: Reservation | None = None,
     ) -> JsonObject:
         meta = params.get("_meta")
         upstream_meta: JsonObject | None = None
@@ -438,7 +483,8 @@ class Gateway:
                     await notify("notifications/progress", progress)
 
         try:
-            result = await self.forward_call(tool, arguments, meta=upstream_meta, on_notification=relay)
+            async with self._settled(reservation):
+                result = await self.forward_call(tool, arguments, meta=upstream_meta, on_notification=relay)
         except UpstreamLost as exc:
             return _upstream_failure_result(
                 f"The connection to upstream server '{tool.server}' broke after the call to "

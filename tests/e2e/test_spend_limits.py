@@ -1,0 +1,125 @@
+"""Spend limits end to end with the official Python SDK client, a real broker and a real upstream:
+reserve before forwarding, commit on success (an ``isError`` result counts), roll back on an
+upstream JSON-RPC error, refuse a missing or non-numeric amount, and reserve a held call only when
+it is released (a release over the limit fails with the reason)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from broker.approvals.model import ApprovalStatus
+from tests.e2e.harness import REPO, make_settings, running_broker
+from tests.e2e.test_approvals_flow import text_of, watch
+from tests.e2e.test_grants_flow import Lines, approve
+
+pytestmark = pytest.mark.anyio
+
+POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: transfers
+    action: allow
+  - tool: transfer
+    id: payouts
+    action: allow
+    limits:
+      - {sum: args.amount, max: 100, window: 1d, align: calendar, reason: "100 a day per agent"}
+      - {count: true, below: 6, window: 1h, per: global}
+  - tool: transfer
+    id: big-payouts
+    when: {"args.amount": {"gt": 50}}
+    action: require_approval
+    timeout: 60
+    limits:
+      - {sum: args.amount, max: 100, window: 1d, align: calendar, counter: "payouts#0"}
+"""
+
+
+def payments() -> dict[str, Any]:
+    return {
+        "pay": {"command": sys.executable, "args": [str(REPO / "tests/upstream/servers/payments_server.py")]}
+    }
+
+
+async def test_spend_is_reserved_committed_and_rolled_back(tmp_path: Path) -> None:
+    async with running_broker(make_settings(tmp_path, POLICY, payments())) as running:
+        lines = Lines()
+        running.broker.decisions.sink = lines
+        with anyio.fail_after(60):
+            async with running.client() as client:
+                assert not (await client.call_tool("transfer", {"amount": 30})).is_error
+                # The tool ran and said it failed: the spend counts.
+                bounced = await client.call_tool("transfer", {"amount": 20, "fail": "tool"})
+                assert bounced.is_error and "bounced" in text_of(bounced)
+                # Refused upstream before anything happened: rolled back, as if never called.
+                with pytest.raises(MCPError, match="refused the request"):
+                    await client.call_tool("transfer", {"amount": 45, "fail": "rpc"})
+                assert not (await client.call_tool("transfer", {"amount": 45})).is_error
+                over = await client.call_tool("transfer", {"amount": 5.5})
+                assert over.is_error
+                text = text_of(over)
+                assert (
+                    "Spend limit reached" in text
+                    and "would spend 5.5 with only 5 left of sum of args.amount <= 100 per 1d" in text
+                )
+                assert "100 a day per agent" in text and "policy rule payouts" in text
+                assert "T00:00:00Z" in text  # a calendar day frees at midnight UTC
+                assert not (await client.call_tool("transfer", {"amount": 5})).is_error
+
+                for bad, words in [
+                    ({}, "args.amount is missing"),
+                    ({"amount": "5"}, "must be a JSON number, got str"),
+                    ({"amount": -1}, "negative"),
+                ]:
+                    result = await client.call_tool("transfer", bad)
+                    assert result.is_error and words in text_of(result), text_of(result)
+
+                ran = await client.call_tool("transfers", {})
+                assert ran.structured_content == {"result": [30.0, 20.0, 45.0, 5.0]}
+        limited = [line for line in lines.lines if line.get("outcome") == "spend_limited"]
+        assert len(limited) == 4
+
+
+async def test_the_count_limit_is_global_and_strictly_below(tmp_path: Path) -> None:
+    async with running_broker(make_settings(tmp_path, POLICY, payments())) as running:
+        with anyio.fail_after(60):
+            async with running.client("trader") as trader, running.client("auditor") as auditor:
+                for n in range(5):
+                    assert not (
+                        await (trader if n % 2 else auditor).call_tool("transfer", {"amount": 1})
+                    ).is_error
+                sixth = await trader.call_tool("transfer", {"amount": 1})
+                assert sixth.is_error and "would spend 1 call with 5 calls already spent" in text_of(sixth)
+
+
+async def test_a_held_call_reserves_when_released(tmp_path: Path) -> None:
+    async with running_broker(make_settings(tmp_path, POLICY, payments())) as running:
+        feed = watch(running)
+        with anyio.fail_after(60):
+            async with running.client() as client:
+                outcome: dict[str, Any] = {}
+                async with anyio.create_task_group() as tasks:
+
+                    async def held() -> None:
+                        outcome["held"] = await client.call_tool("transfer", {"amount": 60})
+
+                    tasks.start_soon(held)
+                    approval = await feed.opened.receive()
+                    # While it waits, allowed transfers spend 50 of the shared 100.
+                    assert not (await client.call_tool("transfer", {"amount": 50})).is_error
+                    response = await approve(running, approval.id)
+                    assert response.status_code == 200, response.text
+                text = text_of(outcome["held"])
+                assert outcome["held"].is_error and "Spend limit reached" in text, text
+                assert "would spend 60 with only 50 left" in text, text
+                stored = await running.broker.store.get(approval.id)
+                assert stored.status is ApprovalStatus.FAILED
+                ran = await client.call_tool("transfers", {})
+                assert ran.structured_content == {"result": [50.0]}
