@@ -54,6 +54,7 @@ from broker.store.escalations import SqlEscalationStore
 from broker.store.grants import SqlGrantStore
 from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
+from broker.store.pg_spend import PostgresSpendLedger
 from broker.store.ratelimit import PostgresRateLimiter
 from broker.store.seen_requests import SqlSeenRequests
 from broker.store.spend import SqlSpendLedger
@@ -476,9 +477,12 @@ def rate_limiter_for(settings: BrokerSettings) -> RateLimiter:
 
 def spend_ledger_for(settings: BrokerSettings, store: SqlApprovalStore) -> SpendLedger:
     """Where spend-limit counters live: in Redis when rate limits are shared through Redis, else in
-    the approval store's database (shared by every replica on PostgreSQL)."""
+    the approval store's database (shared by every replica on PostgreSQL, through the one-round-trip
+    asyncpg ledger)."""
     if settings.rate_limits.backend == "redis" and settings.rate_limits.redis_url:
         from broker.store.redis_spend import RedisSpendLedger
 
         return RedisSpendLedger(settings.rate_limits.redis_url)
+    if backend_of(settings.database_url) is Backend.POSTGRESQL:
+        return PostgresSpendLedger(settings.database_url)
     return SqlSpendLedger(store)

@@ -2,7 +2,7 @@
 
 Reserving is one writing transaction::
 
-    PostgreSQL: SELECT pg_advisory_xact_lock(<64-bit hash of counter>)   -- each counter, in order
+    PostgreSQL: SELECT pg_advisory_xact_lock(hashtextextended(counter, 0))  -- each, in order
     SELECT counter, sum(units), min(at) FROM spend_entries
      WHERE counter = :c AND at >= :since AND (lease_until IS NULL OR lease_until > :now)
     INSERT INTO spend_entries (reservation, counter, at, units, lease_until) ...  -- when all fit
@@ -22,7 +22,6 @@ everywhere in broker.store.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 
@@ -46,9 +45,11 @@ DEFAULT_RETENTION_SECONDS = 32 * 86_400.0
 PRUNE_INTERVAL_SECONDS = 60.0
 
 
-def counter_lock(counter: str) -> int:
-    """A signed 64-bit advisory-lock key for `counter` (a collision only serialises two counters)."""
-    return int.from_bytes(hashlib.blake2b(counter.encode(), digest_size=8).digest(), "big", signed=True)
+LOCK_COUNTERS = """
+SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
+  FROM (SELECT DISTINCT c COLLATE "C" AS k FROM unnest(CAST(:counters AS text[])) AS c ORDER BY k) AS ordered
+"""
+"""Each counter's advisory lock, in one fixed order (the same as spend_reserve in broker.store.pg_spend)."""
 
 
 class SqlSpendLedger:
@@ -74,8 +75,7 @@ class SqlSpendLedger:
         check_charges(charges)
         async with self._store.transaction("reserve spend") as conn:
             if conn.dialect.name == "postgresql":
-                for key in sorted({counter_lock(charge.counter) for charge in charges}):
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                await conn.execute(text(LOCK_COUNTERS), {"counters": [charge.counter for charge in charges]})
             totals = await _totals(conn, charges, now)
             refusal = first_refusal(charges, totals)
             if refusal is not None:

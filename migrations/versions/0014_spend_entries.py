@@ -5,6 +5,8 @@ Previous: 0013
 
 * ``spend_entries``: one row per (reservation, counter); reserved while ``lease_until`` is set,
   committed once it is NULL (broker.store.spend). Pruned by age.
+* PostgreSQL only: ``spend_reserve(...)``, the whole reservation in one round trip
+  (broker.store.pg_spend); its text lives in broker.store.pg_spend so the two never drift.
 """
 
 from __future__ import annotations
@@ -30,9 +32,15 @@ def upgrade() -> None:
     )
     op.create_index("ix_spend_entries_counter_at", "spend_entries", ["counter", "at"])
     op.create_index("ix_spend_entries_at", "spend_entries", ["at"])
+    if op.get_context().dialect.name == "postgresql":
+        from broker.store.pg_spend import RESERVE_FUNCTION
+
+        op.execute(RESERVE_FUNCTION)
 
 
 def downgrade() -> None:
+    if op.get_context().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS spend_reserve")
     op.drop_index("ix_spend_entries_at", table_name="spend_entries")
     op.drop_index("ix_spend_entries_counter_at", table_name="spend_entries")
     op.drop_table("spend_entries")

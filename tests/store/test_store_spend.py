@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from broker.approvals.spending import Charge, Reservation, SpendLedger, SpendRefusal
+from broker.store.pg_spend import PostgresSpendLedger
 from broker.store.spend import SqlSpendLedger
 from broker.store.sql import SqlApprovalStore
 
@@ -23,14 +24,28 @@ NOW = 1_700_000_000.0
 LEASE = 600.0
 
 
-@pytest.fixture(params=["sql", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["sql", "asyncpg", pytest.param("redis", marks=pytest.mark.redis)])
 async def ledgers(
-    request: pytest.FixtureRequest, open_store: Callable[[], SqlApprovalStore]
+    request: pytest.FixtureRequest, open_store: Callable[[], SqlApprovalStore], migrated_url: str
 ) -> AsyncIterator[Callable[[], SpendLedger]]:
     """Opens ledgers on one shared backend, each with its own connections, like broker replicas.
-    The SQL ledgers run over the store's database (SQLite and PostgreSQL, from `database_url`)."""
+    The SQL ledgers run over the store's database (SQLite and PostgreSQL, from `database_url`);
+    the asyncpg one on PostgreSQL only."""
     if request.param == "sql":
         yield lambda: SqlSpendLedger(open_store(), lease_seconds=LEASE)
+        return
+    if request.param == "asyncpg":
+        if request.node.callspec.params.get("database_url") != "postgresql":
+            pytest.skip("the asyncpg ledger is for PostgreSQL")
+        async with AsyncExitStack() as stack:
+            fast = [
+                await stack.enter_async_context(
+                    PostgresSpendLedger(migrated_url, lease_seconds=LEASE, pool_size=4)
+                )
+                for _ in range(3)
+            ]
+            ready = iter(fast)
+            yield lambda: next(ready)
         return
     if request.node.callspec.params.get("database_url") != "sqlite":
         pytest.skip("the Redis ledger runs once, beside SQLite")
@@ -140,9 +155,17 @@ async def test_fifty_racers_for_the_last_of_a_budget_never_overspend(
     assert isinstance(spent, Reservation)
     await replicas[0].commit(spent)
     won: list[Reservation] = []
+    go, warmed = anyio.Event(), [0]
 
     async def race(n: int) -> None:
-        outcome = await replicas[n % len(replicas)].reserve(f"race-{n}", [charge(30, 1000)], NOW + 1)
+        ledger = replicas[n % len(replicas)]
+        # Opens this racer's connection first, so the 50 reserves below really run at once.
+        await ledger.reserve(f"warm-{n}", [charge(1, 10**6, counter=f"warm-{n}")], NOW)
+        warmed[0] += 1
+        if warmed[0] == 50:
+            go.set()
+        await go.wait()
+        outcome = await ledger.reserve(f"race-{n}", [charge(30, 1000)], NOW + 1)
         if isinstance(outcome, Reservation):
             won.append(outcome)
 
