@@ -315,13 +315,21 @@ class SpendLimit:
             else expression_text(self.amount)
         )
 
+    def spend_text(self, arguments: Mapping[str, object] | None) -> str:
+        """What a call with `arguments` would spend, or why it would be refused: for explain."""
+        try:
+            units = self.units(arguments)
+        except AmountError as exc:
+            return f"is refused: {exc}"
+        return f"spends {(Decimal(units) / UNITS_PER_ONE).normalize():f}"
+
     def describe(self) -> str:
         """``sum of args.amount <= 1000 per 1d (calendar, per agent, counter c)``: for explain."""
         operator = "<=" if self.inclusive else "<"
         what = self.measure_text() if self.amount is None else f"sum of {self.measure_text()}"
         return (
             f"{what} {operator} {self.bound} per {_duration_text(self.window_seconds)} "
-            f"({self.align}, per {self.per}, counter {self.counter})"
+            f"({self.align}, {'for everyone' if self.per == 'global' else 'per ' + self.per}, counter {self.counter})"
         )
 
 

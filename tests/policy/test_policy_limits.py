@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +186,14 @@ def test_explain_and_check_show_limits() -> None:
     assert (
         "limit:     sum of args.q * args.p < 10.5 per 1d (sliding, per agent, counter orders#0)" in rendered
     )
+
+
+def test_the_readme_example_policy_loads_and_shares_its_counter() -> None:
+    path = Path(__file__).resolve().parents[2] / "policies" / "spend-limits.yaml"
+    policy = load_policy(path.read_bytes(), source=str(path))
+    small = policy.decide("place_order", agent="trading-bot", arguments={"quantity": 2, "price": 90000})
+    large = policy.decide("place_order", agent="trading-bot", arguments={"quantity": 200, "price": 10})
+    assert (small.rule, large.rule) == ("orders", "large-orders")
+    assert small.limits[0].counter == large.limits[0].counter == "orders#0"
+    assert small.limits[0].units({"quantity": 2, "price": 90000}) == 180_000 * 1_000_000
+    assert small.limits[1].counter_key(agent="a", session="s", tool="t") == "orders-per-hour|global:"
