@@ -35,8 +35,11 @@ import anyio
 
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.spending import Charge, Reservation, SpendLedger, SpendRefusal
+from broker.observability.calls import CallCounts
 from broker.policy.decision import Decision
 from broker.policy.limits import UNITS_PER_ONE, AmountError, SpendLimit
+from broker.proxy.call_results import DECISION_META_KEY, error_result
+from broker.proxy.checks import JsonObject, PendingCall
 from broker.proxy.upstream.base import UpstreamRpcError, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
@@ -137,6 +140,40 @@ class SpendCheck:
                     reservation.id,
                     exc,
                 )
+
+
+async def reserve_or_refuse(
+    spend: SpendCheck | None,
+    call: PendingCall,
+    *,
+    counts: CallCounts,
+    record: Callable[[PendingCall, str], str],
+) -> Reservation | JsonObject | None:
+    """For the gateway: the call's reservation (None: no limits), or the tool error that ends it,
+    counted and recorded as ``spend_limited``. Without a ledger a limited call is refused."""
+    if not call.decision.limits:
+        return None
+    if spend is None:
+        # Fail closed: limits nobody can count are limits nobody may pass.
+        outcome: Reservation | SpendBlocked | None = SpendBlocked(
+            f"Not forwarded: '{call.tool.exposed_name}' is under a spend limit (policy rule "
+            f"{call.decision.rule}) and this broker has no spend ledger."
+        )
+    else:
+        outcome = await spend.reserve(
+            call.decision,
+            agent=call.agent,
+            session=call.session,
+            tool=call.tool.exposed_name,
+            arguments=call.arguments,
+        )
+    if not isinstance(outcome, SpendBlocked):
+        return outcome
+    counts.spend_limited += 1
+    result = error_result(outcome.text, call.decision, record(call, "spend_limited"))
+    if outcome.retry_at is not None:
+        result["_meta"][DECISION_META_KEY]["retryAt"] = outcome.retry_at
+    return result
 
 
 def _over_limit(tool: str, decision: Decision, refusal: SpendRefusal, now: float) -> SpendBlocked:
