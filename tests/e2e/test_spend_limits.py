@@ -12,11 +12,14 @@ from typing import Any
 import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
+from redis.asyncio import Redis
 
 from broker.approvals.model import ApprovalStatus
+from broker.config.settings import RateLimitSettings
 from tests.e2e.harness import REPO, make_settings, running_broker
 from tests.e2e.test_approvals_flow import text_of, watch
 from tests.e2e.test_grants_flow import Lines, approve
+from tests.replicas.conftest import REDIS_URL, fresh_database
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +126,60 @@ async def test_a_held_call_reserves_when_released(tmp_path: Path) -> None:
                 assert stored.status is ApprovalStatus.FAILED
                 ran = await client.call_tool("transfers", {})
                 assert ran.structured_content == {"result": [50.0]}
+
+
+SHARED_POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: transfers
+    action: allow
+  - tool: transfer
+    action: allow
+    limits: [{sum: args.amount, max: 100, window: 1h, per: global}]
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ledger", ["postgresql", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_two_replicas_share_one_budget_under_a_race(tmp_path: Path, ledger: str) -> None:
+    """Two brokers on one PostgreSQL database (the second with its own upstream), 20 calls of 10
+    racing over both for a budget of 100: exactly 10 go through, whichever replica they reach."""
+    async with fresh_database("test_spend") as url:
+        extra: dict[str, Any] = {"database_url": url}
+        if ledger == "redis":
+            extra["rate_limits"] = RateLimitSettings(backend="redis", redis_url=REDIS_URL)
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+        settings = [make_settings(tmp_path / name, SHARED_POLICY, payments(), **extra) for name in ("a", "b")]
+        async with running_broker(settings[0]) as first, running_broker(settings[1]) as second:
+            expected = "PostgresSpendLedger" if ledger == "postgresql" else "RedisSpendLedger"
+            assert type(first.broker.spend_ledger).__name__ == expected
+            went: list[bool] = []
+            with anyio.fail_after(60):
+                async with first.client() as one, second.client("auditor") as two:
+
+                    async def call(n: int) -> None:
+                        result = await (one if n % 2 else two).call_tool("transfer", {"amount": 10})
+                        went.append(not result.is_error)
+
+                    async with anyio.create_task_group() as tasks:
+                        for n in range(20):
+                            tasks.start_soon(call, n)
+                    totals = [
+                        sum((await client.call_tool("transfers", {})).structured_content["result"])
+                        for client in (one, two)
+                    ]
+            assert went.count(True) == 10
+            assert sum(totals) == 100
+        if ledger == "redis":
+            await _forget_redis_counters()
+
+
+async def _forget_redis_counters() -> None:
+    client = Redis.from_url(REDIS_URL)
+    try:
+        async for key in client.scan_iter(match="broker:spend:*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()
