@@ -347,6 +347,46 @@ def parse_limits(node: Node, rule_name: str, fail: Fail) -> tuple[SpendLimit, ..
     return tuple(limit for limit in parsed if limit is not None)
 
 
+BUDGET_KEYS: Final = ("sum", "count", "increment", "max", "below", "reason")
+GRANT_BUDGET_WINDOW: Final = 31 * DAY_SECONDS
+
+
+def parse_budget(node: Node, fail: Fail) -> SpendLimit | None:
+    """A grant's ``budget`` (broker/policy/grants.py): a limit without window, scope or counter,
+    counted over the grant's whole life under a counter of its own (``grant|<grant id>``)."""
+    if not isinstance(node, MappingNode):
+        fail(
+            node,
+            f"grant.budget must be a mapping like {{sum: args.amount, max: 500}}; got {describe_node(node)}",
+        )
+        return None
+    problems = 0
+
+    def bad(at: Node | Key, message: str) -> None:
+        nonlocal problems
+        problems += 1
+        fail(at, message)
+
+    for key, _ in node:
+        if key.name not in BUDGET_KEYS:
+            bad(key, f"unknown key '{key.name}' in grant.budget (keys: {', '.join(BUDGET_KEYS)})")
+    amount, increment = _measure(node, bad)
+    bound, inclusive = _bound(node, bad)
+    reason = _text(node, "reason", bad)
+    if problems or bound is None:
+        return None
+    return SpendLimit(
+        counter="grant",
+        amount=amount,
+        increment=increment,
+        bound=bound,
+        inclusive=inclusive,
+        window_seconds=GRANT_BUDGET_WINDOW,
+        per="global",
+        reason=reason,
+    )
+
+
 def _limit(node: Node, default_counter: str, fail: Fail) -> SpendLimit | None:
     if not isinstance(node, MappingNode):
         fail(

@@ -44,7 +44,7 @@ from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.checks import CallCheck, PendingCall
 from broker.proxy.checks.grants import GrantCheck
 from broker.proxy.checks.rate_limit import RateLimitCheck
-from broker.proxy.checks.spend import SpendCheck, reserve_or_refuse
+from broker.proxy.checks.spend import SpendBlocked, SpendCheck, reserve_or_refuse
 from broker.proxy.decision_log import DecisionLog
 from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from broker.proxy.ratelimit import RateLimiter
@@ -374,37 +374,22 @@ class Gateway:
                         # Seen down while the grant was spent: the call spent is lost with the store.
                         return store_down_result()
                     if grant is not None:
-                        reservation = await self._reserve(ctx, tool, arguments, decision)
-                        if isinstance(reservation, dict):
-                            return reservation
-                        self.call_counts.granted += 1
-                        self._decisions.record(
-                            decision,
-                            agent=ctx.agent,
-                            session=ctx.session,
-                            tool=tool.exposed_name,
-                            server=tool.server,
-                            arguments=arguments,
-                            outcome="granted",
-                            grant=grant.id,
-                        )
-                        if (
-                            self._approvals is not None
-                            and isinstance(params.get("task"), dict)
-                            and not ctx.modern
-                        ):
-                            # Its client asked for a task: it gets one, which runs the call at once;
-                            # its spend counts from the start (the task's outcome is not awaited here).
-                            async with self._settled(reservation):
-                                return await self._approvals.run_granted_task(
-                                    ctx, tool, arguments, decision, grant
-                                )
-                        return await self._forward(ctx, tool, arguments, params, request.notify, reservation)
+                        granted = await self._reserve(ctx, tool, arguments, decision, grant.id)
+                        if isinstance(granted, dict):
+                            return granted
+                        if isinstance(granted, SpendBlocked):
+                            # Over the grant's budget: a human decides, as without a grant.
+                            logger.info("grant %s does not cover this call: %s", grant.id, granted.text)
+                        else:
+                            return await self._run_granted(
+                                ctx, tool, arguments, decision, params, request, grant, granted
+                            )
                 self.call_counts.require_approval += 1
                 return await self._hold(ctx, tool, arguments, decision, params, request)
             reservation = await self._reserve(ctx, tool, arguments, decision)
             if isinstance(reservation, dict):
                 return reservation
+            assert not isinstance(reservation, SpendBlocked), "only a grant's budget holds a call"
             self.call_counts.allow += 1
             self._record(decision, ctx, tool, arguments, None)
             return await self._forward(ctx, tool, arguments, params, request.notify, reservation)
@@ -418,15 +403,48 @@ class Gateway:
             return hidden_result(name, decision, decision_id)
         return denied_result(name, decision, decision_id)
 
+    async def _run_granted(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        params: JsonObject,
+        request: AgentRequest,
+        grant: Grant,
+        reservation: Reservation | None,
+    ) -> JsonObject:
+        self.call_counts.granted += 1
+        self._decisions.record(
+            decision,
+            agent=ctx.agent,
+            session=ctx.session,
+            tool=tool.exposed_name,
+            server=tool.server,
+            arguments=arguments,
+            outcome="granted",
+            grant=grant.id,
+        )
+        if self._approvals is not None and isinstance(params.get("task"), dict) and not ctx.modern:
+            # Its client asked for a task: it gets one, which runs the call at once; its spend
+            # counts from the start (the task's outcome is not awaited here).
+            async with self._settled(reservation):
+                return await self._approvals.run_granted_task(ctx, tool, arguments, decision, grant)
+        return await self._forward(ctx, tool, arguments, params, request.notify, reservation)
+
     async def _reserve(
-        self, ctx: AgentContext, tool: UpstreamTool, arguments: dict[str, Any], decision: Decision
-    ) -> Reservation | JsonObject | None:
-        """The call's spend reservation (None: no limits), or the refusal to return instead."""
-        if not decision.limits:
-            return None
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        grant: str | None = None,
+    ) -> Reservation | JsonObject | SpendBlocked | None:
+        """The call's spend reservation (None: no limits), the refusal to return instead, or (under
+        `grant`) the grant budget's refusal."""
         call = PendingCall(ctx.agent, ctx.session, tool, arguments, decision)
         return await reserve_or_refuse(
-            self._spend, call, counts=self.call_counts, record=self._record_pending
+            self._spend, call, counts=self.call_counts, record=self._record_pending, grant=grant
         )
 
     def _settled(self, reservation: Reservation | None) -> AbstractAsyncContextManager[None]:

@@ -183,3 +183,47 @@ async def _forget_redis_counters() -> None:
             await client.delete(key)
     finally:
         await client.aclose()
+
+
+GRANT_POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: transfers
+    action: allow
+  - tool: transfer
+    action: require_approval
+    timeout: 60
+    grant: {max: 1h, max_calls: 10, scope: [matching], budget: {sum: args.amount, max: 50}}
+"""
+
+
+async def test_a_grant_budget_lets_calls_through_until_spent_then_holds(tmp_path: Path) -> None:
+    async with running_broker(make_settings(tmp_path, GRANT_POLICY, payments())) as running:
+        feed = watch(running)
+        with anyio.fail_after(60):
+            async with running.client() as client:
+
+                async def held_and_approved(amount: int, grant: dict[str, Any] | None) -> None:
+                    outcome: dict[str, Any] = {}
+                    async with anyio.create_task_group() as tasks:
+
+                        async def agent() -> None:
+                            outcome["result"] = await client.call_tool("transfer", {"amount": amount})
+
+                        tasks.start_soon(agent)
+                        approval = await feed.opened.receive()
+                        response = await approve(running, approval.id, grant)
+                        assert response.status_code == 200, response.text
+                    assert not outcome["result"].is_error, text_of(outcome["result"])
+
+                # The approved call itself is the human's yes, not the grant's: it spends no budget.
+                await held_and_approved(100, {"minutes": 30, "scope": "matching"})
+                for amount in (30, 15):
+                    passed = await client.call_tool("transfer", {"amount": amount})
+                    assert not passed.is_error, text_of(passed)
+                assert feed.opened.statistics().current_buffer_used == 0
+                # 45 of 50 spent: the next 10 is not the grant's to give, so a human is asked again.
+                await held_and_approved(10, None)
+                ran = await client.call_tool("transfers", {})
+                assert ran.structured_content == {"result": [100.0, 30.0, 15.0, 10.0]}

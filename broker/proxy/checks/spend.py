@@ -51,6 +51,8 @@ class SpendBlocked:
 
     text: str
     retry_at: float | None = None
+    budget: bool = False
+    """The grant's budget refused the call (not one of the rule's limits): hold it for a human."""
 
 
 class SpendCheck:
@@ -73,26 +75,38 @@ class SpendCheck:
         session: str | None,
         tool: str,
         arguments: Mapping[str, object] | None,
+        grant: str | None = None,
     ) -> Reservation | SpendBlocked | None:
-        """None when the decision has no limits; else the reservation, or why there is none."""
-        if not decision.limits:
+        """None when the decision has no limits (nor, for a call under grant `grant`, a grant
+        budget); else the reservation, or why there is none."""
+        limits = decision.limits
+        budget = _budget(decision) if grant is not None else None
+        if budget is not None:
+            limits = (*limits, budget)
+        if not limits:
             return None
         now = self._clock()
         charges: list[Charge] = []
-        for index, limit in enumerate(decision.limits):
+        for index, limit in enumerate(limits):
             try:
                 units = limit.units(arguments)
             except AmountError as exc:
                 return SpendBlocked(
                     f"Not forwarded: '{tool}' is under a spend limit (policy rule {decision.rule}, "
-                    f"{limit.describe()}) and {exc}. Send the amount as a number."
+                    f"{limit.describe()}) and {exc}. Send the amount as a number.",
+                    budget=limit is budget,
                 )
+            counter = (
+                f"grant|{grant}"
+                if limit is budget
+                else limit.counter_key(agent=agent, session=session, tool=tool)
+            )
             charges.append(
                 Charge(
-                    counter=limit.counter_key(agent=agent, session=session, tool=tool),
+                    counter=counter,
                     units=units,
                     ceiling=limit.ceiling_units,
-                    since=limit.window_start(now),
+                    since=0.0 if limit is budget else limit.window_start(now),
                     limit=index,
                 )
             )
@@ -106,7 +120,7 @@ class SpendCheck:
                 "(fails closed). Retry later."
             )
         if isinstance(outcome, SpendRefusal):
-            return _over_limit(tool, decision, outcome, now)
+            return _over_limit(tool, decision, limits, outcome, now, budget is not None)
         return outcome
 
     @asynccontextmanager
@@ -148,10 +162,12 @@ async def reserve_or_refuse(
     *,
     counts: CallCounts,
     record: Callable[[PendingCall, str], str],
-) -> Reservation | JsonObject | None:
+    grant: str | None = None,
+) -> Reservation | JsonObject | SpendBlocked | None:
     """For the gateway: the call's reservation (None: no limits), or the tool error that ends it,
-    counted and recorded as ``spend_limited``. Without a ledger a limited call is refused."""
-    if not call.decision.limits:
+    counted and recorded as ``spend_limited``. Without a ledger a limited call is refused. For a
+    call under `grant` whose budget refuses it: the SpendBlocked (the gateway holds the call)."""
+    if not call.decision.limits and (grant is None or _budget(call.decision) is None):
         return None
     if spend is None:
         # Fail closed: limits nobody can count are limits nobody may pass.
@@ -166,8 +182,9 @@ async def reserve_or_refuse(
             session=call.session,
             tool=call.tool.exposed_name,
             arguments=call.arguments,
+            grant=grant,
         )
-    if not isinstance(outcome, SpendBlocked):
+    if not isinstance(outcome, SpendBlocked) or outcome.budget:
         return outcome
     counts.spend_limited += 1
     result = error_result(outcome.text, call.decision, record(call, "spend_limited"))
@@ -176,8 +193,27 @@ async def reserve_or_refuse(
     return result
 
 
-def _over_limit(tool: str, decision: Decision, refusal: SpendRefusal, now: float) -> SpendBlocked:
-    limit = decision.limits[refusal.charge.limit]
+def _budget(decision: Decision) -> SpendLimit | None:
+    allowance = decision.approval.grant if decision.approval is not None else None
+    return allowance.budget if allowance is not None else None
+
+
+def _over_limit(
+    tool: str,
+    decision: Decision,
+    limits: tuple[SpendLimit, ...],
+    refusal: SpendRefusal,
+    now: float,
+    has_budget: bool,
+) -> SpendBlocked:
+    limit = limits[refusal.charge.limit]
+    if has_budget and refusal.charge.limit == len(limits) - 1:
+        return SpendBlocked(
+            f"the grant's budget ({limit.describe().split(' per ')[0]}) has "
+            f"{_amount(refusal.remaining, limit)} left, and this call would spend "
+            f"{_amount(refusal.charge.units, limit)}",
+            budget=True,
+        )
     frees = limit.calendar_end(now)
     if frees is None and refusal.oldest is not None:
         frees = refusal.oldest + limit.window_seconds
