@@ -347,6 +347,23 @@ def parse_limits(node: Node, rule_name: str, fail: Fail) -> tuple[SpendLimit, ..
     return tuple(limit for limit in parsed if limit is not None)
 
 
+class _Counted:
+    """A `Fail` that counts what it reported, so a parser knows whether its part was sound."""
+
+    def __init__(self, fail: Fail) -> None:
+        self._fail = fail
+        self.problems = 0
+
+    def __call__(self, at: Node | Key, message: str) -> None:
+        self.problems += 1
+        self._fail(at, message)
+
+    def unknown_keys(self, node: MappingNode, allowed: tuple[str, ...], where: str) -> None:
+        for key, _ in node:
+            if key.name not in allowed:
+                self(key, f"unknown key '{key.name}' in {where} (keys: {', '.join(allowed)})")
+
+
 BUDGET_KEYS: Final = ("sum", "count", "increment", "max", "below", "reason")
 GRANT_BUDGET_WINDOW: Final = 31 * DAY_SECONDS
 
@@ -360,20 +377,12 @@ def parse_budget(node: Node, fail: Fail) -> SpendLimit | None:
             f"grant.budget must be a mapping like {{sum: args.amount, max: 500}}; got {describe_node(node)}",
         )
         return None
-    problems = 0
-
-    def bad(at: Node | Key, message: str) -> None:
-        nonlocal problems
-        problems += 1
-        fail(at, message)
-
-    for key, _ in node:
-        if key.name not in BUDGET_KEYS:
-            bad(key, f"unknown key '{key.name}' in grant.budget (keys: {', '.join(BUDGET_KEYS)})")
+    bad = _Counted(fail)
+    bad.unknown_keys(node, BUDGET_KEYS, "grant.budget")
     amount, increment = _measure(node, bad)
     bound, inclusive = _bound(node, bad)
     reason = _text(node, "reason", bad)
-    if problems or bound is None:
+    if bad.problems or bound is None:
         return None
     return SpendLimit(
         counter="grant",
@@ -394,16 +403,8 @@ def _limit(node: Node, default_counter: str, fail: Fail) -> SpendLimit | None:
             f"each limit must be a mapping like {{sum: args.amount, max: 100, window: 1d}}; got {describe_node(node)}",
         )
         return None
-    problems = 0
-
-    def bad(at: Node | Key, message: str) -> None:
-        nonlocal problems
-        problems += 1
-        fail(at, message)
-
-    for key, _ in node:
-        if key.name not in LIMIT_KEYS:
-            bad(key, f"unknown key '{key.name}' in a limit (keys: {', '.join(LIMIT_KEYS)})")
+    bad = _Counted(fail)
+    bad.unknown_keys(node, LIMIT_KEYS, "a limit")
     amount, increment = _measure(node, bad)
     bound, inclusive = _bound(node, bad)
     window = _window(node, bad)
@@ -420,7 +421,7 @@ def _limit(node: Node, default_counter: str, fail: Fail) -> SpendLimit | None:
         )
     counter = _text(node, "counter", bad) or default_counter
     reason = _text(node, "reason", bad)
-    if problems or bound is None or window is None:
+    if bad.problems or bound is None or window is None:
         return None
     return SpendLimit(
         counter=counter,

@@ -442,6 +442,8 @@ class Gateway:
     ) -> Reservation | JsonObject | SpendBlocked | None:
         """The call's spend reservation (None: no limits), the refusal to return instead, or (under
         `grant`) the grant budget's refusal."""
+        if not decision.limits and grant is None:
+            return None  # The plain allowed call's path: no allocation, no await.
         call = PendingCall(ctx.agent, ctx.session, tool, arguments, decision)
         return await reserve_or_refuse(
             self._spend, call, counts=self.call_counts, record=self._record_pending, grant=grant
