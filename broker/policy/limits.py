@@ -31,7 +31,7 @@ Bounds
     decimal places.
 
 Windows
-    ``sliding`` counts what was spent in the last ``window`` seconds. ``calendar`` counts what
+    At most 31 days. ``sliding`` counts what was spent in the last ``window`` seconds. ``calendar`` counts what
     was spent since the start of the current UTC period (the window must divide a day: 1m, 1h,
     1d, 15m, ...), so ``1d`` resets at midnight UTC.
 
@@ -77,6 +77,7 @@ ALIGNS: Final = ("sliding", "calendar")
 SCOPES: Final = ("agent", "session", "tool", "global")
 UNITS_PER_ONE: Final = 1_000_000
 DAY_SECONDS: Final = 86_400
+MAX_WINDOW_SECONDS: Final = 31 * DAY_SECONDS
 ANONYMOUS: Final = "-"
 _SHAPE: Final = 'limits: [{sum: "args.amount", max: 1000, window: 1d}]'
 _CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Overflow])
@@ -365,7 +366,7 @@ class _Counted:
 
 
 BUDGET_KEYS: Final = ("sum", "count", "increment", "max", "below", "reason")
-GRANT_BUDGET_WINDOW: Final = 31 * DAY_SECONDS
+GRANT_BUDGET_WINDOW: Final = MAX_WINDOW_SECONDS
 
 
 def parse_budget(node: Node, fail: Fail) -> SpendLimit | None:
@@ -495,10 +496,15 @@ def _window(node: MappingNode, bad: Fail) -> float | None:
         bad(node, "a limit needs 'window' (a duration like 1h or 1d)")
         return None
     try:
-        return parse_duration(window.value if isinstance(window, ScalarNode) else None)
+        seconds = parse_duration(window.value if isinstance(window, ScalarNode) else None)
     except ValueError as exc:
         bad(window, f"window {exc}")
         return None
+    if seconds > MAX_WINDOW_SECONDS:
+        # The ledgers keep spend for 32 days (broker.store.spend.DEFAULT_RETENTION_SECONDS).
+        bad(window, f"window may be at most 31 days, got {_duration_text(seconds)}")
+        return None
+    return seconds
 
 
 def _choice(node: MappingNode, name: str, choices: tuple[str, ...], bad: Fail) -> str:

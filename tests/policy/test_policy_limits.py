@@ -69,6 +69,7 @@ def test_rules_without_limits_have_none_and_a_rule_id_names_the_counter() -> Non
         ("    limits: [{count: true, max: 0.0000001, window: 1h}]\n", "policy.yaml:5:33", "6 decimal places"),
         ("    limits: [{count: true, below: 0, window: 1h}]\n", "policy.yaml:5:35", "action: deny"),
         ("    limits: [{count: true, max: 1}]\n", "policy.yaml:5:14", "needs 'window'"),
+        ("    limits: [{count: true, max: 1, window: 32d}]\n", "policy.yaml:5:44", "at most 31 days"),
         ("    limits: [{count: true, max: 1, window: soon}]\n", "policy.yaml:5:44", "not a duration"),
         (
             "    limits: [{count: true, max: 1, window: 7m, align: calendar}]\n",
