@@ -15,7 +15,9 @@ from broker.store.notify import asyncpg_dsn
 class OwnedPool:
     """Opens the pool on ``async with`` and closes it after; `_live` is the open pool."""
 
-    def __init__(self, url: str | URL, *, pool_size: int, timeout: float) -> None:
+    def __init__(
+        self, url: str | URL, *, pool_size: int, timeout: float, server_settings: dict[str, str] | None = None
+    ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         if timeout <= 0:
@@ -23,11 +25,16 @@ class OwnedPool:
         self._dsn = asyncpg_dsn(url)
         self._pool_size = pool_size
         self._timeout = timeout
+        self._server_settings = server_settings
         self._pool: asyncpg.Pool | None = None
 
     async def __aenter__(self) -> Self:
         self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=self._pool_size, timeout=self._timeout
+            self._dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            timeout=self._timeout,
+            server_settings=self._server_settings,
         )
         return self
 

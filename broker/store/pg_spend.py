@@ -15,6 +15,14 @@ and commit on its hot path:
 
 Rows older than `retention_seconds` are pruned at most once a minute by a reserving call. When the
 database cannot be reached every step raises StoreUnavailable (the gateway fails closed).
+
+Durability: the ledger's connections commit with ``synchronous_commit = off`` unless built with
+``durable=True``. A reserve then costs a round trip instead of a WAL flush (measured on this
+project's shared CI disk: 0.4 ms instead of 12 ms for reserve + commit), and what it gives up is
+narrow: a *PostgreSQL server* crash (not a broker crash) may forget the spend of the last moments
+before it (at most 3 x ``wal_writer_delay``, 0.6 s by default). Transactions stay atomic and
+serialised, so the race guarantee is unchanged while the server runs. The rate-limit table makes
+the same trade more bluntly (UNLOGGED, migration 0002).
 """
 
 from __future__ import annotations
@@ -94,10 +102,12 @@ class PostgresSpendLedger(OwnedPool):
         timeout: float = 2.0,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        durable: bool = False,
     ) -> None:
         if lease_seconds <= 0 or retention_seconds <= 0:
             raise ValueError("lease_seconds and retention_seconds must be positive")
-        super().__init__(url, pool_size=pool_size, timeout=timeout)
+        settings = None if durable else {"synchronous_commit": "off"}
+        super().__init__(url, pool_size=pool_size, timeout=timeout, server_settings=settings)
         self._lease = lease_seconds
         self._retention = retention_seconds
         self._next_prune = -math.inf
