@@ -4,7 +4,8 @@ HTTP: everything else an allowed call does is the same with or without limits, s
 added cost. The baseline is the same check on a decision without limits (a tuple test). Each call
 spends 1 of a budget large enough for all of them, on one counter, so every reserve sums a window
 that grows with the run (the worst case a busy agent meets). PostgreSQL runs twice: through the
-SQLAlchemy ledger (several round trips) and the asyncpg one the broker uses (one per step).
+SQLAlchemy ledger (several round trips) and the asyncpg one the broker uses (one per step), and
+its two statements are timed alone, with and without a WAL flush per commit, beside ``SELECT 1``.
 
     python bench/spend_limit.py [--calls 1000] [--admin-url URL] [--redis-url URL] [--sqlite-only]
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from databases import DEFAULT_ADMIN_URL, fresh_postgres_database
@@ -30,6 +32,7 @@ from broker.policy.loader import load_policy
 from broker.proxy.checks.spend import SpendCheck
 from broker.store.engine import create_store
 from broker.store.migrate import upgrade
+from broker.store.notify import asyncpg_dsn
 from broker.store.pg_spend import PostgresSpendLedger
 from broker.store.spend import SqlSpendLedger
 
@@ -94,6 +97,42 @@ async def sql(url: str, calls: int) -> dict[str, float]:
     return await measure(SqlSpendLedger(store), Closing(), calls)
 
 
+async def raw_postgres(url: str, calls: int) -> dict[str, float]:
+    """The two statements alone on one connection, with and without a WAL flush per commit, beside
+    ``SELECT 1``: what the database itself charges, apart from the broker's Python."""
+    row: dict[str, float] = {}
+    for mode in ("on", "off"):
+        conn = await asyncpg.connect(asyncpg_dsn(url), server_settings={"synchronous_commit": mode})
+        try:
+            samples = []
+            for n in range(calls):
+                now = time.time()
+                started = time.perf_counter()
+                await conn.fetchrow(
+                    "SELECT * FROM spend_reserve($1, $2, $3, $4, $5, $6, $7)",
+                    f"raw-{mode}-{n}",
+                    [f"raw-{mode}"],
+                    [1],
+                    [10**15],
+                    [now - 3600.0],
+                    now,
+                    now + 3600.0,
+                )
+                await conn.execute(
+                    "UPDATE spend_entries SET lease_until = NULL WHERE reservation = $1", f"raw-{mode}-{n}"
+                )
+                samples.append(time.perf_counter() - started)
+            row[f"sync_commit={mode} p50 ms"] = statistics.median(samples) * 1000
+            if mode == "off":
+                started = time.perf_counter()
+                for _ in range(calls):
+                    await conn.fetchval("SELECT 1")
+                row["SELECT 1 ms"] = (time.perf_counter() - started) / calls * 1000
+        finally:
+            await conn.close()
+    return row
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,6 +150,7 @@ async def main() -> None:
             rows.append(("pg sqlalch.", await sql(url, args.calls)))
             fast = PostgresSpendLedger(url)
             rows.append(("pg asyncpg", await measure(fast, fast, args.calls)))
+            rows.append(("pg raw sql", await raw_postgres(url, args.calls)))
         from broker.store.redis_spend import RedisSpendLedger
 
         redis = RedisSpendLedger(args.redis_url, prefix=f"bench:spend:{time.time_ns()}:")

@@ -12,6 +12,12 @@ from sqlalchemy.engine import URL
 from broker.store.notify import asyncpg_dsn
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """No reset between uses: asyncpg's default (``RESET ALL``, ``UNLISTEN *``, unlocking advisory
+    locks...) is one more round trip per statement, and these pools never leave session state
+    behind (single statements, transaction-scoped locks, settings fixed at connect)."""
+
+
 class OwnedPool:
     """Opens the pool on ``async with`` and closes it after; `_live` is the open pool."""
 
@@ -35,6 +41,7 @@ class OwnedPool:
             max_size=self._pool_size,
             timeout=self._timeout,
             server_settings=self._server_settings,
+            reset=_keep_session,
         )
         return self
 
