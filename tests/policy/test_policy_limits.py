@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from broker.policy import PolicyError
-from broker.policy.limits import AmountError, ExpressionError, SpendLimit, evaluate, parse_expression
+from broker.policy.amounts import AmountError, ExpressionError, evaluate, parse_expression
+from broker.policy.limits import SpendLimit
 from broker.policy.loader import load_policy
 
 

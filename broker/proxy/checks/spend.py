@@ -36,8 +36,9 @@ import anyio
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.spending import Charge, Reservation, SpendLedger, SpendRefusal
 from broker.observability.calls import CallCounts
+from broker.policy.amounts import AmountError
 from broker.policy.decision import Decision
-from broker.policy.limits import UNITS_PER_ONE, AmountError, SpendLimit
+from broker.policy.limits import UNITS_PER_ONE, SpendLimit
 from broker.proxy.call_results import DECISION_META_KEY, error_result
 from broker.proxy.checks import JsonObject, PendingCall
 from broker.proxy.upstream.base import UpstreamRpcError, UpstreamUnavailable
