@@ -22,6 +22,7 @@ from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.health import StoreHealth
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
+from broker.approvals.spending import SpendLedger
 from broker.channels.api import build_decisions_router
 from broker.channels.call_context import CallContextSource
 from broker.channels.grants_api import build_grants_router
@@ -39,6 +40,7 @@ from broker.proxy.auth.build import agent_verifier
 from broker.proxy.auth.metadata import ProtectedResourceMetadata
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.checks.grants import GrantCheck
+from broker.proxy.checks.spend import SpendCheck
 from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
 from broker.proxy.held_calls import HeldCalls
@@ -56,8 +58,11 @@ from broker.store.escalations import SqlEscalationStore
 from broker.store.grants import SqlGrantStore
 from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
+from broker.store.pg_spend import PostgresSpendLedger
 from broker.store.ratelimit import PostgresRateLimiter
 from broker.store.seen_requests import SqlSeenRequests
+from broker.store.spend import SqlSpendLedger
+from broker.store.sql import SqlApprovalStore
 from broker.store.votes import SqlVoteStore
 
 if TYPE_CHECKING:
@@ -126,9 +131,15 @@ class Broker:
         )
         self.grants = GrantDesk(SqlGrantStore(self.store))
         self.gateway.attach_grants(GrantCheck(self.grants.store))
+        self.spend_ledger = spend_ledger_for(settings, self.store)
+        spend = SpendCheck(self.spend_ledger)
+        self.gateway.attach_spend(spend)
         self.approvals.set_releaser(
             UpstreamReleaser(
-                upstreams=self.upstreams, policy=self.policy_file.holder, forward=self.gateway.forward_call
+                upstreams=self.upstreams,
+                policy=self.policy_file.holder,
+                forward=self.gateway.forward_call,
+                spend=spend,
             )
         )
         self.gateway.attach_approvals(
@@ -288,6 +299,8 @@ class Broker:
             )
             if isinstance(self.rate_limiter, AbstractAsyncContextManager):
                 await stack.enter_async_context(self.rate_limiter)
+            if isinstance(self.spend_ledger, AbstractAsyncContextManager):
+                await stack.enter_async_context(self.spend_ledger)
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(self.policy_file.watch, self.settings.policy_poll_seconds)
             tasks.start_soon(self._reap_sessions)
@@ -483,3 +496,16 @@ def rate_limiter_for(settings: BrokerSettings) -> RateLimiter:
 
         return RedisRateLimiter(settings.rate_limits.redis_url)
     return SlidingWindowLimiter()
+
+
+def spend_ledger_for(settings: BrokerSettings, store: SqlApprovalStore) -> SpendLedger:
+    """Where spend-limit counters live: in Redis when rate limits are shared through Redis, else in
+    the approval store's database (shared by every replica on PostgreSQL, through the one-round-trip
+    asyncpg ledger)."""
+    if settings.rate_limits.backend == "redis" and settings.rate_limits.redis_url:
+        from broker.store.redis_spend import RedisSpendLedger
+
+        return RedisSpendLedger(settings.rate_limits.redis_url)
+    if backend_of(settings.database_url) is Backend.POSTGRESQL:
+        return PostgresSpendLedger(settings.database_url)
+    return SqlSpendLedger(store)

@@ -230,6 +230,9 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
                 print(
                     f"{name}: ok (revision {policy.revision}, {len(policy.rules)} rules, default {policy.default.value})"
                 )
+                for rule in policy.rules:
+                    for limit in rule.decision.limits:
+                        print(f"  {rule.name}: limit {limit.describe()}")
     return EXIT_USAGE if failed else 0
 
 

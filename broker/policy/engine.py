@@ -26,8 +26,9 @@ Deciding a call, `Policy.decide(tool, server=, agent=, arguments=)`
        then to a rule with ``when`` over one without, then to the rule earlier in the file.
        The decision names the rule by its ``id``, else as ``rules[<i>] '<pattern>'``; its
        reason is the rule's ``reason`` or a default ("allowed by policy", "denied by policy",
-       "approval required by policy"). A rule's ``rate_limit`` and approval settings ride
-       along on the Decision; enforcing them is the gateway's job.
+       "approval required by policy"). A rule's ``rate_limit``, ``limits`` (spend and count
+       limits, broker/policy/limits.py) and approval settings ride along on the Decision;
+       enforcing them is the gateway's job.
     3. Default. No applicable rule: the policy's ``default`` (``deny`` unless it says
        ``allow``), as rule ``default`` with reason ``no rule matches; default is <action>``.
 

@@ -27,6 +27,7 @@ from broker.policy.duration import parse_duration
 from broker.policy.edits import parse_editable
 from broker.policy.escalation import parse_escalation
 from broker.policy.grants import parse_grant
+from broker.policy.limits import SpendLimit, parse_limits
 from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.quorum import parse_quorum
@@ -52,6 +53,7 @@ RULE_KEYS: Final = (
     "escalate",
     "editable",
     "grant",
+    "limits",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
 APPROVAL_KEYS: Final = (
@@ -243,8 +245,11 @@ class _Compiler:
         if pattern is None or action is None or len(self._problems) > problems_before:
             return None
         name = rule_id if rule_id is not None else f"rules[{index}] '{pattern}'"
+        limits = self._limits(body.entry("limits"), action, name)
+        if limits is None:
+            return None
         decision = Decision(
-            action, name, reason or DEFAULT_REASONS[action], self._revision, rate_limit, approval
+            action, name, reason or DEFAULT_REASONS[action], self._revision, rate_limit, approval, limits
         )
         return CompiledRule(
             index=index,
@@ -394,6 +399,18 @@ class _Compiler:
         if max_calls is None or window is None:
             return None
         return RateLimit(max_calls=max_calls, window_seconds=window)
+
+    def _limits(
+        self, entry: tuple[Key, Node] | None, action: Action, name: str
+    ) -> tuple[SpendLimit, ...] | None:
+        if entry is None:
+            return ()
+        if action is Action.DENY:
+            self._fail(
+                entry[0], "limits only apply to allow and require_approval rules, and this rule denies"
+            )
+            return None
+        return parse_limits(entry[1], name, self._fail)
 
     def _max_calls(self, rate_limit: MappingNode) -> int | None:
         node = rate_limit.get("max")
