@@ -12,6 +12,7 @@ on both sides (with dot-all).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -25,7 +26,7 @@ from broker.policy.document import (
     SequenceNode,
     describe_node,
 )
-from broker.policy.problems import PolicyError, PolicyProblem
+from broker.policy.problems import PolicyProblem
 
 OPERATORS: Final = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")
 _NATIVE_OPERATOR: Final = {"neq": "ne", "regex": "matches"}
@@ -58,10 +59,6 @@ class Problems:
 
     def fail(self, at: Position, message: str) -> None:
         self.found.append(PolicyProblem(self.source, at.line, at.column, message))
-
-    def raise_if_any(self) -> None:
-        if self.found:
-            raise PolicyError(self.found)
 
     def unknown_keys(self, node: MappingNode, allowed: Sequence[str], where: str) -> None:
         for entry_key, _ in node:
@@ -127,6 +124,12 @@ def read_condition(node: Node, problems: Problems, *, state_allowed: bool) -> Co
     if op == "regex" and not (isinstance(value, ScalarNode) and isinstance(value.value, str)):
         problems.fail(value, "regex value must be a string")
         return None
+    if op == "regex":
+        try:
+            re.compile(str(value.value))  # type: ignore[union-attr]
+        except re.error as error:
+            problems.fail(value, f'invalid regex "{value.value}": {error}')  # type: ignore[union-attr]
+            return None
     return Condition(path, op, value, node, path_node)
 
 

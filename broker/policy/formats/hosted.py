@@ -43,7 +43,8 @@ LIMIT_KEYS: Final = ("counter", "window", "max", "scope")
 SCOPES: Final = {"grant": "agent", "agent": "agent", "global": "global", "tool": "tool"}
 
 
-def translate_hosted(root: Node, *, source: str) -> MappingNode:
+def translate_hosted(root: Node, *, source: str) -> tuple[MappingNode, Problems]:
+    """The native document and the problems found on the way (positions in `source`)."""
     assert isinstance(root, MappingNode)
     problems = Problems(source)
     problems.unknown_keys(root, TOP_LEVEL_KEYS, "at the top level of a PolicyLayer policy")
@@ -71,14 +72,13 @@ def translate_hosted(root: Node, *, source: str) -> MappingNode:
     default = default_node.value if isinstance(default_node, ScalarNode) else "deny"
     if default == "allow" and shared:
         rules.append(_allow("*", root, shared))
-    problems.raise_if_any()
     entries: list[tuple[str, Node]] = [("version", root.get("version") or scalar(None, root))]
     entries.append(("default", scalar(default, default_node or root)))
     hide = root.get("hide")
     if hide is not None:
         entries.append(("hide", hide))
     entries.append(("rules", sequence(rules, tools or root)))
-    return mapping(entries, root)
+    return mapping(entries, root), problems
 
 
 def _tool(tool: str, body: Node, shared: list[Node], problems: Problems) -> list[Node]:

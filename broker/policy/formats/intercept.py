@@ -65,7 +65,8 @@ class _Counter:
     at: MappingNode
 
 
-def translate_intercept(root: Node, *, source: str) -> MappingNode:
+def translate_intercept(root: Node, *, source: str) -> tuple[MappingNode, Problems]:
+    """The native document and the problems found on the way (positions in `source`)."""
     assert isinstance(root, MappingNode)
     problems = Problems(source)
     problems.unknown_keys(root, TOP_LEVEL_KEYS, "at the top level of an Intercept policy")
@@ -87,7 +88,6 @@ def translate_intercept(root: Node, *, source: str) -> MappingNode:
                     _rules(tool_key.name, body, problems),
                 )
             )
-    problems.raise_if_any()
     wildcard = next((rules for name, _, rules in tools if name == WILDCARD), [])
     native_rules: list[Node] = []
     for name, at, rules in tools:
@@ -104,7 +104,7 @@ def translate_intercept(root: Node, *, source: str) -> MappingNode:
     if hide is not None:
         entries.append(("hide", hide))
     entries.append(("rules", sequence(native_rules, tools_node or root)))
-    return mapping(entries, root)
+    return mapping(entries, root), problems
 
 
 def _default(node: Node | None, problems: Problems) -> str:
@@ -141,7 +141,9 @@ def _rules(tool: str, body: Node, problems: Problems) -> list[_Rule]:
             plans.append(plan)
     for rule, state_conditions in plans:
         for condition in state_conditions:
-            rule.limits.append(_bound(scope, condition, counters, rule.reason, problems))
+            limit = _bound(scope, condition, counters, rule.reason, problems)
+            if limit is not None:
+                rule.limits.append(limit)
     return [rule for rule, _ in plans]
 
 
@@ -156,8 +158,7 @@ def _rule(
     name_node = node.get("name")
     if name_node is None:
         problems.fail(node, "rule must have a name")
-        return None
-    name = problems.text(name_node, "name", node)
+    name = problems.text(name_node, "name", node) if name_node is not None else None
     reason = problems.text(node.get("on_deny"), "on_deny", node) if node.get("on_deny") is not None else None
     action_node = node.get("action")
     action = (
@@ -171,9 +172,7 @@ def _rule(
         assert action_node is not None
         problems.fail(action_node, f'action must be "evaluate" or "deny", got {describe_node(action_node)}')
         return None
-    if name is None:
-        return None
-    rule = _Rule(name, node, action == "deny", reason)
+    rule = _Rule(name or f"rules[{index}]", node, action == "deny", reason)
     conditions_node, rate = node.get("conditions"), node.get("rate_limit")
     if rule.deny:
         if conditions_node is not None:
@@ -282,7 +281,7 @@ def _bound(
     counters: dict[str, tuple[int, _Counter]],
     reason: str | None,
     problems: Problems,
-) -> MappingNode:
+) -> MappingNode | None:
     _, _, rest = condition.path.partition(".")
     counter_scope, _, name = rest.partition(".")
     found = counters.get(name) if counter_scope == scope else None
@@ -298,19 +297,19 @@ def _bound(
             f'a counter can only be bounded with "lt" or "lte" here, got "{condition.op}"; '
             "write the limit in the native format instead",
         )
-    counter = found[1] if found is not None else None
-    measure: list[tuple[str, Node]] = []
-    if counter is not None:
-        kind, value = counter.increment
-        measure = (
-            [("count", scalar(True, value)), ("increment", value)] if kind == "increment" else [(kind, value)]
-        )
+    if found is None or condition.op not in ("lt", "lte"):
+        return None
+    counter = found[1]
+    kind, value = counter.increment
+    measure = (
+        [("count", scalar(True, value)), ("increment", value)] if kind == "increment" else [(kind, value)]
+    )
     entries: list[tuple[str, Node]] = [
         *measure,
         ("max" if condition.op == "lte" else "below", condition.value),
     ]
     entries += [
-        ("window", scalar(counter.window if counter else "1d", condition.at)),
+        ("window", scalar(counter.window, condition.at)),
         ("align", scalar("calendar", condition.at)),
         ("per", scalar("global", condition.at)),
         ("counter", scalar(f"{scope}.{name}", condition.at)),
