@@ -49,9 +49,8 @@ def translate_hosted(root: Node, *, source: str) -> tuple[MappingNode, Problems]
     problems = Problems(source)
     problems.unknown_keys(root, TOP_LEVEL_KEYS, "at the top level of a PolicyLayer policy")
     default_node = root.get("default")
-    if not (isinstance(default_node, ScalarNode) and default_node.value in ("allow", "deny")):
-        shown = describe_node(default_node) if default_node is not None else "nothing"
-        problems.fail(default_node or root, f'default must be "allow" or "deny", got {shown}')
+    if default_node is None:
+        problems.fail(root, 'a PolicyLayer policy needs "default": "allow" or "deny"')
     all_tools = root.get("all_tools")
     shared: list[Node] = []
     if all_tools is not None:
@@ -69,11 +68,11 @@ def translate_hosted(root: Node, *, source: str) -> tuple[MappingNode, Problems]
     elif tools is not None:
         for tool_key, body in tools:
             rules += _tool(tool_key.name, body, shared, problems)
-    default = default_node.value if isinstance(default_node, ScalarNode) else "deny"
-    if default == "allow" and shared:
+    if isinstance(default_node, ScalarNode) and default_node.value == "allow" and shared:
         rules.append(_allow("*", root, shared))
     entries: list[tuple[str, Node]] = [("version", root.get("version") or scalar(None, root))]
-    entries.append(("default", scalar(default, default_node or root)))
+    # An unknown default goes through as written: the native compiler reports it once.
+    entries.append(("default", default_node or scalar("deny", root)))
     hide = root.get("hide")
     if hide is not None:
         entries.append(("hide", hide))
@@ -115,15 +114,13 @@ def _tool(tool: str, body: Node, shared: list[Node], problems: Problems) -> list
             )
             continue
         problems.unknown_keys(item, DENY_IF_KEYS, f"in deny_if[{index}]")
-        conditions = [
-            c
-            for entry in problems.items(item.get("conditions"), "conditions")
-            if (c := read_condition(entry, problems, state_allowed=False)) is not None
-        ]
-        if not conditions:
+        written = problems.items(item.get("conditions"), "conditions")
+        conditions = [c for entry in written if (c := read_condition(entry, problems, state_allowed=False))]
+        if not written:
             problems.fail(
                 item.get("conditions") or item, f"deny_if[{index}] must have at least one condition"
             )
+        if not conditions:
             continue
         reason = (
             problems.text(item.get("on_deny"), "on_deny", item) if item.get("on_deny") is not None else None

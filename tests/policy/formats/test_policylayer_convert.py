@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.policy.loader import load_policy
+from tests.e2e.harness import REPO
 from tests.e2e.test_cli import broker
 
 DATA = Path(__file__).parent / "data"
@@ -83,24 +85,32 @@ def test_convert_refuses_an_invalid_policy_with_positions(tmp_path: Path) -> Non
 def test_check_and_explain_read_policylayer_documents() -> None:
     check = broker("policy", "check", str(DATA / "hosted_issue_crypto.json"))
     assert check.returncode == 0, check.stderr
-    explain = broker(
-        "policy",
-        "explain",
-        str(DATA / "intercept_testdata_valid_policy.yaml"),
-        "create_charge",
-        "--args",
-        json.dumps({"amount": 60000, "currency": "usd"}),
-        "--json",
-    )
+    call = ("create_charge", "--args", json.dumps({"amount": 60000, "currency": "usd"}))
+    stripe = str(DATA / "intercept_testdata_valid_policy.yaml")
+    explain = broker("policy", "explain", stripe, *call, "--json")
     assert explain.returncode == 0, explain.stderr
     decision = json.loads(explain.stdout)
     assert decision["action"] == "deny" and decision["reason"] == "Single charge cannot exceed $500.00"
-    text = broker(
-        "policy",
-        "explain",
-        str(DATA / "intercept_testdata_valid_policy.yaml"),
-        "create_charge",
-        "--args",
-        json.dumps({"amount": 60000, "currency": "usd"}),
+    assert "unless args.amount lte 50000: does not hold" in broker("policy", "explain", stripe, *call).stdout
+
+
+def test_diff_of_a_policy_and_its_conversion_finds_no_change(tmp_path: Path) -> None:
+    server = REPO / "tests/upstream/servers/policylayer_server.py"
+    servers = tmp_path / "servers.json"
+    servers.write_text(
+        json.dumps({"mcpServers": {"examples": {"command": sys.executable, "args": [str(server)]}}})
     )
-    assert "unless args.amount lte 50000: does not hold" in text.stdout
+    original = DATA / "intercept_policy_md_stripe.yaml"
+    converted = tmp_path / "native.yaml"
+    assert broker("policy", "convert", str(original), "-o", str(converted)).returncode == 0
+    same = broker("policy", "diff", str(original), str(converted), "--servers", str(servers))
+    assert same.returncode == 0, same.stdout + same.stderr
+    other = broker(
+        "policy",
+        "diff",
+        str(original),
+        str(DATA / "intercept_policy_md_github.yaml"),
+        "--servers",
+        str(servers),
+    )
+    assert other.returncode == 1 and "delete_customer" in other.stdout

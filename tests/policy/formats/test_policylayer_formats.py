@@ -211,3 +211,24 @@ def test_a_counter_without_its_state_block_is_refused_where_it_is_read() -> None
         7,
         "condition references state.t.missing but no matching state block found",
     )
+
+
+def test_hosted_validation_errors_are_positioned() -> None:
+    text = """{
+  "version": "1",
+  "default": "maybe",
+  "tools": {
+    "a": {"require": [{"path": "amount", "op": "gt", "value": 1}]},
+    "b": {"deny_if": [{"conditions": [{"path": "args.x", "op": "like", "value": 1}]}]},
+    "c": {"limits": [{"counter": "n", "window": "week", "max": 3}], "allow": true}
+  }
+}"""
+    with pytest.raises(PolicyError) as caught:
+        load_policy(text, source="p.json")
+    assert [str(problem) for problem in caught.value.problems] == [
+        "p.json:3:14: default must be 'allow' or 'deny', got the string \"maybe\"",
+        "p.json:5:32: path must start with 'args.', got \"amount\"",
+        'p.json:6:64: unknown operator "like" (operators: eq, neq, in, not_in, lt, lte, gt, gte, regex, contains, exists)',
+        'p.json:7:49: window must be "minute", "hour", or "day", got the string "week"',
+        "p.json:7:69: unknown key 'allow' for tool 'c' (keys: require, deny_if, limits)",
+    ]
