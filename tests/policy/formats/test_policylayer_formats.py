@@ -232,3 +232,35 @@ def test_hosted_validation_errors_are_positioned() -> None:
         'p.json:7:49: window must be "minute", "hour", or "day", got the string "week"',
         "p.json:7:69: unknown key 'allow' for tool 'c' (keys: require, deny_if, limits)",
     ]
+
+
+def test_a_fixed_increment_and_a_counter_bounded_from_another_rule() -> None:
+    text = """
+version: "1"
+tools:
+  send_email:
+    rules:
+      - name: "daily email budget"
+        conditions:
+          - {path: "args.to", op: "exists", value: true}
+        state: {counter: "units", window: "day", increment: 5}
+      - name: "cap"
+        conditions:
+          - {path: "state.send_email.units", op: "lte", value: 100}
+        on_deny: "Email budget spent"
+"""
+    decision = load_policy(text).decide("send_email", arguments={"to": "a@b"})
+    [units] = decision.limits
+    assert units.counter == "send_email.units" and units.units({}) == 5 * 1_000_000
+    assert units.bound == 100 and units.inclusive and units.reason == "Email budget spent"
+    assert action(load_policy(text), "send_email") is Action.DENY  # "to" missing
+
+
+def test_a_counter_bounded_by_another_operator_is_refused() -> None:
+    text = (
+        'version: "1"\ntools:\n  t:\n    rules:\n      - name: r\n        conditions:\n'
+        '          - {path: "state.t.n", op: "gt", value: 3}\n'
+        '        state: {counter: "n", window: "hour"}\n'
+    )
+    with pytest.raises(PolicyError, match='a counter can only be bounded with "lt" or "lte" here, got "gt"'):
+        load_policy(text)
