@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from broker.cli_convert import register as register_convert
 from broker.cli_grants import add_grant_options, grant_body, grant_note
 from broker.cli_grants import register as register_grants
 from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
@@ -686,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true")
     _add_upstream_options(diff)
     diff.set_defaults(handler=_cmd_policy_diff)
+    register_convert(policy_commands)
 
     approvals = commands.add_parser("approvals", help="list, inspect and decide held calls")
     approvals_commands = approvals.add_subparsers(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from broker.policy.conditions import OPERATORS, PATH_PREFIX, Condition, all_hold, compile_path, compile_test
+from broker.policy.conditions import OPERATORS, PATH_PREFIX, Condition, compile_path, compile_test
 from broker.policy.decision import Action, ApprovalRequirement, Decision, RateLimit
 from broker.policy.document import (
     Key,
@@ -32,6 +32,7 @@ from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.quorum import parse_quorum
 from broker.policy.rules import CompiledRule, HideEntry
+from broker.policy.unless import rule_check
 
 SUPPORTED_VERSION: Final = "1"
 TOP_LEVEL_KEYS: Final = ("version", "default", "hide", "rules")
@@ -54,6 +55,7 @@ RULE_KEYS: Final = (
     "editable",
     "grant",
     "limits",
+    "unless",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
 APPROVAL_KEYS: Final = (
@@ -239,6 +241,7 @@ class _Compiler:
         reason = self._reason(body.get("reason"))
         agents = self._agents(body.get("agents"))
         conditions = self._conditions(body.get("when"))
+        unless = self._conditions(body.get("unless"))
         rate_limit = self._rate_limit(body.entry("rate_limit"), action)
         approval = self._approval(body, action)
         show_first = self._show_first(body.entry("show_first"), action)
@@ -265,7 +268,8 @@ class _Compiler:
             show_first=show_first,
             line=start.line,
             decision=decision,
-            check=all_hold(conditions) if conditions else None,
+            check=rule_check(conditions, unless),
+            unless=unless,
         )
 
     def _rule_id(self, node: Node | None) -> str | None:
