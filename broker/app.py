@@ -121,7 +121,10 @@ class Broker:
         self.gateway.attach_grants(GrantCheck(self.grants.store))
         self.approvals.set_releaser(
             UpstreamReleaser(
-                upstreams=self.upstreams, policy=self.policy_file.holder, forward=self.gateway.forward_call
+                upstreams=self.upstreams,
+                policy=self.policy_file.holder,
+                forward=self.gateway.forward_call,
+                risks=self.gateway.tool_risks,
             )
         )
         self.gateway.attach_approvals(
@@ -327,7 +330,8 @@ class Broker:
         policy = self.policy_file.holder.current
         rows = []
         for tool in self.upstreams.tools():
-            decision = policy.decide(tool.name, server=tool.server)
+            risk = self.gateway.tool_risks.of(tool) if policy.rates_risk else None
+            decision = policy.decide(tool.name, server=tool.server, risk=risk)
             rows.append(
                 {
                     "tool": tool.exposed_name,
@@ -340,7 +344,7 @@ class Broker:
                         if decision.rate_limit
                         else None
                     ),
-                    "listed": policy.is_listed(tool.name, server=tool.server),
+                    "listed": policy.is_listed(tool.name, server=tool.server, risk=risk),
                 }
             )
         return rows

@@ -18,6 +18,7 @@ from broker.cli_grants import add_grant_options, grant_body, grant_note
 from broker.cli_grants import register as register_grants
 from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
 from broker.policy import PolicyError, load_policy
+from broker.policy.risk_defaults import RISK_LEVELS
 from broker.proxy.decision_log import DECISION_LOGGER, BufferedLineSink
 
 EXIT_USAGE = 2
@@ -259,7 +260,9 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
         if not isinstance(parsed, dict):
             _fail("--args must be a JSON object, e.g. '{\"quantity\": 5}'")
         arguments = parsed
-    explanation = policy.explain(args.tool, server=args.server, agent=args.agent, arguments=arguments)
+    explanation = policy.explain(
+        args.tool, server=args.server, agent=args.agent, arguments=arguments, risk=args.risk
+    )
     if args.json:
         decision = explanation.decision
         print(
@@ -270,7 +273,9 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
                     "rule": decision.rule,
                     "reason": decision.reason,
                     "policy_revision": decision.revision,
-                    "listed": policy.is_listed(args.tool, server=args.server, agent=args.agent),
+                    "listed": policy.is_listed(
+                        args.tool, server=args.server, agent=args.agent, risk=args.risk
+                    ),
                 },
                 indent=2,
             )
@@ -668,6 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--agent")
     explain.add_argument("--server", help="upstream server name (for server__tool rules)")
     explain.add_argument("--args", help="call arguments as a JSON object")
+    explain.add_argument(
+        "--risk",
+        choices=RISK_LEVELS,
+        help="the tool's catalogue rating (see 'broker tools scan'), for the policy's risk_defaults",
+    )
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.set_defaults(handler=_cmd_policy_explain)
     init = policy_commands.add_parser("init", help="print a starting policy for the upstreams' tools")

@@ -141,6 +141,14 @@ class Policy:
         """Whether some risk level gets a stricter default: only then is a tool's rating worth passing."""
         return bool(self._risk_decisions)
 
+    @property
+    def may_require_approval(self) -> bool:
+        """Whether any call could be held for approval (then the broker's approval tools are listed)."""
+        return any(rule.action is Action.REQUIRE_APPROVAL for rule in self._rules) or any(
+            decision.action is Action.REQUIRE_APPROVAL
+            for decision in (self._default_decision, *self._risk_decisions.values())
+        )
+
     def fallback(self, risk: str | None = None) -> Decision:
         """What a call that no rule applies to gets, for a tool of this catalogue rating."""
         return self._risk_decisions.get(risk, self._default_decision) if risk else self._default_decision
