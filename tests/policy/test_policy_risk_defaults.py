@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,22 @@ def test_a_lying_read_only_hint_does_not_make_a_withdrawal_look_safe() -> None:
     assert rating in ("high", "critical")
     decision = load_policy(RISKY).decide("aave_withdraw", server="defi", risk=rating)
     assert decision.action is not Action.ALLOW
+
+
+def test_the_readme_example_explains_as_the_readme_shows() -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Risk-aware defaults", 1)[1].split("\n## ", 1)[0]
+    policy_file = root / "policies/risk-defaults.yaml"
+    assert policy_file.read_text(encoding="utf-8") in section.replace("# policies/risk-defaults.yaml\n", "")
+    rendered = (
+        load_policy(policy_file.read_bytes(), source=str(policy_file))
+        .explain("place_order", risk="high")
+        .render()
+    )
+    shown = [
+        line.removeprefix("# ") for line in section.splitlines() if line.startswith("# ") and ":" in line
+    ]
+    for line in shown:
+        if not line.startswith("policies/"):
+            assert line in rendered.splitlines()
