@@ -39,6 +39,8 @@ from broker.proxy.gateway import Gateway
 from broker.proxy.held_calls import HeldCalls
 from broker.proxy.http_endpoint import McpHttpEndpoint
 from broker.proxy.identity import Authenticator
+from broker.proxy.pinning import POLL_SECONDS as PIN_POLL_SECONDS
+from broker.proxy.pinning import PinGuard
 from broker.proxy.ratelimit import RateLimiter, SlidingWindowLimiter
 from broker.proxy.releaser import UpstreamReleaser
 from broker.proxy.sessions import SessionRegistry
@@ -54,6 +56,7 @@ from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
 from broker.store.ratelimit import PostgresRateLimiter
 from broker.store.seen_requests import SqlSeenRequests
+from broker.store.tool_pins import SqlToolPinStore
 from broker.store.votes import SqlVoteStore
 
 if TYPE_CHECKING:
@@ -117,6 +120,8 @@ class Broker:
             edits=SqlEditStore(self.store),
             tool_schema=self._tool_schema,
         )
+        self.pins = PinGuard(SqlToolPinStore(self.store), clock=clock)
+        self.gateway.attach_pins(self.pins)
         self.grants = GrantDesk(SqlGrantStore(self.store))
         self.gateway.attach_grants(GrantCheck(self.grants.store))
         self.approvals.set_releaser(
@@ -224,6 +229,7 @@ class Broker:
             logger.error("%s", problem)
 
     async def _upstream_tools_changed(self) -> None:
+        await self.pins.refresh(self.upstreams.tools())
         self.gateway.tools_changed()
         for problem in self._unknown_editable_fields():
             # The edit itself is refused whatever happens here; this tells the operator early.
@@ -258,6 +264,7 @@ class Broker:
             await stack.enter_async_context(self.approvals.running())
             await stack.enter_async_context(self.upstreams)
             await self.upstreams.wait_ready(upstream_ready_timeout)
+            await self.pins.refresh(self.upstreams.tools())
             for problem in self._unknown_editable_fields():
                 # Not fatal: an upstream may change its tools later, and an edit of an argument its
                 # schema lacks is refused anyway. `broker policy check --config` makes it fatal in CI.
@@ -277,6 +284,7 @@ class Broker:
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(self.policy_file.watch, self.settings.policy_poll_seconds)
             tasks.start_soon(self._reap_sessions)
+            tasks.start_soon(self._watch_pins)
             self._install_sighup()
             self._loop = asyncio.get_running_loop()
             if self.replica_feed is not None:
@@ -319,6 +327,17 @@ class Broker:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.policy_file.reload)
         except (NotImplementedError, RuntimeError):
             logger.debug("SIGHUP reload unavailable in this event loop")
+
+    async def _watch_pins(self) -> None:
+        """Acceptances made elsewhere (another replica, `broker tools accept`) take effect here."""
+        while True:
+            await anyio.sleep(PIN_POLL_SECONDS)
+            await self.refresh_pins()
+
+    async def refresh_pins(self) -> None:
+        """Re-reads which tools are pending; listings and agents hear of any change."""
+        if await self.pins.refresh(self.upstreams.tools()):
+            self.gateway.tools_changed()
 
     async def _reap_sessions(self) -> None:
         while True:

@@ -57,6 +57,11 @@ Listing a tool, `Policy.is_listed(tool, server=, agent=)`
     So a tool that only unconditional deny rules match, or that falls through to
     ``default: deny``, does not appear in ``tools/list`` for that agent.
 
+Changed tool definitions
+    ``on_definition_change`` (``require_approval``, the default, or ``hide``) is what a call gets
+    when the tool's definition changed since an operator accepted it; the policy only carries the
+    setting, the gateway applies it after `decide` (see broker/proxy/pinning.py).
+
 Revision
     ``Policy.revision`` (and every Decision's ``revision``) is the first 12 hex digits of
     the SHA-256 of the policy text as UTF-8, so the same text always has the same revision.
@@ -95,6 +100,7 @@ class Policy:
         "_risk_decisions",
         "_rules",
         "default",
+        "on_definition_change",
         "revision",
     )
 
@@ -107,6 +113,7 @@ class Policy:
         rules: tuple[CompiledRule, ...],
         default_approval: ApprovalRequirement | None = None,
         risk_defaults: Mapping[str, RiskDefault] | None = None,
+        on_definition_change: Action = Action.REQUIRE_APPROVAL,
     ) -> None:
         if default not in (Action.ALLOW, Action.DENY, Action.REQUIRE_APPROVAL):
             raise ValueError(f"a policy default must be allow, deny or require_approval, not {default}")
@@ -114,6 +121,7 @@ class Policy:
             raise ValueError("default_approval goes with default: require_approval, and only with it")
         self.revision = revision
         self.default = default
+        self.on_definition_change = on_definition_change
         self._default_decision = Decision(
             default, "default", f"no rule matches; default is {default}", revision, approval=default_approval
         )

@@ -53,4 +53,5 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         rules=parts.rules,
         default_approval=parts.default_approval,
         risk_defaults=parts.risk_defaults,
+        on_definition_change=parts.on_definition_change,
     )

@@ -34,7 +34,8 @@ from broker.policy.risk_defaults import RiskDefault, parse_risk_defaults
 from broker.policy.rules import CompiledRule, HideEntry
 
 SUPPORTED_VERSION: Final = "1"
-TOP_LEVEL_KEYS: Final = ("version", "default", "risk_defaults", "hide", "rules")
+TOP_LEVEL_KEYS: Final = ("version", "default", "risk_defaults", "on_definition_change", "hide", "rules")
+DEFINITION_CHANGE_ACTIONS: Final = (Action.REQUIRE_APPROVAL, Action.HIDE)
 RULE_KEYS: Final = (
     "tool",
     "id",
@@ -82,6 +83,7 @@ class PolicyParts:
     rules: tuple[CompiledRule, ...]
     default_approval: ApprovalRequirement | None = None
     risk_defaults: Mapping[str, RiskDefault] = field(default_factory=dict)
+    on_definition_change: Action = Action.REQUIRE_APPROVAL
 
 
 def compile_document(root: Node, *, source: str, revision: str) -> PolicyParts:
@@ -111,11 +113,22 @@ class _Compiler:
         risk_defaults = parse_risk_defaults(
             root.get("risk_defaults"), default, self._default_entry, self._fail
         )
+        on_change = self._on_definition_change(root.get("on_definition_change"))
         hides = self._hides(root.get("hide"))
         rules = self._rules(root.get("rules"))
         if self._problems:
             raise PolicyError(self._problems)
-        return PolicyParts(default, hides, rules, default_approval, risk_defaults)
+        return PolicyParts(default, hides, rules, default_approval, risk_defaults, on_change)
+
+    def _on_definition_change(self, node: Node | None) -> Action:
+        """What a tool whose definition changed since it was accepted gets (broker/proxy/pinning.py)."""
+        if node is None:
+            return Action.REQUIRE_APPROVAL
+        choices = [action.value for action in DEFINITION_CHANGE_ACTIONS]
+        if isinstance(node, ScalarNode) and node.value in choices:
+            return Action(node.value)
+        self._fail(node, f"on_definition_change must be require_approval or hide, got {describe_node(node)}")
+        return Action.REQUIRE_APPROVAL
 
     def _fail(self, at: Position, message: str) -> None:
         self._problems.append(PolicyProblem(self._source, at.line, at.column, message))

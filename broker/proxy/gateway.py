@@ -34,6 +34,7 @@ from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.checks.grants import GrantCheck
 from broker.proxy.decision_log import DecisionLog
 from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
+from broker.proxy.pinning import PinGuard
 from broker.proxy.ratelimit import RateLimiter, RateVerdict
 from broker.proxy.result_shape import tool_result_problem
 from broker.proxy.tool_risks import ToolRisks
@@ -177,6 +178,7 @@ class Gateway:
         self._listing_cache: dict[tuple[str, str, int], list[JsonObject]] = {}
         self._tools_generation = 0
         self.tool_risks = ToolRisks()
+        self._pins: PinGuard | None = None
         # Metrics; plain integers, read by broker.observability at scrape time
         self.call_counts = CallCounts()
         self.upstream_latency = UpstreamLatency()
@@ -192,6 +194,9 @@ class Gateway:
 
     def attach_grants(self, grants: GrantCheck) -> None:
         self._grants = grants
+
+    def attach_pins(self, pins: PinGuard) -> None:
+        self._pins = pins
 
     def attach_approvals(self, approvals: ApprovalGate) -> None:
         self._approvals = approvals
@@ -267,6 +272,8 @@ class Gateway:
                 risk = self.tool_risks.of(tool) if policy.rates_risk else None
                 if not policy.is_listed(tool.name, server=tool.server, agent=agent, risk=risk):
                     continue
+                if self._pins is not None and self._pins.hides(tool, policy.on_definition_change):
+                    continue
                 if self._runs_as_task(tool, agent, policy, risk):
                     listing.append({**tool.definition, "execution": {"taskSupport": "optional"}})
                 else:
@@ -326,6 +333,8 @@ class Gateway:
             arguments=arguments,
             risk=self.tool_risks.of(tool) if policy.rates_risk else None,
         )
+        if self._pins is not None and self._pins.pending:
+            decision = self._pins.override(tool, decision, policy.on_definition_change) or decision
         action = decision.action
         if action is Action.ALLOW or action is Action.REQUIRE_APPROVAL:
             if action is Action.ALLOW and isinstance(params.get("task"), dict) and not ctx.modern:
