@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from broker.cli_grants import add_grant_options, grant_body, grant_note
 from broker.cli_grants import register as register_grants
+from broker.cli_pins import register as register_pins
 from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
 from broker.policy import PolicyError, load_policy
 from broker.policy.risk_defaults import RISK_LEVELS
@@ -768,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upstream_options(scan)
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(handler=_cmd_tools_scan)
+    register_pins(tools_commands, fail=_fail)
 
     demo = commands.add_parser("demo", help="try the broker started with 'broker serve --demo'")
     demo_commands = demo.add_subparsers(dest="demo_command", required=True, parser_class=_Parser)

@@ -3,6 +3,8 @@ tool's calls are held (or the tool hidden) until the new definition is accepted.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,8 +76,26 @@ async def test_a_rewritten_tool_is_held_until_its_new_definition_is_accepted(tmp
                 assert "policy rule default applies to the old one" in approval.rule_reason
                 assert "add" in {tool.name for tool in (await client.list_tools()).tools}
 
-                await accept_add(running)
+                url = running.broker.settings.database_url
+                pins = await broker_cli("tools", "pins", "--pending", "--database-url", url)
+                assert pins.returncode == 0 and pins.stdout.startswith("lab__add  PENDING  offered "), (
+                    pins.stdout
+                )
+                unknown = await broker_cli("tools", "accept", "nope", "--database-url", url)
+                assert unknown.returncode == 2 and "no tool 'nope' has been seen" in unknown.stderr
+                accepted = await broker_cli("tools", "accept", "add", "--by", "alice", "--database-url", url)
+                assert accepted.returncode == 0 and accepted.stdout.startswith("lab__add: accepted "), (
+                    accepted.stdout
+                )
+                await running.broker.refresh_pins()  # what the broker's poll does every few seconds
                 assert (await client.call_tool("add", {"a": 2, "b": 2})).structured_content == {"result": 4}
+                again = await broker_cli("tools", "pins", "--pending", "--database-url", url)
+                assert again.stdout == "no pending tool definitions\n"
+
+
+async def broker_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    done = await anyio.run_process([sys.executable, "-m", "broker", *args], check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 async def test_under_on_definition_change_hide_the_rewritten_tool_disappears(tmp_path: Path) -> None:
