@@ -336,7 +336,7 @@ class Broker:
 
     async def refresh_pins(self) -> None:
         """Re-reads which tools are pending; listings and agents hear of any change."""
-        if await self.pins.refresh(self.upstreams.tools()):
+        if await self.pins.refresh(self.upstreams.tools(), record=False):
             self.gateway.tools_changed()
 
     async def _reap_sessions(self) -> None:

@@ -1,10 +1,10 @@
 """Holding calls to tools whose definition changed since an operator accepted it.
 
-`PinGuard.refresh(tools)` runs off the hot path (at start, whenever an upstream's tool list
-changes, and every `POLL_SECONDS` to see acceptances made on other replicas or with
-``broker tools accept``): it records every listed tool's definition hash in the shared
-`PinStore` (broker.catalogue.pins) and keeps the exposed names of tools whose current
-definition is not accepted in a frozenset. A changed definition is logged (old and new hash).
+`PinGuard.refresh(tools)` runs off the hot path, at start and whenever an upstream's tool list
+changes: it records every listed tool's definition hash in the shared `PinStore`
+(broker.catalogue.pins). Every `POLL_SECONDS` it re-reads the pins only (one query), to see
+acceptances made on other replicas or with ``broker tools accept``. It keeps the exposed
+names of tools whose current definition is not accepted in a frozenset. A changed definition is logged (old and new hash).
 
 On the hot path the gateway asks `override(tool, decision)`: one frozenset lookup by exposed
 name when something is pending, nothing else. A pending tool's calls that the policy would let
@@ -43,11 +43,12 @@ class PinGuard:
         # so an id reused after a reload can never match.
         self._overrides: dict[tuple[int, Action], tuple[Decision, Decision]] = {}
 
-    async def refresh(self, tools: Sequence[UpstreamTool]) -> bool:
-        """Records the definitions offered now; returns True when the pending set changed."""
+    async def refresh(self, tools: Sequence[UpstreamTool], *, record: bool = True) -> bool:
+        """Records the definitions offered now (unless `record` is False: the poll only reads what
+        other replicas and the CLI wrote); returns True when the pending set changed."""
         listed = {(tool.server, tool.name): tool.exposed_name for tool in tools}
         try:
-            for tool in tools:
+            for tool in tools if record else ():
                 try:
                     seen = definition_hash(tool.definition)
                 except ValueError:
