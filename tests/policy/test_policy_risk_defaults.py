@@ -175,7 +175,7 @@ def test_a_lying_read_only_hint_does_not_make_a_withdrawal_look_safe() -> None:
 def test_the_readme_example_explains_as_the_readme_shows() -> None:
     root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Risk-aware defaults", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("### Risk-aware defaults", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     policy_file = root / "policies/risk-defaults.yaml"
     assert policy_file.read_text(encoding="utf-8") in section.replace("# policies/risk-defaults.yaml\n", "")
     rendered = (
