@@ -45,6 +45,8 @@ from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
 from broker.proxy.held_calls import HeldCalls
 from broker.proxy.http_endpoint import McpHttpEndpoint
+from broker.proxy.pinning import POLL_SECONDS as PIN_POLL_SECONDS
+from broker.proxy.pinning import PinGuard
 from broker.proxy.ratelimit import RateLimiter, SlidingWindowLimiter
 from broker.proxy.releaser import UpstreamReleaser
 from broker.proxy.sessions import SessionRegistry
@@ -63,6 +65,7 @@ from broker.store.ratelimit import PostgresRateLimiter
 from broker.store.seen_requests import SqlSeenRequests
 from broker.store.spend import SqlSpendLedger
 from broker.store.sql import SqlApprovalStore
+from broker.store.tool_pins import SqlToolPinStore
 from broker.store.votes import SqlVoteStore
 
 if TYPE_CHECKING:
@@ -129,6 +132,8 @@ class Broker:
             edits=SqlEditStore(self.store),
             tool_schema=self._tool_schema,
         )
+        self.pins = PinGuard(SqlToolPinStore(self.store), clock=clock)
+        self.gateway.attach_pins(self.pins)
         self.grants = GrantDesk(SqlGrantStore(self.store))
         self.gateway.attach_grants(GrantCheck(self.grants.store))
         self.spend_ledger = spend_ledger_for(settings, self.store)
@@ -141,6 +146,7 @@ class Broker:
                 policy=self.policy_file.holder,
                 forward=self.gateway.forward_call,
                 spend=spend,
+                risks=self.gateway.tool_risks,
             )
         )
         self.gateway.attach_approvals(
@@ -250,6 +256,7 @@ class Broker:
             logger.error("%s", problem)
 
     async def _upstream_tools_changed(self) -> None:
+        await self.pins.refresh(self.upstreams.tools())
         self.gateway.tools_changed()
         for problem in self._unknown_editable_fields():
             # The edit itself is refused whatever happens here; this tells the operator early.
@@ -284,6 +291,7 @@ class Broker:
             await stack.enter_async_context(self.approvals.running())
             await stack.enter_async_context(self.upstreams)
             await self.upstreams.wait_ready(upstream_ready_timeout)
+            await self.pins.refresh(self.upstreams.tools())
             for problem in self._unknown_editable_fields():
                 # Not fatal: an upstream may change its tools later, and an edit of an argument its
                 # schema lacks is refused anyway. `broker policy check --config` makes it fatal in CI.
@@ -305,6 +313,7 @@ class Broker:
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(self.policy_file.watch, self.settings.policy_poll_seconds)
             tasks.start_soon(self._reap_sessions)
+            tasks.start_soon(self._watch_pins)
             self._install_sighup()
             self._loop = asyncio.get_running_loop()
             if self.replica_feed is not None:
@@ -348,6 +357,17 @@ class Broker:
         except (NotImplementedError, RuntimeError):
             logger.debug("SIGHUP reload unavailable in this event loop")
 
+    async def _watch_pins(self) -> None:
+        """Acceptances made elsewhere (another replica, `broker tools accept`) take effect here."""
+        while True:
+            await anyio.sleep(PIN_POLL_SECONDS)
+            await self.refresh_pins()
+
+    async def refresh_pins(self) -> None:
+        """Re-reads which tools are pending; listings and agents hear of any change."""
+        if await self.pins.refresh(self.upstreams.tools(), record=False):
+            self.gateway.tools_changed()
+
     async def _reap_sessions(self) -> None:
         while True:
             await anyio.sleep(60)
@@ -358,7 +378,8 @@ class Broker:
         policy = self.policy_file.holder.current
         rows = []
         for tool in self.upstreams.tools():
-            decision = policy.decide(tool.name, server=tool.server)
+            risk = self.gateway.tool_risks.of(tool) if policy.rates_risk else None
+            decision = policy.decide(tool.name, server=tool.server, risk=risk)
             rows.append(
                 {
                     "tool": tool.exposed_name,
@@ -371,7 +392,7 @@ class Broker:
                         if decision.rate_limit
                         else None
                     ),
-                    "listed": policy.is_listed(tool.name, server=tool.server),
+                    "listed": policy.is_listed(tool.name, server=tool.server, risk=risk),
                 }
             )
         return rows

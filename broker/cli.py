@@ -17,8 +17,10 @@ from typing import Any, NoReturn
 from broker.cli_convert import register as register_convert
 from broker.cli_grants import add_grant_options, grant_body, grant_note
 from broker.cli_grants import register as register_grants
+from broker.cli_pins import register as register_pins
 from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
 from broker.policy import PolicyError, load_policy
+from broker.policy.risk_defaults import RISK_LEVELS
 from broker.proxy.decision_log import DECISION_LOGGER, BufferedLineSink
 
 EXIT_USAGE = 2
@@ -263,7 +265,9 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
         if not isinstance(parsed, dict):
             _fail("--args must be a JSON object, e.g. '{\"quantity\": 5}'")
         arguments = parsed
-    explanation = policy.explain(args.tool, server=args.server, agent=args.agent, arguments=arguments)
+    explanation = policy.explain(
+        args.tool, server=args.server, agent=args.agent, arguments=arguments, risk=args.risk
+    )
     if args.json:
         decision = explanation.decision
         print(
@@ -274,7 +278,9 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
                     "rule": decision.rule,
                     "reason": decision.reason,
                     "policy_revision": decision.revision,
-                    "listed": policy.is_listed(args.tool, server=args.server, agent=args.agent),
+                    "listed": policy.is_listed(
+                        args.tool, server=args.server, agent=args.agent, risk=args.risk
+                    ),
                 },
                 indent=2,
             )
@@ -672,6 +678,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--agent")
     explain.add_argument("--server", help="upstream server name (for server__tool rules)")
     explain.add_argument("--args", help="call arguments as a JSON object")
+    explain.add_argument(
+        "--risk",
+        choices=RISK_LEVELS,
+        help="the tool's catalogue rating (see 'broker tools scan'), for the policy's risk_defaults",
+    )
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.set_defaults(handler=_cmd_policy_explain)
     init = policy_commands.add_parser("init", help="print a starting policy for the upstreams' tools")
@@ -763,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upstream_options(scan)
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(handler=_cmd_tools_scan)
+    register_pins(tools_commands, fail=_fail)
 
     demo = commands.add_parser("demo", help="try the broker started with 'broker serve --demo'")
     demo_commands = demo.add_subparsers(dest="demo_command", required=True, parser_class=_Parser)

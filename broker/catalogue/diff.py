@@ -25,6 +25,9 @@ tool the diff asks both policies, for every *audience*, which decisions are poss
   scope and conditions are. Inserting a rule above another shifts its positional name
   (``rules[2]`` becomes ``rules[3]``), and renaming a rule changes its ``id``, without
   changing anything an agent would notice, so neither alone is a change.
+* A tool no rule decides gets the default for its catalogue rating (``risk_defaults``, see
+  broker/policy/risk_defaults.py), rated from its definition as the gateway rates it, so
+  adding ``risk_defaults: {critical: require_approval}`` reports every critical tool it holds.
 * Revisions always differ between two policies and reasons are prose: neither is compared.
 """
 
@@ -35,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from broker.catalogue.classify import classify_tool
+from broker.catalogue.errors import ToolDefinitionError
 from broker.catalogue.model import CatalogueTool
 from broker.catalogue.report import aligned
 from broker.catalogue.untrusted import printable
@@ -383,12 +388,19 @@ class _PolicyView:
                 otherwise = self._snapshot(rule.decision)
                 break
             steps.append(DecisionStep(scope, when, self._snapshot(rule.decision)))
+        risk = self._risk(tool)
         if otherwise is None:
-            otherwise = DecisionSnapshot(
-                self._policy.default, "default", None, None, RuleIdentity(None, ("default",))
-            )
-        listed = self._policy.is_listed(tool.name, server=tool.server, agent=agent)
+            otherwise = self._snapshot(self._policy.fallback(risk))
+        listed = self._policy.is_listed(tool.name, server=tool.server, agent=agent, risk=risk)
         return PossibleDecisions(listed, tuple(steps), otherwise)
+
+    def _risk(self, tool: CatalogueTool) -> str | None:
+        if not self._policy.rates_risk:
+            return None
+        try:
+            return classify_tool(tool.definition, tool.server).risk.value
+        except ToolDefinitionError:
+            return "critical"  # as the gateway rates it (broker/proxy/tool_risks.py)
 
     def _candidates(self, tool: CatalogueTool) -> tuple[Decision | None, tuple[CompiledRule, ...]]:
         found = self._ranked.get((tool.server, tool.name))

@@ -31,7 +31,15 @@ Deciding a call, `Policy.decide(tool, server=, agent=, arguments=)`
        limits, broker/policy/limits.py) and approval settings ride along on the Decision;
        enforcing them is the gateway's job.
     3. Default. No applicable rule: the policy's ``default`` (``deny`` unless it says
-       ``allow``), as rule ``default`` with reason ``no rule matches; default is <action>``.
+       ``allow`` or ``require_approval``), as rule ``default`` with reason ``no rule matches;
+       default is <action>``. ``default`` may also be a mapping, ``{action: require_approval,
+       timeout: 10m, approvers: [...]}``, taking the approval settings a rule takes; a bare
+       ``default: require_approval`` uses the same settings as a bare rule would.
+    4. Risk default. Before the default answers, a call that carries the tool's catalogue
+       rating (``risk=``, passed by the gateway) is looked up in ``risk_defaults`` (see
+       broker/policy/risk_defaults.py): an entry stricter than the default answers instead,
+       as rule ``default (risk: <level> → <action>)``. Risk defaults never loosen anything
+       and never outrank a rule. Without ``risk=`` (or without ``risk_defaults``) step 3 answers.
 
     Nothing but a rule's ``when`` and ``unless`` depend on the arguments, so the ranked candidate rules
     for each (tool, server) pair are computed once and cached (the cache holds at most
@@ -46,9 +54,15 @@ Listing a tool, `Policy.is_listed(tool, server=, agent=)`
     agent, most specific first, and treating every ``when`` as satisfiable: a non-deny rule
     (conditional or not) means listed; an unconditional deny rule means not listed, since it
     outranks everything after it; a conditional deny is passed over because some arguments
-    escape it. With no rule left the ``default`` answers: listed unless it is ``deny``.
+    escape it. With no rule left the default for the tool's rating (step 4, else step 3)
+    answers: listed unless it is ``deny``.
     So a tool that only unconditional deny rules match, or that falls through to
     ``default: deny``, does not appear in ``tools/list`` for that agent.
+
+Changed tool definitions
+    ``on_definition_change`` (``require_approval``, the default, or ``hide``) is what a call gets
+    when the tool's definition changed since an operator accepted it; the policy only carries the
+    setting, the gateway applies it after `decide` (see broker/proxy/pinning.py).
 
 Revision
     ``Policy.revision`` (and every Decision's ``revision``) is the first 12 hex digits of
@@ -61,8 +75,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from broker.policy.conditions import Condition
-from broker.policy.decision import Action, Decision
+from broker.policy.decision import Action, ApprovalRequirement, Decision
 from broker.policy.explanation import Explanation, HideTrace, Outcome, RuleTrace
+from broker.policy.risk_defaults import RiskDefault, effective_risk_decisions
 from broker.policy.rules import CompiledRule, HideEntry
 
 CANDIDATE_CACHE_SIZE: Final = 32_768
@@ -85,8 +100,10 @@ class Policy:
         "_glob_hides",
         "_glob_rules",
         "_hides",
+        "_risk_decisions",
         "_rules",
         "default",
+        "on_definition_change",
         "revision",
     )
 
@@ -97,14 +114,21 @@ class Policy:
         default: Action,
         hides: tuple[HideEntry, ...],
         rules: tuple[CompiledRule, ...],
+        default_approval: ApprovalRequirement | None = None,
+        risk_defaults: Mapping[str, RiskDefault] | None = None,
+        on_definition_change: Action = Action.REQUIRE_APPROVAL,
     ) -> None:
-        if default not in (Action.ALLOW, Action.DENY):
-            raise ValueError(f"a policy default must be allow or deny, not {default}")
+        if default not in (Action.ALLOW, Action.DENY, Action.REQUIRE_APPROVAL):
+            raise ValueError(f"a policy default must be allow, deny or require_approval, not {default}")
+        if (default is Action.REQUIRE_APPROVAL) != (default_approval is not None):
+            raise ValueError("default_approval goes with default: require_approval, and only with it")
         self.revision = revision
         self.default = default
+        self.on_definition_change = on_definition_change
         self._default_decision = Decision(
-            default, "default", f"no rule matches; default is {default}", revision
+            default, "default", f"no rule matches; default is {default}", revision, approval=default_approval
         )
+        self._risk_decisions = effective_risk_decisions(risk_defaults or {}, self._default_decision)
         self._hides = hides
         self._rules = rules
         self._exact_hides: dict[str, HideEntry] = {}
@@ -124,6 +148,23 @@ class Policy:
         return self._rules
 
     @property
+    def rates_risk(self) -> bool:
+        """Whether some risk level gets a stricter default: only then is a tool's rating worth passing."""
+        return bool(self._risk_decisions)
+
+    @property
+    def may_require_approval(self) -> bool:
+        """Whether any call could be held for approval (then the broker's approval tools are listed)."""
+        return any(rule.action is Action.REQUIRE_APPROVAL for rule in self._rules) or any(
+            decision.action is Action.REQUIRE_APPROVAL
+            for decision in (self._default_decision, *self._risk_decisions.values())
+        )
+
+    def fallback(self, risk: str | None = None) -> Decision:
+        """What a call that no rule applies to gets, for a tool of this catalogue rating."""
+        return self._risk_decisions.get(risk, self._default_decision) if risk else self._default_decision
+
+    @property
     def hidden_patterns(self) -> tuple[str, ...]:
         return tuple(hide.pattern.text for hide in self._hides)
 
@@ -137,6 +178,7 @@ class Policy:
         server: str | None = None,
         agent: str | None = None,
         arguments: Mapping[str, Any] | None = None,
+        risk: str | None = None,
     ) -> Decision:
         candidates = self._candidates.get((tool, server))
         if candidates is None:
@@ -150,9 +192,13 @@ class Policy:
             if rule.check is not None and not rule.check(arguments if arguments is not None else {}):
                 continue
             return rule.decision
-        return self._default_decision
+        if risk is None:
+            return self._default_decision
+        return self._risk_decisions.get(risk, self._default_decision)
 
-    def is_listed(self, tool: str, *, server: str | None = None, agent: str | None = None) -> bool:
+    def is_listed(
+        self, tool: str, *, server: str | None = None, agent: str | None = None, risk: str | None = None
+    ) -> bool:
         rules = self._rules_admitting(agent, tool, server)
         if rules is None:
             return False
@@ -161,10 +207,10 @@ class Policy:
                 return True
             if rule.check is None:
                 return False
-        return self.default is not Action.DENY
+        return self.fallback(risk).action is not Action.DENY
 
     def always_requires_approval(
-        self, tool: str, *, server: str | None = None, agent: str | None = None
+        self, tool: str, *, server: str | None = None, agent: str | None = None, risk: str | None = None
     ) -> bool:
         """Whether every call of this agent to the tool is held for approval, whatever its
         arguments: then the call can be offered as a task. A conditional rule of another
@@ -177,7 +223,7 @@ class Policy:
                 return rule.action is Action.REQUIRE_APPROVAL
             if rule.action is not Action.REQUIRE_APPROVAL:
                 return False
-        return False  # the default is allow or deny
+        return self.fallback(risk).action is Action.REQUIRE_APPROVAL
 
     def _rules_admitting(self, agent: str | None, tool: str, server: str | None) -> list[CompiledRule] | None:
         """The tool's rules in rank order that apply to this agent; None when the tool is hidden."""
@@ -196,6 +242,7 @@ class Policy:
         server: str | None = None,
         agent: str | None = None,
         arguments: Mapping[str, Any] | None = None,
+        risk: str | None = None,
     ) -> Explanation:
         qualified = _qualified(tool, server)
         hidden, ranked = self._rank(tool, server, remember=False)
@@ -232,7 +279,7 @@ class Policy:
         traces.extend(
             RuleTrace(rule, Outcome.TOOL_MISMATCH, None) for rule in self._rules if id(rule) not in ranked_set
         )
-        decision = hidden or (winner.decision if winner is not None else self._default_decision)
+        decision = hidden or (winner.decision if winner is not None else self.fallback(risk))
         return Explanation(
             tool=tool,
             server=server,
@@ -240,6 +287,7 @@ class Policy:
             arguments=arguments,
             decision=decision,
             default=self.default,
+            risk=risk,
             hides=hide_traces,
             rules=tuple(traces),
         )

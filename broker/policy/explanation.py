@@ -53,6 +53,8 @@ class Explanation:
     arguments: Mapping[str, Any] | None
     decision: Decision
     default: Action
+    risk: str | None
+    """The catalogue's rating of the tool, when one was given (it may pick a stricter default)."""
     hides: tuple[HideTrace, ...]
     rules: tuple[RuleTrace, ...]
     """Rules whose pattern matches, most specific first, then all others in file order."""
@@ -147,9 +149,12 @@ class Explanation:
             usage = "not used: the tool is hidden"
         elif self.decision.rule == "default":
             usage = "used: no rule applies"
+        elif self.winner is None:
+            usage = f"replaced by the stricter {self.decision.rule}"
         else:
             usage = "not used"
-        lines.append(f"default: {self.default} ({usage})")
+        rated = f"; tool rated {self.risk} risk" if self.risk is not None else ""
+        lines.append(f"default: {self.default} ({usage}{rated})")
         return lines
 
 

@@ -61,4 +61,12 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         # The parser reports what it knows with a position; whatever slips past it must still reach
         # the operator as a policy problem, never as a crash of the reload or of the CLI.
         raise PolicyError([PolicyProblem(source, 1, 1, f"cannot be loaded: {error}")]) from None
-    return Policy(revision=revision, default=parts.default, hides=parts.hides, rules=parts.rules)
+    return Policy(
+        revision=revision,
+        default=parts.default,
+        hides=parts.hides,
+        rules=parts.rules,
+        default_approval=parts.default_approval,
+        risk_defaults=parts.risk_defaults,
+        on_definition_change=parts.on_definition_change,
+    )

@@ -8,8 +8,8 @@ mean" hint, because a misspelt ``acton:`` silently ignored would change what the
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 from broker.policy.conditions import OPERATORS, PATH_PREFIX, Condition, compile_path, compile_test
@@ -31,11 +31,13 @@ from broker.policy.limits import SpendLimit, parse_limits
 from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.quorum import parse_quorum
+from broker.policy.risk_defaults import RiskDefault, parse_risk_defaults
 from broker.policy.rules import CompiledRule, HideEntry
 from broker.policy.unless import rule_check
 
 SUPPORTED_VERSION: Final = "1"
-TOP_LEVEL_KEYS: Final = ("version", "default", "hide", "rules")
+TOP_LEVEL_KEYS: Final = ("version", "default", "risk_defaults", "on_definition_change", "hide", "rules")
+DEFINITION_CHANGE_ACTIONS: Final = (Action.REQUIRE_APPROVAL, Action.HIDE)
 RULE_KEYS: Final = (
     "tool",
     "id",
@@ -83,6 +85,9 @@ class PolicyParts:
     default: Action
     hides: tuple[HideEntry, ...]
     rules: tuple[CompiledRule, ...]
+    default_approval: ApprovalRequirement | None = None
+    risk_defaults: Mapping[str, RiskDefault] = field(default_factory=dict)
+    on_definition_change: Action = Action.REQUIRE_APPROVAL
 
 
 def compile_document(root: Node, *, source: str, revision: str) -> PolicyParts:
@@ -108,12 +113,26 @@ class _Compiler:
             raise PolicyError(self._problems)
         self._reject_unknown_keys(root, TOP_LEVEL_KEYS, "at the top level")
         self._check_version(root)
-        default = self._default(root.get("default"))
+        default, default_approval = self._default(root.get("default"))
+        risk_defaults = parse_risk_defaults(
+            root.get("risk_defaults"), default, self._default_entry, self._fail
+        )
+        on_change = self._on_definition_change(root.get("on_definition_change"))
         hides = self._hides(root.get("hide"))
         rules = self._rules(root.get("rules"))
         if self._problems:
             raise PolicyError(self._problems)
-        return PolicyParts(default, hides, rules)
+        return PolicyParts(default, hides, rules, default_approval, risk_defaults, on_change)
+
+    def _on_definition_change(self, node: Node | None) -> Action:
+        """What a tool whose definition changed since it was accepted gets (broker/proxy/pinning.py)."""
+        if node is None:
+            return Action.REQUIRE_APPROVAL
+        choices = [action.value for action in DEFINITION_CHANGE_ACTIONS]
+        if isinstance(node, ScalarNode) and node.value in choices:
+            return Action(node.value)
+        self._fail(node, f"on_definition_change must be require_approval or hide, got {describe_node(node)}")
+        return Action.REQUIRE_APPROVAL
 
     def _fail(self, at: Position, message: str) -> None:
         self._problems.append(PolicyProblem(self._source, at.line, at.column, message))
@@ -142,13 +161,36 @@ class _Compiler:
                 f'write  version: "{SUPPORTED_VERSION}"',
             )
 
-    def _default(self, node: Node | None) -> Action:
+    def _default(self, node: Node | None) -> tuple[Action, ApprovalRequirement | None]:
         if node is None:
-            return Action.DENY
-        if isinstance(node, ScalarNode) and node.value in (Action.ALLOW.value, Action.DENY.value):
-            return Action(node.value)
-        self._fail(node, f"default must be 'allow' or 'deny', got {describe_node(node)}")
-        return Action.DENY
+            return Action.DENY, None
+        found = self._default_entry(node, "default")
+        # An invalid default denies: the policy will not load anyway, and nothing else is safe to assume.
+        return found if found is not None else (Action.DENY, None)
+
+    def _default_entry(self, node: Node, what: str) -> tuple[Action, ApprovalRequirement | None] | None:
+        """An action with its approval settings, written ``require_approval`` or as a mapping
+        ``{action: require_approval, timeout: 10m}``; for ``default`` and each ``risk_defaults`` entry."""
+        choices = ", ".join(f"'{action.value}'" for action in RULE_ACTIONS)
+        if isinstance(node, ScalarNode):
+            body = MappingNode(((Key("action", node.line, node.column), node),), node.line, node.column)
+        elif isinstance(node, MappingNode):
+            body = node
+            self._reject_unknown_keys(body, ("action", *APPROVAL_KEYS), f"in {what}")
+        else:
+            self._fail(
+                node, f"{what} must be one of {choices} or a mapping with 'action', got {describe_node(node)}"
+            )
+            return None
+        action_node = body.get("action")
+        if action_node is None:
+            self._fail(body, f"{what} is missing 'action' ({choices})")
+            return None
+        if not (isinstance(action_node, ScalarNode) and action_node.value in [a.value for a in RULE_ACTIONS]):
+            self._fail(action_node, f"{what} must be one of {choices}, got {describe_node(action_node)}")
+            return None
+        action = Action(action_node.value)
+        return action, self._approval(body, action)
 
     def _hides(self, node: Node | None) -> tuple[HideEntry, ...]:
         if node is None or (isinstance(node, ScalarNode) and node.value is None):

@@ -48,8 +48,10 @@ from broker.proxy.checks.rate_limit import RateLimitCheck
 from broker.proxy.checks.spend import SpendBlocked, SpendCheck, reserve_or_refuse
 from broker.proxy.decision_log import DecisionLog
 from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
+from broker.proxy.pinning import PinGuard
 from broker.proxy.ratelimit import RateLimiter
 from broker.proxy.result_shape import tool_result_problem
+from broker.proxy.tool_risks import ToolRisks
 from broker.proxy.upstream.base import (
     JsonObject,
     MalformedResult,
@@ -200,6 +202,8 @@ class Gateway:
         self._token_counter = itertools.count(1)
         self._listing_cache: dict[tuple[str, str, int], list[JsonObject]] = {}
         self._tools_generation = 0
+        self.tool_risks = ToolRisks()
+        self._pins: PinGuard | None = None
 
     # -- capabilities -------------------------------------------------------------------
 
@@ -215,6 +219,9 @@ class Gateway:
 
     def attach_spend(self, spend: SpendCheck) -> None:
         self._spend = spend
+
+    def attach_pins(self, pins: PinGuard) -> None:
+        self._pins = pins
 
     def attach_approvals(self, approvals: ApprovalGate) -> None:
         self._approvals = approvals
@@ -251,6 +258,7 @@ class Gateway:
         """Upstream tools or the policy changed: re-derive listings and tell every open agent stream."""
         self._tools_generation += 1
         self._listing_cache.clear()
+        self.tool_risks.clear()
         self._changes.publish(LIST_CHANGED)
 
     # -- dispatch -----------------------------------------------------------------------
@@ -286,27 +294,28 @@ class Gateway:
         if listing is None:
             listing = []
             for tool in self._upstreams.tools():
-                if not policy.is_listed(tool.name, server=tool.server, agent=agent):
+                risk = self.tool_risks.of(tool) if policy.rates_risk else None
+                if not policy.is_listed(tool.name, server=tool.server, agent=agent, risk=risk):
                     continue
-                if self._runs_as_task(tool, agent, policy):
+                if self._pins is not None and self._pins.hides(tool, policy.on_definition_change):
+                    continue
+                if self._runs_as_task(tool, agent, policy, risk):
                     listing.append({**tool.definition, "execution": {"taskSupport": "optional"}})
                 else:
                     listing.append(_without_task_support(tool.definition))
-            if self._approvals is not None and any(
-                rule.action is Action.REQUIRE_APPROVAL for rule in policy.rules
-            ):
+            if self._approvals is not None and policy.may_require_approval:
                 listing.extend(self._approvals.broker_tools)
             if len(self._listing_cache) > 1024:
                 self._listing_cache.clear()
             self._listing_cache[key] = listing
         return listing
 
-    def _runs_as_task(self, tool: UpstreamTool, agent: str, policy: Policy) -> bool:
+    def _runs_as_task(self, tool: UpstreamTool, agent: str, policy: Policy, risk: str | None) -> bool:
         """Whether the listing offers tasks for this tool: only a call the broker holds becomes
         one, so only a tool whose every call is held is offered as one."""
         if self._approvals is None:
             return False
-        return policy.always_requires_approval(tool.name, server=tool.server, agent=agent)
+        return policy.always_requires_approval(tool.name, server=tool.server, agent=agent, risk=risk)
 
     async def _call_tool(
         self, ctx: AgentContext, params: JsonObject | None, request: AgentRequest
@@ -341,12 +350,16 @@ class Gateway:
                 return hidden_result(name, hidden, decision_id)
             raise RpcError(INVALID_PARAMS, unknown_tool_message(name, self._upstreams.status()))
 
-        decision = self._policy.current.decide(
+        policy = self._policy.current
+        decision = policy.decide(
             tool.name,
             server=tool.server,
             agent=ctx.agent,
             arguments=arguments if ctx.claims is None else with_claims(arguments, ctx.claims),
+            risk=self.tool_risks.of(tool) if policy.rates_risk else None,
         )
+        if self._pins is not None and self._pins.pending:
+            decision = self._pins.override(tool, decision, policy.on_definition_change) or decision
         action = decision.action
         if action is Action.ALLOW or action is Action.REQUIRE_APPROVAL:
             if action is Action.ALLOW and isinstance(params.get("task"), dict) and not ctx.modern:

@@ -18,6 +18,7 @@ from broker.approvals.spending import Reservation
 from broker.policy.decision import Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy.checks.spend import SpendBlocked, SpendCheck
+from broker.proxy.tool_risks import ToolRisks
 from broker.proxy.upstream.base import (
     JsonObject,
     MalformedResult,
@@ -32,10 +33,17 @@ class UpstreamReleaser(CallReleaser):
     """Forwards approved calls through the same door as allowed ones, after re-checking the policy."""
 
     def __init__(
-        self, *, upstreams: UpstreamPool, policy: PolicyHolder, forward: Any, spend: SpendCheck | None = None
+        self,
+        *,
+        upstreams: UpstreamPool,
+        policy: PolicyHolder,
+        forward: Any,
+        spend: SpendCheck | None = None,
+        risks: ToolRisks | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._policy = policy
+        self._risks = risks
         self._forward = forward
         self._spend = spend
 
@@ -64,8 +72,14 @@ class UpstreamReleaser(CallReleaser):
             raise ReleaseFailed(
                 f"the tool '{approval.tool}' is no longer offered by upstream '{approval.server}'"
             )
-        decision = self._policy.current.decide(
-            tool.name, server=tool.server, agent=approval.agent, arguments=approval.arguments
+        policy = self._policy.current
+        decision = policy.decide(
+            tool.name,
+            server=tool.server,
+            agent=approval.agent,
+            arguments=approval.arguments,
+            # A reload may have made the tool's risk default deny: that must stop the release too.
+            risk=self._risks.of(tool) if self._risks is not None and policy.rates_risk else None,
         )
         refusal = decision.refusal()
         if refusal is not None:

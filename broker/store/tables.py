@@ -235,6 +235,21 @@ class SpendEntryRow(StoreModel, table=True):
     lease_until: float | None = Field(default=None, sa_column=Column(Float(precision=53), nullable=True))
 
 
+class ToolPinRow(StoreModel, table=True):
+    """The accepted and the last seen definition hash of one upstream tool (broker.catalogue.pins)."""
+
+    __tablename__ = "tool_pins"
+
+    server: str = Field(sa_column=Column(Text, primary_key=True, nullable=False))
+    tool: str = Field(sa_column=Column(Text, primary_key=True, nullable=False))
+    seen_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    accepted_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    first_seen_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    seen_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    accepted_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    accepted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
 metadata: MetaData = StoreModel.metadata
 approvals: Table = metadata.tables["approvals"]
 audit_events: Table = metadata.tables["audit_events"]
@@ -243,3 +258,4 @@ votes: Table = metadata.tables["votes"]
 grants: Table = metadata.tables["grants"]
 escalation_posts: Table = metadata.tables["escalation_posts"]
 spend_entries: Table = metadata.tables["spend_entries"]
+tool_pins: Table = metadata.tables["tool_pins"]

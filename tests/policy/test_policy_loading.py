@@ -259,11 +259,11 @@ def test_a_policy_must_be_a_mapping() -> None:
     assert message.startswith("a policy must be a mapping")
 
 
-def test_default_must_be_allow_or_deny() -> None:
-    assert only_problem('version: "1"\ndefault: require_approval\n') == (
+def test_default_must_be_allow_deny_or_require_approval() -> None:
+    assert only_problem('version: "1"\ndefault: hide\n') == (
         2,
         10,
-        "default must be 'allow' or 'deny', got the string \"require_approval\"",
+        "default must be one of 'allow', 'deny', 'require_approval', got the string \"hide\"",
     )
 
 

@@ -1,0 +1,115 @@
+"""Pinned tool definitions end to end: a real upstream rewrites a tool's description mid-run; the
+tool's calls are held (or the tool hidden) until the new definition is accepted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp.client import Client
+
+from broker.approvals.clock import utc_now
+from broker.proxy.pinning import PIN_RULE
+from broker.store.tool_pins import SqlToolPinStore
+from tests.e2e.harness import RunningBroker, demo_test_server, make_settings, running_broker
+from tests.e2e.test_approvals_flow import text_of
+
+pytestmark = pytest.mark.anyio
+
+APPROVAL_META = "io.github.mcp-approval-broker/approval"
+
+
+def settings_for(tmp_path: Path, policy: str):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, policy, demo_test_server())
+    # A held call answers "pending" at once instead of waiting for a human.
+    return replace(settings, approvals=replace(settings.approvals, hold_budget=0.3))
+
+
+def watched_client(running: RunningBroker) -> tuple[Client, anyio.Event]:
+    """An agent client and an event set when the broker tells it the tool list changed."""
+    changed = anyio.Event()
+
+    async def on_message(message: object) -> None:
+        if getattr(getattr(message, "root", message), "method", None) == "notifications/tools/list_changed":
+            changed.set()
+
+    client = running.client()
+    client.message_handler = on_message
+    return client, changed
+
+
+async def rewrite_add(running: RunningBroker, client: Client, changed: anyio.Event) -> None:
+    """Has the upstream rewrite `add`'s description; returns once the broker told the agent."""
+    await client.call_tool("rewrite_add", {})
+    await changed.wait()
+    assert "add" in running.broker.pins.pending
+
+
+async def accept_add(running: RunningBroker) -> None:
+    pins = SqlToolPinStore(running.broker.store)
+    [pin] = [pin for pin in await pins.pins() if pin.tool == "add"]
+    assert pin.pending and pin.accepted_by == "first-use"
+    await pins.accept("add", server="lab", by="alice", at=utc_now())
+    # What the broker's poll does every few seconds, so acceptances made elsewhere take effect.
+    await running.broker.refresh_pins()
+    assert "add" not in running.broker.pins.pending
+
+
+async def test_a_rewritten_tool_is_held_until_its_new_definition_is_accepted(tmp_path: Path) -> None:
+    async with running_broker(settings_for(tmp_path, 'version: "1"\ndefault: allow\n')) as running:
+        with anyio.fail_after(30):
+            client, changed = watched_client(running)
+            async with client:
+                # Trust on first use: every tool listed at start is accepted.
+                assert running.broker.pins.pending == frozenset()
+                assert (await client.call_tool("add", {"a": 1, "b": 2})).structured_content == {"result": 3}
+
+                await rewrite_add(running, client, changed)
+                held = await client.call_tool("add", {"a": 1, "b": 2})
+                assert held.is_error and text_of(held).startswith("PENDING HUMAN APPROVAL"), text_of(held)
+                approval = await running.broker.approvals.store.get(held.meta[APPROVAL_META]["approvalId"])
+                assert approval is not None and approval.rule == PIN_RULE
+                assert "policy rule default applies to the old one" in approval.rule_reason
+                assert "add" in {tool.name for tool in (await client.list_tools()).tools}
+
+                url = running.broker.settings.database_url
+                pins = await broker_cli("tools", "pins", "--pending", "--database-url", url)
+                assert pins.returncode == 0 and pins.stdout.startswith("lab__add  PENDING  offered "), (
+                    pins.stdout
+                )
+                unknown = await broker_cli("tools", "accept", "nope", "--database-url", url)
+                assert unknown.returncode == 2 and "no tool 'nope' has been seen" in unknown.stderr
+                accepted = await broker_cli("tools", "accept", "add", "--by", "alice", "--database-url", url)
+                assert accepted.returncode == 0 and accepted.stdout.startswith("lab__add: accepted "), (
+                    accepted.stdout
+                )
+                await running.broker.refresh_pins()  # what the broker's poll does every few seconds
+                assert (await client.call_tool("add", {"a": 2, "b": 2})).structured_content == {"result": 4}
+                again = await broker_cli("tools", "pins", "--pending", "--database-url", url)
+                assert again.stdout == "no pending tool definitions\n"
+
+
+async def broker_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    done = await anyio.run_process([sys.executable, "-m", "broker", *args], check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+async def test_under_on_definition_change_hide_the_rewritten_tool_disappears(tmp_path: Path) -> None:
+    policy = 'version: "1"\ndefault: allow\non_definition_change: hide\n'
+    async with running_broker(settings_for(tmp_path, policy)) as running:
+        with anyio.fail_after(30):
+            client, changed = watched_client(running)
+            async with client:
+                await rewrite_add(running, client, changed)
+                assert "add" not in {tool.name for tool in (await client.list_tools()).tools}
+                hidden = await client.call_tool("add", {"a": 1, "b": 2})
+                assert hidden.is_error and text_of(hidden).startswith("Policy violation"), text_of(hidden)
+                assert PIN_RULE in text_of(hidden)
+
+                await accept_add(running)
+                assert "add" in {tool.name for tool in (await client.list_tools()).tools}
+                assert (await client.call_tool("add", {"a": 2, "b": 2})).structured_content == {"result": 4}

@@ -1,0 +1,67 @@
+"""PinGuard (broker/proxy/pinning.py) over the real pins store: which tools are pending, what their
+calls get instead of the policy's answer, and fail-closed when the store cannot be read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker.policy import Action, load_policy
+from broker.proxy.pinning import PIN_RULE, PinGuard
+from broker.proxy.upstream.pool import UpstreamTool
+from broker.store.engine import create_store
+from broker.store.sql import SqlApprovalStore
+from broker.store.tool_pins import SqlToolPinStore
+from tests.store.conftest import ManualClock
+
+pytestmark = pytest.mark.anyio
+
+POLICY = load_policy(
+    'version: "1"\ndefault: allow\nrules:\n'
+    "  - {tool: withdraw, action: require_approval, timeout: 60, approvers: [alice]}\n"
+    "  - {tool: nuke, action: deny}\n"
+)
+
+
+def tool(name: str, description: str) -> UpstreamTool:
+    return UpstreamTool("ex", name, f"ex__{name}", {"name": f"ex__{name}", "description": description})
+
+
+def tools(description: str) -> list[UpstreamTool]:
+    return [tool(name, description) for name in ("get_ticker", "withdraw", "nuke")]
+
+
+async def test_changed_tools_get_the_definition_change_action_and_deny_stays_deny(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
+    guard = PinGuard(SqlToolPinStore(store), clock=clock)
+    assert not await guard.refresh(tools("v1"))
+    assert guard.pending == frozenset()
+    assert await guard.refresh(tools("v2"))
+    assert guard.pending == {"ex__get_ticker", "ex__withdraw", "ex__nuke"}
+
+    ticker, withdraw, nuke = tools("v2")
+    held = guard.override(ticker, POLICY.decide("get_ticker"), Action.REQUIRE_APPROVAL)
+    assert held is not None and (held.action, held.rule) == (Action.REQUIRE_APPROVAL, PIN_RULE)
+    assert "policy rule default applies to the old one" in held.reason
+    kept = guard.override(withdraw, POLICY.decide("withdraw"), Action.REQUIRE_APPROVAL)
+    assert kept is not None and kept.approval is not None and kept.approval.approvers == ("alice",)
+    hidden = guard.override(ticker, POLICY.decide("get_ticker"), Action.HIDE)
+    assert hidden is not None and hidden.action is Action.HIDE and guard.hides(ticker, Action.HIDE)
+    assert guard.override(nuke, POLICY.decide("nuke"), Action.HIDE) is None
+
+    await SqlToolPinStore(store).accept_all(by="alice", at=clock())
+    assert await guard.refresh(tools("v2"), record=False)
+    assert guard.pending == frozenset()
+    assert guard.override(ticker, POLICY.decide("get_ticker"), Action.REQUIRE_APPROVAL) is None
+
+
+async def test_an_unreadable_store_makes_every_tool_pending(tmp_path: Path, clock: ManualClock) -> None:
+    gone = create_store(f"sqlite:///{tmp_path / 'missing' / 'broker.db'}")
+    try:
+        guard = PinGuard(SqlToolPinStore(gone), clock=clock)
+        assert await guard.refresh(tools("v1"))
+        assert guard.pending == {"ex__get_ticker", "ex__withdraw", "ex__nuke"}
+    finally:
+        await gone.close()
