@@ -17,11 +17,12 @@ POLICY = """
 version: "1"
 default: allow
 risk_defaults:
-  high: {action: require_approval, timeout: 60, approvers: ["@trading-leads"]}
-  critical: deny
+  critical: {action: require_approval, timeout: 60, approvers: ["@trading-leads"]}
 rules:
   - tool: binance_us_cust_cancel_order
     action: allow
+  - tool: withdraw
+    action: deny
 """
 
 
@@ -31,7 +32,9 @@ async def test_risky_tools_no_rule_names_are_held_or_denied_and_rules_still_win(
         with anyio.fail_after(30):
             async with running.client() as client:
                 listed = {tool.name: tool for tool in (await client.list_tools()).tools}
-                # withdraw is critical: denied, so not listed; the cancel is critical too, but a rule allows it.
+                # Orders, cancels and withdrawals are all critical (issue 13's principle): the order
+                # is held by the risk default, while the rules that name the cancel and the
+                # withdrawal win over it, either way.
                 assert "withdraw" not in listed
                 assert {"get_ticker", "place_order", "binance_us_cust_cancel_order"} <= set(listed)
                 assert listed["place_order"].execution is not None  # every call is held: offered as a task
@@ -40,7 +43,7 @@ async def test_risky_tools_no_rule_names_are_held_or_denied_and_rules_still_win(
                 assert not (await client.call_tool("get_ticker", {"symbol": "BTCUSD"})).is_error
                 denied = await client.call_tool("withdraw", {"asset": "BTC", "amount": 1, "address": "x"})
                 assert denied.is_error
-                assert "denied by policy rule default (risk: critical \u2192 deny)" in text_of(denied)
+                assert "rules[1] 'withdraw'" in text_of(denied)
 
                 async with anyio.create_task_group() as tasks:
                     outcome: dict[str, Any] = {}
@@ -50,8 +53,8 @@ async def test_risky_tools_no_rule_names_are_held_or_denied_and_rules_still_win(
 
                     tasks.start_soon(agent)
                     approval = await feed.opened.receive()
-                    assert approval.rule == "default (risk: high \u2192 require_approval)"
-                    assert "rates this tool high risk" in approval.rule_reason
+                    assert approval.rule == "default (risk: critical \u2192 require_approval)"
+                    assert "rates this tool critical risk" in approval.rule_reason
                     async with running.approver("mallory") as mallory:
                         # The entry's approvers apply: mallory is not in @trading-leads.
                         refused = await mallory.post(f"/api/approvals/{approval.id}/approve")
@@ -63,7 +66,8 @@ async def test_risky_tools_no_rule_names_are_held_or_denied_and_rules_still_win(
 
             async with running.approver("alice") as alice:
                 rows = {row["tool"]: row for row in (await alice.get("/api/tools")).json()["tools"]}
-            assert rows["withdraw"]["rule"] == "default (risk: critical \u2192 deny)"
+            assert rows["place_order"]["rule"] == "default (risk: critical \u2192 require_approval)"
+            assert rows["withdraw"]["rule"] == "rules[1] 'withdraw'"
             assert rows["withdraw"]["listed"] is False
             assert rows["get_ticker"]["rule"] == "default"
             assert rows["binance_us_cust_cancel_order"]["rule"] == "rules[0] 'binance_us_cust_cancel_order'"

@@ -226,7 +226,7 @@ def test_hosted_validation_errors_are_positioned() -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy(text, source="p.json")
     assert [str(problem) for problem in caught.value.problems] == [
-        "p.json:3:14: default must be 'allow' or 'deny', got the string \"maybe\"",
+        "p.json:3:14: default must be one of 'allow', 'deny', 'require_approval', got the string \"maybe\"",
         "p.json:5:32: path must start with 'args.', got \"amount\"",
         'p.json:6:64: unknown operator "like" (operators: eq, neq, in, not_in, lt, lte, gt, gte, regex, contains, exists)',
         'p.json:7:49: window must be "minute", "hour", or "day", got the string "week"',
