@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import subprocess
@@ -57,14 +58,16 @@ class Notifications:
 class DemoHttpServer:
     """The demo server in its own process, serving HTTP on a port the OS picked."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, *, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(DEMO_SERVER), mode, "0"],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
         self.port = 0
         self.mode = mode
+        self.scheme = "https" if env and env.get("DEMO_TLS_CERT") else "http"
 
     def wait_ready_blocking(self) -> None:
         assert self.process.stdout is not None
@@ -82,9 +85,8 @@ class DemoHttpServer:
 
     @property
     def url(self) -> str:
-        return (
-            f"http://127.0.0.1:{self.port}/sse" if self.mode == "sse" else f"http://127.0.0.1:{self.port}/mcp"
-        )
+        path = "/sse" if self.mode == "sse" else "/mcp"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def spec(self, name: str = "demo") -> HttpServer | SseServer:
         if self.mode == "sse":

@@ -72,6 +72,7 @@ class StreamableHttpConnection:
         self._url = spec.url
         self._configured_headers = dict(spec.headers)
         self._connect_timeout = connect_timeout
+        self._network = spec.network
         self._router = NotificationRouter(spec.name, on_notification)
         self._http: HttpClient | None = None
         self._target = request_target(spec.url)
@@ -98,7 +99,11 @@ class StreamableHttpConnection:
     async def start(self) -> JsonObject:
         # Reads have no deadline: answers take as long as tools run, and callers bound that.
         self._http = HttpClient(
-            self._url, headers=self._configured_headers, connect_timeout=self._connect_timeout
+            self._url,
+            headers=self._configured_headers,
+            connect_timeout=self._connect_timeout,
+            ssl_context=None if self._network is None else self._network.ssl_context,
+            proxy=None if self._network is None else self._network.proxy,
         )
         result = await self.request("initialize", initialize_params())
         self._post_headers[PROTOCOL_HEADER] = negotiated_version(self.server, result)
@@ -423,5 +428,5 @@ def describe_transport_error(url: str, exc: HttpClientError) -> str:
     if isinstance(exc, ConnectFailed):
         return f"cannot reach {url}: {exc}"
     if isinstance(exc, ConnectionLost):
-        return f"{url} dropped the connection mid-answer"
+        return f"{url} dropped the connection mid-answer" + (f" ({exc.hint})" if exc.hint else "")
     return f"talking to {url} failed: {exc}"

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from broker.proxy.upstream.credentials.network import NetworkConfigError, UpstreamNetwork, upstream_network
+
 
 class ServerConfigError(ValueError):
     """The server configuration cannot be used; the message names the server and key."""
@@ -44,6 +46,8 @@ class HttpServer:
     name: str
     url: str
     headers: Mapping[str, str]
+    network: UpstreamNetwork | None = None
+    """Proxy and TLS settings (`broker.proxy.upstream.credentials.network`); None: direct, system CAs."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class SseServer:
     name: str
     url: str
     headers: Mapping[str, str]
+    network: UpstreamNetwork | None = None
 
 
 ServerSpec = StdioServer | HttpServer | SseServer
@@ -113,8 +118,9 @@ def _parse_server(name: str, entry: Mapping[str, Any], environ: Mapping[str, str
     fields = _Fields(name, entry, environ)
     transport = _transport_of(fields)
     if transport == "stdio":
-        if "url" in entry:
-            raise ServerConfigError(f"server '{name}': 'url' does not apply to a stdio server")
+        for key in ("url", "proxy", "ca_bundle", "client_cert", "client_key"):
+            if key in entry:
+                raise ServerConfigError(f"server '{name}': '{key}' does not apply to a stdio server")
         command = fields.string("command")
         if command is None or not command:
             raise ServerConfigError(f"server '{name}': a stdio server needs a non-empty 'command'")
@@ -133,9 +139,24 @@ def _parse_server(name: str, entry: Mapping[str, Any], environ: Mapping[str, str
         raise ServerConfigError(f"server '{name}': an HTTP server needs a 'url'")
     _check_url(name, url)
     headers = fields.string_map("headers")
+    network = _network_of(fields, url)
     if transport == "sse":
-        return SseServer(name=name, url=url, headers=headers)
-    return HttpServer(name=name, url=url, headers=headers)
+        return SseServer(name=name, url=url, headers=headers, network=network)
+    return HttpServer(name=name, url=url, headers=headers, network=network)
+
+
+def _network_of(fields: _Fields, url: str) -> UpstreamNetwork | None:
+    try:
+        return upstream_network(
+            url,
+            proxy=fields.string("proxy"),
+            ca_bundle=fields.string("ca_bundle"),
+            client_cert=fields.string("client_cert"),
+            client_key=fields.string("client_key"),
+            environ=fields.environ,
+        )
+    except NetworkConfigError as exc:
+        raise ServerConfigError(f"server '{fields.server}': {exc}") from None
 
 
 def _transport_of(fields: _Fields) -> str:
@@ -176,7 +197,7 @@ class _Fields:
     def __init__(self, server: str, entry: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         self.server = server
         self.entry = entry
-        self._environ = environ
+        self.environ = environ
 
     def string(self, key: str) -> str | None:
         value = self.entry.get(key)
@@ -220,7 +241,7 @@ class _Fields:
             variable, has_default, default = match.group(1).partition(":-")
             if not _VARIABLE_NAME.fullmatch(variable):
                 raise self._error(key, f"'${{{match.group(1)}}}' is not a valid variable reference")
-            found = self._environ.get(variable)
+            found = self.environ.get(variable)
             if found is not None:
                 return found
             if has_default:

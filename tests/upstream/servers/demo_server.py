@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import ssl
 import sys
 
 import anyio
@@ -155,8 +156,19 @@ async def _serve_http(app: object, port: int) -> None:
     # port can be announced as soon as the socket listens.
     sock.listen(128)
     print(f"listening on {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, log_level="warning")  # type: ignore[arg-type]
+    config = uvicorn.Config(app, log_level="warning", **_tls_options())  # type: ignore[arg-type]
     await uvicorn.Server(config).serve([sock])
+
+
+def _tls_options() -> dict[str, object]:
+    """HTTPS when DEMO_TLS_CERT/DEMO_TLS_KEY are set; DEMO_TLS_CLIENT_CA also requires client certificates."""
+    cert, key, client_ca = (os.environ.get(f"DEMO_TLS_{name}") for name in ("CERT", "KEY", "CLIENT_CA"))
+    if not cert:
+        return {}
+    options: dict[str, object] = {"ssl_certfile": cert, "ssl_keyfile": key}
+    if client_ca:
+        options |= {"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
 
 
 def main(argv: list[str]) -> None:
