@@ -44,6 +44,7 @@ from broker.proxy.upstream.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.pool import ServerStatus, UpstreamTool
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Upstreams(Protocol):
         meta: dict[str, Any] | None = None,
         on_notification: Callable[[JsonObject], Awaitable[None]] | None = None,
         timeout: float | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> JsonObject: ...
 
 
@@ -438,7 +440,9 @@ class Gateway:
                     await notify("notifications/progress", progress)
 
         try:
-            result = await self.forward_call(tool, arguments, meta=upstream_meta, on_notification=relay)
+            result = await self.forward_call(
+                tool, arguments, meta=upstream_meta, on_notification=relay, caller=UpstreamCaller(ctx.agent)
+            )
         except UpstreamLost as exc:
             return _upstream_failure_result(
                 f"The connection to upstream server '{tool.server}' broke after the call to "
@@ -473,6 +477,7 @@ class Gateway:
         *,
         meta: JsonObject | None = None,
         on_notification: Callable[[JsonObject], Awaitable[None]] | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> JsonObject:
         """The one door to the upstreams, also used by the approval service to release a held call.
 
@@ -482,7 +487,12 @@ class Gateway:
         started = time.perf_counter()
         try:
             result = await self._upstreams.call_tool(
-                tool, arguments, meta=meta, on_notification=on_notification, timeout=self._call_timeout
+                tool,
+                arguments,
+                meta=meta,
+                on_notification=on_notification,
+                timeout=self._call_timeout,
+                caller=caller,
             )
         finally:
             self.upstream_latency.observe(tool.server, time.perf_counter() - started)

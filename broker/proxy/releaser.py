@@ -18,6 +18,7 @@ from broker.proxy.upstream.base import (
     UpstreamRpcError,
     may_have_run,
 )
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.pool import UpstreamPool
 
 
@@ -45,7 +46,9 @@ class UpstreamReleaser(CallReleaser):
         if refusal is not None:
             raise ReleaseFailed(f"{refusal}; it was not forwarded")
         try:
-            result: JsonObject = await self._forward(tool, dict(approval.arguments))
+            # The agent that asked, so per-agent upstream credentials name it, not the approver.
+            caller = UpstreamCaller(approval.agent)
+            result: JsonObject = await self._forward(tool, dict(approval.arguments), caller=caller)
         except UpstreamRpcError as exc:
             raise ReleaseFailed(f"upstream '{tool.server}' rejected the call: {exc.rpc_message}") from exc
         except MalformedResult as exc:

@@ -7,6 +7,8 @@ import selectors
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -99,3 +101,15 @@ class DemoHttpServer:
         self.process.wait(timeout=READY_TIMEOUT)
         assert self.process.stdout is not None
         self.process.stdout.close()
+
+
+@asynccontextmanager
+async def started(servers: Mapping[str, DemoHttpServer]) -> AsyncIterator[Mapping[str, DemoHttpServer]]:
+    """Waits until every server is ready, and stops them all when the block ends."""
+    try:
+        for server in servers.values():
+            await server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()

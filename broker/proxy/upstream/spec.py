@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from broker.proxy.upstream.credentials.network import NetworkConfigError, UpstreamNetwork, upstream_network
+from broker.proxy.upstream.credentials.settings import CredentialsConfigError, UpstreamAuth, upstream_auth
 
 
 class ServerConfigError(ValueError):
@@ -48,6 +49,8 @@ class HttpServer:
     headers: Mapping[str, str]
     network: UpstreamNetwork | None = None
     """Proxy and TLS settings (`broker.proxy.upstream.credentials.network`); None: direct, system CAs."""
+    auth: UpstreamAuth | None = None
+    """The broker's token and per-agent headers (`broker.proxy.upstream.credentials`); None: none."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def _parse_server(name: str, entry: Mapping[str, Any], environ: Mapping[str, str
     fields = _Fields(name, entry, environ)
     transport = _transport_of(fields)
     if transport == "stdio":
-        for key in ("url", "proxy", "ca_bundle", "client_cert", "client_key"):
+        for key in ("url", "proxy", "ca_bundle", "client_cert", "client_key", "auth", "agent_headers"):
             if key in entry:
                 raise ServerConfigError(f"server '{name}': '{key}' does not apply to a stdio server")
         command = fields.string("command")
@@ -140,9 +143,19 @@ def _parse_server(name: str, entry: Mapping[str, Any], environ: Mapping[str, str
     _check_url(name, url)
     headers = fields.string_map("headers")
     network = _network_of(fields, url)
+    try:
+        auth = upstream_auth(
+            entry, headers=headers, agent_headers=fields.string_map("agent_headers"), expand=fields.expand
+        )
+    except CredentialsConfigError as exc:
+        raise ServerConfigError(f"server '{name}': {exc}") from None
     if transport == "sse":
+        if auth is not None:
+            raise ServerConfigError(
+                f"server '{name}': 'auth' and 'agent_headers' need the streamable HTTP transport"
+            )
         return SseServer(name=name, url=url, headers=headers, network=network)
-    return HttpServer(name=name, url=url, headers=headers, network=network)
+    return HttpServer(name=name, url=url, headers=headers, network=network, auth=auth)
 
 
 def _network_of(fields: _Fields, url: str) -> UpstreamNetwork | None:
@@ -205,7 +218,7 @@ class _Fields:
             return None
         if not isinstance(value, str):
             raise self._error(key, f"expected a string, got {_json_type(value)}")
-        return self._expand(key, value)
+        return self.expand(key, value)
 
     def string_list(self, key: str) -> tuple[str, ...]:
         values = self.entry.get(key)
@@ -217,7 +230,7 @@ class _Fields:
         for index, value in enumerate(values):
             if not isinstance(value, str):
                 raise self._error(f"{key}[{index}]", f"expected a string, got {_json_type(value)}")
-            expanded.append(self._expand(f"{key}[{index}]", value))
+            expanded.append(self.expand(f"{key}[{index}]", value))
         return tuple(expanded)
 
     def string_map(self, key: str) -> dict[str, str]:
@@ -230,10 +243,10 @@ class _Fields:
         for name, value in values.items():
             if not isinstance(value, str):
                 raise self._error(f"{key}.{name}", f"expected a string, got {_json_type(value)}")
-            expanded[name] = self._expand(f"{key}.{name}", value)
+            expanded[name] = self.expand(f"{key}.{name}", value)
         return expanded
 
-    def _expand(self, key: str, value: str) -> str:
+    def expand(self, key: str, value: str) -> str:
         if "${" not in value:
             return value
 
