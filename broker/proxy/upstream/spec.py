@@ -13,6 +13,11 @@ URL means streamable HTTP. ``${VAR}`` (or ``${VAR:-default}``) in command, args,
 url and headers expands from the environment mapping the caller passes in; a variable that
 is not defined and has no default is an error. Keys this module does not know (other
 clients' extras such as ``autoApprove``) are ignored.
+
+HTTP upstreams take the broker's own keys beside ``url``: ``proxy``, ``ca_bundle``,
+``client_cert`` and ``client_key`` (`broker.proxy.upstream.credentials.network`), and ``auth``
+and ``agent_headers`` (`broker.proxy.upstream.credentials.settings`); all are checked here, at
+startup, and an error names the server and key.
 """
 
 from __future__ import annotations
