@@ -92,7 +92,7 @@ async def test_the_broker_fetches_a_token_once_and_presents_it_on_every_request(
         first = await seen_headers(pool, UpstreamCaller("trader"))
         second = await seen_headers(pool, UpstreamCaller("auditor"))
     tokens = list(token_server.issued)
-    assert len(tokens) == 1
+    assert len(tokens) == 1 and token_server.subjects[tokens[0]] == BROKER_CLIENT[0]
     assert first["authorization"] == second["authorization"] == f"Bearer {tokens[0]}"
     assert token_server.requests == [
         {"grant_type": "client_credentials", "scope": "tools.call", "resource": "https://docs.internal/mcp"}
@@ -137,6 +137,37 @@ async def test_no_token_means_no_call_and_a_clear_reason(
     assert status.state != "connected"
     assert status.last_error is not None
     assert f"token endpoint {token_server.token_url} {message}" in status.last_error
+
+
+async def test_token_exchange_gives_each_agent_its_own_upstream_token(
+    token_server: TokenServer, guarded_upstream: DemoHttpServer
+) -> None:
+    auth = grant(token_server, type="token_exchange", audience="docs-api")
+    spec = spec_for({"url": guarded_upstream.url, "auth": auth}, ENVIRON)
+    trader_token, auditor_token = token_server.mint("trader"), token_server.mint("auditor")
+    async with connected_pool(spec) as pool:
+        assert pool.is_connected("docs"), pool.status()  # the handshake used the broker's own token
+        trader = await seen_headers(pool, UpstreamCaller("trader", {"sub": "trader"}, trader_token))
+        again = await seen_headers(pool, UpstreamCaller("trader", {"sub": "trader"}, trader_token))
+        auditor = await seen_headers(pool, UpstreamCaller("auditor", {"sub": "auditor"}, auditor_token))
+        with pytest.raises(UpstreamUnavailable, match="agent 'keyed' did not sign in with OAuth"):
+            await seen_headers(pool, UpstreamCaller("keyed"))
+        with pytest.raises(UpstreamUnavailable, match="invalid_grant"):
+            await seen_headers(pool, UpstreamCaller("forger", {}, "not-a-token"))
+    sent = {
+        agent: headers["authorization"].removeprefix("Bearer ")
+        for agent, headers in (("trader", trader), ("auditor", auditor))
+    }
+    assert again == trader  # cached per agent until it expires
+    assert {agent: token_server.subjects[token] for agent, token in sent.items()} == {
+        "trader": "trader",
+        "auditor": "auditor",
+    }
+    assert trader_token not in sent.values() and auditor_token not in sent.values()
+    exchanges = [form for form in token_server.requests if form["grant_type"].endswith("token-exchange")]
+    assert [form["subject_token"] for form in exchanges] == [trader_token, auditor_token, "not-a-token"]
+    assert exchanges[0]["subject_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    assert exchanges[0]["audience"] == "docs-api"
 
 
 class ManualClock:
@@ -212,7 +243,7 @@ async def test_agent_headers_name_the_agent_and_its_claims(
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"auth": {"type": "password"}}, "'auth.type' must be one of client_credentials"),
+        ({"auth": {"type": "password"}}, "'auth.type' must be one of client_credentials, token_exchange"),
         (
             {"auth": {"type": "client_credentials", "client_id": "b", "token_url": "https://t"}},
             "'auth.client_secret' is required",

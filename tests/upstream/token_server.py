@@ -1,7 +1,7 @@
 """A local OAuth 2.0 authorization server for the upstream-credentials tests.
 
-It serves RFC 8414 metadata, the client-credentials grant (client_secret_basic) and RFC 7662
-introspection, over real HTTP, and records what it was asked, so a test can check the form
+It serves RFC 8414 metadata, the client-credentials grant (client_secret_basic), RFC 8693 token
+exchange and RFC 7662 introspection, over real HTTP, and records what it was asked, so a test can check the form
 the broker sent and how many tokens it fetched. It can be told to go down (HTTP 503).
 """
 
@@ -27,6 +27,8 @@ class TokenServer:
     down: bool = False
     issued: dict[str, float] = field(default_factory=dict)
     """Token -> expiry (time.time())."""
+    subjects: dict[str, str] = field(default_factory=dict)
+    """Token -> whom it was issued for (the client, or the subject of an exchanged token)."""
     requests: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
 
@@ -44,6 +46,17 @@ class TokenServer:
 
     def revoke_all(self) -> None:
         self.issued.clear()
+
+    def mint(self, subject: str) -> str:
+        """A token for `subject`, as if it had signed in (the agent's own token)."""
+        token = secrets.token_urlsafe(16)
+        self.issued[token] = time.time() + self.lifetime
+        self.subjects[token] = subject
+        return token
+
+    def _active(self, token: str) -> bool:
+        expiry = self.issued.get(token)
+        return expiry is not None and expiry > time.time()
 
     def _client(self, request: web.Request) -> str | None:
         scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
@@ -67,20 +80,28 @@ class TokenServer:
             return web.Response(status=503, text="maintenance")
         form = {key: str(value) for key, value in (await request.post()).items()}
         self.requests.append(form)
-        if self._client(request) is None:
+        client = self._client(request)
+        if client is None:
             return web.json_response({"error": "invalid_client"}, status=401)
-        if form.get("grant_type") != "client_credentials":
+        if form.get("grant_type") == "client_credentials":
+            subject = client
+        elif form.get("grant_type") == "urn:ietf:params:oauth:grant-type:token-exchange":
+            subject_token = form.get("subject_token", "")
+            if not self._active(subject_token):
+                return web.json_response({"error": "invalid_grant"}, status=400)
+            subject = self.subjects[subject_token]
+        else:
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
-        token = secrets.token_urlsafe(16)
-        self.issued[token] = time.time() + self.lifetime
+        token = self.mint(subject)
         return web.json_response({"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime})
 
     async def _introspect(self, request: web.Request) -> web.Response:
         if self._client(request) is None:
             return web.json_response({"error": "invalid_client"}, status=401)
         token = str((await request.post()).get("token", ""))
-        expiry = self.issued.get(token)
-        return web.json_response({"active": expiry is not None and expiry > time.time()})
+        if not self._active(token):
+            return web.json_response({"active": False})
+        return web.json_response({"active": True, "sub": self.subjects[token]})
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TokenServer]:

@@ -56,7 +56,7 @@ class ClientCredentialsSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class _Token:
+class Token:
     value: str
     refresh_at: float
     expires_at: float
@@ -77,7 +77,7 @@ class ClientCredentialsSource:
         self._server = server
         self._clock = clock
         self._http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS, transport=transport, trust_env=True)
-        self._token: _Token | None = None
+        self._token: Token | None = None
         self._token_url = settings.token_url
         self._fetching: asyncio.Lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
@@ -115,7 +115,7 @@ class ClientCredentialsSource:
                 await self._refresh
         await self._http.aclose()
 
-    async def _refresh_quietly(self, stale: _Token) -> None:
+    async def _refresh_quietly(self, stale: Token) -> None:
         try:
             async with self._fetching:
                 if self._token is stale:
@@ -126,9 +126,17 @@ class ClientCredentialsSource:
         finally:
             self._refresh = None
 
-    async def _fetch(self) -> _Token:
+    async def _fetch(self) -> Token:
+        token = await self.request_token({"grant_type": "client_credentials"})
+        self._token = token
+        self.fetches += 1
+        return token
+
+    async def request_token(self, grant: dict[str, str]) -> Token:
+        """Asks the token endpoint for a bearer token with the `grant` form (plus scope, resource and
+        audience), authenticated as this client; also used for token exchange."""
         url = self._token_url or await self._discover()
-        form = {"grant_type": "client_credentials"}
+        form = dict(grant)
         for key in ("scope", "resource", "audience"):
             value = getattr(self._settings, key)
             if value:
@@ -155,14 +163,11 @@ class ClientCredentialsSource:
         lifetime = body.get("expires_in", DEFAULT_LIFETIME_SECONDS)
         if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
             lifetime = DEFAULT_LIFETIME_SECONDS
-        token = _Token(
+        return Token(
             value=value,
             refresh_at=started + lifetime * REFRESH_FRACTION,
             expires_at=started + max(lifetime - EXPIRY_SKEW_SECONDS, lifetime / 2),
         )
-        self._token = token
-        self.fetches += 1
-        return token
 
     async def _discover(self) -> str:
         issuer = self._settings.issuer

@@ -13,6 +13,7 @@ from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.credentials.client_credentials import ClientCredentialsSource
 from broker.proxy.upstream.credentials.headers import AgentHeaderTemplates
 from broker.proxy.upstream.credentials.settings import UpstreamAuth
+from broker.proxy.upstream.credentials.token_exchange import TokenExchanger
 
 
 class UpstreamCredentials:
@@ -23,6 +24,11 @@ class UpstreamCredentials:
             if auth.client_credentials is not None
             else None
         )
+        self.exchanger = (
+            TokenExchanger(self.token_source)
+            if auth.token_exchange and self.token_source is not None
+            else None
+        )
 
     async def headers(self, base: Mapping[str, str], caller: UpstreamCaller | None) -> dict[str, str]:
         """`base` with this upstream's credentials for a request made for `caller` (None: the
@@ -30,7 +36,9 @@ class UpstreamCredentials:
         headers = dict(base)
         if self._templates is not None:
             headers.update(self._templates.render(caller))
-        if self.token_source is not None:
+        if self.exchanger is not None and caller is not None:
+            headers["Authorization"] = f"Bearer {await self.exchanger.bearer(caller)}"
+        elif self.token_source is not None:
             headers["Authorization"] = f"Bearer {await self.token_source.bearer()}"
         return headers
 
@@ -39,7 +47,10 @@ class UpstreamCredentials:
         authorization = headers.get("Authorization", "")
         if self.token_source is None or not authorization.startswith("Bearer "):
             return False
-        self.token_source.reject(authorization.removeprefix("Bearer "))
+        rejected = authorization.removeprefix("Bearer ")
+        self.token_source.reject(rejected)
+        if self.exchanger is not None:
+            self.exchanger.reject(rejected)
         return True
 
     async def aclose(self) -> None:

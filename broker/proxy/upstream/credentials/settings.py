@@ -18,7 +18,7 @@ from broker.proxy.upstream.credentials.headers import AgentHeaderTemplates, Temp
 Expand = Callable[[str, str], str]
 """Expands ``${VAR}`` in a value; the first argument is the key, for its error message."""
 
-_AUTH_TYPES = ("client_credentials",)
+_AUTH_TYPES = ("client_credentials", "token_exchange")
 _AUTH_KEYS = frozenset(
     {"type", "issuer", "token_url", "client_id", "client_secret", "scope", "resource", "audience"}
 )
@@ -32,6 +32,8 @@ class CredentialsConfigError(ValueError):
 class UpstreamAuth:
     agent_headers: Mapping[str, str] = field(default_factory=dict)
     client_credentials: ClientCredentialsSettings | None = None
+    token_exchange: bool = False
+    """Calls for an agent carry a token exchanged for the agent's own (RFC 8693)."""
 
 
 def upstream_auth(
@@ -42,14 +44,16 @@ def upstream_auth(
         AgentHeaderTemplates(agent_headers)
     except TemplateError as exc:
         raise CredentialsConfigError(str(exc)) from None
-    grant = _client_credentials(entry.get("auth"), expand)
+    auth = entry.get("auth")
+    grant = _client_credentials(auth, expand)
     if grant is not None:
         clashing = [name for name in (*headers, *agent_headers) if name.lower() == "authorization"]
         if clashing:
             raise CredentialsConfigError("'auth' sets the Authorization header; remove it from the headers")
     if grant is None and not agent_headers:
         return None
-    return UpstreamAuth(agent_headers=dict(agent_headers), client_credentials=grant)
+    exchange = isinstance(auth, Mapping) and auth.get("type") == "token_exchange"
+    return UpstreamAuth(agent_headers=dict(agent_headers), client_credentials=grant, token_exchange=exchange)
 
 
 def _client_credentials(auth: object, expand: Expand) -> ClientCredentialsSettings | None:
