@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from tests.e2e.harness import AGENT_KEYS, make_settings, running_broker
+from tests.e2e.test_approvals_flow import watch
 from tests.upstream.support import DemoHttpServer, started
 from tests.upstream.token_server import TokenServer, guarded_demo_server
 
@@ -71,3 +72,38 @@ async def test_upstreams_never_see_the_agents_token(
         assert "x-agent" not in seen[agent, "plain"]
         for headers in (seen[agent, "docs"], seen[agent, "plain"]):
             assert not any(key in value for value in headers.values())
+
+
+HOLDING_POLICY = """
+version: "1"
+default: allow
+rules:
+  - tool: seen_headers
+    action: require_approval
+    timeout: 60
+"""
+
+
+async def test_a_released_call_names_the_agent_that_asked_not_the_approver(
+    tmp_path: Path, upstreams: dict[str, DemoHttpServer]
+) -> None:
+    servers = {"plain": {"url": upstreams["plain"].url, "agent_headers": {"X-Agent": "{agent}"}}}
+    async with running_broker(make_settings(tmp_path, HOLDING_POLICY, servers)) as running:
+        feed = watch(running)
+        outcome = {}
+        with anyio.fail_after(30):
+            async with running.client("trader") as client, anyio.create_task_group() as tasks:
+
+                async def agent() -> None:
+                    outcome["result"] = await client.call_tool("seen_headers", {})
+
+                tasks.start_soon(agent)
+                approval = await feed.opened.receive()
+                async with running.approver("alice") as alice:
+                    decided = await alice.post(f"/api/approvals/{approval.id}/approve")
+                    assert decided.status_code == 200, decided.text
+    result = outcome["result"]
+    assert not result.is_error, result
+    seen = json.loads(result.content[0].text)
+    assert seen["x-agent"] == "trader"
+    assert "authorization" not in seen
