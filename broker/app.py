@@ -22,9 +22,13 @@ from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.health import StoreHealth
 from broker.approvals.ports import StoreUnavailable
 from broker.approvals.service import ApprovalService
+from broker.approvals.spending import SpendLedger
 from broker.channels.api import build_decisions_router
 from broker.channels.call_context import CallContextSource
 from broker.channels.grants_api import build_grants_router
+from broker.channels.sso.api_tokens import SsoApproverTokens
+from broker.channels.sso.identity import possible_groups
+from broker.channels.sso.provider import IdentityProvider
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
 from broker.config.settings import BrokerSettings, ConfigError
@@ -32,13 +36,15 @@ from broker.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from broker.observability.metrics import BrokerMetrics
 from broker.policy import Policy
 from broker.policy.edits import ToolArguments, schema_properties, unknown_fields
+from broker.proxy.auth.build import agent_verifier
+from broker.proxy.auth.metadata import ProtectedResourceMetadata
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.checks.grants import GrantCheck
+from broker.proxy.checks.spend import SpendCheck
 from broker.proxy.decision_log import DecisionLog, DecisionSink
 from broker.proxy.gateway import Gateway
 from broker.proxy.held_calls import HeldCalls
 from broker.proxy.http_endpoint import McpHttpEndpoint
-from broker.proxy.identity import Authenticator
 from broker.proxy.ratelimit import RateLimiter, SlidingWindowLimiter
 from broker.proxy.releaser import UpstreamReleaser
 from broker.proxy.sessions import SessionRegistry
@@ -52,8 +58,11 @@ from broker.store.escalations import SqlEscalationStore
 from broker.store.grants import SqlGrantStore
 from broker.store.migrate import head_revision, upgrade
 from broker.store.notify import ReplicaFeed
+from broker.store.pg_spend import PostgresSpendLedger
 from broker.store.ratelimit import PostgresRateLimiter
 from broker.store.seen_requests import SqlSeenRequests
+from broker.store.spend import SqlSpendLedger
+from broker.store.sql import SqlApprovalStore
 from broker.store.votes import SqlVoteStore
 
 if TYPE_CHECKING:
@@ -93,7 +102,10 @@ class Broker:
         self.approvers = ApproverDirectory(settings.approvers)
         unreachable = unreachable_quorums(
             self.policy_file.holder.current,
-            ((account.name, account.groups) for account in self.approvers.accounts()),
+            (
+                (account.name, account.groups | possible_groups(account, settings.web.sso))
+                for account in self.approvers.accounts()
+            ),
             settings.approvals.default_approvers,
         )
         if unreachable:
@@ -119,9 +131,16 @@ class Broker:
         )
         self.grants = GrantDesk(SqlGrantStore(self.store))
         self.gateway.attach_grants(GrantCheck(self.grants.store))
+        self.spend_ledger = spend_ledger_for(settings, self.store)
+        # Calendar windows follow the broker clock, so a test can pin the hour a counter lives in.
+        spend = SpendCheck(self.spend_ledger, clock=lambda: clock().timestamp())
+        self.gateway.attach_spend(spend)
         self.approvals.set_releaser(
             UpstreamReleaser(
-                upstreams=self.upstreams, policy=self.policy_file.holder, forward=self.gateway.forward_call
+                upstreams=self.upstreams,
+                policy=self.policy_file.holder,
+                forward=self.gateway.forward_call,
+                spend=spend,
             )
         )
         self.gateway.attach_approvals(
@@ -137,7 +156,9 @@ class Broker:
         self.sessions = SessionRegistry()
         self.mcp_endpoint = McpHttpEndpoint(
             self.gateway,
-            authenticator=Authenticator(settings.credentials, allow_anonymous=settings.allow_anonymous),
+            verifier=agent_verifier(
+                settings.credentials, allow_anonymous=settings.allow_anonymous, oauth=settings.oauth
+            ),
             sessions=self.sessions,
             changes=self.changes,
             allowed_origins=settings.allowed_origins,
@@ -151,6 +172,13 @@ class Broker:
         """What surfaces show beside a held call (tool description and rating, hold condition, waiters)."""
         self.inbox_events = InboxEvents()
         self.approvals.add_listener(self.inbox_events, hears_other_replicas=True)
+        self.identity_provider = (
+            IdentityProvider(settings.web.sso, clock=clock) if settings.web.sso is not None else None
+        )
+        """The approvers' single sign-on provider (web.sso), shared by the inbox and the API."""
+        self.sso_tokens = (
+            SsoApproverTokens(self.identity_provider, self.approvers) if self.identity_provider else None
+        )
         self.web_inbox = (
             WebInbox(
                 self.approvals,
@@ -167,6 +195,7 @@ class Broker:
                 demo=settings.demo,
                 calls=self.calls,
                 grants=self.grants,
+                identity_provider=self.identity_provider,
             )
             if settings.web.enabled
             else None
@@ -271,6 +300,8 @@ class Broker:
             )
             if isinstance(self.rate_limiter, AbstractAsyncContextManager):
                 await stack.enter_async_context(self.rate_limiter)
+            if isinstance(self.spend_ledger, AbstractAsyncContextManager):
+                await stack.enter_async_context(self.spend_ledger)
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(self.policy_file.watch, self.settings.policy_poll_seconds)
             tasks.start_soon(self._reap_sessions)
@@ -392,9 +423,11 @@ class Broker:
             return Response(await broker.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
         api.include_router(
-            build_decisions_router(broker.approvals, broker.approvers, broker.calls, broker.grants)
+            build_decisions_router(
+                broker.approvals, broker.approvers, broker.calls, broker.grants, broker.sso_tokens
+            )
         )
-        api.include_router(build_grants_router(broker.grants, broker.approvers))
+        api.include_router(build_grants_router(broker.grants, broker.approvers, broker.sso_tokens))
         if broker.web_inbox is not None:
             api.include_router(broker.web_inbox.router())
         slack_router = broker.slack.router() if broker.slack is not None else None
@@ -420,19 +453,23 @@ class Broker:
         return api
 
     def asgi(self) -> ASGIApp:
-        return BrokerASGI(self.mcp_endpoint, self.build_api())
+        metadata = ProtectedResourceMetadata(self.settings.oauth) if self.settings.oauth else None
+        return BrokerASGI(self.mcp_endpoint, self.build_api(), metadata)
 
 
 class BrokerASGI:
     """Sends `/mcp` straight to the MCP endpoint so the hot path skips the web framework's routing."""
 
-    def __init__(self, mcp: ASGIApp, api: ASGIApp) -> None:
+    def __init__(self, mcp: ASGIApp, api: ASGIApp, metadata: ProtectedResourceMetadata | None = None) -> None:
         self._mcp = mcp
         self._api = api
+        self._metadata = metadata
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in ("/mcp", "/mcp/"):
             await self._mcp(scope, receive, send)
+        elif self._metadata is not None and scope["type"] == "http" and scope["path"] in self._metadata.paths:
+            await self._metadata(scope, receive, send)
         else:
             await self._api(scope, receive, send)
 
@@ -460,3 +497,16 @@ def rate_limiter_for(settings: BrokerSettings) -> RateLimiter:
 
         return RedisRateLimiter(settings.rate_limits.redis_url)
     return SlidingWindowLimiter()
+
+
+def spend_ledger_for(settings: BrokerSettings, store: SqlApprovalStore) -> SpendLedger:
+    """Where spend-limit counters live: in Redis when rate limits are shared through Redis, else in
+    the approval store's database (shared by every replica on PostgreSQL, through the one-round-trip
+    asyncpg ledger)."""
+    if settings.rate_limits.backend == "redis" and settings.rate_limits.redis_url:
+        from broker.store.redis_spend import RedisSpendLedger
+
+        return RedisSpendLedger(settings.rate_limits.redis_url)
+    if backend_of(settings.database_url) is Backend.POSTGRESQL:
+        return PostgresSpendLedger(settings.database_url)
+    return SqlSpendLedger(store)

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from broker.cli_convert import register as register_convert
 from broker.cli_grants import add_grant_options, grant_body, grant_note
 from broker.cli_grants import register as register_grants
 from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
@@ -230,6 +231,9 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
                 print(
                     f"{name}: ok (revision {policy.revision}, {len(policy.rules)} rules, default {policy.default.value})"
                 )
+                for rule in policy.rules:
+                    for limit in rule.decision.limits:
+                        print(f"  {rule.name}: limit {limit.describe()}")
     return EXIT_USAGE if failed else 0
 
 
@@ -683,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true")
     _add_upstream_options(diff)
     diff.set_defaults(handler=_cmd_policy_diff)
+    register_convert(policy_commands)
 
     approvals = commands.add_parser("approvals", help="list, inspect and decide held calls")
     approvals_commands = approvals.add_subparsers(

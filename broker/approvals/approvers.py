@@ -18,6 +18,10 @@ class ApproverAccount:
     slack_user: str | None = None
     password_hash: str | None = None
     """For the web inbox sign-in (scrypt, see broker.channels.web)."""
+    oidc_sub: str | None = None
+    """The identity provider's ``sub`` for this person (single sign-on, see broker.config.sso)."""
+    email: str | None = None
+    """Matched against the identity provider's verified ``email`` when sign-on matches by e-mail."""
 
     @property
     def approver(self) -> Approver:
@@ -29,12 +33,18 @@ class ApproverDirectory:
         self._by_name: dict[str, ApproverAccount] = {}
         self._by_token: dict[str, ApproverAccount] = {}
         self._by_slack: dict[str, ApproverAccount] = {}
+        self._by_sub: dict[str, ApproverAccount] = {}
+        self._by_email: dict[str, ApproverAccount] = {}
         for account in accounts:
             self._by_name[account.name] = account
             if account.token_sha256:
                 self._by_token[account.token_sha256] = account
             if account.slack_user:
                 self._by_slack[account.slack_user] = account
+            if account.oidc_sub:
+                self._by_sub[account.oidc_sub] = account
+            if account.email:
+                self._by_email[account.email.casefold()] = account
 
     def by_token(self, token: str) -> ApproverAccount | None:
         return self._by_token.get(hashlib.sha256(token.encode()).hexdigest())
@@ -44,6 +54,12 @@ class ApproverDirectory:
 
     def by_slack_user(self, user_id: str) -> ApproverAccount | None:
         return self._by_slack.get(user_id)
+
+    def by_oidc_sub(self, sub: str) -> ApproverAccount | None:
+        return self._by_sub.get(sub)
+
+    def by_email(self, email: str) -> ApproverAccount | None:
+        return self._by_email.get(email.casefold())
 
     def accounts(self) -> list[ApproverAccount]:
         return list(self._by_name.values())

@@ -25,12 +25,14 @@ acts.
 
 In a query, money words in the name are nouns (``get_withdraw_fee``), and arguments that
 only say money is involved (``amount``, ``quantity``) are noted but do not count when a read
-verb leads the name (``get_swap_quote(amount)`` quotes, it does not swap). Everything else
+verb leads the name itself (``get_swap_quote(amount)`` quotes, it does not swap; a silent
+name whose description opens "find the route ..." gets no such benefit). Everything else
 counts: secrets and code execution, telling description phrases and an action-led
 description opening, and every argument of a name that is not led by a read verb. The
 riskiest finding decides; equal risks go to the category a reviewer most needs to see. A
 write on a trading venue or about orders or funds becomes financial/high; a destructive
-action on orders or funds becomes critical. A name with no telling word falls back to the
+action on orders or funds becomes critical, as does placing, changing, buying or selling
+(what each risk means is in `broker.catalogue.terms`). A name with no telling word falls back to the
 first words of the description, and failing that the tool is treated as write/medium:
 unknown effects are not assumed harmless.
 
@@ -38,7 +40,8 @@ Annotations may raise the rating freely: ``destructiveHint: true`` claims destru
 ``readOnlyHint: false`` claims write/medium, or external_communication/high when
 ``openWorldHint: true`` says the writes reach outside systems. They may lower it only when
 the other evidence is weak (at most write/medium): ``readOnlyHint: true`` on ``aave_withdraw``
-is overridden, on ``refresh_cache`` it is accepted. ``idempotentHint`` never changes the
+is overridden, on ``refresh_cache`` it is accepted (the rules are in
+`broker.catalogue.annotations`). ``idempotentHint`` never changes the
 rating (one call does its harm however often it is repeated) but is reported. Every
 classification's reasons say which annotations were used, agreed, were overridden, or that
 there were none.
@@ -53,33 +56,20 @@ from functools import lru_cache
 from itertools import pairwise
 from typing import Any, Final
 
+from broker.catalogue.annotations import apply_hints, read_hints
+from broker.catalogue.context_signals import ARGUMENT_SIGNALS, DESCRIPTION_SIGNALS
+from broker.catalogue.definition import argument_names, description_text, words
 from broker.catalogue.errors import ToolDefinitionError
 from broker.catalogue.model import CatalogueTool, Category, Risk, ToolClassification
-from broker.catalogue.vocabulary import (
-    ARGUMENT_SIGNALS,
-    DESCRIPTION_SIGNALS,
-    DESTRUCTIVE_MONEY_OBJECTS,
-    MONEY_OBJECTS,
-    NAME_SIGNALS,
-    TRADING_VENUES,
-    Signal,
-    plural_of,
-)
+from broker.catalogue.terms import DESTRUCTIVE_MONEY_OBJECTS, MONEY_OBJECTS, TRADING_VENUES, Signal, plural_of
+from broker.catalogue.vocabulary import NAME_SIGNALS
 
-# Splits snake_case, kebab-case, dotted and camelCase: getAPIKey -> get API Key, transferERC20 -> ERC20.
-_WORD: Final = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z]+[0-9]*")
 _SENTENCE_END: Final = re.compile(r"[.!?\n]")
 # Only the opening words of a description say what the tool does; later ones describe details.
 DESCRIPTION_LEAD_WORDS: Final = 8
 MAX_REASONS: Final = 6
-# Arguments nested deeper than this are options of options; their names say little about the tool.
-MAX_SCHEMA_DEPTH: Final = 2
 MAX_NAME_LENGTH: Final = 512
-# A description is read only this far: attackers control its length, and the telling phrases come early.
-MAX_DESCRIPTION_CHARS: Final = 4096
 
-_WEAK_EVIDENCE: Final = frozenset({Category.READ_ONLY, Category.WRITE})
-ANNOTATION_HINTS: Final = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 # Words that join two actions in one name: "quote_and_swap" swaps.
 _CONJUNCTIONS: Final = frozenset({"and", "or", "then"})
 # "Never places an order", "without sending funds": a telling phrase right after one of these is denied.
@@ -102,15 +92,6 @@ class _Finding:
     @property
     def weight(self) -> tuple[int, int]:
         return self.risk.rank, self.category.precedence
-
-
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    """What the annotations say; `category` is None when they do not say what the tool does."""
-
-    category: Category | None
-    risk: Risk
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +165,6 @@ _PHRASES: Final = re.compile(
 )
 
 
-def words(text: str) -> list[str]:
-    """The lower-case words of an identifier or sentence, in order."""
-    return [word.lower() for word in _WORD.findall(text)]
-
-
 def _terms(tokens: Sequence[str]) -> set[str]:
     """Words plus neighbours joined with ``_``, so ``api key`` also yields ``api_key``."""
     terms = set(tokens)
@@ -248,9 +224,9 @@ class _Classifier:
         self.notes: list[str] = []
         self.name_words = words(name)
         self.context = _terms(self.name_words) | _server_terms(server)
-        self.description = self._description(definition)
-        self.argument_names = self._argument_names(definition.get("inputSchema"))
-        self.annotations = self._annotations(definition.get("annotations"))
+        self.description = description_text(definition, self.notes)
+        self.argument_names = argument_names(definition.get("inputSchema"), self.notes)
+        self.annotations = read_hints(definition.get("annotations"), self.notes)
 
     def classify(self) -> ToolClassification:
         findings, noted = self._evidence()
@@ -258,7 +234,7 @@ class _Classifier:
         category, risk = ordered[0].category, ordered[0].risk
         reasons = _unique([*(finding.reason for finding in ordered), *noted])
         category, risk, reasons = self._escalate(category, risk, reasons)
-        category, risk, reasons, annotation_reason = self._apply_annotations(category, risk, reasons)
+        category, risk, reasons, annotation_reason = apply_hints(self.annotations, category, risk, reasons)
         category, risk, reasons = self._escalate(category, risk, reasons)
         kept = _unique([*reasons, *self.notes])
         if annotation_reason not in kept[:MAX_REASONS]:
@@ -269,7 +245,7 @@ class _Classifier:
 
     def _evidence(self) -> tuple[list[_Finding], list[str]]:
         """Findings that count, and reasons that were weighed but do not count."""
-        reading = self._read(self.name_words, "name token")
+        named = reading = self._read(self.name_words, "name token")
         lead = words(_SENTENCE_END.split(self.description, maxsplit=1)[0])[:DESCRIPTION_LEAD_WORDS]
         findings = list(reading.findings)
         if not findings and lead:
@@ -280,7 +256,9 @@ class _Classifier:
             if bound is not None and bound > max(finding.weight for finding in findings):
                 findings += self._read(lead, "description word").opening
         findings += self._description_findings()
-        counted, noted = self._argument_findings(read_verb_query=reading.query and reading.led_by_read_verb)
+        # Only the name's own read verb discounts money arguments: a description that opens with
+        # "find the route for ..." says nothing about whether the tool then sends it.
+        counted, noted = self._argument_findings(read_verb_query=named.query and named.led_by_read_verb)
         findings += counted
         if not findings:
             findings.append(
@@ -432,67 +410,7 @@ class _Classifier:
                 findings.append(_Finding(signal.category, signal.risk, f"{subject} {signal.meaning}"))
         return findings, noted
 
-    # -- annotations and escalation ---------------------------------------------------------
-
-    def _annotation_claim(self, evidence: Category) -> _Claim | None:
-        """What the four hints together say the tool is, or None when the server gave none."""
-        hints = self.annotations
-        if not hints:
-            return None
-        read_only = hints.get("readOnlyHint")
-        destructive = hints.get("destructiveHint")
-        open_world = hints.get("openWorldHint")
-        said = ", ".join(f"{key}={str(value).lower()}" for key, value in hints.items())
-        if destructive is True:
-            if read_only is True:
-                return _Claim(
-                    Category.DESTRUCTIVE,
-                    Risk.HIGH,
-                    f"annotations ({said}) contradict each other; the riskier, destructive, is believed",
-                )
-            return _Claim(Category.DESTRUCTIVE, Risk.HIGH, f"annotations ({said}) say it may destroy data")
-        writes = read_only is False or (read_only is None and evidence is not Category.READ_ONLY)
-        if writes and open_world is True:
-            return _Claim(
-                Category.EXTERNAL_COMMUNICATION,
-                Risk.HIGH,
-                f"annotations ({said}) say it changes state in an open world of outside systems",
-            )
-        if read_only is False:
-            return _Claim(Category.WRITE, Risk.MEDIUM, f"annotations ({said}) say it changes state")
-        if read_only is True:
-            where = "; it reads from outside systems" if open_world is True else ""
-            return _Claim(Category.READ_ONLY, Risk.LOW, f"annotations ({said}) say it only reads{where}")
-        return _Claim(None, Risk.LOW, f"annotations ({said}) do not say whether it reads, writes or destroys")
-
-    def _apply_annotations(
-        self, category: Category, risk: Risk, reasons: list[str]
-    ) -> tuple[Category, Risk, list[str], str]:
-        claim = self._annotation_claim(category)
-        if claim is None:
-            note = "no MCP annotations; classified from name, description and arguments"
-            return category, risk, [*reasons, note], note
-        said = claim.reason
-        if claim.category is None:
-            return category, risk, [*reasons, said], said
-        evidence = (risk.rank, category.precedence)
-        if (claim.risk.rank, claim.category.precedence) > evidence:
-            note = f"{said}: raises the rating from {category.value}/{risk.value}"
-            return claim.category, claim.risk, [note, *reasons], note
-        if (claim.category, claim.risk) == (category, risk):
-            note = f"{said}: agrees"
-            return category, risk, [*reasons[:1], note, *reasons[1:]], note
-        if claim.risk == risk:
-            note = f"{said}: agrees on {risk.value} risk; {category.value} is the more telling category"
-            return category, risk, [*reasons[:1], note, *reasons[1:]], note
-        if category in _WEAK_EVIDENCE and risk <= Risk.MEDIUM:
-            note = f"{said}: accepted, since name and description only weakly suggest {category.value}"
-            return claim.category, claim.risk, [note, *reasons], note
-        note = (
-            f"{said}: overridden, since name, description or arguments say {category.value}/{risk.value} "
-            "(annotations are untrusted hints and never lower strong evidence)"
-        )
-        return category, risk, [*reasons[:1], note, *reasons[1:]], note
+    # -- escalation --------------------------------------------------------------------------
 
     def _escalate(
         self, category: Category, risk: Risk, reasons: list[str]
@@ -512,63 +430,6 @@ class _Classifier:
                 reason = f"name token {_quoted(money[0])}: cancelling or removing orders or funds is critical"
                 return category, Risk.CRITICAL, [*reasons, reason]
         return category, risk, reasons
-
-    # -- reading the definition -------------------------------------------------------------
-
-    def _description(self, definition: Mapping[str, Any]) -> str:
-        texts = []
-        for key in ("description", "title"):
-            value = definition.get(key)
-            if isinstance(value, str):
-                texts.append(value[:MAX_DESCRIPTION_CHARS])
-            elif value is not None:
-                self.notes.append(f"'{key}' is not a string and was ignored")
-        annotations = definition.get("annotations")
-        if isinstance(annotations, Mapping) and isinstance(annotations.get("title"), str):
-            texts.append(annotations["title"][:MAX_DESCRIPTION_CHARS])
-        return "\n".join(texts).lower()
-
-    def _argument_names(self, schema: object) -> list[str]:
-        if schema is None:
-            return []
-        if not isinstance(schema, Mapping):
-            self.notes.append("inputSchema is not an object; arguments were not inspected")
-            return []
-        names: list[str] = []
-        _collect_properties(schema, names, depth=0)
-        return names
-
-    def _annotations(self, annotations: object) -> dict[str, bool]:
-        if annotations is None:
-            return {}
-        if not isinstance(annotations, Mapping):
-            self.notes.append("annotations are not an object and were ignored")
-            return {}
-        hints: dict[str, bool] = {}
-        for key in ANNOTATION_HINTS:
-            value = annotations.get(key)
-            if isinstance(value, bool):
-                hints[key] = value
-            elif value is not None:
-                self.notes.append(f"annotation {key} is not a boolean and was ignored")
-        return hints
-
-
-def _collect_properties(schema: Mapping[str, Any], names: list[str], *, depth: int) -> None:
-    properties = schema.get("properties")
-    if not isinstance(properties, Mapping):
-        return
-    for key, child in properties.items():
-        if not isinstance(key, str):
-            continue
-        names.append(_argument_name(key))
-        if depth + 1 < MAX_SCHEMA_DEPTH and isinstance(child, Mapping):
-            _collect_properties(child, names, depth=depth + 1)
-
-
-@lru_cache(maxsize=4096)
-def _argument_name(key: str) -> str:
-    return "_".join(words(key))
 
 
 def _unique(reasons: Iterable[str]) -> list[str]:

@@ -41,9 +41,10 @@ from broker.catalogue.untrusted import printable
 from broker.policy import Action, ApprovalRequirement, CompiledRule, Decision, Policy, RateLimit
 from broker.policy.explanation import Outcome
 from broker.policy.grants import grant_json, grant_text
+from broker.policy.limits import SpendLimit, limits_json
 
 DIFF_COLUMNS = ("tool", "server", "agents", "before", "after")
-COMPARED = ("listed", "conditions", "action", "rule", "rate_limit", "approval")
+COMPARED = ("listed", "conditions", "action", "rule", "rate_limit", "limits", "approval")
 EVERY_AGENT: Final = "every agent"
 OTHER_AGENTS: Final = "any other agent"
 GLOB_AGENTS: Final = "agents matched by globs"
@@ -85,15 +86,18 @@ class DecisionSnapshot:
     rate_limit: RateLimit | None
     approval: ApprovalRequirement | None
     rule_identity: RuleIdentity = field(repr=False)
+    limits: tuple[SpendLimit, ...] = ()
 
     @property
     def key(self) -> tuple[object, ...]:
-        return (self.action, self.rule_identity, self.rate_limit, self.approval)
+        return (self.action, self.rule_identity, self.rate_limit, self.limits, self.approval)
 
     def describe(self) -> str:
         text = f"{self.action.value} by {self.rule}"
         if self.rate_limit is not None:
             text += f", max {self.rate_limit.max_calls}/{_seconds(self.rate_limit.window_seconds)}"
+        for limit in self.limits:
+            text += f", limit {limit.describe()}"
         if self.approval is not None:
             text += f", timeout {_seconds(self.approval.timeout_seconds)}"
             if self.approval.quorum > 1 or self.approval.quorum_from:
@@ -136,12 +140,15 @@ class DecisionSnapshot:
             approval["editable"] = list(self.approval.editable)
         if self.approval is not None and approval is not None and self.approval.grant is not None:
             approval["grant"] = grant_json(self.approval.grant)
-        return {
+        shown: dict[str, Any] = {
             "action": self.action.value,
             "rule": self.rule,
             "rate_limit": rate_limit,
             "approval": approval,
         }
+        if self.limits:
+            shown["limits"] = limits_json(self.limits)
+        return shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +232,8 @@ class DecisionChange:
 
     @property
     def changed(self) -> tuple[str, ...]:
-        """Which of ``listed``, ``conditions``, ``action``, ``rule``, ``rate_limit``, ``approval`` differ."""
+        """Which of ``listed``, ``conditions``, ``action``, ``rule``, ``rate_limit``, ``limits``,
+        ``approval`` differ."""
         return tuple(name for name in COMPARED if _compared(self.old, name) != _compared(self.new, name))
 
     def to_dict(self) -> dict[str, Any]:
@@ -396,7 +404,7 @@ class _PolicyView:
     def _snapshot(self, decision: Decision) -> DecisionSnapshot:
         identity = self._identities.get(decision.rule, RuleIdentity(None, (decision.rule,)))
         return DecisionSnapshot(
-            decision.action, decision.rule, decision.rate_limit, decision.approval, identity
+            decision.action, decision.rule, decision.rate_limit, decision.approval, identity, decision.limits
         )
 
 

@@ -26,6 +26,7 @@ from broker.approvals.quorum import progress, progress_text
 from broker.approvals.service import ApprovalService
 from broker.approvals.verdict import Approve, Deny, Verdict
 from broker.channels.grants_api import GrantBody, bearer_approver, grant_json
+from broker.channels.sso.api_tokens import SsoApproverTokens
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -167,10 +168,11 @@ def build_decisions_router(
     directory: ApproverDirectory,
     calls: CallContexts | None = None,
     grants: GrantDesk | None = None,
+    sso: SsoApproverTokens | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/api/approvals", tags=["approvals"])
 
-    approver = bearer_approver(directory)
+    approver = bearer_approver(directory, sso)
 
     Caller = Annotated[Approver, Depends(approver)]
 

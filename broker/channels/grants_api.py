@@ -9,7 +9,7 @@ approver's bearer token, as the decisions API does. A grant is asked for beside 
 No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -21,6 +21,7 @@ from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.grants import Grant, GrantRequest, GrantScope
 from broker.approvals.model import Approver
 from broker.approvals.ports import GrantNotFound, StoreUnavailable
+from broker.channels.sso.api_tokens import SsoApproverTokens
 
 
 class GrantBody(BaseModel):
@@ -32,10 +33,13 @@ class GrantBody(BaseModel):
         return GrantRequest(self.minutes * 60, GrantScope(self.scope), self.max_calls)
 
 
-def bearer_approver(directory: ApproverDirectory) -> Callable[[Request], Approver]:
-    """A FastAPI dependency: the approver whose token the request carries, else 401."""
+def bearer_approver(
+    directory: ApproverDirectory, sso: SsoApproverTokens | None = None
+) -> Callable[[Request], Awaitable[Approver]]:
+    """A FastAPI dependency: the approver whose token (or, with `sso`, identity provider access
+    token) the request carries, else 401."""
 
-    def approver(request: Request) -> Approver:
+    async def approver(request: Request) -> Approver:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -45,6 +49,11 @@ def bearer_approver(directory: ApproverDirectory) -> Callable[[Request], Approve
                 {"WWW-Authenticate": "Bearer"},
             )
         account = directory.by_token(token.strip())
+        if account is None and sso is not None and sso.applies_to(token.strip()):
+            verdict = await sso.approver(token.strip())
+            if isinstance(verdict, str):
+                raise HTTPException(401, verdict, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return verdict
         if account is None:
             raise HTTPException(
                 401,
@@ -83,9 +92,11 @@ def grant_json(grant: Grant, now: datetime) -> dict[str, Any]:
     }
 
 
-def build_grants_router(desk: GrantDesk, directory: ApproverDirectory) -> APIRouter:
+def build_grants_router(
+    desk: GrantDesk, directory: ApproverDirectory, sso: SsoApproverTokens | None = None
+) -> APIRouter:
     router = APIRouter(prefix="/api/grants", tags=["grants"])
-    Caller = Annotated[Approver, Depends(bearer_approver(directory))]
+    Caller = Annotated[Approver, Depends(bearer_approver(directory, sso))]
 
     @router.get("")
     async def list_grants(

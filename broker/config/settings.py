@@ -36,7 +36,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broker.approvals.approvers import ApproverAccount
+from broker.config.oauth import MissingSecret, OAuthEntry, OAuthSettings, oauth_settings
 from broker.config.positions import describe_validation_error
+from broker.config.sso import SsoConfigError, SsoEntry, SsoSettings, sso_settings
 from broker.proxy.identity import AgentCredential
 from broker.proxy.waiting import DEFAULT_HOLD_BUDGET, ClientWaits
 from broker.store.database import Backend, backend_of
@@ -76,6 +78,8 @@ class _ApproverEntry(BaseModel):
     token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     slack_user: str | None = None
     password_hash: str | None = None
+    oidc_sub: str | None = Field(default=None, min_length=1)
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
 
     @field_validator("password_hash")
     @classmethod
@@ -114,6 +118,7 @@ class _Web(BaseModel):
     trusted_header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]+$")
     trusted_proxies: list[str] = []
     cookie_secure: bool | None = None
+    sso: SsoEntry | None = None
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -192,6 +197,7 @@ class _ConfigFile(BaseModel):
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
     limits: _Limits = _Limits()
     slack: _Slack | None = None
+    oauth: OAuthEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,7 @@ class WebSettings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     cookie_secure: bool | None = None
     """None: Secure cookies when the request came over https."""
+    sso: SsoSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,7 @@ class BrokerSettings:
     """On SIGTERM: held agents may still receive decisions this long, then get a 'pending' answer."""
     limits: LimitSettings = field(default_factory=LimitSettings)
     slack: SlackSettings | None = None  # None when the config has no slack block
+    oauth: OAuthSettings | None = None  # None: API keys only
     demo: bool = False
     """Started with --demo: the inbox tells how to make a held call (`broker demo calls`)."""
 
@@ -368,6 +376,8 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
                 token_sha256=token_digest,
                 slack_user=approver.slack_user,
                 password_hash=approver.password_hash,
+                oidc_sub=approver.oidc_sub,
+                email=approver.email,
             )
         )
     if clash := sorted(set(config.agents) & set(config.approvers)):
@@ -403,6 +413,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
             ipaddress.ip_network(entry, strict=False) for entry in config.web.trusted_proxies
         ),
         cookie_secure=config.web.cookie_secure,
+        sso=_sso(config.web.sso, environ, path) if config.web.sso is not None and not agent_side else None,
     )
 
     resolved_database_url = environ.get("BROKER_DATABASE_URL") or config.database_url or "sqlite:///broker.db"
@@ -451,7 +462,22 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
             max_connections_per_address=config.limits.max_connections_per_address,
         ),
         slack=slack,
+        oauth=_oauth(config.oauth, environ, path),
     )
+
+
+def _oauth(entry: OAuthEntry | None, environ: Mapping[str, str], path: Path) -> OAuthSettings | None:
+    try:
+        return oauth_settings(entry, environ)
+    except MissingSecret as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def _sso(entry: SsoEntry, environ: Mapping[str, str], path: Path) -> SsoSettings:
+    try:
+        return sso_settings(entry, environ, path)
+    except SsoConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _rate_limit_settings(

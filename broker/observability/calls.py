@@ -35,7 +35,7 @@ UPSTREAM_LATENCY_BUCKETS: tuple[float, ...] = (
 class CallCounts:
     """Tool calls by what the policy did with them; each call is counted under exactly one action."""
 
-    __slots__ = ("allow", "deny", "granted", "hide", "rate_limited", "require_approval")
+    __slots__ = ("allow", "deny", "granted", "hide", "rate_limited", "require_approval", "spend_limited")
 
     def __init__(self) -> None:
         self.allow = 0
@@ -45,6 +45,8 @@ class CallCounts:
         self.rate_limited = 0
         self.granted = 0
         """Held by the policy and let through by a time-boxed grant (broker/proxy/checks/grants.py)."""
+        self.spend_limited = 0
+        """Refused by a spend or count limit, or for an unusable amount (broker/proxy/checks/spend.py)."""
 
     def by_action(self) -> dict[str, int]:
         return {
@@ -54,6 +56,7 @@ class CallCounts:
             "require_approval": self.require_approval,
             "rate_limited": self.rate_limited,
             "granted": self.granted,
+            "spend_limited": self.spend_limited,
         }
 
 

@@ -188,7 +188,8 @@ class _CallCollector(Collector):
         calls = CounterMetricFamily(
             "broker_tool_calls",
             "Agent tool calls by what the policy did (allow, deny, hide, require_approval, rate_limited; "
-            "granted: held by the policy and let through by a time-boxed grant)",
+            "granted: held by the policy and let through by a time-boxed grant; spend_limited: refused by "
+            "a spend or count limit)",
             labels=["action"],
         )
         for action, count in self._calls.by_action().items():

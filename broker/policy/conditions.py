@@ -7,6 +7,11 @@ Paths are ``args.<key>[.<key>...]``; a segment of ASCII digits indexes a list
 (``args.orders.0.qty``) and is an ordinary key inside a mapping. Keys containing dots
 cannot be addressed.
 
+Paths ``claims.<key>[...]`` read the verified access token of an agent that signed in with
+OAuth (``claims.groups contains ops``, ``claims.scope matches ".*trade.*"``). The gateway hands
+them over only for such agents (`with_claims`), so API-key agents pay nothing; for them, and
+when a held call is re-checked at release, every ``claims.`` path is missing.
+
 Operators and their meaning (a *missing* path is one that does not resolve: absent key,
 index past the end, or stepping into a scalar):
 
@@ -46,6 +51,7 @@ from broker.policy.document import describe_value
 
 OPERATORS: Final = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "matches", "exists")
 PATH_PREFIX: Final = "args."
+CLAIMS_PREFIX: Final = "claims."
 
 Resolver = Callable[[Mapping[str, Any]], Any]
 Test = Callable[[Any], bool]
@@ -91,10 +97,34 @@ class Condition:
         return self.test(value), seen
 
 
+class ArgumentsWithClaims(dict[str, Any]):
+    """The call's arguments, plus the caller's token claims for ``claims.`` paths."""
+
+    __slots__ = ("claims",)
+
+    def __init__(self, arguments: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+        super().__init__(arguments)
+        self.claims = claims
+
+
+def with_claims(arguments: Mapping[str, Any], claims: Mapping[str, Any]) -> ArgumentsWithClaims:
+    return ArgumentsWithClaims(arguments, claims)
+
+
 def compile_path(path: str) -> Resolver:
-    """A resolver for ``args.a.0.b``; raises ValueError naming what is wrong with the path."""
+    """A resolver for ``args.a.0.b`` or ``claims.a``; raises ValueError naming what is wrong with the path."""
+    if path.startswith(CLAIMS_PREFIX):
+        inner = compile_path(PATH_PREFIX + path[len(CLAIMS_PREFIX) :])
+
+        def resolve_claim(arguments: Mapping[str, Any]) -> Any:
+            claims = getattr(arguments, "claims", None)
+            return MISSING if claims is None else inner(claims)
+
+        return resolve_claim
     if not path.startswith(PATH_PREFIX):
-        raise ValueError(f"condition path '{path}' must start with 'args.' (e.g. 'args.quantity')")
+        raise ValueError(
+            f"condition path '{path}' must start with 'args.' or 'claims.' (e.g. 'args.quantity')"
+        )
     segments = path[len(PATH_PREFIX) :].split(".")
     if any(not segment for segment in segments):
         raise ValueError(f"condition path '{path}' has an empty segment")

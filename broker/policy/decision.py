@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from broker.policy.escalation import EscalationStep
 from broker.policy.grants import GrantAllowance
+from broker.policy.limits import SpendLimit
 
 
 class Action(enum.StrEnum):
@@ -58,6 +59,8 @@ class Decision:
     revision: str
     rate_limit: RateLimit | None = None
     approval: ApprovalRequirement | None = None
+    limits: tuple[SpendLimit, ...] = ()
+    """Spend and count limits the gateway reserves against before forwarding (broker/policy/limits.py)."""
 
     def refusal(self) -> str | None:
         """Why this policy would now refuse a call that was already held, or None if it would not."""

@@ -14,7 +14,8 @@ Deciding a call, `Policy.decide(tool, server=, agent=, arguments=)`
        not consulted.
     2. Rules. A rule *applies* when its ``tool`` pattern matches either name, its ``agents``
        list (if present) matches the calling agent (a call without an agent name matches no
-       ``agents`` list), and every ``when`` condition (if present) holds for the arguments.
+       ``agents`` list), every ``when`` condition (if present) holds for the arguments, and,
+       if it has ``unless``, at least one ``unless`` condition does not hold.
        Of the applicable rules the most specific decides. Specificity, highest first:
 
        a. the pattern is exactly the qualified name;
@@ -23,15 +24,16 @@ Deciding a call, `Policy.decide(tool, server=, agent=, arguments=)`
           more specific, whichever name they matched.
 
        Ties at the same specificity go to a rule scoped by ``agents`` over an unscoped one,
-       then to a rule with ``when`` over one without, then to the rule earlier in the file.
+       then to a rule with ``when`` or ``unless`` over one without, then to the rule earlier in the file.
        The decision names the rule by its ``id``, else as ``rules[<i>] '<pattern>'``; its
        reason is the rule's ``reason`` or a default ("allowed by policy", "denied by policy",
-       "approval required by policy"). A rule's ``rate_limit`` and approval settings ride
-       along on the Decision; enforcing them is the gateway's job.
+       "approval required by policy"). A rule's ``rate_limit``, ``limits`` (spend and count
+       limits, broker/policy/limits.py) and approval settings ride along on the Decision;
+       enforcing them is the gateway's job.
     3. Default. No applicable rule: the policy's ``default`` (``deny`` unless it says
        ``allow``), as rule ``default`` with reason ``no rule matches; default is <action>``.
 
-    Nothing but a rule's ``when`` depends on the arguments, so the ranked candidate rules
+    Nothing but a rule's ``when`` and ``unless`` depend on the arguments, so the ranked candidate rules
     for each (tool, server) pair are computed once and cached (the cache holds at most
     `CANDIDATE_CACHE_SIZE` pairs and starts afresh when full, because tool names in calls come
     from agents and are unbounded). A call then costs one dict lookup plus an agent check and
@@ -55,9 +57,10 @@ Revision
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+from broker.policy.conditions import Condition
 from broker.policy.decision import Action, Decision
 from broker.policy.explanation import Explanation, HideTrace, Outcome, RuleTrace
 from broker.policy.rules import CompiledRule, HideEntry
@@ -211,13 +214,9 @@ class Policy:
                 details.append(
                     f"agents {list(rule.agents.patterns)}: {who} is {'' if admitted else 'not '}in scope"
                 )
-            conditions_hold = True
-            for condition in rule.conditions:
-                holds, seen = condition.probe(values)
-                conditions_hold = conditions_hold and holds
-                details.append(
-                    f"when {condition.describe()}: {'holds' if holds else 'does not hold'} ({seen})"
-                )
+            conditions_hold = _probe_all("when", rule.conditions, values, details)
+            if rule.unless:
+                conditions_hold = conditions_hold and not _probe_all("unless", rule.unless, values, details)
             if hidden is not None:
                 outcome = Outcome.NOT_CONSULTED
             elif not admitted:
@@ -291,3 +290,15 @@ def _describe_match(rule: CompiledRule, tool: str, qualified: str | None) -> str
     plural = "" if literal == 1 else "s"
     matched = qualified if qualified is not None and rule.pattern.matches(qualified) else tool
     return f"glob matching '{matched}' ({literal} literal character{plural})"
+
+
+def _probe_all(
+    label: str, conditions: Sequence[Condition], values: Mapping[str, Any], details: list[str]
+) -> bool:
+    """Whether every condition holds, noting each one's outcome in `details` (all are probed)."""
+    every = True
+    for condition in conditions:
+        holds, seen = condition.probe(values)
+        every = every and holds
+        details.append(f"{label} {condition.describe()}: {'holds' if holds else 'does not hold'} ({seen})")
+    return every

@@ -84,6 +84,10 @@ class Explanation:
         if decision.rate_limit is not None:
             limit = decision.rate_limit
             lines.append(f"rate limit: {limit.max_calls} calls per {limit.window_seconds:g}s")
+        for spend in decision.limits:
+            lines.append(f"limit:     {spend.describe()}")
+            if self.arguments is not None:
+                lines.append(f"           this call {spend.spend_text(self.arguments)}")
         if decision.approval is not None:
             approval = decision.approval
             lines.append(

@@ -2,7 +2,7 @@
 
 ::
 
-    grant: {max: 1h, max_calls: 20, scope: [identical, matching]}
+    grant: {max: 1h, max_calls: 20, scope: [identical, matching], budget: {sum: args.amount, max: 500}}
 
 An approver who approves a call held by this rule may also grant the agent its next calls "like
 this one" for a while, so the same question is not asked twenty times an hour (approval fatigue).
@@ -14,7 +14,12 @@ The rule bounds what they may grant:
 * ``scope`` (default ``[identical]``): which kinds of grant approvers may choose from.
   ``identical``: the same tool, agent and canonical arguments (their SHA-256);
   ``matching``: the same tool and agent with any arguments for which the policy in force still
-  decides this very rule with require_approval (its ``when`` conditions still hold).
+  decides this very rule with require_approval (its ``when`` conditions still hold);
+* ``budget`` (optional): what all the calls one grant lets through may spend together, a limit
+  like those of ``limits`` (broker/policy/limits.py) without window, scope or counter:
+  ``{sum: <expression>, max: N}`` or ``{count: true, below: N}``. Every call under the grant
+  reserves its share (with the rule's own ``limits``, all or none) under the grant's own counter;
+  a call that would take the grant past its budget is held for a human like a call without grant.
 
 A grant is only ever consulted for a call the policy holds by this rule, under the policy revision
 it was made under: a deny, a hide, another rule or a changed policy never meets a grant (see
@@ -31,8 +36,9 @@ from typing import Final
 
 from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
 from broker.policy.duration import parse_duration
+from broker.policy.limits import SpendLimit, limits_json, parse_budget
 
-GRANT_KEYS: Final = ("max", "max_calls", "scope")
+GRANT_KEYS: Final = ("max", "max_calls", "scope", "budget")
 SCOPES: Final = ("identical", "matching")
 DEFAULT_MAX_CALLS: Final = 10
 _SHAPE: Final = "grant: {max: 1h, max_calls: 20, scope: [identical, matching]}"
@@ -47,6 +53,8 @@ class GrantAllowance:
     max_seconds: float
     max_calls: int = DEFAULT_MAX_CALLS
     scopes: tuple[str, ...] = ("identical",)
+    budget: SpendLimit | None = None
+    """What the calls of one grant may spend together (None: no budget)."""
 
 
 def parse_grant(node: Node, fail: Fail) -> GrantAllowance | None:
@@ -88,9 +96,14 @@ def parse_grant(node: Node, fail: Fail) -> GrantAllowance | None:
         parsed = _scopes(scope_node, fail)
         ok = ok and parsed is not None
         scopes = parsed or scopes
+    budget = None
+    budget_node = node.get("budget")
+    if budget_node is not None:
+        budget = parse_budget(budget_node, fail)
+        ok = ok and budget is not None
     if not ok or seconds is None:
         return None
-    return GrantAllowance(max_seconds=seconds, max_calls=max_calls, scopes=scopes)
+    return GrantAllowance(max_seconds=seconds, max_calls=max_calls, scopes=scopes, budget=budget)
 
 
 def _scopes(node: Node, fail: Fail) -> tuple[str, ...] | None:
@@ -115,14 +128,26 @@ def _scopes(node: Node, fail: Fail) -> tuple[str, ...] | None:
 
 def grant_text(allowance: GrantAllowance) -> str:
     """``grant of up to 1h and 20 calls (identical, matching)``, for explain and diff."""
-    return (
+    text = (
         f"grant of up to {_duration_text(allowance.max_seconds)} and {allowance.max_calls} calls "
         f"({', '.join(allowance.scopes)})"
     )
+    if allowance.budget is not None:
+        budget = allowance.budget
+        what = budget.measure_text() if budget.amount is None else f"sum of {budget.measure_text()}"
+        text += f", budget {what} {'<=' if budget.inclusive else '<'} {budget.bound}"
+    return text
 
 
 def grant_json(allowance: GrantAllowance) -> dict[str, object]:
-    return {"max": allowance.max_seconds, "max_calls": allowance.max_calls, "scope": list(allowance.scopes)}
+    shown: dict[str, object] = {
+        "max": allowance.max_seconds,
+        "max_calls": allowance.max_calls,
+        "scope": list(allowance.scopes),
+    }
+    if allowance.budget is not None:
+        shown["budget"] = limits_json((allowance.budget,))[0]
+    return shown
 
 
 def _duration_text(seconds: float) -> str:

@@ -6,8 +6,9 @@ import hashlib
 
 from broker.policy.document import parse_document
 from broker.policy.engine import Policy
+from broker.policy.formats import to_native
 from broker.policy.problems import PolicyError, PolicyProblem
-from broker.policy.schema import compile_document
+from broker.policy.schema import PolicyParts, compile_document
 
 
 def policy_revision(text: str) -> str:
@@ -31,8 +32,22 @@ def decode_policy(data: bytes, *, source: str = "<policy>") -> str:
         raise PolicyError([PolicyProblem(source, line, column, message)]) from None
 
 
+def _compile(text: str, source: str, revision: str) -> PolicyParts:
+    _, native, problems = to_native(parse_document(text, source=source), source=source)
+    try:
+        parts = compile_document(native, source=source, revision=revision)
+    except PolicyError as error:
+        raise PolicyError([*problems, *error.problems]) from None
+    if problems:
+        raise PolicyError(problems)
+    return parts
+
+
 def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
     """Load a JSON or YAML policy document; raises PolicyError listing every problem found.
+
+    PolicyLayer documents (Intercept YAML, hosted JSON) are recognised by their shape and
+    compiled through their front end in `broker.policy.formats` into the same native rules.
 
     `text` may be the file's bytes, which must then be UTF-8. `source` names the text in error
     messages (``source:line:col: message``); a name ending in ``.json`` makes the text JSON-only.
@@ -41,7 +56,7 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         text = decode_policy(text, source=source)
     revision = policy_revision(text)
     try:
-        parts = compile_document(parse_document(text, source=source), source=source, revision=revision)
+        parts = _compile(text, source, revision)
     except (ValueError, RecursionError) as error:
         # The parser reports what it knows with a position; whatever slips past it must still reach
         # the operator as a policy problem, never as a crash of the reload or of the CLI.

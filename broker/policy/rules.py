@@ -33,6 +33,8 @@ class CompiledRule:
     line: int
     decision: Decision = field(repr=False)
     check: Check | None = field(repr=False, compare=False)
+    unless: tuple[Condition, ...] = ()
+    """Conditions that exempt a call from this rule when they all hold (the rule's ``unless``)."""
 
     @property
     def tool(self) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from broker.policy.conditions import OPERATORS, PATH_PREFIX, Condition, all_hold, compile_path, compile_test
+from broker.policy.conditions import OPERATORS, PATH_PREFIX, Condition, compile_path, compile_test
 from broker.policy.decision import Action, ApprovalRequirement, Decision, RateLimit
 from broker.policy.document import (
     Key,
@@ -27,10 +27,12 @@ from broker.policy.duration import parse_duration
 from broker.policy.edits import parse_editable
 from broker.policy.escalation import parse_escalation
 from broker.policy.grants import parse_grant
+from broker.policy.limits import SpendLimit, parse_limits
 from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.quorum import parse_quorum
 from broker.policy.rules import CompiledRule, HideEntry
+from broker.policy.unless import rule_check
 
 SUPPORTED_VERSION: Final = "1"
 TOP_LEVEL_KEYS: Final = ("version", "default", "hide", "rules")
@@ -52,6 +54,8 @@ RULE_KEYS: Final = (
     "escalate",
     "editable",
     "grant",
+    "limits",
+    "unless",
 )
 RATE_LIMIT_KEYS: Final = ("max", "window")
 APPROVAL_KEYS: Final = (
@@ -237,14 +241,18 @@ class _Compiler:
         reason = self._reason(body.get("reason"))
         agents = self._agents(body.get("agents"))
         conditions = self._conditions(body.get("when"))
+        unless = self._conditions(body.get("unless"))
         rate_limit = self._rate_limit(body.entry("rate_limit"), action)
         approval = self._approval(body, action)
         show_first = self._show_first(body.entry("show_first"), action)
         if pattern is None or action is None or len(self._problems) > problems_before:
             return None
         name = rule_id if rule_id is not None else f"rules[{index}] '{pattern}'"
+        limits = self._limits(body.entry("limits"), action, name)
+        if limits is None:
+            return None
         decision = Decision(
-            action, name, reason or DEFAULT_REASONS[action], self._revision, rate_limit, approval
+            action, name, reason or DEFAULT_REASONS[action], self._revision, rate_limit, approval, limits
         )
         return CompiledRule(
             index=index,
@@ -260,7 +268,8 @@ class _Compiler:
             show_first=show_first,
             line=start.line,
             decision=decision,
-            check=all_hold(conditions) if conditions else None,
+            check=rule_check(conditions, unless),
+            unless=unless,
         )
 
     def _rule_id(self, node: Node | None) -> str | None:
@@ -394,6 +403,18 @@ class _Compiler:
         if max_calls is None or window is None:
             return None
         return RateLimit(max_calls=max_calls, window_seconds=window)
+
+    def _limits(
+        self, entry: tuple[Key, Node] | None, action: Action, name: str
+    ) -> tuple[SpendLimit, ...] | None:
+        if entry is None:
+            return ()
+        if action is Action.DENY:
+            self._fail(
+                entry[0], "limits only apply to allow and require_approval rules, and this rule denies"
+            )
+            return None
+        return parse_limits(entry[1], name, self._fail)
 
     def _max_calls(self, rate_limit: MappingNode) -> int | None:
         node = rate_limit.get("max")

@@ -17,7 +17,8 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,15 +27,28 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from broker import __version__
 from broker.approvals.grants import Grant
 from broker.approvals.health import StoreHealth
+from broker.approvals.spending import Reservation
 from broker.observability.calls import CallCounts, UpstreamLatency
 from broker.policy import Policy
+from broker.policy.conditions import with_claims
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
+from broker.proxy.call_results import (
+    denied_result,
+    error_result,
+    hidden_result,
+    store_down_result,
+    unknown_tool_message,
+    upstream_failure_result,
+)
 from broker.proxy.change_feed import ChangeFeed
+from broker.proxy.checks import CallCheck, PendingCall
 from broker.proxy.checks.grants import GrantCheck
+from broker.proxy.checks.rate_limit import RateLimitCheck
+from broker.proxy.checks.spend import SpendBlocked, SpendCheck, reserve_or_refuse
 from broker.proxy.decision_log import DecisionLog
 from broker.proxy.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
-from broker.proxy.ratelimit import RateLimiter, RateVerdict
+from broker.proxy.ratelimit import RateLimiter
 from broker.proxy.result_shape import tool_result_problem
 from broker.proxy.upstream.base import (
     JsonObject,
@@ -51,7 +65,6 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "mcp-approval-broker"
 SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
-DECISION_META_KEY = "io.github.mcp-approval-broker/decision"
 LIST_CHANGED: JsonObject = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 
 Notify = Callable[[str, JsonObject], Awaitable[None]]
@@ -71,12 +84,17 @@ class AgentRequest:
         makes that a cancellation), as opposed to a lost connection or a broker shutdown."""
 
 
+Claims = Mapping[str, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class AgentContext:
     agent: str
     session: str
     """The key rate limits are counted under: the MCP session, or the agent itself on the stateless era."""
     modern: bool = False
+    claims: Claims | None = None
+    """The verified access token's claims (None for API keys): `claims.` paths in `when` read them."""
 
 
 class Upstreams(Protocol):
@@ -161,11 +179,18 @@ class Gateway:
         approvals: ApprovalGate | None = None,
         call_timeout: float | None = None,
         grants: GrantCheck | None = None,
+        spend: SpendCheck | None = None,
     ) -> None:
+        # Metrics; plain integers, read by broker.observability at scrape time
+        self.call_counts = CallCounts()
+        self.upstream_latency = UpstreamLatency()
         self._policy = policy
         self._grants = grants
+        self._spend = spend
         self._upstreams = upstreams
-        self._rate_limiter = rate_limiter
+        self._checks: tuple[CallCheck, ...] = (
+            RateLimitCheck(rate_limiter, counts=self.call_counts, record=self._record_pending),
+        )
         self._decisions = decisions
         self._changes = changes
         self._approvals = approvals
@@ -177,9 +202,6 @@ class Gateway:
         self._token_counter = itertools.count(1)
         self._listing_cache: dict[tuple[str, str, int], list[JsonObject]] = {}
         self._tools_generation = 0
-        # Metrics; plain integers, read by broker.observability at scrape time
-        self.call_counts = CallCounts()
-        self.upstream_latency = UpstreamLatency()
 
     # -- capabilities -------------------------------------------------------------------
 
@@ -192,6 +214,9 @@ class Gateway:
 
     def attach_grants(self, grants: GrantCheck) -> None:
         self._grants = grants
+
+    def attach_spend(self, spend: SpendCheck) -> None:
+        self._spend = spend
 
     def attach_approvals(self, approvals: ApprovalGate) -> None:
         self._approvals = approvals
@@ -301,7 +326,7 @@ class Gateway:
 
         health = self._store_health
         if health is not None and not health.up and not await health.recheck():
-            return _store_down_result()
+            return store_down_result()
         tool = self._upstreams.resolve(name)
         if tool is None and self._approvals is not None and self._approvals.owns_tool(name):
             return await self._approvals.call_broker_tool(ctx, name, arguments)
@@ -315,11 +340,14 @@ class Gateway:
                 decision_id = self._decisions.record(
                     hidden, agent=ctx.agent, session=ctx.session, tool=name, server="", arguments=arguments
                 )
-                return _hidden_result(name, hidden, decision_id)
-            raise RpcError(INVALID_PARAMS, _unknown_tool_message(name, self._upstreams.status()))
+                return hidden_result(name, hidden, decision_id)
+            raise RpcError(INVALID_PARAMS, unknown_tool_message(name, self._upstreams.status()))
 
         decision = self._policy.current.decide(
-            tool.name, server=tool.server, agent=ctx.agent, arguments=arguments
+            tool.name,
+            server=tool.server,
+            agent=ctx.agent,
+            arguments=arguments if ctx.claims is None else with_claims(arguments, ctx.claims),
         )
         action = decision.action
         if action is Action.ALLOW or action is Action.REQUIRE_APPROVAL:
@@ -332,22 +360,19 @@ class Gateway:
                     f"Tool '{name}' cannot be called as a task through this broker: only calls held "
                     "for human approval run as tasks. Call it without 'task'.",
                 )
-            if decision.rate_limit is not None:
-                verdict = await self._rate_limiter.hit(
-                    f"{ctx.session}\x00{decision.rule}", decision.rate_limit
-                )
-                if not verdict.allowed:
-                    self.call_counts.rate_limited += 1
-                    decision_id = self._record(decision, ctx, tool, arguments, "rate_limited")
-                    return _rate_limited_result(name, decision, decision_id, verdict)
-                if health is not None and not health.up:
-                    # Seen down while the limiter was asked; from here on nothing awaits before forwarding.
-                    return _store_down_result()
+            call = PendingCall(ctx.agent, ctx.session, tool, arguments, decision)
+            for check in self._checks:
+                refused = await check.check(call)
+                if refused is not None:
+                    return refused
+            if health is not None and not health.up:
+                # Seen down while the checks ran; from here on nothing awaits before forwarding.
+                return store_down_result()
             if action is Action.REQUIRE_APPROVAL:
                 if self._grants is not None and self._grants.applies(decision):
                     if health is not None and not health.up:
                         # Before spending one of the grant's calls on a call that would be refused.
-                        return _store_down_result()
+                        return store_down_result()
                     grant = await self._grants.use(
                         ctx.agent, tool.server, tool.name, tool.exposed_name, arguments, decision
                     )
@@ -358,34 +383,27 @@ class Gateway:
                         and not await health.recheck()
                     ):
                         # Seen down while the grant was spent: the call spent is lost with the store.
-                        return _store_down_result()
+                        return store_down_result()
                     if grant is not None:
-                        self.call_counts.granted += 1
-                        self._decisions.record(
-                            decision,
-                            agent=ctx.agent,
-                            session=ctx.session,
-                            tool=tool.exposed_name,
-                            server=tool.server,
-                            arguments=arguments,
-                            outcome="granted",
-                            grant=grant.id,
-                        )
-                        if (
-                            self._approvals is not None
-                            and isinstance(params.get("task"), dict)
-                            and not ctx.modern
-                        ):
-                            # Its client asked for a task: it gets one, which runs the call at once.
-                            return await self._approvals.run_granted_task(
-                                ctx, tool, arguments, decision, grant
+                        granted = await self._reserve(ctx, tool, arguments, decision, grant.id)
+                        if isinstance(granted, dict):
+                            return granted
+                        if isinstance(granted, SpendBlocked):
+                            # Over the grant's budget: a human decides, as without a grant.
+                            logger.info("grant %s does not cover this call: %s", grant.id, granted.text)
+                        else:
+                            return await self._run_granted(
+                                ctx, tool, arguments, decision, params, request, grant, granted
                             )
-                        return await self._forward(ctx, tool, arguments, params, request.notify)
                 self.call_counts.require_approval += 1
                 return await self._hold(ctx, tool, arguments, decision, params, request)
+            reservation = await self._reserve(ctx, tool, arguments, decision)
+            if isinstance(reservation, dict):
+                return reservation
+            assert not isinstance(reservation, SpendBlocked), "only a grant's budget holds a call"
             self.call_counts.allow += 1
             self._record(decision, ctx, tool, arguments, None)
-            return await self._forward(ctx, tool, arguments, params, request.notify)
+            return await self._forward(ctx, tool, arguments, params, request.notify, reservation)
 
         if action is Action.HIDE:
             self.call_counts.hide += 1
@@ -393,8 +411,57 @@ class Gateway:
             self.call_counts.deny += 1
         decision_id = self._record(decision, ctx, tool, arguments, None)
         if action is Action.HIDE:
-            return _hidden_result(name, decision, decision_id)
-        return _denied_result(name, decision, decision_id)
+            return hidden_result(name, decision, decision_id)
+        return denied_result(name, decision, decision_id)
+
+    async def _run_granted(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        params: JsonObject,
+        request: AgentRequest,
+        grant: Grant,
+        reservation: Reservation | None,
+    ) -> JsonObject:
+        self.call_counts.granted += 1
+        self._decisions.record(
+            decision,
+            agent=ctx.agent,
+            session=ctx.session,
+            tool=tool.exposed_name,
+            server=tool.server,
+            arguments=arguments,
+            outcome="granted",
+            grant=grant.id,
+        )
+        if self._approvals is not None and isinstance(params.get("task"), dict) and not ctx.modern:
+            # Its client asked for a task: it gets one, which runs the call at once; its spend
+            # counts from the start (the task's outcome is not awaited here).
+            async with self._settled(reservation):
+                return await self._approvals.run_granted_task(ctx, tool, arguments, decision, grant)
+        return await self._forward(ctx, tool, arguments, params, request.notify, reservation)
+
+    async def _reserve(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        arguments: dict[str, Any],
+        decision: Decision,
+        grant: str | None = None,
+    ) -> Reservation | JsonObject | SpendBlocked | None:
+        """The call's spend reservation (None: no limits), the refusal to return instead, or (under
+        `grant`) the grant budget's refusal."""
+        if not decision.limits and grant is None:
+            return None  # The plain allowed call's path: no allocation, no await.
+        call = PendingCall(ctx.agent, ctx.session, tool, arguments, decision)
+        return await reserve_or_refuse(
+            self._spend, call, counts=self.call_counts, record=self._record_pending, grant=grant
+        )
+
+    def _settled(self, reservation: Reservation | None) -> AbstractAsyncContextManager[None]:
+        return nullcontext() if self._spend is None else self._spend.settled(reservation)
 
     async def _hold(
         self,
@@ -408,7 +475,7 @@ class Gateway:
         if self._approvals is None:
             # Fail closed: a call that needs a human never goes through because nobody is there to ask.
             decision_id = self._record(decision, ctx, tool, arguments, "no_approval_service")
-            return _error_result(
+            return error_result(
                 f"The call to '{tool.exposed_name}' requires human approval (rule {decision.rule}), "
                 "but this broker has no approval service running, so it was not forwarded.",
                 decision,
@@ -424,6 +491,7 @@ class Gateway:
         arguments: dict[str, Any],
         params: JsonObject,
         notify: Notify,
+        reservation: Reservation | None = None,
     ) -> JsonObject:
         meta = params.get("_meta")
         upstream_meta: JsonObject | None = None
@@ -440,22 +508,24 @@ class Gateway:
                     await notify("notifications/progress", progress)
 
         try:
-            result = await self.forward_call(
-                tool, arguments, meta=upstream_meta, on_notification=relay, caller=UpstreamCaller(ctx.agent)
-            )
+            async with self._settled(reservation):
+                caller = UpstreamCaller(ctx.agent, ctx.claims or {})
+                result = await self.forward_call(
+                    tool, arguments, meta=upstream_meta, on_notification=relay, caller=caller
+                )
         except UpstreamLost as exc:
-            return _upstream_failure_result(
+            return upstream_failure_result(
                 f"The connection to upstream server '{tool.server}' broke after the call to "
                 f"'{tool.exposed_name}' was sent and before it answered ({exc.detail}); it may have run. "
                 "It was not retried: check on the upstream before calling it again."
             )
         except UpstreamUnavailable as exc:
-            return _upstream_failure_result(
+            return upstream_failure_result(
                 f"The upstream server '{tool.server}' for tool '{tool.exposed_name}' is unavailable "
                 f"({exc.detail}). The call was not sent; the broker is reconnecting, retry shortly."
             )
         except UpstreamTimeout as exc:
-            return _upstream_failure_result(
+            return upstream_failure_result(
                 f"The upstream server '{tool.server}' did not answer the call to '{tool.exposed_name}' in time "
                 f"({exc.detail}); it may have run. It was not retried: check on the upstream before calling "
                 "it again."
@@ -463,7 +533,7 @@ class Gateway:
         except UpstreamRpcError as exc:
             raise RpcError(exc.code, exc.rpc_message, exc.data) from exc
         except MalformedResult as exc:
-            return _upstream_failure_result(
+            return upstream_failure_result(
                 f"The upstream server '{tool.server}' answered the call to '{tool.exposed_name}' with a "
                 f"malformed result ({exc.problem}); the broker did not pass it on. The call may have run "
                 "upstream, so check before retrying anything that must not happen twice."
@@ -508,6 +578,17 @@ class Gateway:
             raise MalformedResult(tool.server, problem)
         return result
 
+    def _record_pending(self, call: PendingCall, outcome: str) -> str:
+        return self._decisions.record(
+            call.decision,
+            agent=call.agent,
+            session=call.session,
+            tool=call.tool.exposed_name,
+            server=call.tool.server,
+            arguments=call.arguments,
+            outcome=outcome,
+        )
+
     def _record(
         self,
         decision: Decision,
@@ -538,83 +619,3 @@ def _without_task_support(definition: JsonObject) -> JsonObject:
     if rest:
         listed["execution"] = rest
     return listed
-
-
-def _decision_meta(decision: Decision, decision_id: str) -> JsonObject:
-    return {
-        DECISION_META_KEY: {
-            "decisionId": decision_id,
-            "action": decision.action.value,
-            "rule": decision.rule,
-            "reason": decision.reason,
-            "policyRevision": decision.revision,
-        }
-    }
-
-
-def _error_result(text: str, decision: Decision, decision_id: str) -> JsonObject:
-    return {
-        "content": [{"type": "text", "text": text}],
-        "isError": True,
-        "_meta": _decision_meta(decision, decision_id),
-    }
-
-
-def _denied_result(name: str, decision: Decision, decision_id: str) -> JsonObject:
-    return _error_result(
-        f"Policy violation: the call to '{name}' was denied by policy rule {decision.rule} "
-        f"(policy revision {decision.revision}): {decision.reason}. "
-        "The tool exists, but this policy does not allow the call; retrying will not help.",
-        decision,
-        decision_id,
-    )
-
-
-def _hidden_result(name: str, decision: Decision, decision_id: str) -> JsonObject:
-    # Unlike a denial, this must not confirm that such a tool exists.
-    return _error_result(
-        f"Policy violation: '{name}' may not be called under this policy (policy rule {decision.rule}, "
-        f"policy revision {decision.revision}): {decision.reason}. Retrying will not help.",
-        decision,
-        decision_id,
-    )
-
-
-def _unknown_tool_message(name: str, servers: Sequence[ServerStatus]) -> str:
-    down = [f"'{server.name}'" for server in servers if server.state != "connected"]
-    if not down:
-        return f"Unknown tool: {name}"
-    return (
-        f"Unknown tool: {name}. Upstream server(s) not connected right now: {', '.join(down)}; their tools "
-        "are unknown until they connect, so if the tool belongs to one of them, retry shortly."
-    )
-
-
-def _rate_limited_result(name: str, decision: Decision, decision_id: str, verdict: RateVerdict) -> JsonObject:
-    limit = decision.rate_limit
-    assert limit is not None
-    if verdict.unavailable is not None:
-        text = (
-            f"Not forwarded: '{name}' is rate limited (policy rule {decision.rule}) and the broker cannot "
-            f"count calls right now: {verdict.unavailable}. It refuses such calls until it can (fails "
-            f"closed). Retry after {verdict.retry_after:g} s."
-        )
-    else:
-        text = (
-            f"Rate limit exceeded: '{name}' allows {limit.max_calls} calls per {limit.window_seconds:g} s "
-            f"in one session (policy rule {decision.rule}). Retry after {verdict.retry_after:g} s."
-        )
-    result = _error_result(text, decision, decision_id)
-    result["_meta"][DECISION_META_KEY]["retryAfterSeconds"] = verdict.retry_after
-    return result
-
-
-def _store_down_result() -> JsonObject:
-    return _upstream_failure_result(
-        "The broker cannot reach its approval store, so it forwards no calls until the store is back "
-        "(it fails closed). Retry later."
-    )
-
-
-def _upstream_failure_result(text: str) -> JsonObject:
-    return {"content": [{"type": "text", "text": text}], "isError": True}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any, Final
 
 import anyio
@@ -25,19 +26,18 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, c
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope, Send
 
+from broker.proxy.auth.model import AgentVerifier, Challenge
 from broker.proxy.change_feed import ChangeFeed
-from broker.proxy.gateway import AgentContext, AgentRequest, Gateway
-from broker.proxy.identity import Authenticator
+from broker.proxy.gateway import AgentContext, AgentRequest, Claims, Gateway
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
-    INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_MESSAGE_BYTES,
     REQUEST_CANCELLED,
+    EnvelopeRejection,
     RequestId,
     RpcError,
-    check_nesting,
-    decode,
+    check_envelope,
     encode,
     error_message,
     notification_message,
@@ -147,7 +147,7 @@ class McpHttpEndpoint:
         self,
         gateway: Gateway,
         *,
-        authenticator: Authenticator,
+        verifier: AgentVerifier,
         sessions: SessionRegistry,
         changes: ChangeFeed,
         max_body_bytes: int = MAX_MESSAGE_BYTES,
@@ -155,7 +155,7 @@ class McpHttpEndpoint:
         allowed_origins: frozenset[str] | None = None,
     ) -> None:
         self._gateway = gateway
-        self._auth = authenticator
+        self._verifier = verifier
         self._sessions = sessions
         self._changes = changes
         self._max_body = max_body_bytes
@@ -175,19 +175,20 @@ class McpHttpEndpoint:
             # Browsers send Origin; refusing foreign ones stops DNS-rebinding pages from driving agents' tools.
             await _reject(send, 403, INVALID_REQUEST, "Forbidden: origin not allowed")
             return
-        agent = self._auth.agent_for_header(headers.get(b"authorization"))
-        if agent is None:
+        identity = await self._verifier.verify(headers.get(b"authorization"))
+        if isinstance(identity, Challenge):
             await _reject(
                 send,
-                401,
+                identity.status,
                 INVALID_REQUEST,
-                "Unauthorized: present a valid agent API key as 'Authorization: Bearer <key>'",
-                headers=[(b"www-authenticate", b'Bearer realm="mcp-approval-broker"')],
+                identity.message,
+                headers=[(b"www-authenticate", identity.www_authenticate)],
             )
             return
+        agent = identity.agent
         method = scope["method"]
         if method == "POST":
-            await self._post(headers, agent, receive, send)
+            await self._post(headers, agent, receive, send, identity.claims or None)
         elif method == "GET":
             await self._open_listen_stream(headers, agent, receive, send)
         elif method == "DELETE":
@@ -205,54 +206,24 @@ class McpHttpEndpoint:
 
     # -- POST ------------------------------------------------------------------------------
 
-    async def _post(self, headers: dict[bytes, bytes], agent: str, receive: Receive, send: Send) -> None:
+    async def _post(
+        self, headers: dict[bytes, bytes], agent: str, receive: Receive, send: Send, claims: Claims | None
+    ) -> None:
         body = await self._read_body(receive, send)
         if body is None:
             return
-        try:
-            message = decode(body)
-        except RpcError as exc:
-            await _reject(send, 400, exc.code, exc.message)
-            return
-        if not isinstance(message, dict):
+        envelope = check_envelope(body)
+        if isinstance(envelope, EnvelopeRejection):
             await _reject(
-                send,
-                400,
-                INVALID_REQUEST,
-                "Invalid Request: expected one JSON-RPC object (batches are not supported)",
+                send, envelope.status, envelope.code, envelope.message, request_id=envelope.request_id
             )
             return
-        if message.get("jsonrpc") != "2.0":
-            await _reject(send, 400, INVALID_REQUEST, "Invalid Request: 'jsonrpc' must be \"2.0\"")
-            return
-        method = message.get("method")
-        has_id = "id" in message
-        request_id: Any = message.get("id")
+        message, method, has_id = envelope.message, envelope.method, envelope.has_id
+        request_id, params = envelope.request_id, envelope.params
         if method is None:
-            if has_id and ("result" in message or "error" in message):
-                # A reply to a server request; the broker sends none, so there is nothing to match.
-                await _respond(send, 202, None, [])
-            else:
-                await _reject(send, 400, INVALID_REQUEST, "Invalid Request: missing 'method'")
+            # A reply to a server request; the broker sends none, so there is nothing to match.
+            await _respond(send, 202, None, [])
             return
-        if not isinstance(method, str):
-            await _reject(send, 400, INVALID_REQUEST, "Invalid Request: 'method' must be a string")
-            return
-        if has_id and not valid_request_id(request_id):
-            await _reject(send, 400, INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer")
-            return
-        params = message.get("params")
-        if params is not None and not isinstance(params, dict):
-            await _reject(
-                send, 400, INVALID_PARAMS, "Invalid params: 'params' must be an object", request_id=request_id
-            )
-            return
-        if params is not None:
-            try:
-                check_nesting(body, params)
-            except RpcError as exc:
-                await _reject(send, 400, exc.code, exc.message, request_id=request_id)
-                return
 
         if method == "initialize":
             if has_id:
@@ -278,13 +249,15 @@ class McpHttpEndpoint:
                 self._session_notification(session, method, params)
                 await _respond(send, 202, None, session_headers)
                 return
+            # The claims of the token this request came with: it may have been refreshed since initialize.
+            context = session.context if claims is None else replace(session.context, claims=claims)
             await self._serve_request(
-                session.context, request_id, method, params, headers, receive, send, session_headers, session
+                context, request_id, method, params, headers, receive, send, session_headers, session
             )
             return
 
         if self._is_modern(headers, params):
-            await self._modern(agent, message, request_id, method, params, headers, receive, send)
+            await self._modern(agent, claims, message, request_id, method, params, headers, receive, send)
             return
         await _reject(
             send,
@@ -345,6 +318,7 @@ class McpHttpEndpoint:
     async def _modern(
         self,
         agent: str,
+        claims: Claims | None,
         message: dict[str, Any],
         request_id: Any,
         method: str,
@@ -373,7 +347,7 @@ class McpHttpEndpoint:
         if method == "subscriptions/listen":
             await self._modern_listen(request_id, params or {}, receive, send)
             return
-        context = AgentContext(agent=agent, session=f"agent:{agent}", modern=True)
+        context = AgentContext(agent=agent, session=f"agent:{agent}", modern=True, claims=claims)
         await self._serve_request(context, request_id, method, params, headers, receive, send, [], None)
 
     async def _serve_request(

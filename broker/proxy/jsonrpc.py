@@ -7,6 +7,7 @@ Exception tree::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
 import orjson
@@ -90,3 +91,59 @@ def check_nesting(body: bytes, params: dict[str, Any]) -> None:
 def valid_request_id(value: object) -> TypeGuard[RequestId]:
     # bool is an int subclass, but `true` is not a legal JSON-RPC id.
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A POSTed JSON-RPC object whose framing is sound. `method` is None for a reply to a
+    server request (which the broker never sends, so it is acknowledged and dropped)."""
+
+    message: dict[str, Any]
+    method: str | None
+    has_id: bool
+    request_id: Any
+    params: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeRejection:
+    status: int
+    code: int
+    message: str
+    request_id: Any = None
+
+
+def check_envelope(body: bytes) -> Envelope | EnvelopeRejection:
+    """The HTTP endpoint's checks of one POSTed message, before any method is looked at."""
+    try:
+        message = decode(body)
+    except RpcError as exc:
+        return EnvelopeRejection(400, exc.code, exc.message)
+    if not isinstance(message, dict):
+        return EnvelopeRejection(
+            400, INVALID_REQUEST, "Invalid Request: expected one JSON-RPC object (batches are not supported)"
+        )
+    if message.get("jsonrpc") != "2.0":
+        return EnvelopeRejection(400, INVALID_REQUEST, "Invalid Request: 'jsonrpc' must be \"2.0\"")
+    method = message.get("method")
+    has_id = "id" in message
+    request_id: Any = message.get("id")
+    if method is None:
+        if has_id and ("result" in message or "error" in message):
+            return Envelope(message, None, has_id, request_id, None)
+        return EnvelopeRejection(400, INVALID_REQUEST, "Invalid Request: missing 'method'")
+    if not isinstance(method, str):
+        return EnvelopeRejection(400, INVALID_REQUEST, "Invalid Request: 'method' must be a string")
+    if has_id and not valid_request_id(request_id):
+        return EnvelopeRejection(400, INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer")
+    params = message.get("params")
+    if params is not None and not isinstance(params, dict):
+        return EnvelopeRejection(
+            400, INVALID_PARAMS, "Invalid params: 'params' must be an object", request_id
+        )
+    if params is not None:
+        try:
+            check_nesting(body, params)
+        except RpcError as exc:
+            return EnvelopeRejection(400, exc.code, exc.message, request_id)
+    return Envelope(message, method, has_id, request_id, params)

@@ -2,15 +2,22 @@
 
 It re-checks the policy in force and tells the service whether the call did not run
 (`ReleaseFailed`) or may have run (`ReleaseOutcomeUnknown`); see `broker.approvals.service`.
+A call under spend limits reserves its spend here, at release (broker/proxy/checks/spend.py):
+over a limit, with an unusable amount or with the ledger down, the release fails with that reason
+and nothing is forwarded.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from broker.approvals import Approval
 from broker.approvals.releasing import CallReleaser, ReleaseFailed, ReleaseOutcomeUnknown
+from broker.approvals.spending import Reservation
+from broker.policy.decision import Decision
 from broker.policy.holder import PolicyHolder
+from broker.proxy.checks.spend import SpendBlocked, SpendCheck
 from broker.proxy.upstream.base import (
     JsonObject,
     MalformedResult,
@@ -25,13 +32,32 @@ from broker.proxy.upstream.pool import UpstreamPool
 class UpstreamReleaser(CallReleaser):
     """Forwards approved calls through the same door as allowed ones, after re-checking the policy."""
 
-    def __init__(self, *, upstreams: UpstreamPool, policy: PolicyHolder, forward: Any) -> None:
+    def __init__(
+        self, *, upstreams: UpstreamPool, policy: PolicyHolder, forward: Any, spend: SpendCheck | None = None
+    ) -> None:
         self._upstreams = upstreams
         self._policy = policy
         self._forward = forward
+        self._spend = spend
 
     def can_release(self, approval: Approval) -> bool:
         return self._upstreams.is_connected(approval.server)
+
+    async def _reserve(self, approval: Approval, decision: Decision) -> Reservation | None:
+        if not decision.limits:
+            return None
+        if self._spend is None:
+            raise ReleaseFailed("the call is under a spend limit and this broker has no spend ledger")
+        reserved = await self._spend.reserve(
+            decision,
+            agent=approval.agent,
+            session=approval.session_id,
+            tool=approval.tool,
+            arguments=approval.arguments,
+        )
+        if isinstance(reserved, SpendBlocked):
+            raise ReleaseFailed(reserved.text)
+        return reserved
 
     async def release(self, approval: Approval) -> JsonObject:
         tool = self._upstreams.resolve(approval.tool)
@@ -45,10 +71,12 @@ class UpstreamReleaser(CallReleaser):
         refusal = decision.refusal()
         if refusal is not None:
             raise ReleaseFailed(f"{refusal}; it was not forwarded")
+        reservation = await self._reserve(approval, decision)
         try:
-            # The agent that asked, so per-agent upstream credentials name it, not the approver.
-            caller = UpstreamCaller(approval.agent)
-            result: JsonObject = await self._forward(tool, dict(approval.arguments), caller=caller)
+            async with self._spend.settled(reservation) if self._spend is not None else nullcontext():
+                # The agent that asked, so per-agent upstream credentials name it, not the approver.
+                caller = UpstreamCaller(approval.agent)
+                result: JsonObject = await self._forward(tool, dict(approval.arguments), caller=caller)
         except UpstreamRpcError as exc:
             raise ReleaseFailed(f"upstream '{tool.server}' rejected the call: {exc.rpc_message}") from exc
         except MalformedResult as exc:

@@ -21,15 +21,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
 import asyncpg
 from sqlalchemy.engine import URL
 
 from broker.policy.decision import RateLimit
 from broker.proxy.ratelimit import RateVerdict
-from broker.store.notify import asyncpg_dsn
+from broker.store.pg_pool import OwnedPool
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +53,7 @@ _PRUNE = f"DELETE FROM {TABLE} WHERE expires_at < $1::float8"
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-class PostgresRateLimiter:
+class PostgresRateLimiter(OwnedPool):
     """A RateLimiter on PostgreSQL; use as ``async with`` (it owns a small connection pool)."""
 
     def __init__(
@@ -67,44 +65,21 @@ class PostgresRateLimiter:
         timeout: float = 2.0,
         prune_interval: float = 60.0,
     ) -> None:
-        if pool_size < 1:
-            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
-        self._dsn = asyncpg_dsn(url)
+        super().__init__(url, pool_size=pool_size, timeout=timeout)
         self._clock = clock
-        self._pool_size = pool_size
-        self._timeout = timeout
         self._prune_interval = prune_interval
         self._next_prune = -math.inf
-        self._pool: asyncpg.Pool | None = None
         self._failing = False
 
-    async def __aenter__(self) -> Self:
-        self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=self._pool_size, timeout=self._timeout
-        )
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
     async def hit(self, key: str, limit: RateLimit) -> RateVerdict:
-        if self._pool is None:
-            raise RuntimeError("PostgresRateLimiter is used outside its 'async with' block")
+        pool = self._live()
         now = self._clock()
         window = float(limit.window_seconds)
         try:
             if now >= self._next_prune:
                 self._next_prune = now + self._prune_interval
-                await self._pool.execute(_PRUNE, now, timeout=self._timeout)
-            row = await self._pool.fetchrow(
-                _HIT, key.encode(), now, window, limit.max_calls, timeout=self._timeout
-            )
+                await pool.execute(_PRUNE, now, timeout=self._timeout)
+            row = await pool.fetchrow(_HIT, key.encode(), now, window, limit.max_calls, timeout=self._timeout)
         except _UNREACHABLE as exc:
             if not self._failing:
                 logger.error("shared rate limits unreachable; refusing rate-limited calls: %s", exc)

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -217,6 +218,23 @@ class EscalationPostRow(StoreModel, table=True):
     ts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
+class SpendEntryRow(StoreModel, table=True):
+    """Spend counted against a limit's counter (broker.store.spend): reserved while ``lease_until`` is
+    set, committed once it is NULL. Amounts are whole units of 10^-6 (broker.policy.limits)."""
+
+    __tablename__ = "spend_entries"
+    __table_args__ = (
+        Index("ix_spend_entries_counter_at", "counter", "at"),
+        Index("ix_spend_entries_at", "at"),
+    )
+
+    reservation: str = Field(sa_column=Column(Text, primary_key=True, nullable=False))
+    counter: str = Field(sa_column=Column(Text, primary_key=True, nullable=False))
+    at: float = Field(sa_column=Column(Float(precision=53), nullable=False))
+    units: int = Field(sa_column=Column(BigInteger, nullable=False))
+    lease_until: float | None = Field(default=None, sa_column=Column(Float(precision=53), nullable=True))
+
+
 metadata: MetaData = StoreModel.metadata
 approvals: Table = metadata.tables["approvals"]
 audit_events: Table = metadata.tables["audit_events"]
@@ -224,3 +242,4 @@ seen_requests: Table = metadata.tables["seen_requests"]
 votes: Table = metadata.tables["votes"]
 grants: Table = metadata.tables["grants"]
 escalation_posts: Table = metadata.tables["escalation_posts"]
+spend_entries: Table = metadata.tables["spend_entries"]

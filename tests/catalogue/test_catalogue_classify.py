@@ -32,7 +32,7 @@ def tool(name: str, description: str = "", properties: tuple[str, ...] = (), **e
         ("fetch_ohlcv", Category.READ_ONLY, Risk.LOW),
         ("create_user", Category.WRITE, Risk.MEDIUM),
         ("update_profile", Category.WRITE, Risk.MEDIUM),
-        ("place_order", Category.FINANCIAL, Risk.HIGH),
+        ("place_order", Category.FINANCIAL, Risk.CRITICAL),
         ("binance_us_cust_cancel_order", Category.DESTRUCTIVE, Risk.CRITICAL),
         ("cancel_all_orders", Category.DESTRUCTIVE, Risk.CRITICAL),
         ("delete_file", Category.DESTRUCTIVE, Risk.HIGH),
@@ -102,7 +102,10 @@ def test_vendor_prefixes_and_naming_styles_are_split_into_words(name: str, token
     result = classify_tool(tool(name), "exchange")
 
     assert (result.category, result.risk) == (Category.DESTRUCTIVE, Risk.CRITICAL)
-    assert result.reasons[0] == f"name token {token} suggests a destructive action"
+    assert (
+        result.reasons[0]
+        == f"name token {token} (with 'order') suggests cancelling orders or closing positions"
+    )
 
 
 def test_write_on_a_trading_venue_is_financial_and_says_why() -> None:
@@ -305,10 +308,10 @@ MARKET_SELL_DESCRIPTION = "Places a market sell order for the given symbol and q
 
 
 ACTIONS_AFTER_A_READ_NOUN = [
-    ("market_buy", Category.FINANCIAL, Risk.HIGH),
-    ("market_sell", Category.FINANCIAL, Risk.HIGH),
-    ("spot_market_buy", Category.FINANCIAL, Risk.HIGH),
-    ("binance_market_sell", Category.FINANCIAL, Risk.HIGH),
+    ("market_buy", Category.FINANCIAL, Risk.CRITICAL),
+    ("market_sell", Category.FINANCIAL, Risk.CRITICAL),
+    ("spot_market_buy", Category.FINANCIAL, Risk.CRITICAL),
+    ("binance_market_sell", Category.FINANCIAL, Risk.CRITICAL),
     ("balance_transfer", Category.FINANCIAL, Risk.CRITICAL),
     ("quote_and_swap", Category.FINANCIAL, Risk.CRITICAL),
 ]
@@ -367,9 +370,10 @@ def test_description_and_arguments_count_when_only_a_read_noun_names_the_tool() 
     argued = classify_tool(tool("market_data", properties=("symbol", "quantity")), "desk")
     phrased = classify_tool(tool("price_feed", "Streams prices; also transfers funds on request."), "desk")
 
-    assert (described.category, described.risk) == (Category.FINANCIAL, Risk.HIGH), described.reasons
-    assert "description word 'order' (with 'places') suggests placing or changing an exchange order" in (
-        described.reasons
+    assert (described.category, described.risk) == (Category.FINANCIAL, Risk.CRITICAL), described.reasons
+    assert (
+        "description word 'order' (with 'places') suggests placing or changing an order, which can fill at once"
+        in (described.reasons)
     )
     assert (argued.category, argued.risk) == (Category.FINANCIAL, Risk.HIGH), argued.reasons
     assert (phrased.category, phrased.risk) == (Category.FINANCIAL, Risk.CRITICAL), phrased.reasons

@@ -301,3 +301,14 @@ rules:
     ]
     assert load_policy(allow_first).decide("withdraw", agent="ab").action is Action.ALLOW
     assert load_policy(deny_first).decide("withdraw", agent="ab").action is Action.DENY
+
+
+def test_a_changed_spend_limit_is_a_change() -> None:
+    base = 'version: "1"\nrules:\n  - tool: place_order\n    action: allow\n'
+    before = base + '    limits: [{sum: "args.quantity * args.price", max: 1000, window: 1d}]\n'
+    after = base + '    limits: [{sum: "args.quantity * args.price", max: 5000, window: 1d}]\n'
+    [change] = diff_policies(load_policy(before), load_policy(after), TOOLS)
+    assert change.changed == ("limits",)
+    assert change.to_dict()["new"]["limits"][0]["max"] == "5000"
+    assert "limit sum of args.quantity * args.price <= 5000 per 1d" in render_diff([change])
+    assert diff_policies(load_policy(before), load_policy(before), TOOLS) == []

@@ -145,8 +145,9 @@ class RawSession:
 
 
 @asynccontextmanager
-async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
-    """Serves `app` on a kernel-chosen loopback port; the socket listens before the URL is handed out.
+async def serve_asgi(app: Any, *, port: int = 0, **config: Any) -> AsyncIterator[str]:
+    """Serves `app` on a loopback port (kernel-chosen unless given); the socket listens before the
+    URL is handed out.
 
     `config` goes to uvicorn.Config, e.g. the listener protocol `broker serve` runs (`http=`)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -154,7 +155,7 @@ async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
     # Accepted sockets inherit this; uvicorn does not set it on sockets it is handed, and without it
     # every keep-alive answer waits ~40 ms for Nagle plus delayed ACK.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(128)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, **config))
@@ -169,13 +170,16 @@ async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def running_broker(settings: BrokerSettings, *, clock: Clock = utc_now) -> AsyncIterator[RunningBroker]:
+async def running_broker(
+    settings: BrokerSettings, *, clock: Clock = utc_now, port: int = 0
+) -> AsyncIterator[RunningBroker]:
+    """`port`: for a broker that must know its own URL before it listens (OAuth's resource URI)."""
     broker = Broker(settings, environ=dict(os.environ), clock=clock)
     # The listener `broker serve` runs: deadlines for slow requests, a cap per client address.
     listener = limited_protocol(settings.limits, exempt=settings.web.trusted_proxies)
     async with (
         broker.running(upstream_ready_timeout=30),
-        serve_asgi(broker.asgi(), http=listener, ws="none") as url,
+        serve_asgi(broker.asgi(), port=port, http=listener, ws="none") as url,
     ):
         try:
             yield RunningBroker(broker, url)

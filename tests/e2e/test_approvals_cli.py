@@ -51,7 +51,7 @@ async def test_an_operator_lists_inspects_and_decides_from_the_command_line(tmp_
                     "price: 90000",
                 ]
                 assert "held because: quantity = 10 > 5" in lines
-                assert any(line.startswith("risk: financial, high") for line in lines)
+                assert any(line.startswith("risk: financial, critical") for line in lines)
                 assert "waiting: 1 agent call; an agent is waiting for the answer now" in lines
 
                 code, out, err = await cli("approvals", "approve", approval.id, "--reason", "ok", *api)

@@ -176,3 +176,40 @@ def test_a_failed_condition_falls_through_to_the_default() -> None:
     assert policy.decide("t", arguments={"dry_run": "true"}).action is Action.DENY
     assert policy.decide("t", arguments={"dry_run": 1}).action is Action.DENY
     assert policy.decide("t").rule == "default"
+
+
+CLAIMS_POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: place_order
+    action: allow
+    when:
+      "claims.groups": {contains: trading-leads}
+      "args.quantity": {lte: 10}
+  - tool: place_order
+    action: require_approval
+    when:
+      "claims.scope": {matches: ".*\\\\btrade\\\\b.*"}
+"""
+
+
+def test_claims_paths_read_the_token_and_are_missing_for_api_key_agents() -> None:
+    from broker.policy.conditions import with_claims
+
+    policy = load_policy(CLAIMS_POLICY)
+    lead = {"groups": ["trading-leads"], "scope": "tools:call"}
+    trader = {"groups": [], "scope": "tools:call trade"}
+    order = {"quantity": 5}
+    assert policy.decide("place_order", agent="a", arguments=with_claims(order, lead)).action is Action.ALLOW
+    assert (
+        policy.decide("place_order", agent="a", arguments=with_claims({"quantity": 50}, lead)).action
+        is Action.DENY
+    )
+    held = policy.decide("place_order", agent="b", arguments=with_claims(order, trader))
+    assert held.action is Action.REQUIRE_APPROVAL
+    # An API-key agent has no claims: the claims conditions do not hold, and nothing breaks.
+    assert policy.decide("place_order", agent="c", arguments=order).action is Action.DENY
+    assert compile_path("claims.groups.0")(with_claims({}, lead)) == "trading-leads"
+    assert compile_path("claims.tenant")(with_claims({}, lead)) is MISSING
+    assert compile_path("claims.groups")({"groups": ["x"]}) is MISSING  # arguments are not claims

@@ -9,7 +9,7 @@ from broker.approvals.grants import GrantRequest, GrantScope, narrowest, refusal
 from broker.catalogue.diff import diff_policies, render_diff
 from broker.catalogue.model import CatalogueTool
 from broker.policy import PolicyError
-from broker.policy.grants import GrantAllowance
+from broker.policy.grants import GrantAllowance, grant_text
 from broker.policy.loader import load_policy
 
 
@@ -28,6 +28,12 @@ def test_the_full_setting_and_its_defaults() -> None:
     short = approval_of(rule("    grant: {max: 30m}\n"))
     assert short.grant == GrantAllowance(1800, 10, ("identical",))
     assert approval_of(rule("")).grant is None
+    budgeted = approval_of(
+        rule('    grant: {max: 1h, budget: {sum: "args.quantity * args.price", max: 500}}\n')
+    )
+    assert budgeted.grant.budget.bound == 500 and budgeted.grant.budget.inclusive
+    assert budgeted.grant.budget.units({"quantity": 2, "price": 1.5}) == 3_000_000
+    assert "budget sum of args.quantity * args.price <= 500" in grant_text(budgeted.grant)
 
 
 @pytest.mark.parametrize(
@@ -42,7 +48,14 @@ def test_the_full_setting_and_its_defaults() -> None:
         ("    grant: {max: 1h, scope: [similar]}\n", "policy.yaml:5:30", "one of identical, matching"),
         ("    grant: {max: 1h, scope: [matching, matching]}\n", "policy.yaml:5:40", "twice"),
         ("    grant: {max: 1h, scope: []}\n", "policy.yaml:5:29", "non-empty list"),
-        ("    grant: {max: 1h, budget: 5}\n", "policy.yaml:5:22", "unknown key 'budget'"),
+        ("    grant: {max: 1h, spend: 5}\n", "policy.yaml:5:22", "unknown key 'spend'"),
+        ("    grant: {max: 1h, budget: 5}\n", "policy.yaml:5:30", "grant.budget must be a mapping"),
+        ("    grant: {max: 1h, budget: {max: 5}}\n", "policy.yaml:5:30", "exactly one of 'sum"),
+        (
+            "    grant: {max: 1h, budget: {count: true, max: 5, window: 1h}}\n",
+            "policy.yaml:5:52",
+            "unknown key 'window'",
+        ),
     ],
 )
 def test_bad_grants_are_positioned_errors(extra: str, position: str, words: str) -> None:

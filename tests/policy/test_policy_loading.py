@@ -476,7 +476,7 @@ def test_agents_must_be_a_non_empty_list_of_names() -> None:
         (
             '{"quantity": {"gt": 1}}',
             '"quantity"',
-            "condition path 'quantity' must start with 'args.' (e.g. 'args.quantity')",
+            "condition path 'quantity' must start with 'args.' or 'claims.' (e.g. 'args.quantity')",
         ),
         ('{"args..x": {"gt": 1}}', '"args..x"', "condition path 'args..x' has an empty segment"),
         (

@@ -54,7 +54,7 @@ async def test_a_click_on_approve_releases_the_call_and_the_message_says_who_app
                     f"*Auto-deny*\n<!date^{int(approval.expires_at.timestamp())}^"
                 )
                 assert "{date_short_pretty} {time}|" in field_texts[3]
-                assert "*financial · high risk*" in about["elements"][0]["text"]
+                assert "*financial · critical risk*" in about["elements"][0]["text"]
                 assert "Place a limit order." in about["elements"][0]["text"]
                 shown = arguments["text"]["text"]
                 assert f"SHA-256 `{approval.arguments_hash[:12]}`" in shown

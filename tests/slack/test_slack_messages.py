@@ -159,7 +159,7 @@ async def test_the_message_rates_the_tool_and_shows_what_held_the_call(tmp_path:
             )
             message = await rig.message_of(opened)
             about = block(message.blocks, "about")["elements"][0]["text"]
-            assert about.startswith(":large_orange_circle: *financial · high risk*")
+            assert about.startswith(":red_circle: *financial · critical risk*")
             held = block(message.blocks, "held")["elements"][0]["text"]
             assert "because *quantity = 250 &gt; 5*" in held
             lines = html.unescape(code_block(block(message.blocks, "arguments")["text"]["text"])).split("\n")

@@ -77,7 +77,7 @@ async def test_the_detail_page_reads_in_order_with_context(tmp_path: Path) -> No
                     html.unescape(memo.split('<pre class="value-block full">')[1].split("</pre>")[0]) == MEMO
                 )
 
-                assert 'data-risk="high"' in page and "financial · high risk" in page
+                assert 'data-risk="critical"' in page and "financial · critical risk" in page
                 assert "Place a limit order." in page
                 assert '<li class="mono">quantity = 250 &gt; 5</li>' in page
                 assert "1 agent call; no agent is waiting on this broker process" in page
@@ -86,7 +86,7 @@ async def test_the_detail_page_reads_in_order_with_context(tmp_path: Path) -> No
 
                 rows = (await http.get("/inbox/rows")).text
                 row = rows[rows.index(f'data-approval-id="{approval.id}"') :]
-                assert 'data-risk="high"' in row
+                assert 'data-risk="critical"' in row
                 preview = re.findall(r'class="arg[^"]*" data-field="([^"]+)"', row)
                 assert preview[:4] == ["quantity", "symbol", "side", "price"]
                 assert "+2 more" in row
@@ -127,9 +127,9 @@ async def test_the_api_gives_fields_in_reading_order_and_the_context(tmp_path: P
             assert context["hold"]["conditions"] == [
                 {"path": "quantity", "text": "quantity = 250 > 5", "holds": True}
             ]
-            assert context["tool"]["risk"] == "high" and context["tool"]["category"] == "financial"
+            assert context["tool"]["risk"] == "critical" and context["tool"]["category"] == "financial"
             assert context["tool"]["description"].startswith("Place a limit order.")
             assert context["waiting"]["callers"] == 1 and context["waiting"]["held_here"] == 0
             assert context["recent"] == []
             assert listed[0]["fields"][0]["name"] == "quantity"
-            assert listed[0]["context"]["tool"]["risk"] == "high"
+            assert listed[0]["context"]["tool"]["risk"] == "critical"

@@ -1,12 +1,14 @@
 """The web approval inbox: server-rendered pages where approvers see held calls and decide them.
 
 Pages: ``/`` (pending calls, live), ``/approvals/{id}`` (one call, its rule and audit trail,
-Approve / Deny), ``/history``, ``/tools``; ``/login`` and ``/logout``; ``/events`` streams
-every approval change in this process to open pages (server-sent events).
+Approve / Deny), ``/history``, ``/tools``; ``/login`` and ``/logout``; with ``web.sso``,
+``/signin/oidc`` and its callback; ``/events`` streams every approval change in this process
+to open pages (server-sent events).
 
 Approvers sign in with a password (scrypt hash in the configuration, see
-`broker.channels.web.passwords` and ``broker hash-password``) or are named by an authenticating
-reverse proxy in a trusted header, believed only from the configured proxy addresses. Every
+`broker.channels.web.passwords` and ``broker hash-password``), with the company's OpenID
+Connect provider (`broker.channels.web.oidc`), or are named by an authenticating reverse proxy
+in a trusted header, believed only from the configured proxy addresses. Every
 state-changing request must come from the inbox's own pages: the browser's word on it
 (`broker.channels.web.origin`) and the session's CSRF token (`broker.channels.web.sessions`).
 

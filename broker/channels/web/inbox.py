@@ -32,6 +32,7 @@ from broker.approvals.ports import (
 from broker.approvals.service import ApprovalService
 from broker.approvals.verdict import Approve, Verdict, verdict_of
 from broker.channels.call_context import CallContextSource
+from broker.channels.sso.provider import IdentityProvider
 from broker.channels.web.assets import InboxAssets
 from broker.channels.web.edit_form import PREFIX as EDIT_PREFIX
 from broker.channels.web.edit_form import edits_from_form
@@ -40,7 +41,8 @@ from broker.channels.web.export import HistoryExport
 from broker.channels.web.filters import ListFilters, read_filters
 from broker.channels.web.grants_page import GrantsPage, grant_allowance, grant_from_form
 from broker.channels.web.hardening import HardenedRoute
-from broker.channels.web.origin import OriginCheck
+from broker.channels.web.oidc import OidcSignin
+from broker.channels.web.origin import OriginCheck, local_target
 from broker.channels.web.presenters import COUNT_CAP, HISTORY_STATUSES, ending, template_environment
 from broker.channels.web.signin import Viewer, WebSignin
 from broker.channels.web.tools_view import ToolSources, tool_rows
@@ -70,6 +72,7 @@ class WebInbox:
         policy_rejection: Callable[[], ReloadRejection | None] = lambda: None,
         demo: bool = False,
         grants: GrantDesk | None = None,
+        identity_provider: IdentityProvider | None = None,
     ) -> None:
         self._grants = grants
         self._policy_rejection = policy_rejection
@@ -81,6 +84,7 @@ class WebInbox:
         self._clock = clock
         self.signin = WebSignin(directory, settings, clock=clock)
         self._origin = OriginCheck(self.signin.from_trusted_proxy)
+        self._oidc = OidcSignin(self, identity_provider, directory, clock) if identity_provider else None
         self._calls = calls or CallContextSource(
             store=service.store, policy=tools.policy, tools=tools.tools, held_here=service.held_here
         )
@@ -89,6 +93,10 @@ class WebInbox:
         self._templates.globals.update(call_of=self._calls.view, tool_of=self._tool_facts)
         self._templates.globals.update(
             grant_allowance=grant_allowance(tools.policy) if grants else lambda _: None
+        )
+        self._templates.globals.update(
+            sso_label=identity_provider.settings.label if identity_provider else None,
+            password_signin=self.signin.password_accounts > 0 or identity_provider is None,
         )
         self._static = InboxAssets()
         self._export = HistoryExport(self._store, HISTORY_STATUSES)
@@ -483,7 +491,7 @@ class WebInbox:
 
     async def login_form(self, request: Request) -> Response:
         viewer = self.signin.viewer(request)
-        target = _local_target(request.query_params.get("next"))
+        target = local_target(request.query_params.get("next"))
         if viewer.account is not None:
             return RedirectResponse(target, status_code=303)
         return self._page(request, viewer, "login.html", next=target, error=None, username="")
@@ -499,7 +507,7 @@ class WebInbox:
             return refused
         username = str(form.get("username") or "").strip()
         password = str(form.get("password") or "")
-        target = _local_target(str(form.get("next") or ""))
+        target = local_target(str(form.get("next") or ""))
         address = request.client.host if request.client is not None else "unknown"
         if not username or not password:
             return self._page(
@@ -625,18 +633,11 @@ class WebInbox:
 
         if self._grants is not None:
             GrantsPage(self, self._grants).register(router)
+        if self._oidc is not None:
+            self._oidc.register(router)
 
         @router.get("/static/{name}")
         async def static(name: str) -> Response:
             return inbox._static.response(name)
 
         return router
-
-
-def _local_target(candidate: str | None) -> str:
-    """`next` only ever points back into this site: no scheme, no other host, no protocol-relative URL."""
-    if not candidate or not candidate.startswith("/") or candidate.startswith(("//", "/\\")):
-        return "/"
-    if any(ord(char) < 0x20 for char in candidate):
-        return "/"
-    return candidate

@@ -129,3 +129,12 @@ def _normalized(origin: str) -> str | None:
     if port is None or port == _DEFAULT_PORTS[scheme]:
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
+
+
+def local_target(candidate: str | None) -> str:
+    """`next` only ever points back into this site: no scheme, no other host, no protocol-relative URL."""
+    if not candidate or not candidate.startswith("/") or candidate.startswith(("//", "/\\")):
+        return "/"
+    if any(ord(char) < 0x20 for char in candidate):
+        return "/"
+    return candidate

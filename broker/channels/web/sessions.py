@@ -23,6 +23,8 @@ from broker.approvals.clock import Clock
 
 COOKIE_NAME = "broker_session"
 _CONTEXT = b"mcp-approval-broker web session v1\x00"
+# Sealed bodies are MACed under this prefix; session bodies are base64 and never contain NUL.
+_SEALED = b"sealed\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,22 +33,25 @@ class Session:
 
     `credential` ties the session to how it was obtained: a fingerprint of the password hash it was
     checked against (so changing the password ends old sessions) or ``"proxy"`` for sessions that
-    only stand while the trusted proxy keeps vouching for the user.
+    only stand while the trusted proxy keeps vouching for the user, or ``"oidc:..."`` for a
+    single sign-on (see broker.channels.sso.identity). `groups` are the broker groups the identity
+    provider vouched for at sign-on.
     """
 
     csrf_token: str
     issued_at: datetime
     user: str | None = None
     credential: str | None = None
+    groups: tuple[str, ...] = ()
 
     @classmethod
     def anonymous(cls, now: datetime) -> Session:
         return cls(csrf_token=new_token(), issued_at=now)
 
     @classmethod
-    def signed_in(cls, user: str, credential: str, now: datetime) -> Session:
+    def signed_in(cls, user: str, credential: str, now: datetime, *, groups: tuple[str, ...] = ()) -> Session:
         # A fresh token on sign-in: a token planted before sign-in (session fixation) is worthless after.
-        return cls(csrf_token=new_token(), issued_at=now, user=user, credential=credential)
+        return cls(csrf_token=new_token(), issued_at=now, user=user, credential=credential, groups=groups)
 
     def csrf_matches(self, submitted: str | None) -> bool:
         if not submitted:
@@ -79,6 +84,7 @@ class SessionSigner:
                 "t": session.issued_at.timestamp(),
                 "u": session.user,
                 "k": session.credential,
+                **({"g": list(session.groups)} if session.groups else {}),
             },
             separators=(",", ":"),
         ).encode("utf-8")
@@ -110,14 +116,50 @@ class SessionSigner:
             return None
         if not isinstance(user, str | None) or not isinstance(credential, str | None):
             return None
+        groups = data.get("g", [])
+        if not isinstance(groups, list) or not all(isinstance(group, str) for group in groups):
+            return None
         issued_at = datetime.fromtimestamp(issued, tz=self._clock().tzinfo)
         age = self._clock() - issued_at
         if age > self.max_age or age < -timedelta(minutes=5):
             return None
-        return Session(csrf_token=token, issued_at=issued_at, user=user, credential=credential)
+        return Session(
+            csrf_token=token, issued_at=issued_at, user=user, credential=credential, groups=tuple(groups)
+        )
 
-    def _mac(self, body: str) -> bytes:
-        return hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest()
+    def seal(self, purpose: str, data: dict[str, str]) -> str:
+        """`data` signed for one `purpose` (another purpose, or a session, cannot be passed off as it)."""
+        payload = json.dumps({"p": purpose, "t": self._clock().timestamp(), "d": data}, separators=(",", ":"))
+        body = _b64(payload.encode("utf-8"))
+        return f"{body}.{_b64(self._mac(body, _SEALED))}"
+
+    def unseal(self, purpose: str, cookie: str | None, *, max_age: timedelta) -> dict[str, str] | None:
+        """What `seal` signed for `purpose`, or None when absent, tampered with, malformed or older than `max_age`."""
+        if not cookie or cookie.count(".") != 1:
+            return None
+        body, signature = cookie.split(".")
+        try:
+            if not hmac.compare_digest(_unb64(signature), self._mac(body, _SEALED)):
+                return None
+            sealed = json.loads(_unb64(body))
+        except ValueError:
+            return None
+        if (
+            not isinstance(sealed, dict)
+            or sealed.get("p") != purpose
+            or not isinstance(sealed.get("t"), float)
+        ):
+            return None
+        age = self._clock().timestamp() - sealed["t"]
+        data = sealed.get("d")
+        if not 0 <= age <= max_age.total_seconds() or not isinstance(data, dict):
+            return None
+        if not all(isinstance(value, str) for value in data.values()):
+            return None
+        return data
+
+    def _mac(self, body: str, kind: bytes = b"") -> bytes:
+        return hmac.new(self._key, kind + body.encode("ascii"), hashlib.sha256).digest()
 
 
 def _b64(raw: bytes) -> str:

@@ -1,8 +1,10 @@
-"""Who is looking at the inbox: a password session, or a user vouched for by a trusted reverse proxy.
+"""Who is looking at the inbox: a password or single sign-on session, or a user vouched for by a trusted proxy.
 
 A request is answered for exactly one `Viewer`. Passwords are checked against the scrypt hashes
 in the configuration; a session records a fingerprint of the hash it was checked against, so
-changing or removing a password ends that person's sessions. A proxy's header is believed only
+changing or removing a password ends that person's sessions; a single sign-on session records
+a fingerprint of the ``oidc_sub`` or ``email`` it matched (broker.channels.sso.identity), with
+the same effect. A proxy's header is believed only
 when the TCP peer is one of the configured proxy addresses, and only for that request: a cookie
 obtained through the proxy does not sign anybody in without it.
 """
@@ -22,6 +24,7 @@ from starlette.responses import Response
 from broker.approvals.approvers import ApproverAccount, ApproverDirectory
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.model import Approver
+from broker.channels.sso.identity import CREDENTIAL_PREFIX, credential_of
 from broker.channels.web.passwords import (
     PasswordHashError,
     ScryptHash,
@@ -52,7 +55,11 @@ class Viewer:
 
     @property
     def approver(self) -> Approver | None:
-        return self.account.approver if self.account is not None else None
+        if self.account is None:
+            return None
+        if not self.session.groups:
+            return self.account.approver
+        return Approver(self.account.name, self.account.groups | frozenset(self.session.groups))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,9 @@ class WebSignin:
         return Viewer(session, account)
 
     def _credential_still_valid(self, account: ApproverAccount, session: Session) -> bool:
+        if session.credential is not None and session.credential.startswith(CREDENTIAL_PREFIX):
+            sso = self._settings.sso
+            return sso is not None and credential_of(account, sso) == session.credential
         if session.credential == PROXY_CREDENTIAL or account.password_hash is None:
             return False
         return password_fingerprint(account.password_hash) == session.credential
