@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
@@ -95,6 +95,8 @@ class AgentContext:
     modern: bool = False
     claims: Claims | None = None
     """The verified access token's claims (None for API keys): `claims.` paths in `when` read them."""
+    subject_token: str | None = field(default=None, repr=False)
+    """The verified access token itself (None for API keys): only token exchange reads it."""
 
 
 class Upstreams(Protocol):
@@ -509,7 +511,7 @@ class Gateway:
 
         try:
             async with self._settled(reservation):
-                caller = UpstreamCaller(ctx.agent, ctx.claims or {})
+                caller = UpstreamCaller(ctx.agent, ctx.claims or {}, ctx.subject_token)
                 result = await self.forward_call(
                     tool, arguments, meta=upstream_meta, on_notification=relay, caller=caller
                 )

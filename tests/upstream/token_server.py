@@ -123,10 +123,14 @@ class TokenServer:
 def guarded_demo_server(token_server: TokenServer, client: tuple[str, str]) -> DemoHttpServer:
     """The demo server refusing requests whose bearer token `token_server` does not call active;
     it introspects as `client` (id, secret)."""
+    return guarded_demo_server_for(token_server.introspection_url, client)
+
+
+def guarded_demo_server_for(introspection_url: str, client: tuple[str, str]) -> DemoHttpServer:
     return DemoHttpServer(
         "http",
         env={
-            "DEMO_INTROSPECT_URL": token_server.introspection_url,
+            "DEMO_INTROSPECT_URL": introspection_url,
             "DEMO_INTROSPECT_CLIENT": client[0],
             "DEMO_INTROSPECT_SECRET": client[1],
         },
