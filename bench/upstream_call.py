@@ -6,6 +6,10 @@ to it and makes sequential ``call_tool`` calls. Only this process's CPU time is 
 exchange through aiohttp, SSE or JSON parsing and the pool's bookkeeping.
 
     python bench/upstream_call.py [--transport http|http-json|stdio] [--calls 3000] [--loop asyncio|uvloop]
+                                  [--agent-headers]
+
+``--agent-headers`` configures a per-agent header template (``X-Agent: {agent}``) and makes each
+call for an agent: the cost of the credentials path (headers rendered once per agent, then cached).
 
 ``http`` answers with an event stream (the SDK server's default), ``http-json`` with plain JSON.
 The broker runs under uvicorn, which uses uvloop when it is installed, hence ``--loop``.
@@ -23,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
+from broker.proxy.upstream.credentials.settings import UpstreamAuth
 from broker.proxy.upstream.pool import UpstreamPool
 from broker.proxy.upstream.spec import HttpServer, ServerSpec, StdioServer
 
@@ -57,7 +63,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def measure(spec: ServerSpec, calls: int) -> None:
+async def measure(spec: ServerSpec, calls: int, caller: UpstreamCaller | None = None) -> None:
     async with UpstreamPool({spec.name: spec}, environ=os.environ) as pool:
         await pool.wait_ready(30)
         echo = pool.resolve("echo")
@@ -65,12 +71,12 @@ async def measure(spec: ServerSpec, calls: int) -> None:
             raise SystemExit(f"upstream did not come up: {pool.status()}")
         arguments = {"text": "hello"}
         for _ in range(300):
-            await pool.call_tool(echo, arguments)
+            await pool.call_tool(echo, arguments, caller=caller)
         latencies = []
         cpu_before, wall_before = cpu_seconds(), time.perf_counter()
         for _ in range(calls):
             started = time.perf_counter()
-            await pool.call_tool(echo, arguments)
+            await pool.call_tool(echo, arguments, caller=caller)
             latencies.append(time.perf_counter() - started)
         cpu, wall = cpu_seconds() - cpu_before, time.perf_counter() - wall_before
     latencies.sort()
@@ -86,6 +92,7 @@ def main() -> None:
     parser.add_argument("--transport", choices=["http", "http-json", "stdio"], default="http")
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--agent-headers", action="store_true")
     parser.add_argument("--serve", nargs=2, metavar=("MODE", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -105,7 +112,10 @@ def main() -> None:
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline().split()[-1])
-        asyncio.run(measure(HttpServer("bench", f"http://127.0.0.1:{port}/mcp", {}), args.calls))
+        auth = UpstreamAuth(agent_headers={"X-Agent": "{agent}"}) if args.agent_headers else None
+        spec = HttpServer("bench", f"http://127.0.0.1:{port}/mcp", {}, auth=auth)
+        caller = UpstreamCaller("bench-agent") if args.agent_headers else None
+        asyncio.run(measure(spec, args.calls, caller))
     finally:
         server.kill()
         server.wait()

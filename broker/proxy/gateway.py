@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
@@ -60,6 +60,7 @@ from broker.proxy.upstream.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.pool import ServerStatus, UpstreamTool
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class AgentContext:
     modern: bool = False
     claims: Claims | None = None
     """The verified access token's claims (None for API keys): `claims.` paths in `when` read them."""
+    subject_token: str | None = field(default=None, repr=False)
+    """The verified access token itself (None for API keys): only token exchange reads it."""
 
 
 class Upstreams(Protocol):
@@ -117,6 +120,7 @@ class Upstreams(Protocol):
         meta: dict[str, Any] | None = None,
         on_notification: Callable[[JsonObject], Awaitable[None]] | None = None,
         timeout: float | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> JsonObject: ...
 
 
@@ -520,7 +524,10 @@ class Gateway:
 
         try:
             async with self._settled(reservation):
-                result = await self.forward_call(tool, arguments, meta=upstream_meta, on_notification=relay)
+                caller = UpstreamCaller(ctx.agent, ctx.claims or {}, ctx.subject_token)
+                result = await self.forward_call(
+                    tool, arguments, meta=upstream_meta, on_notification=relay, caller=caller
+                )
         except UpstreamLost as exc:
             return upstream_failure_result(
                 f"The connection to upstream server '{tool.server}' broke after the call to "
@@ -555,6 +562,7 @@ class Gateway:
         *,
         meta: JsonObject | None = None,
         on_notification: Callable[[JsonObject], Awaitable[None]] | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> JsonObject:
         """The one door to the upstreams, also used by the approval service to release a held call.
 
@@ -564,7 +572,12 @@ class Gateway:
         started = time.perf_counter()
         try:
             result = await self._upstreams.call_tool(
-                tool, arguments, meta=meta, on_notification=on_notification, timeout=self._call_timeout
+                tool,
+                arguments,
+                meta=meta,
+                on_notification=on_notification,
+                timeout=self._call_timeout,
+                caller=caller,
             )
         finally:
             self.upstream_latency.observe(tool.server, time.perf_counter() - started)

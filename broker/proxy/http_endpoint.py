@@ -26,7 +26,7 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, c
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope, Send
 
-from broker.proxy.auth.model import AgentVerifier, Challenge
+from broker.proxy.auth.model import AgentVerifier, Challenge, bearer_token
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.gateway import AgentContext, AgentRequest, Claims, Gateway
 from broker.proxy.jsonrpc import (
@@ -250,7 +250,11 @@ class McpHttpEndpoint:
                 await _respond(send, 202, None, session_headers)
                 return
             # The claims of the token this request came with: it may have been refreshed since initialize.
-            context = session.context if claims is None else replace(session.context, claims=claims)
+            context = (
+                session.context
+                if claims is None
+                else replace(session.context, claims=claims, subject_token=bearer_token(headers))
+            )
             await self._serve_request(
                 context, request_id, method, params, headers, receive, send, session_headers, session
             )
@@ -347,7 +351,10 @@ class McpHttpEndpoint:
         if method == "subscriptions/listen":
             await self._modern_listen(request_id, params or {}, receive, send)
             return
-        context = AgentContext(agent=agent, session=f"agent:{agent}", modern=True, claims=claims)
+        token = None if claims is None else bearer_token(headers)
+        context = AgentContext(
+            agent=agent, session=f"agent:{agent}", modern=True, claims=claims, subject_token=token
+        )
         await self._serve_request(context, request_id, method, params, headers, receive, send, [], None)
 
     async def _serve_request(

@@ -26,6 +26,7 @@ from broker.proxy.upstream.base import (
     UpstreamRpcError,
     may_have_run,
 )
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.pool import UpstreamPool
 
 
@@ -87,7 +88,9 @@ class UpstreamReleaser(CallReleaser):
         reservation = await self._reserve(approval, decision)
         try:
             async with self._spend.settled(reservation) if self._spend is not None else nullcontext():
-                result: JsonObject = await self._forward(tool, dict(approval.arguments))
+                # The agent that asked, so per-agent upstream credentials name it, not the approver.
+                caller = UpstreamCaller(approval.agent)
+                result: JsonObject = await self._forward(tool, dict(approval.arguments), caller=caller)
         except UpstreamRpcError as exc:
             raise ReleaseFailed(f"upstream '{tool.server}' rejected the call: {exc.rpc_message}") from exc
         except MalformedResult as exc:

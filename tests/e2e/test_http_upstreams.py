@@ -14,7 +14,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.e2e.harness import make_settings, running_broker
-from tests.upstream.support import DemoHttpServer
+from tests.upstream.support import DemoHttpServer, started
 
 pytestmark = pytest.mark.anyio
 
@@ -44,14 +44,8 @@ def text_of(result: object) -> str:
 
 @pytest.fixture
 async def http_upstreams() -> AsyncIterator[dict[str, DemoHttpServer]]:
-    servers = {"web": DemoHttpServer("http"), "legacy": DemoHttpServer("sse")}
-    try:
-        for server in servers.values():
-            await server.wait_ready()
-        yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
+    async with started({"web": DemoHttpServer("http"), "legacy": DemoHttpServer("sse")}) as servers:
+        yield dict(servers)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

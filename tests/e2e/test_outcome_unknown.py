@@ -149,7 +149,7 @@ async def test_a_release_to_an_upstream_that_is_not_connected_fails_as_not_sent(
     releaser = UpstreamReleaser(
         upstreams=pool,
         policy=PolicyHolder(load_policy(POLICY)),
-        forward=lambda tool, arguments: pool.call_tool(tool, arguments),
+        forward=lambda tool, arguments, caller=None: pool.call_tool(tool, arguments, caller=caller),
     )
     new = NewApproval(
         agent="trader",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -57,14 +60,16 @@ class Notifications:
 class DemoHttpServer:
     """The demo server in its own process, serving HTTP on a port the OS picked."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, *, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(DEMO_SERVER), mode, "0"],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
         self.port = 0
         self.mode = mode
+        self.scheme = "https" if env and env.get("DEMO_TLS_CERT") else "http"
 
     def wait_ready_blocking(self) -> None:
         assert self.process.stdout is not None
@@ -82,9 +87,8 @@ class DemoHttpServer:
 
     @property
     def url(self) -> str:
-        return (
-            f"http://127.0.0.1:{self.port}/sse" if self.mode == "sse" else f"http://127.0.0.1:{self.port}/mcp"
-        )
+        path = "/sse" if self.mode == "sse" else "/mcp"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def spec(self, name: str = "demo") -> HttpServer | SseServer:
         if self.mode == "sse":
@@ -97,3 +101,15 @@ class DemoHttpServer:
         self.process.wait(timeout=READY_TIMEOUT)
         assert self.process.stdout is not None
         self.process.stdout.close()
+
+
+@asynccontextmanager
+async def started(servers: Mapping[str, DemoHttpServer]) -> AsyncIterator[Mapping[str, DemoHttpServer]]:
+    """Waits until every server is ready, and stops them all when the block ends."""
+    try:
+        for server in servers.values():
+            await server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()

@@ -16,6 +16,7 @@ from broker.proxy.upstream.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.http import StreamableHttpConnection
 from broker.proxy.upstream.pool import UpstreamPool, UpstreamTool
 from broker.proxy.upstream.spec import HttpServer, ServerSpec, SseServer, StdioServer
@@ -84,9 +85,12 @@ class ObservedConnection:
         *,
         on_notification: NotificationHandler | None = None,
         timeout: float | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> JsonObject:
         try:
-            return await self.inner.request(method, params, on_notification=on_notification, timeout=timeout)
+            return await self.inner.request(
+                method, params, on_notification=on_notification, timeout=timeout, caller=caller
+            )
         finally:
             self._observer.touch()
 

@@ -63,3 +63,11 @@ def bearer_challenge(
             params.append(f'{name}="{value.replace(chr(92), "").replace(chr(34), chr(39))}"')
     header = "Bearer " + ", ".join(params) if params else "Bearer"
     return Challenge(status, header.encode("latin-1", "replace"), message)
+
+
+def bearer_token(headers: Mapping[bytes, bytes]) -> str | None:
+    """The token of a request's ``Authorization: Bearer`` header, once a verifier has accepted it
+    (kept only for RFC 8693 token exchange with an upstream; never forwarded as is)."""
+    scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+    token = token.strip()
+    return token.decode("latin-1") if scheme.lower() == b"bearer" and token else None

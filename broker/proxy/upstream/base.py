@@ -22,7 +22,10 @@ because that is what every released server understands.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from broker.proxy.upstream.credentials.caller import UpstreamCaller
 
 JsonObject = dict[str, Any]
 NotificationHandler = Callable[[JsonObject], Awaitable[None]]
@@ -80,7 +83,8 @@ class UpstreamConnection(Protocol):
     ``_meta.progressToken``, or anything on the request's own response stream) go to
     its `on_notification`; all other server notifications go to the handler the
     connection was built with. Cancelling the task awaiting `request` sends
-    ``notifications/cancelled`` upstream for that request.
+    ``notifications/cancelled`` upstream for that request. `caller` is the agent a
+    ``tools/call`` is made for; only transports with per-agent credentials look at it.
     """
 
     server: str
@@ -96,6 +100,7 @@ class UpstreamConnection(Protocol):
         *,
         on_notification: NotificationHandler | None = None,
         timeout: float | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> JsonObject: ...
 
     async def notify(self, method: str, params: JsonObject | None = None) -> None: ...

@@ -26,6 +26,9 @@ from broker.proxy.upstream.base import (
     UpstreamRpcError,
     UpstreamUnavailable,
 )
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
+from broker.proxy.upstream.credentials.errors import CredentialError
+from broker.proxy.upstream.credentials.provider import UpstreamCredentials
 from broker.proxy.upstream.http_client import (
     ConnectFailed,
     ConnectionLost,
@@ -66,12 +69,19 @@ CLOSE_TIMEOUT_SECONDS = 2.0
 
 class StreamableHttpConnection:
     def __init__(
-        self, spec: HttpServer, on_notification: NotificationHandler, *, connect_timeout: float = 10.0
+        self,
+        spec: HttpServer,
+        on_notification: NotificationHandler,
+        *,
+        connect_timeout: float = 10.0,
+        credentials: UpstreamCredentials | None = None,
     ) -> None:
         self.server = spec.name
+        self._credentials = credentials
         self._url = spec.url
         self._configured_headers = dict(spec.headers)
         self._connect_timeout = connect_timeout
+        self._network = spec.network
         self._router = NotificationRouter(spec.name, on_notification)
         self._http: HttpClient | None = None
         self._target = request_target(spec.url)
@@ -98,7 +108,11 @@ class StreamableHttpConnection:
     async def start(self) -> JsonObject:
         # Reads have no deadline: answers take as long as tools run, and callers bound that.
         self._http = HttpClient(
-            self._url, headers=self._configured_headers, connect_timeout=self._connect_timeout
+            self._url,
+            headers=self._configured_headers,
+            connect_timeout=self._connect_timeout,
+            ssl_context=None if self._network is None else self._network.ssl_context,
+            proxy=None if self._network is None else self._network.proxy,
         )
         result = await self.request("initialize", initialize_params())
         self._post_headers[PROTOCOL_HEADER] = negotiated_version(self.server, result)
@@ -118,6 +132,7 @@ class StreamableHttpConnection:
         *,
         on_notification: NotificationHandler | None = None,
         timeout: float | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> JsonObject:
         if self._close_reason is not None:
             raise UpstreamUnavailable(self.server, self._close_reason)
@@ -129,7 +144,7 @@ class StreamableHttpConnection:
                 self.server,
                 method,
                 timeout,
-                self._exchange(request_id, message, on_notification),
+                self._exchange(request_id, message, on_notification, caller),
                 lambda reason: self._abandon(request_id, method, reason),
             )
         finally:
@@ -146,6 +161,8 @@ class StreamableHttpConnection:
                     raise await self._failure(response, "POST")
         except HttpClientError as exc:
             raise self._transport_failure(exc) from exc
+        except CredentialError as exc:
+            raise UpstreamUnavailable(self.server, f"no credential for the upstream: {exc}") from exc
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -157,17 +174,22 @@ class StreamableHttpConnection:
         if http is None:
             return
         if self._session_id is not None:
-            with contextlib.suppress(HttpClientError, TimeoutError):
+            with contextlib.suppress(HttpClientError, TimeoutError, CredentialError):
                 async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                    response = await http.request("DELETE", self._target, headers=self._post_headers)
+                    headers = await self._credentialed(self._post_headers, None)
+                    response = await http.request("DELETE", self._target, headers=headers)
                     response.release()
         await http.aclose()
 
     async def _exchange(
-        self, request_id: int, message: JsonObject, on_notification: NotificationHandler | None
+        self,
+        request_id: int,
+        message: JsonObject,
+        on_notification: NotificationHandler | None,
+        caller: UpstreamCaller | None,
     ) -> JsonObject:
         try:
-            async with await self._post(message) as response:
+            async with await self._post(message, caller) as response:
                 if self._session_id is None:
                     self._adopt_session(response)
                 if response.status != 200:
@@ -193,14 +215,39 @@ class StreamableHttpConnection:
             raise self._transport_failure(exc) from exc
         except SseEventTooLarge as exc:
             raise UpstreamRpcError(self.server, INTERNAL_ERROR, str(exc)) from None
+        except CredentialError as exc:
+            raise UpstreamUnavailable(self.server, f"no credential for the call: {exc}") from exc
 
-    async def _post(self, message: JsonObject) -> Response:
-        return await self._session().request(
-            "POST", self._target, headers=self._post_headers, body=exact_json.dumps(message)
-        )
+    async def _post(self, message: JsonObject, caller: UpstreamCaller | None = None) -> Response:
+        body = exact_json.dumps(message)
+        if self._credentials is None:
+            return await self._session().request("POST", self._target, headers=self._post_headers, body=body)
+        return await self._send_credentialed("POST", self._post_headers, caller, body)
 
     async def _get_stream(self, last_event_id: str | None) -> Response:
-        return await self._session().request("GET", self._target, headers=self._stream_headers(last_event_id))
+        headers = self._stream_headers(last_event_id)
+        if self._credentials is None:
+            return await self._session().request("GET", self._target, headers=headers)
+        return await self._send_credentialed("GET", headers, None, b"")
+
+    async def _send_credentialed(
+        self, verb: str, base: dict[str, str], caller: UpstreamCaller | None, body: bytes
+    ) -> Response:
+        """A 401 was not acted on, so it is retried once with a fresh token if there is one to get."""
+        assert self._credentials is not None
+        for attempt in (1, 2):
+            headers = await self._credentialed(base, caller)
+            response = await self._session().request(verb, self._target, headers=headers, body=body)
+            if response.status != 401 or attempt == 2 or not self._credentials.rejected(headers):
+                return response
+            await response.read(4096)
+            response.release()
+        raise AssertionError("unreachable")
+
+    async def _credentialed(self, base: dict[str, str], caller: UpstreamCaller | None) -> dict[str, str]:
+        if self._credentials is None:
+            return base
+        return await self._credentials.headers(base, caller)
 
     def _adopt_session(self, response: Response) -> None:
         session_id = response.headers.get(SESSION_HEADER.lower())
@@ -320,6 +367,8 @@ class StreamableHttpConnection:
                 problem = describe_transport_error(self._url, exc)
             except SseEventTooLarge as exc:
                 problem = str(exc)
+            except CredentialError as exc:
+                problem = f"no credential for the upstream: {exc}"
             failures += 1
             listening.set()
             if failures >= MAX_LISTEN_FAILURES:
@@ -361,7 +410,7 @@ class StreamableHttpConnection:
             async with await self._post(message) as response:
                 if response.status not in (200, 202, 204):
                     logger.warning("upstream '%s': %s", self.server, await self._failure(response, "POST"))
-        except (HttpClientError, UpstreamError) as exc:
+        except (HttpClientError, UpstreamError, CredentialError) as exc:
             logger.warning("upstream '%s': could not deliver %s: %s", self.server, message.get("method"), exc)
 
     async def _failure(self, response: Response, verb: str) -> UpstreamError:
@@ -423,5 +472,5 @@ def describe_transport_error(url: str, exc: HttpClientError) -> str:
     if isinstance(exc, ConnectFailed):
         return f"cannot reach {url}: {exc}"
     if isinstance(exc, ConnectionLost):
-        return f"{url} dropped the connection mid-answer"
+        return f"{url} dropped the connection mid-answer" + (f" ({exc.hint})" if exc.hint else "")
     return f"talking to {url} failed: {exc}"

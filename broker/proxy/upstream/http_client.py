@@ -14,12 +14,17 @@ Exception tree::
     └── BadResponse               the bytes that came back are not HTTP/1.1
 
 An answer with any status is a `Response`, not an error: the caller decides what a 404 means.
+
+Through a proxy (`ProxyRoute`), each new connection first opens a ``CONNECT`` tunnel and then
+speaks to the upstream inside it (TLS end to end for https), so only connecting costs more; a
+request on a kept-alive connection costs the same as a direct one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, Self, cast
@@ -27,7 +32,11 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from broker.proxy.upstream.credentials.network import ProxyRoute
+
 MAX_IDLE_CONNECTIONS: Final = 16
+MAX_PROXY_ANSWER: Final = 16 * 1024
+_CERTIFICATE_ALERTS: Final = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "ACCESS_DENIED")
 READ_BUFFER_HIGH_WATER: Final = 1024 * 1024
 """Bytes of unread body after which reading from the socket pauses until the consumer catches up."""
 
@@ -41,11 +50,53 @@ class ConnectFailed(HttpClientError):
 
 
 class ConnectionLost(HttpClientError):
-    pass
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+        """What probably happened, when the way the connection ended suggests it."""
 
 
 class BadResponse(HttpClientError):
     pass
+
+
+async def _open_socket(proxy: ProxyRoute) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    problem: BaseException | None = None
+    try:
+        addresses = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        addresses, problem = [], exc
+    for family, kind, protocol, _, address in addresses:
+        sock = socket.socket(family, kind, protocol)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            problem = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    reason = _connect_problem(problem) if problem is not None else "no address"
+    raise ConnectFailed(f"proxy {proxy.url} cannot be reached: {reason}")
+
+
+def _connect_problem(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's certificate is not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(exc):
+        return "the server requires a client certificate (configure client_cert)"
+    if isinstance(exc, ssl.SSLError) and any(alert in str(exc) for alert in _CERTIFICATE_ALERTS):
+        return f"the server rejected the client certificate ({exc.reason or exc})"
+    return str(exc) or type(exc).__name__
+
+
+def transport_is_tls(transport: asyncio.BaseTransport | None) -> bool:
+    return transport is not None and transport.get_extra_info("sslcontext") is not None
 
 
 def _check_header(name: str, value: str) -> None:
@@ -63,6 +114,7 @@ class _Connection(asyncio.Protocol):
         self._failure: HttpClientError | None = None
         self._paused = False
         self._loop = asyncio.get_running_loop()
+        self.answers = 0
         self.on_complete: Callable[[], None] | None = None
         """Called once the current answer has ended (set by `Response.release_when_complete`)."""
         self._reset()
@@ -109,7 +161,18 @@ class _Connection(asyncio.Protocol):
             # No length and no chunking: the body was delimited by the server closing (HTTP/1.0 style).
             self.on_message_complete()
             return
-        self._fail(ConnectionLost(f"the connection was closed before the answer ended ({self.lost})"))
+        if isinstance(exc, ssl.SSLError) and not self.received_any:
+            # A TLS 1.3 server checks the client certificate after the client's handshake is done
+            # and refuses with an alert: the request was never read, so it is a failure to connect.
+            self._fail(ConnectFailed(_connect_problem(exc)))
+            return
+        hint = ""
+        if self.answers == 0 and not self.received_any and transport_is_tls(self._transport):
+            # Often a refused client certificate: the alert is lost when the server resets the socket.
+            hint = "the server ended the TLS session before answering anything; does it need a client certificate?"
+        self._fail(
+            ConnectionLost(f"the connection was closed before the answer ended ({self.lost})", hint=hint)
+        )
 
     def pause_writing(self) -> None:
         pass
@@ -139,6 +202,7 @@ class _Connection(asyncio.Protocol):
         # Asked now: once this callback returns, llhttp starts on the next message and forgets.
         self._keep_alive = self._parser.should_keep_alive()
         self.complete = True
+        self.answers += 1
         self._data_ready.set()
         if self.on_complete is not None:
             done, self.on_complete = self.on_complete, None
@@ -279,6 +343,7 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         connect_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        proxy: ProxyRoute | None = None,
     ) -> None:
         parts = urlsplit(origin_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -295,6 +360,7 @@ class HttpClient:
             _check_header(name, value)
         self._fixed_head = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
         self._connect_timeout = connect_timeout
+        self._proxy = proxy
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
         self._closed = False
@@ -358,20 +424,55 @@ class HttpClient:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        server_hostname = self._host if self._ssl is not None else None
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, connection = await loop.create_connection(
-                    _Connection,
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                )
+                if self._proxy is None:
+                    _, connection = await loop.create_connection(
+                        _Connection, self._host, self._port, ssl=self._ssl, server_hostname=server_hostname
+                    )
+                else:
+                    tunnel = await self._tunnel(self._proxy)
+                    try:
+                        _, connection = await loop.create_connection(
+                            _Connection, sock=tunnel, ssl=self._ssl, server_hostname=server_hostname
+                        )
+                    except BaseException:
+                        tunnel.close()
+                        raise
         except TimeoutError:
             raise ConnectFailed(f"no connection within {self._connect_timeout:g} s") from None
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(str(exc) or type(exc).__name__) from exc
+            raise ConnectFailed(_connect_problem(exc)) from exc
         return connection
+
+    async def _tunnel(self, proxy: ProxyRoute) -> socket.socket:
+        """A socket connected through `proxy` to this client's origin, ready for TLS or plain HTTP."""
+        loop = asyncio.get_running_loop()
+        tunnel = await _open_socket(proxy)
+        authority = f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
+        head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+        if proxy.authorization is not None:
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        answer = b""
+        try:
+            await loop.sock_sendall(tunnel, head.encode("latin-1") + b"\r\n")
+            while b"\r\n\r\n" not in answer and len(answer) < MAX_PROXY_ANSWER:
+                chunk = await loop.sock_recv(tunnel, 4096)
+                if not chunk:
+                    break
+                answer += chunk
+        except OSError as exc:
+            tunnel.close()
+            raise ConnectFailed(f"proxy {proxy.url} dropped the tunnel to {authority}: {exc}") from exc
+        status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        fields = status_line.split(" ", 2)
+        # Neither an HTTP nor a TLS server speaks first, so bytes after the proxy's answer are wrong.
+        if len(fields) < 2 or fields[1] != "200" or not answer.endswith(b"\r\n\r\n"):
+            tunnel.close()
+            shown = status_line[:200] or "no answer"
+            raise ConnectFailed(f"proxy {proxy.url} refused the tunnel to {authority}: {shown}")
+        return tunnel
 
     def _give_back(self, connection: _Connection) -> None:
         self._busy.discard(connection)

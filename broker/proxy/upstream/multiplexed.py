@@ -17,6 +17,7 @@ from broker.proxy.upstream.base import (
     UpstreamLost,
     UpstreamUnavailable,
 )
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.jsonrpc import (
     NotificationRouter,
     answer_server_request,
@@ -63,6 +64,7 @@ class MultiplexedConnection:
         *,
         on_notification: NotificationHandler | None = None,
         timeout: float | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> JsonObject:
         if self._close_reason is not None:
             raise UpstreamUnavailable(self.server, self._close_reason)

@@ -35,6 +35,8 @@ from broker.proxy.upstream.base import (
     UpstreamLost,
     UpstreamUnavailable,
 )
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
+from broker.proxy.upstream.credentials.provider import UpstreamCredentials
 from broker.proxy.upstream.http import StreamableHttpConnection
 from broker.proxy.upstream.spec import QUALIFIER_SEPARATOR, HttpServer, ServerSpec, SseServer, StdioServer
 from broker.proxy.upstream.sse import SseConnection
@@ -135,6 +137,7 @@ class UpstreamPool:
         self._connect_timeout = connect_timeout
         self._connection_factory = connection_factory or self._connect_default
         self._connections: dict[str, UpstreamConnection] = {}
+        self._credentials: dict[str, UpstreamCredentials] = {}
         self._tools: tuple[UpstreamTool, ...] = ()
         self._tools_by_exposed_name: dict[str, UpstreamTool] = {}
         self._task_group: TaskGroup | None = None
@@ -158,7 +161,12 @@ class UpstreamPool:
         assert self._task_group is not None, "__aexit__ without __aenter__"
         self._closing = True
         self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, traceback)
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, traceback)
+        finally:
+            for credentials in self._credentials.values():
+                with anyio.move_on_after(CLOSE_TIMEOUT_SECONDS, shield=True):
+                    await credentials.aclose()
 
     async def wait_ready(self, timeout: float) -> None:
         """Wait until every server has connected once or failed once, or `timeout` passes."""
@@ -201,6 +209,7 @@ class UpstreamPool:
         meta: dict[str, Any] | None = None,
         on_notification: NotificationHandler | None = None,
         timeout: float | None = None,
+        caller: UpstreamCaller | None = None,
     ) -> dict[str, Any]:
         connection = self._connections.get(tool.server)
         if connection is None:
@@ -212,7 +221,7 @@ class UpstreamPool:
             params["_meta"] = meta
         try:
             return await connection.request(
-                "tools/call", params, on_notification=on_notification, timeout=timeout
+                "tools/call", params, on_notification=on_notification, timeout=timeout, caller=caller
             )
         except UpstreamUnavailable as exc:
             raise self._unavailable(tool.server, exc.detail, lost=isinstance(exc, UpstreamLost)) from exc
@@ -257,12 +266,26 @@ class UpstreamPool:
             return kind(name, f"{cause}; the gateway is shutting down")
         return kind(name, f"{cause}; reconnecting")
 
+    def _credentials_for(self, spec: HttpServer) -> UpstreamCredentials | None:
+        """One per upstream for the pool's life, so tokens survive reconnects."""
+        if spec.auth is None:
+            return None
+        credentials = self._credentials.get(spec.name)
+        if credentials is None:
+            credentials = self._credentials[spec.name] = UpstreamCredentials(spec.auth, server=spec.name)
+        return credentials
+
     def _connect_default(self, spec: ServerSpec, on_notification: NotificationHandler) -> UpstreamConnection:
         match spec:
             case StdioServer():
                 return StdioConnection(spec, on_notification, environ=self._environ)
             case HttpServer():
-                return StreamableHttpConnection(spec, on_notification, connect_timeout=self._connect_timeout)
+                return StreamableHttpConnection(
+                    spec,
+                    on_notification,
+                    connect_timeout=self._connect_timeout,
+                    credentials=self._credentials_for(spec),
+                )
             case SseServer():
                 return SseConnection(spec, on_notification, connect_timeout=self._connect_timeout)
 

@@ -13,6 +13,11 @@ URL means streamable HTTP. ``${VAR}`` (or ``${VAR:-default}``) in command, args,
 url and headers expands from the environment mapping the caller passes in; a variable that
 is not defined and has no default is an error. Keys this module does not know (other
 clients' extras such as ``autoApprove``) are ignored.
+
+HTTP upstreams take the broker's own keys beside ``url``: ``proxy``, ``ca_bundle``,
+``client_cert`` and ``client_key`` (`broker.proxy.upstream.credentials.network`), and ``auth``
+and ``agent_headers`` (`broker.proxy.upstream.credentials.settings`); all are checked here, at
+startup, and an error names the server and key.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
+from broker.proxy.upstream.credentials.network import NetworkConfigError, UpstreamNetwork, upstream_network
+from broker.proxy.upstream.credentials.settings import CredentialsConfigError, UpstreamAuth, upstream_auth
 
 
 class ServerConfigError(ValueError):
@@ -44,6 +52,10 @@ class HttpServer:
     name: str
     url: str
     headers: Mapping[str, str]
+    network: UpstreamNetwork | None = None
+    """Proxy and TLS settings (`broker.proxy.upstream.credentials.network`); None: direct, system CAs."""
+    auth: UpstreamAuth | None = None
+    """The broker's token and per-agent headers (`broker.proxy.upstream.credentials`); None: none."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,7 @@ class SseServer:
     name: str
     url: str
     headers: Mapping[str, str]
+    network: UpstreamNetwork | None = None
 
 
 ServerSpec = StdioServer | HttpServer | SseServer
@@ -113,8 +126,9 @@ def _parse_server(name: str, entry: Mapping[str, Any], environ: Mapping[str, str
     fields = _Fields(name, entry, environ)
     transport = _transport_of(fields)
     if transport == "stdio":
-        if "url" in entry:
-            raise ServerConfigError(f"server '{name}': 'url' does not apply to a stdio server")
+        for key in ("url", "proxy", "ca_bundle", "client_cert", "client_key", "auth", "agent_headers"):
+            if key in entry:
+                raise ServerConfigError(f"server '{name}': '{key}' does not apply to a stdio server")
         command = fields.string("command")
         if command is None or not command:
             raise ServerConfigError(f"server '{name}': a stdio server needs a non-empty 'command'")
@@ -133,9 +147,34 @@ def _parse_server(name: str, entry: Mapping[str, Any], environ: Mapping[str, str
         raise ServerConfigError(f"server '{name}': an HTTP server needs a 'url'")
     _check_url(name, url)
     headers = fields.string_map("headers")
+    network = _network_of(fields, url)
+    try:
+        auth = upstream_auth(
+            entry, headers=headers, agent_headers=fields.string_map("agent_headers"), expand=fields.expand
+        )
+    except CredentialsConfigError as exc:
+        raise ServerConfigError(f"server '{name}': {exc}") from None
     if transport == "sse":
-        return SseServer(name=name, url=url, headers=headers)
-    return HttpServer(name=name, url=url, headers=headers)
+        if auth is not None:
+            raise ServerConfigError(
+                f"server '{name}': 'auth' and 'agent_headers' need the streamable HTTP transport"
+            )
+        return SseServer(name=name, url=url, headers=headers, network=network)
+    return HttpServer(name=name, url=url, headers=headers, network=network, auth=auth)
+
+
+def _network_of(fields: _Fields, url: str) -> UpstreamNetwork | None:
+    try:
+        return upstream_network(
+            url,
+            proxy=fields.string("proxy"),
+            ca_bundle=fields.string("ca_bundle"),
+            client_cert=fields.string("client_cert"),
+            client_key=fields.string("client_key"),
+            environ=fields.environ,
+        )
+    except NetworkConfigError as exc:
+        raise ServerConfigError(f"server '{fields.server}': {exc}") from None
 
 
 def _transport_of(fields: _Fields) -> str:
@@ -176,7 +215,7 @@ class _Fields:
     def __init__(self, server: str, entry: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         self.server = server
         self.entry = entry
-        self._environ = environ
+        self.environ = environ
 
     def string(self, key: str) -> str | None:
         value = self.entry.get(key)
@@ -184,7 +223,7 @@ class _Fields:
             return None
         if not isinstance(value, str):
             raise self._error(key, f"expected a string, got {_json_type(value)}")
-        return self._expand(key, value)
+        return self.expand(key, value)
 
     def string_list(self, key: str) -> tuple[str, ...]:
         values = self.entry.get(key)
@@ -196,7 +235,7 @@ class _Fields:
         for index, value in enumerate(values):
             if not isinstance(value, str):
                 raise self._error(f"{key}[{index}]", f"expected a string, got {_json_type(value)}")
-            expanded.append(self._expand(f"{key}[{index}]", value))
+            expanded.append(self.expand(f"{key}[{index}]", value))
         return tuple(expanded)
 
     def string_map(self, key: str) -> dict[str, str]:
@@ -209,10 +248,10 @@ class _Fields:
         for name, value in values.items():
             if not isinstance(value, str):
                 raise self._error(f"{key}.{name}", f"expected a string, got {_json_type(value)}")
-            expanded[name] = self._expand(f"{key}.{name}", value)
+            expanded[name] = self.expand(f"{key}.{name}", value)
         return expanded
 
-    def _expand(self, key: str, value: str) -> str:
+    def expand(self, key: str, value: str) -> str:
         if "${" not in value:
             return value
 
@@ -220,7 +259,7 @@ class _Fields:
             variable, has_default, default = match.group(1).partition(":-")
             if not _VARIABLE_NAME.fullmatch(variable):
                 raise self._error(key, f"'${{{match.group(1)}}}' is not a valid variable reference")
-            found = self._environ.get(variable)
+            found = self.environ.get(variable)
             if found is not None:
                 return found
             if has_default:

@@ -34,13 +34,18 @@ class SseConnection(MultiplexedConnection):
         self._url = spec.url
         self._configured_headers = dict(spec.headers)
         self._connect_timeout = connect_timeout
+        self._network = spec.network
         self._http: HttpClient | None = None
         self._endpoint: asyncio.Future[str] | None = None
         self._endpoint_url = ""
 
     async def start(self) -> JsonObject:
         self._http = HttpClient(
-            self._url, headers=self._configured_headers, connect_timeout=self._connect_timeout
+            self._url,
+            headers=self._configured_headers,
+            connect_timeout=self._connect_timeout,
+            ssl_context=None if self._network is None else self._network.ssl_context,
+            proxy=None if self._network is None else self._network.proxy,
         )
         try:
             stream = await self._http.request(

@@ -10,11 +10,15 @@ once they accept connections, which is what the test fixtures wait for.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
+import ssl
 import sys
+from typing import Any
 
 import anyio
+import httpx
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
@@ -99,6 +103,14 @@ async def probe_client(ctx: Context) -> str:
 
 
 @server.tool()
+def seen_headers(ctx: Context) -> str:
+    """The HTTP headers the call arrived with, as JSON (empty over stdio)."""
+    request = ctx.request_context.request
+    headers = getattr(request, "headers", {})
+    return json.dumps({name.lower(): value for name, value in headers.items()})
+
+
+@server.tool()
 def spam_stderr(kilobytes: int) -> str:
     """Write a lot to stderr; a client that does not drain it would make this call hang."""
     line = b"x" * 1023 + b"\n"
@@ -159,6 +171,9 @@ class _MemoryEventStore(EventStore):
 
 
 async def _serve_http(app: object, port: int) -> None:
+    introspect = os.environ.get("DEMO_INTROSPECT_URL")
+    if introspect:
+        app = _RequireBearer(app, introspect)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # uvicorn leaves a socket it is handed as it is; without this, Nagle's algorithm and
@@ -169,8 +184,55 @@ async def _serve_http(app: object, port: int) -> None:
     # port can be announced as soon as the socket listens.
     sock.listen(128)
     print(f"listening on {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, log_level="warning")  # type: ignore[arg-type]
+    config = uvicorn.Config(app, log_level="warning", **_tls_options())  # type: ignore[arg-type]
     await uvicorn.Server(config).serve([sock])
+
+
+class _RequireBearer:
+    """With DEMO_INTROSPECT_URL set, every request needs a bearer token the authorization server
+    calls active (RFC 7662 introspection, as client DEMO_INTROSPECT_CLIENT:DEMO_INTROSPECT_SECRET)."""
+
+    def __init__(self, app: Any, url: str) -> None:
+        self.app, self.url = app, url
+        self.auth = (
+            os.environ.get("DEMO_INTROSPECT_CLIENT", ""),
+            os.environ.get("DEMO_INTROSPECT_SECRET", ""),
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            scheme, _, token = headers.get(b"authorization", b"").decode().partition(" ")
+            active = False
+            if scheme.lower() == "bearer" and token:
+                async with httpx.AsyncClient() as http:
+                    answer = await http.post(self.url, data={"token": token}, auth=self.auth)
+                active = answer.status_code == 200 and answer.json().get("active") is True
+            if not active:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"www-authenticate", b'Bearer error="invalid_token"'),
+                            (b"content-length", b"0"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b""})
+                return
+        await self.app(scope, receive, send)
+
+
+def _tls_options() -> dict[str, object]:
+    """HTTPS when DEMO_TLS_CERT/DEMO_TLS_KEY are set; DEMO_TLS_CLIENT_CA also requires client certificates."""
+    cert, key, client_ca = (os.environ.get(f"DEMO_TLS_{name}") for name in ("CERT", "KEY", "CLIENT_CA"))
+    if not cert:
+        return {}
+    options: dict[str, object] = {"ssl_certfile": cert, "ssl_keyfile": key}
+    if client_ca:
+        options |= {"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
 
 
 def main(argv: list[str]) -> None:
