@@ -4,7 +4,8 @@
 changes: it records every listed tool's definition hash in the shared `PinStore`
 (broker.catalogue.pins). Every `POLL_SECONDS` it re-reads the pins only (one query), to see
 acceptances made on other replicas or with ``broker tools accept``. It keeps the exposed
-names of tools whose current definition is not accepted in a frozenset. A changed definition is logged (old and new hash).
+names of tools whose current definition is not accepted in a frozenset. A changed definition is logged
+(old and new hash) and recorded as a ``changed`` tool event by the store (broker.catalogue.tool_events).
 
 On the hot path the gateway asks `override(tool, decision)`: one frozenset lookup by exposed
 name when something is pending, nothing else. A pending tool's calls that the policy would let
@@ -54,7 +55,12 @@ class PinGuard:
                 except ValueError:
                     seen = "unreadable"  # never equal to an accepted hash: the tool stays pending
                 sighting = await self._store.observe(
-                    tool.server, tool.name, seen, now=self._clock(), trust_new=self._trust_new
+                    tool.server,
+                    tool.name,
+                    seen,
+                    now=self._clock(),
+                    trust_new=self._trust_new,
+                    definition=tool.definition,
                 )
                 if sighting.changed and sighting.before is not None:
                     logger.warning(
