@@ -132,7 +132,11 @@ class Broker:
             edits=SqlEditStore(self.store),
             tool_schema=self._tool_schema,
         )
-        self.pins = PinGuard(SqlToolPinStore(self.store), clock=clock)
+        self.pins = PinGuard(
+            SqlToolPinStore(self.store),
+            clock=clock,
+            trust_new=lambda: self.policy_file.holder.current.on_new_tool is None,
+        )
         self.gateway.attach_pins(self.pins)
         self.grants = GrantDesk(SqlGrantStore(self.store))
         self.gateway.attach_grants(GrantCheck(self.grants.store))
