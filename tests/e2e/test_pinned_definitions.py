@@ -114,6 +114,19 @@ async def test_a_rewritten_tool_is_held_until_its_new_definition_is_accepted(tmp
                 [line] = events.stdout.splitlines()
                 assert "lab__add  accepted  " in line and line.endswith(f"-> {offered}  by alice"), line
 
+                async with running.approver("bob") as bob, running.raw() as agent:
+                    listed = await bob.get("/api/tools/events", params={"tool": "lab__add", "limit": 2})
+                    assert listed.status_code == 200, listed.text
+                    change, acceptance = listed.json()["events"]
+                    assert (change["kind"], change["new_hash"][:12], change["actor"]) == (
+                        "changed",
+                        offered,
+                        "broker",
+                    )
+                    assert any(line.startswith("description: ") for line in change["changes"])
+                    assert (acceptance["kind"], acceptance["actor"]) == ("accepted", "alice")
+                    assert (await agent.get("/api/tools/events")).status_code == 401
+
 
 async def broker_cli(*args: str) -> subprocess.CompletedProcess[str]:
     done = await anyio.run_process([sys.executable, "-m", "broker", *args], check=False)
