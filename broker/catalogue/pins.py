@@ -14,7 +14,7 @@ One `Pin` per (server, tool), in the store shared by every replica:
 
 A tool is *pending* when ``seen_hash != accepted_hash``. First sighting is trust on first
 use by default: the new pin is accepted at once, by ``first-use``; with ``trust_new=False``
-(strict pinning) a new tool is pending until someone accepts it. A later change of the
+(strict pinning, the policy's ``on_new_tool``) a new tool is pending until someone accepts it. A later change of the
 definition never accepts itself: the pin's ``seen_hash`` moves and the tool is pending.
 
 Port (implemented by broker.store.tool_pins), failures as in broker.approvals.ports:
