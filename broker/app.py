@@ -29,6 +29,7 @@ from broker.channels.grants_api import build_grants_router
 from broker.channels.sso.api_tokens import SsoApproverTokens
 from broker.channels.sso.identity import possible_groups
 from broker.channels.sso.provider import IdentityProvider
+from broker.channels.tool_events_api import build_tool_events_router
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
 from broker.config.policy_file import PolicyFile
 from broker.config.settings import BrokerSettings, ConfigError
@@ -132,7 +133,12 @@ class Broker:
             edits=SqlEditStore(self.store),
             tool_schema=self._tool_schema,
         )
-        self.pins = PinGuard(SqlToolPinStore(self.store), clock=clock)
+        self.pin_store = SqlToolPinStore(self.store)
+        self.pins = PinGuard(
+            self.pin_store,
+            clock=clock,
+            trust_new=lambda: self.policy_file.holder.current.on_new_tool is None,
+        )
         self.gateway.attach_pins(self.pins)
         self.grants = GrantDesk(SqlGrantStore(self.store))
         self.gateway.attach_grants(GrantCheck(self.grants.store))
@@ -449,6 +455,7 @@ class Broker:
             )
         )
         api.include_router(build_grants_router(broker.grants, broker.approvers, broker.sso_tokens))
+        api.include_router(build_tool_events_router(broker.pin_store, broker.approvers, broker.sso_tokens))
         if broker.web_inbox is not None:
             api.include_router(broker.web_inbox.router())
         slack_router = broker.slack.router() if broker.slack is not None else None

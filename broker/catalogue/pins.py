@@ -14,12 +14,14 @@ One `Pin` per (server, tool), in the store shared by every replica:
 
 A tool is *pending* when ``seen_hash != accepted_hash``. First sighting is trust on first
 use by default: the new pin is accepted at once, by ``first-use``; with ``trust_new=False``
-(strict pinning) a new tool is pending until someone accepts it. A later change of the
+(strict pinning, the policy's ``on_new_tool``) a new tool is pending until someone accepts it. A later change of the
 definition never accepts itself: the pin's ``seen_hash`` moves and the tool is pending.
 
 Port (implemented by broker.store.tool_pins), failures as in broker.approvals.ports:
 StoreUnavailable when the store cannot answer, which callers treat as every tool pending
-(fail closed); PinNotFound when accepting a tool no replica has seen.
+(fail closed); PinNotFound when accepting a tool no replica has seen; DefinitionMoved when
+accepting a hash that is not the definition offered now. Every sighting of a new tool, change
+and acceptance is also a `ToolEvent` (broker.catalogue.tool_events).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 from broker.approvals.canonical import canonical_bytes
+from broker.catalogue.tool_events import ToolEvent
 
 PINNED_FIELDS: Final = ("name", "description", "inputSchema", "annotations")
 FIRST_USE: Final = "first-use"
@@ -82,15 +85,40 @@ class PinNotFound(LookupError):
         self.tool = tool
 
 
+class DefinitionMoved(ValueError):
+    """The definition offered now is not the one the operator reviewed (``accept --hash``)."""
+
+    def __init__(self, server: str, tool: str, expected: str, seen: str) -> None:
+        super().__init__(
+            f"{server}__{tool} now offers definition {seen[:12]}, not {expected[:12]} that you reviewed: "
+            "nothing accepted; review it again (`broker tools events`) and accept that hash"
+        )
+        self.server = server
+        self.tool = tool
+        self.expected = expected
+        self.seen = seen
+
+
 class PinStore(Protocol):
     async def observe(
-        self, server: str, tool: str, seen_hash: str, *, now: datetime, trust_new: bool
+        self,
+        server: str,
+        tool: str,
+        seen_hash: str,
+        *,
+        now: datetime,
+        trust_new: bool,
+        definition: Mapping[str, Any] | None = None,
     ) -> Sighting:
-        """Records that `server` offers `tool` with this definition now (idempotent)."""
+        """Records that `server` offers `tool` with this definition now (idempotent), and the
+        `ToolEvent`s of a first sighting or a change (`definition`, when given, for the diff)."""
         ...
 
-    async def accept(self, tool: str, *, server: str | None, by: str, at: datetime) -> Sequence[Pin]:
-        """Accepts the definition each matching pin saw last; raises PinNotFound when none matches."""
+    async def accept(
+        self, tool: str, *, server: str | None, by: str, at: datetime, expected_hash: str | None = None
+    ) -> Sequence[Pin]:
+        """Accepts the definition each matching pin saw last; raises PinNotFound when none matches,
+        DefinitionMoved (nothing accepted) when `expected_hash` (a prefix) is not what one saw last."""
         ...
 
     async def accept_all(self, *, by: str, at: datetime) -> Sequence[Pin]:
@@ -99,4 +127,10 @@ class PinStore(Protocol):
 
     async def pins(self) -> Sequence[Pin]:
         """Every pin, by server then tool."""
+        ...
+
+    async def events(
+        self, *, tool: str | None = None, server: str | None = None, limit: int = 100
+    ) -> Sequence[ToolEvent]:
+        """The newest `limit` tool-definition events (broker.catalogue.tool_events), oldest first."""
         ...

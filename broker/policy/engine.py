@@ -63,6 +63,10 @@ Changed tool definitions
     ``on_definition_change`` (``require_approval``, the default, or ``hide``) is what a call gets
     when the tool's definition changed since an operator accepted it; the policy only carries the
     setting, the gateway applies it after `decide` (see broker/proxy/pinning.py).
+    ``on_new_tool`` (``accept``, the default: trust on first use; ``require_approval`` or
+    ``hide``: strict pinning) is what a tool gets that no one has accepted yet, from its first
+    sighting until ``broker tools accept``; it is None for ``accept``. A never-accepted tool
+    under ``accept`` (first seen under a strict policy) gets ``on_definition_change``.
 
 Revision
     ``Policy.revision`` (and every Decision's ``revision``) is the first 12 hex digits of
@@ -104,6 +108,7 @@ class Policy:
         "_rules",
         "default",
         "on_definition_change",
+        "on_new_tool",
         "revision",
     )
 
@@ -117,6 +122,7 @@ class Policy:
         default_approval: ApprovalRequirement | None = None,
         risk_defaults: Mapping[str, RiskDefault] | None = None,
         on_definition_change: Action = Action.REQUIRE_APPROVAL,
+        on_new_tool: Action | None = None,
     ) -> None:
         if default not in (Action.ALLOW, Action.DENY, Action.REQUIRE_APPROVAL):
             raise ValueError(f"a policy default must be allow, deny or require_approval, not {default}")
@@ -125,6 +131,7 @@ class Policy:
         self.revision = revision
         self.default = default
         self.on_definition_change = on_definition_change
+        self.on_new_tool = on_new_tool
         self._default_decision = Decision(
             default, "default", f"no rule matches; default is {default}", revision, approval=default_approval
         )

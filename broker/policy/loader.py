@@ -69,4 +69,5 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         default_approval=parts.default_approval,
         risk_defaults=parts.risk_defaults,
         on_definition_change=parts.on_definition_change,
+        on_new_tool=parts.on_new_tool,
     )

@@ -36,7 +36,15 @@ from broker.policy.rules import CompiledRule, HideEntry
 from broker.policy.unless import rule_check
 
 SUPPORTED_VERSION: Final = "1"
-TOP_LEVEL_KEYS: Final = ("version", "default", "risk_defaults", "on_definition_change", "hide", "rules")
+TOP_LEVEL_KEYS: Final = (
+    "version",
+    "default",
+    "risk_defaults",
+    "on_definition_change",
+    "on_new_tool",
+    "hide",
+    "rules",
+)
 DEFINITION_CHANGE_ACTIONS: Final = (Action.REQUIRE_APPROVAL, Action.HIDE)
 RULE_KEYS: Final = (
     "tool",
@@ -88,6 +96,7 @@ class PolicyParts:
     default_approval: ApprovalRequirement | None = None
     risk_defaults: Mapping[str, RiskDefault] = field(default_factory=dict)
     on_definition_change: Action = Action.REQUIRE_APPROVAL
+    on_new_tool: Action | None = None
 
 
 def compile_document(root: Node, *, source: str, revision: str) -> PolicyParts:
@@ -118,11 +127,12 @@ class _Compiler:
             root.get("risk_defaults"), default, self._default_entry, self._fail
         )
         on_change = self._on_definition_change(root.get("on_definition_change"))
+        on_new = self._on_new_tool(root.get("on_new_tool"))
         hides = self._hides(root.get("hide"))
         rules = self._rules(root.get("rules"))
         if self._problems:
             raise PolicyError(self._problems)
-        return PolicyParts(default, hides, rules, default_approval, risk_defaults, on_change)
+        return PolicyParts(default, hides, rules, default_approval, risk_defaults, on_change, on_new)
 
     def _on_definition_change(self, node: Node | None) -> Action:
         """What a tool whose definition changed since it was accepted gets (broker/proxy/pinning.py)."""
@@ -133,6 +143,16 @@ class _Compiler:
             return Action(node.value)
         self._fail(node, f"on_definition_change must be require_approval or hide, got {describe_node(node)}")
         return Action.REQUIRE_APPROVAL
+
+    def _on_new_tool(self, node: Node | None) -> Action | None:
+        """What a tool no one accepted yet gets; None (``accept``): trusted on first use."""
+        if node is None or (isinstance(node, ScalarNode) and node.value == "accept"):
+            return None
+        choices = [action.value for action in DEFINITION_CHANGE_ACTIONS]
+        if isinstance(node, ScalarNode) and node.value in choices:
+            return Action(node.value)
+        self._fail(node, f"on_new_tool must be accept, require_approval or hide, got {describe_node(node)}")
+        return None
 
     def _fail(self, at: Position, message: str) -> None:
         self._problems.append(PolicyProblem(self._source, at.line, at.column, message))

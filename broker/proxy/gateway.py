@@ -301,7 +301,9 @@ class Gateway:
                 risk = self.tool_risks.of(tool) if policy.rates_risk else None
                 if not policy.is_listed(tool.name, server=tool.server, agent=agent, risk=risk):
                     continue
-                if self._pins is not None and self._pins.hides(tool, policy.on_definition_change):
+                if self._pins is not None and self._pins.hides(
+                    tool, policy.on_definition_change, policy.on_new_tool
+                ):
                     continue
                 if self._runs_as_task(tool, agent, policy, risk):
                     listing.append({**tool.definition, "execution": {"taskSupport": "optional"}})
@@ -363,7 +365,10 @@ class Gateway:
             risk=self.tool_risks.of(tool) if policy.rates_risk else None,
         )
         if self._pins is not None and self._pins.pending:
-            decision = self._pins.override(tool, decision, policy.on_definition_change) or decision
+            decision = (
+                self._pins.override(tool, decision, policy.on_definition_change, policy.on_new_tool)
+                or decision
+            )
         action = decision.action
         if action is Action.ALLOW or action is Action.REQUIRE_APPROVAL:
             if action is Action.ALLOW and isinstance(params.get("task"), dict) and not ctx.modern:

@@ -250,6 +250,29 @@ class ToolPinRow(StoreModel, table=True):
     accepted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
 
 
+class ToolEventRow(StoreModel, table=True):
+    """A tool definition seen, changed or accepted (broker.catalogue.tool_events)."""
+
+    __tablename__ = "tool_events"
+    __table_args__ = (Index("ix_tool_events_server_tool_id", "server", "tool", "id"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    server: str = Field(sa_column=Column(Text, nullable=False))
+    tool: str = Field(sa_column=Column(Text, nullable=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    old_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    new_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    actor: str = Field(sa_column=Column(Text, nullable=False))
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    changes: list[str] = Field(default_factory=list, sa_column=Column(CanonicalJSON, nullable=False))
+    # The pinned fields as listed (canonical JSON), so the next change can say what differs;
+    # None on an acceptance, or when the definition was not JSON-exact.
+    definition: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
 metadata: MetaData = StoreModel.metadata
 approvals: Table = metadata.tables["approvals"]
 audit_events: Table = metadata.tables["audit_events"]
@@ -259,3 +282,4 @@ grants: Table = metadata.tables["grants"]
 escalation_posts: Table = metadata.tables["escalation_posts"]
 spend_entries: Table = metadata.tables["spend_entries"]
 tool_pins: Table = metadata.tables["tool_pins"]
+tool_events: Table = metadata.tables["tool_events"]

@@ -124,3 +124,16 @@ def test_serve_refuses_unreadable_config_and_policy_files_with_exit_code_2(tmp_p
     assert (
         "refusing to start" in bad_policy.stderr and "policy.yaml:3:6: not valid UTF-8" in bad_policy.stderr
     )
+
+
+def test_tools_accept_and_events_refuse_bad_arguments_with_exit_code_2(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'never-created.db'}"
+    for args, message in (
+        (("accept", "add", "--hash", "cd21"), "--hash must be 12 to 64 lowercase hex digits"),
+        (("accept", "--all", "--hash", "cd21ee019a1c"), "--hash goes with exactly one TOOL"),
+        (("accept", "a", "b", "--hash", "cd21ee019a1c"), "--hash goes with exactly one TOOL"),
+        (("events", "--limit", "0"), "--limit must be a positive number"),
+    ):
+        result = broker("tools", *args, "--database-url", url)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "never-created.db").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from broker.policy import Action, load_policy
-from broker.proxy.pinning import PIN_RULE, PinGuard
+from broker.proxy.pinning import NEW_PIN_RULE, PIN_RULE, PinGuard
 from broker.proxy.upstream.pool import UpstreamTool
 from broker.store.engine import create_store
 from broker.store.sql import SqlApprovalStore
@@ -65,3 +65,35 @@ async def test_an_unreadable_store_makes_every_tool_pending(tmp_path: Path, cloc
         assert guard.pending == {"ex__get_ticker", "ex__withdraw", "ex__nuke"}
     finally:
         await gone.close()
+
+
+async def test_strict_pinning_gives_new_tools_the_on_new_tool_action_until_accepted(
+    store: SqlApprovalStore, clock: ManualClock
+) -> None:
+    strict = True
+    guard = PinGuard(SqlToolPinStore(store), clock=clock, trust_new=lambda: not strict)
+    assert await guard.refresh(tools("v1"))
+    assert guard.pending == guard.never_accepted == {"ex__get_ticker", "ex__withdraw", "ex__nuke"}
+    ticker, withdraw, _ = tools("v1")
+    held = guard.override(ticker, POLICY.decide("get_ticker"), Action.HIDE, Action.REQUIRE_APPROVAL)
+    assert held is not None and (held.action, held.rule) == (Action.REQUIRE_APPROVAL, NEW_PIN_RULE)
+    assert "no one accepted its definition yet" in held.reason
+    assert guard.hides(withdraw, Action.REQUIRE_APPROVAL, Action.HIDE)
+    assert not guard.hides(withdraw, Action.HIDE, Action.REQUIRE_APPROVAL)
+    # Under `on_new_tool: accept` a tool first seen under a strict policy is still not accepted.
+    assert guard.hides(withdraw, Action.HIDE, None)
+
+    await SqlToolPinStore(store).accept("get_ticker", server="ex", by="alice", at=clock())
+    strict = False
+    extra = tool("extra", "v1")
+    assert await guard.refresh([*tools("v1"), extra])
+    assert guard.never_accepted == {"ex__withdraw", "ex__nuke"}
+    assert guard.override(ticker, POLICY.decide("get_ticker"), Action.HIDE, Action.HIDE) is None
+    assert guard.override(extra, POLICY.decide("extra"), Action.HIDE, Action.HIDE) is None  # trusted now
+
+    # A change of an accepted tool gets on_definition_change, whatever on_new_tool says.
+    await guard.refresh([tool("get_ticker", "v2")])
+    changed = guard.override(
+        tool("get_ticker", "v2"), POLICY.decide("get_ticker"), Action.REQUIRE_APPROVAL, Action.HIDE
+    )
+    assert changed is not None and (changed.action, changed.rule) == (Action.REQUIRE_APPROVAL, PIN_RULE)
