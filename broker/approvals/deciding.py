@@ -106,7 +106,10 @@ class Decider:
         if self._policy is None:
             return None
         return self._policy().decide(
-            approval.upstream_tool, server=approval.server, agent=approval.agent, arguments=approval.arguments
+            approval.upstream_tool,
+            server=approval.server,
+            agent=approval.agent,
+            arguments=approval.as_decided(),
         )
 
     async def open_granted(self, new: NewApproval, grant: Grant) -> Approval:
@@ -321,5 +324,8 @@ class Decider:
 def _decide_for(policy: Policy, approval: Approval, arguments: Mapping[str, Any]) -> Decision:
     """The policy's decision on `approval`'s call with other arguments (an edit)."""
     return policy.decide(
-        approval.upstream_tool, server=approval.server, agent=approval.agent, arguments=arguments
+        approval.upstream_tool,
+        server=approval.server,
+        agent=approval.agent,
+        arguments=approval.as_decided(arguments),
     )

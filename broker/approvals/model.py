@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.approvals.canonical import arguments_hash, canonical_json, request_key
+from broker.policy.conditions import with_claims
 from broker.policy.escalation import EscalationStep
 
 
@@ -129,6 +130,9 @@ class NewApproval:
     not change the plan of a call already waiting; see broker.approvals.escalation)."""
     editable: tuple[str, ...] = ()
     """Top-level arguments approvers may change before approving (the rule's ``editable``)."""
+    claims: Mapping[str, Any] | None = None
+    """The verified access token's claims the call was decided with (None: an API-key agent), so
+    every later re-check reads the same ``claims.`` paths; never the token itself."""
     arguments_hash: str = field(init=False)
     request_key: str = field(init=False)
     argument_order: tuple[str, ...] = field(init=False)
@@ -159,6 +163,12 @@ class NewApproval:
         object.__setattr__(self, "editable", tuple(self.editable))
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ValueError(f"NewApproval.task_id must be a non-empty string or None, got {self.task_id!r}")
+        if self.claims is not None and not isinstance(self.claims, Mapping):
+            raise ValueError(
+                f"NewApproval.claims must be a JSON object or None, got {type(self.claims).__name__}"
+            )
+        if self.claims is not None:
+            object.__setattr__(self, "claims", json.loads(canonical_json(self.claims)))
         object.__setattr__(self, "argument_order", tuple(str(key) for key in self.arguments))
         # A canonical round trip deep-copies the arguments into exactly the shape the
         # store will hand back (tuples become lists), so the hash and the row agree.
@@ -242,6 +252,14 @@ class Approval:
     original call's, so the agent's identical re-call still finds this approval."""
     edited_by: str | None = None
     edited_at: datetime | None = None
+    claims: dict[str, Any] | None = None
+    """The agent's token claims the call was held with (see `NewApproval.claims`); not for display."""
+
+    def as_decided(self, arguments: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+        """`arguments` (by default the stored ones) as the policy reads them on a re-check: with
+        the claims the call came with, so ``claims.`` conditions hold as they did when it was held."""
+        chosen = self.arguments if arguments is None else arguments
+        return chosen if self.claims is None else with_claims(chosen, self.claims)
 
     @property
     def is_edited(self) -> bool:

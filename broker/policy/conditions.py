@@ -9,8 +9,10 @@ cannot be addressed.
 
 Paths ``claims.<key>[...]`` read the verified access token of an agent that signed in with
 OAuth (``claims.groups contains ops``, ``claims.scope matches ".*trade.*"``). The gateway hands
-them over only for such agents (`with_claims`), so API-key agents pay nothing; for them, and
-when a held call is re-checked at release, every ``claims.`` path is missing.
+them over only for such agents (`with_claims`), so API-key agents pay nothing; for them every
+``claims.`` path is missing. A held call keeps the claims it was decided with
+(`Approval.claims`), so the re-checks when a person decides it and at its release read the same
+claims as its first decision, even after the token expired.
 
 Operators and their meaning (a *missing* path is one that does not resolve: absent key,
 index past the end, or stepping into a scalar):

@@ -275,6 +275,7 @@ class HeldCalls:
             quorum_from=requirement.quorum_from if requirement is not None else (),
             escalation=requirement.escalation if requirement is not None else (),
             editable=requirement.editable if requirement is not None else (),
+            claims=ctx.claims,
         )
 
     async def _open(self, ctx: AgentContext, new: NewApproval) -> tuple[Approval, bool]:

@@ -78,7 +78,7 @@ class UpstreamReleaser(CallReleaser):
             tool.name,
             server=tool.server,
             agent=approval.agent,
-            arguments=approval.arguments,
+            arguments=approval.as_decided(),
             # A reload may have made the tool's risk default deny: that must stop the release too.
             risk=self._risks.of(tool) if self._risks is not None and policy.rates_risk else None,
         )
@@ -89,7 +89,8 @@ class UpstreamReleaser(CallReleaser):
         try:
             async with self._spend.settled(reservation) if self._spend is not None else nullcontext():
                 # The agent that asked, so per-agent upstream credentials name it, not the approver.
-                caller = UpstreamCaller(approval.agent)
+                # Its claims fill claim headers as they would have at once; its token was never kept.
+                caller = UpstreamCaller(approval.agent, approval.claims or {})
                 result: JsonObject = await self._forward(tool, dict(approval.arguments), caller=caller)
         except UpstreamRpcError as exc:
             raise ReleaseFailed(f"upstream '{tool.server}' rejected the call: {exc.rpc_message}") from exc

@@ -515,6 +515,7 @@ class SqlApprovalStore:
             escalation=new.escalation,
             next_escalation_at=first_escalation_at(now, new.escalation),
             editable=new.editable,
+            claims=None if new.claims is None else dict(new.claims),
         )
         try:
             await conn.execute(insert(approvals).values(_row_from_approval(approval)))
@@ -758,6 +759,7 @@ def _row_from_approval(approval: Approval) -> dict[str, Any]:
         "original_arguments": approval.original_arguments,
         "edited_by": approval.edited_by,
         "edited_at": approval.edited_at,
+        "claims": approval.claims,
         "version": approval.version,
     }
 
@@ -805,6 +807,7 @@ def _approval_from_row(row: RowMapping) -> Approval:
         original_arguments=row["original_arguments"],
         edited_by=row["edited_by"],
         edited_at=row["edited_at"],
+        claims=row["claims"],
     )
 
 

@@ -112,6 +112,8 @@ class ApprovalRow(StoreModel, table=True):
     edited_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     edited_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
     """Approve with edits (migration 0008; see broker.store.edits)."""
+    claims: dict[str, Any] | None = Field(default=None, sa_column=Column(CanonicalJSON, nullable=True))
+    """The agent's token claims the call was held with, for re-checks (migration 0017)."""
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 

@@ -33,7 +33,10 @@ def grant_allowance(policy: Callable[[], Policy]) -> Callable[[Approval], GrantA
 
     def allowance(approval: Approval) -> GrantAllowance | None:
         decision = policy().decide(
-            approval.upstream_tool, server=approval.server, agent=approval.agent, arguments=approval.arguments
+            approval.upstream_tool,
+            server=approval.server,
+            agent=approval.agent,
+            arguments=approval.as_decided(),
         )
         if (
             decision.action is not Action.REQUIRE_APPROVAL

@@ -1,0 +1,92 @@
+"""A call held by a rule on the token's claims: the approval keeps the claims it was decided with,
+so approving it and re-checking it at release read the same `claims.` paths as the first decision."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from broker.config.oauth import OAuthSettings
+from tests.authserver.server import AuthServer
+from tests.e2e.harness import RunningBroker, exchange_server, make_settings, running_broker
+from tests.e2e.test_approvals_flow import text_of, watch
+from tests.oauth.test_oauth_flow import free_port
+
+pytestmark = pytest.mark.anyio
+
+# Only a trader's order is worth asking a human about; anyone else's is refused outright.
+POLICY = """
+version: "1"
+default: deny
+rules:
+  - tool: place_order
+    action: require_approval
+    when:
+      "claims.groups": {contains: traders}
+    timeout: 60
+    approvers: ["@trading-leads"]
+"""
+ORDER = {"symbol": "BTCUSD", "side": "buy", "quantity": 3, "price": 1000}
+
+
+@asynccontextmanager
+async def claims_broker(tmp_path: Path, auth: AuthServer) -> AsyncIterator[RunningBroker]:
+    port = free_port()
+    oauth = OAuthSettings(issuer=auth.issuer, resource=f"http://127.0.0.1:{port}/mcp")
+    base = make_settings(tmp_path, POLICY, exchange_server())
+    async with running_broker(replace(base, oauth=oauth), port=port) as running:
+        yield running
+
+
+async def test_a_call_held_on_its_claims_is_approved_released_and_answered(
+    tmp_path: Path, auth_server: AuthServer
+) -> None:
+    async with claims_broker(tmp_path, auth_server) as running:
+        feed = watch(running)
+        token = auth_server.token("carol", aud=f"{running.url}/mcp", groups=["traders"])
+        with anyio.fail_after(60):
+            async with running.client(key=token) as client, anyio.create_task_group() as tasks:
+                outcome: dict[str, Any] = {}
+
+                async def agent() -> None:
+                    outcome["result"] = await client.call_tool("place_order", ORDER)
+
+                tasks.start_soon(agent)
+                approval = await feed.opened.receive()
+                assert (approval.agent, approval.arguments) == ("carol", ORDER)
+                async with running.approver("alice") as alice:
+                    shown = (await alice.get(f"/api/approvals/{approval.id}")).json()
+                    assert shown["can_decide"] is True, shown
+                    # The approval JSON is what it was: the agent's claims are not shown to approvers.
+                    assert "claims" not in shown
+                    decided = await alice.post(f"/api/approvals/{approval.id}/approve")
+                    assert decided.status_code == 200, decided.text
+            result = outcome["result"]
+            assert not result.is_error, text_of(result)
+            assert result.structured_content["quantity"] == 3
+            assert result.structured_content["status"] == "open"
+            async with running.approver("bob") as bob:
+                final = (await bob.get(f"/api/approvals/{approval.id}")).json()
+        assert final["status"] == "completed"
+        stored = await running.broker.approvals.store.get(approval.id)
+        assert stored is not None and stored.claims is not None
+        assert stored.claims["groups"] == ["traders"] and stored.claims["sub"] == "carol"
+        assert token not in str(stored)
+
+
+async def test_a_caller_without_the_claim_is_refused_and_nothing_is_held(
+    tmp_path: Path, auth_server: AuthServer
+) -> None:
+    async with claims_broker(tmp_path, auth_server) as running:
+        token = auth_server.token("dave", aud=f"{running.url}/mcp", groups=["auditors"])
+        with anyio.fail_after(60):
+            async with running.client(key=token) as client:
+                result = await client.call_tool("place_order", ORDER)
+        assert result.is_error
+        assert await running.broker.approvals.store.list(limit=10) == []
