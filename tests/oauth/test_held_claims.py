@@ -3,6 +3,7 @@ so approving it and re-checking it at release read the same `claims.` paths as t
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -17,6 +18,7 @@ from tests.authserver.server import AuthServer
 from tests.e2e.harness import RunningBroker, exchange_server, make_settings, running_broker
 from tests.e2e.test_approvals_flow import text_of, watch
 from tests.oauth.test_oauth_flow import free_port
+from tests.upstream.support import DemoHttpServer, started
 
 pytestmark = pytest.mark.anyio
 
@@ -33,6 +35,12 @@ rules:
     approvers: ["@trading-leads"]
 """
 ORDER = {"symbol": "BTCUSD", "side": "buy", "quantity": 3, "price": 1000}
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[DemoHttpServer]:
+    async with started({"plain": DemoHttpServer("http")}) as servers:
+        yield servers["plain"]
 
 
 @asynccontextmanager
@@ -90,3 +98,33 @@ async def test_a_caller_without_the_claim_is_refused_and_nothing_is_held(
                 result = await client.call_tool("place_order", ORDER)
         assert result.is_error
         assert await running.broker.approvals.store.list(limit=10) == []
+
+
+async def test_a_released_call_sends_the_claim_headers_it_would_have_sent_at_once(
+    tmp_path: Path, auth_server: AuthServer, upstream: DemoHttpServer
+) -> None:
+    port = free_port()
+    oauth = OAuthSettings(issuer=auth_server.issuer, resource=f"http://127.0.0.1:{port}/mcp")
+    servers = {"plain": {"url": upstream.url, "agent_headers": {"X-Agent-Email": "{claims.email}"}}}
+    policy = 'version: "1"\ndefault: require_approval\n'
+    base = make_settings(tmp_path, policy, servers)
+    async with running_broker(replace(base, oauth=oauth), port=port) as running:
+        feed = watch(running)
+        token = auth_server.token("carol", aud=f"{running.url}/mcp", email="carol@example.com")
+        with anyio.fail_after(60):
+            async with running.client(key=token) as client, anyio.create_task_group() as tasks:
+                outcome: dict[str, Any] = {}
+
+                async def agent() -> None:
+                    outcome["result"] = await client.call_tool("seen_headers", {})
+
+                tasks.start_soon(agent)
+                approval = await feed.opened.receive()
+                async with running.approver("alice") as alice:
+                    decided = await alice.post(f"/api/approvals/{approval.id}/approve")
+                    assert decided.status_code == 200, decided.text
+    result = outcome["result"]
+    assert not result.is_error, text_of(result)
+    seen = json.loads(text_of(result))
+    assert seen["x-agent-email"] == "carol@example.com"
+    assert "authorization" not in seen and not any(token in value for value in seen.values())

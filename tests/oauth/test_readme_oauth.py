@@ -22,15 +22,17 @@ def section_blocks() -> list[str]:
 
 
 def test_the_oauth_section_and_its_rules_load() -> None:
-    config, rules = section_blocks()
+    config, *rule_blocks = section_blocks()
     settings = oauth_settings(OAuthEntry.model_validate(yaml.safe_load(config)["oauth"]))
     assert settings is not None and settings.agent_claim == "client_id"
     assert (
         settings.resource_metadata_url
         == "https://broker.example.com/.well-known/oauth-protected-resource/mcp"
     )
-    policy = load_policy('version: "1"\ndefault: deny\n' + rules)
-    assert len(policy.rules) == 1
+    assert len(rule_blocks) == 2  # the rule on claims, and the held call that keeps them
+    for rules in rule_blocks:
+        policy = load_policy('version: "1"\ndefault: deny\n' + rules)
+        assert len(policy.rules) == 1
 
 
 @pytest.mark.parametrize("algorithms", [["none"], ["HS256"], ["RS256", "HS512"], []])
@@ -40,7 +42,7 @@ def test_symmetric_and_none_algorithms_are_refused_at_load(algorithms: list[str]
 
 
 def test_broker_yaml_with_the_section_loads(tmp_path: Path) -> None:
-    config, _ = section_blocks()
+    config = section_blocks()[0]
     (tmp_path / "servers.json").write_text('{"mcpServers": {}}')
     (tmp_path / "policy.yaml").write_text('version: "1"\ndefault: deny\n')
     (tmp_path / "broker.yaml").write_text("servers: servers.json\npolicy: policy.yaml\n" + config)
@@ -51,7 +53,7 @@ def test_broker_yaml_with_the_section_loads(tmp_path: Path) -> None:
 
 
 def test_introspection_needs_its_secret_in_the_environment(tmp_path: Path) -> None:
-    config, _ = section_blocks()
+    config = section_blocks()[0]
     config += (
         "  introspection: {endpoint: 'https://login.example.com/introspect', client_id: broker,"
         " client_secret_env: BROKER_INTROSPECTION_SECRET}\n"
