@@ -52,6 +52,10 @@ stays with the broker, and a server that needs more names it in its ``env``."""
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 EXIT_GRACE_SECONDS = 2.0
 """How long a server may take to exit after its stdin closes, and again after SIGTERM."""
+KILL_WAIT_SECONDS = 5.0
+"""How long to wait for the exit after SIGKILL. It cannot be ignored, so this only bounds how soon a
+busy machine schedules and reaps the dying process: longer than the polite grace, so closing a
+connection does not leave a process (or a zombie) behind when the machine is loaded."""
 EXIT_REPORT_SECONDS = 0.5
 """How long to wait, once the server's stdout ends, for its exit code to report."""
 
@@ -193,7 +197,7 @@ class StdioConnection(MultiplexedConnection):
                 _stop_group(process, force=False)
                 if await self._exit_code(timeout=self._exit_grace) is None:
                     _stop_group(process, force=True)
-                    if await self._exit_code(timeout=self._exit_grace) is None:
+                    if await self._exit_code(timeout=max(self._exit_grace, KILL_WAIT_SECONDS)) is None:
                         logger.error("upstream '%s': process %d survived SIGKILL", self.server, process.pid)
         elif self._stdin is not None:
             self._stdin.close()
