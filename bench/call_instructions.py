@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -36,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.proxy_overhead import ACCEPT, API_KEY, drive, wait_for_port  # noqa: E402
+from bench.proxy_overhead import ACCEPT, API_KEY, drive, wait_for_port, write_broker_config  # noqa: E402
 
 SUMMARY = re.compile(rb"^summary:\s*(\d+)", re.MULTILINE)
 
@@ -70,18 +68,7 @@ async def main() -> None:
 
     upstream_port, broker_port = args.port_base, args.port_base + 1
     work = Path(tempfile.mkdtemp(prefix="broker-instructions-"))
-    (work / "policy.yaml").write_text(
-        'version: "1"\ndefault: deny\nrules:\n  - tool: get_ticker\n    action: allow\n'
-    )
-    (work / "servers.json").write_text(
-        json.dumps({"mcpServers": {"exchange": {"url": f"http://127.0.0.1:{upstream_port}/mcp"}}})
-    )
-    (work / "broker.yaml").write_text(
-        "servers: servers.json\npolicy: policy.yaml\n"
-        f"listen: {{host: 127.0.0.1, port: {broker_port}}}\n"
-        f"agents: {{bench: {{api_key_sha256: {hashlib.sha256(API_KEY.encode()).hexdigest()}}}}}\n"
-        f"database_url: sqlite:///{work / 'broker.db'}\n"
-    )
+    write_broker_config(work, upstream_port, broker_port)
     env = {**os.environ, "PYTHONPATH": args.pythonpath}
     quiet = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
     upstream = await asyncio.create_subprocess_exec(

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from proxy_overhead import ACCEPT, measure, wait_for_port
+from proxy_overhead import ACCEPT, API_KEY, measure, wait_for_port, write_broker_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,8 +30,6 @@ from broker.config.oauth import OAuthSettings  # noqa: E402
 from broker.proxy.auth.build import agent_verifier  # noqa: E402
 from broker.proxy.identity import AgentCredential  # noqa: E402
 from tests.authserver.server import AuthServer  # noqa: E402
-
-API_KEY = "bench-key"
 
 
 async def per_call_us(verify: object, headers: list[bytes]) -> float:
@@ -72,18 +69,11 @@ async def allowed_calls(auth: AuthServer, calls: int, port_base: int) -> None:
     upstream_port, broker_port = port_base, port_base + 1
     resource = f"http://127.0.0.1:{broker_port}/mcp"
     work = Path(tempfile.mkdtemp(prefix="broker-bench-jwt-"))
-    (work / "policy.yaml").write_text(
-        'version: "1"\ndefault: deny\nrules:\n  - tool: get_ticker\n    action: allow\n'
-    )
-    (work / "servers.json").write_text(
-        json.dumps({"mcpServers": {"exchange": {"url": f"http://127.0.0.1:{upstream_port}/mcp"}}})
-    )
-    (work / "broker.yaml").write_text(
-        "servers: servers.json\npolicy: policy.yaml\n"
-        f"listen: {{host: 127.0.0.1, port: {broker_port}}}\n"
-        f"agents: {{bench: {{api_key_sha256: {hashlib.sha256(API_KEY.encode()).hexdigest()}}}}}\n"
-        f"database_url: sqlite:///{work / 'broker.db'}\n"
-        f"oauth: {{issuer: '{auth.issuer}', resource: '{resource}', required_scopes: [tools:call]}}\n"
+    write_broker_config(
+        work,
+        upstream_port,
+        broker_port,
+        f"oauth: {{issuer: '{auth.issuer}', resource: '{resource}', required_scopes: [tools:call]}}\n",
     )
     quiet = {
         "stdout": asyncio.subprocess.DEVNULL,

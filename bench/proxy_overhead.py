@@ -131,6 +131,25 @@ async def measure(
     return result
 
 
+def write_broker_config(work: Path, upstream_port: int, broker_port: int, extra: str = "") -> Path:
+    """The allowed-call setup every broker benchmark runs: `get_ticker` allowed on the demo exchange,
+    one API-key agent, SQLite; `extra` adds lines to broker.yaml. Returns the broker.yaml path."""
+    (work / "policy.yaml").write_text(
+        'version: "1"\ndefault: deny\nrules:\n  - tool: get_ticker\n    action: allow\n'
+    )
+    (work / "servers.json").write_text(
+        json.dumps({"mcpServers": {"exchange": {"url": f"http://127.0.0.1:{upstream_port}/mcp"}}})
+    )
+    config = work / "broker.yaml"
+    config.write_text(
+        "servers: servers.json\npolicy: policy.yaml\n"
+        f"listen: {{host: 127.0.0.1, port: {broker_port}}}\n"
+        f"agents: {{bench: {{api_key_sha256: {hashlib.sha256(API_KEY.encode()).hexdigest()}}}}}\n"
+        f"database_url: sqlite:///{work / 'broker.db'}\n" + extra
+    )
+    return config
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
@@ -138,18 +157,7 @@ async def main() -> None:
     args = parser.parse_args()
     upstream_port, broker_port = args.port_base, args.port_base + 1
     work = Path(tempfile.mkdtemp(prefix="broker-bench-"))
-    (work / "policy.yaml").write_text(
-        'version: "1"\ndefault: deny\nrules:\n  - tool: get_ticker\n    action: allow\n'
-    )
-    (work / "servers.json").write_text(
-        json.dumps({"mcpServers": {"exchange": {"url": f"http://127.0.0.1:{upstream_port}/mcp"}}})
-    )
-    (work / "broker.yaml").write_text(
-        "servers: servers.json\npolicy: policy.yaml\n"
-        f"listen: {{host: 127.0.0.1, port: {broker_port}}}\n"
-        f"agents: {{bench: {{api_key_sha256: {hashlib.sha256(API_KEY.encode()).hexdigest()}}}}}\n"
-        f"database_url: sqlite:///{work / 'broker.db'}\n"
-    )
+    write_broker_config(work, upstream_port, broker_port)
     quiet = {
         "stdout": asyncio.subprocess.DEVNULL,
         "stderr": None if os.environ.get("BENCH_VERBOSE") else asyncio.subprocess.DEVNULL,
