@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,17 @@ pytestmark = [
 ]
 
 
+@asynccontextmanager
+async def launched_chromium() -> AsyncIterator[Browser]:
+    """Debian's headless Chromium, closed on the way out (the browser fixtures of every inbox test)."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
@@ -61,12 +73,8 @@ def feed(running: RunningBroker) -> ApprovalFeed:
 @pytest.fixture(scope="module")
 async def browser(running: RunningBroker) -> AsyncIterator[Browser]:
     # Depends on `running` so the browser (and its open event streams) goes away before the broker.
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from typing import Any
 
 import anyio
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from tests.e2e.harness import RunningBroker, running_broker
 from tests.web.support import ApprovalFeed, order, web_settings
-from tests.web.test_inbox_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, live, row, sign_in
+from tests.web.test_inbox_browser import CHROMIUM, WAIT_MS, launched_chromium, live, row, sign_in
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -59,12 +59,8 @@ def feed(running: RunningBroker) -> ApprovalFeed:
 
 @pytest.fixture(scope="module")
 async def browser(running: RunningBroker) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched_chromium() as browser:
+        yield browser
 
 
 async def new_context(

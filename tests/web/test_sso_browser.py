@@ -10,13 +10,13 @@ from typing import Any
 
 import anyio
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from tests.authserver.server import AuthServer
 from tests.e2e.harness import RunningBroker
 from tests.web.sso_support import held_order, sso_broker
 from tests.web.support import ApprovalFeed
-from tests.web.test_inbox_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
+from tests.web.test_inbox_browser import CHROMIUM, WAIT_MS, launched_chromium
 from tests.web.test_inbox_layout_browser import DESKTOP, PHONE, fits_sideways
 
 pytestmark = [
@@ -54,12 +54,8 @@ def feed(running: RunningBroker) -> ApprovalFeed:
 
 @pytest.fixture(scope="module")
 async def browser(running: RunningBroker) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.mark.parametrize(
