@@ -9,6 +9,7 @@ import hashlib
 import logging
 
 import pytest
+from joserfc import jws
 
 from broker.config.oauth import OAuthSettings
 from broker.net.jwks import JwksCache
@@ -80,6 +81,12 @@ async def test_a_good_token_names_the_agent_and_carries_claims(auth_server: Auth
     assert isinstance(listed, AgentIdentity) and listed.agent == "carol"
 
 
+def signed_payload(auth: AuthServer, payload: bytes) -> str:
+    """Signed with the issuer's real key, so only the payload check can refuse it."""
+    key = auth.keys.get_by_kid(auth.signing_kid)
+    return jws.serialize_compact({"alg": auth.signing_alg, "kid": auth.signing_kid}, payload, key)
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
@@ -95,6 +102,8 @@ async def test_a_good_token_names_the_agent_and_carries_claims(auth_server: Auth
         (lambda a: a.token(aud=RESOURCE, exp=None), "exp"),
         (lambda a: "not.a.jwt", "not a well-formed JWT"),
         (lambda a: "opaque-or-unknown-key", "unknown API key"),
+        (lambda a: signed_payload(a, b"[1, 2]"), "not a JSON object"),
+        (lambda a: signed_payload(a, b"{not json"), "not JSON"),
     ],
     ids=[
         "expired",
@@ -109,6 +118,8 @@ async def test_a_good_token_names_the_agent_and_carries_claims(auth_server: Auth
         "no-exp",
         "garbage",
         "not-a-jwt",
+        "signed-array",
+        "signed-garbage",
     ],
 )
 async def test_bad_tokens_are_refused_with_a_challenge_and_a_log_line(

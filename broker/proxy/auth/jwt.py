@@ -23,6 +23,7 @@ it without valid tokens) and is emptied when it reaches `cache_size`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -84,6 +85,16 @@ class JwtVerifier:
         scope = " ".join(settings.required_scopes) or None
         self._scope = scope
         self._metadata = settings.resource_metadata_url
+        # Both registries are built once: per token, building them cost more than the claims check.
+        self._signatures = jws.JWSRegistry(algorithms=self._algorithms)
+        self._leeway = int(settings.leeway_seconds)
+        self._claims = jwt.JWTClaimsRegistry(
+            now=lambda: int(self._clock()),
+            leeway=self._leeway,
+            iss={"essential": True, "value": settings.issuer},
+            aud={"essential": True, "value": settings.resource},
+            exp={"essential": True},
+        )
 
     def challenge(
         self, description: str | None = None, *, status: int = 401, error: str | None = None
@@ -147,8 +158,10 @@ class JwtVerifier:
         return identity
 
     async def _verify(self, token: bytes) -> tuple[AgentIdentity, float]:
+        # The token is parsed once: its header picks the key, the same parse is then verified.
         try:
-            header = jws.extract_compact(token).headers()
+            compact = jws.extract_compact(token)
+            header = compact.headers()
         except (JoseError, ValueError, TypeError, UnicodeDecodeError) as error:
             raise TokenRefused("not a well-formed JWT") from error
         alg = header.get("alg")
@@ -166,24 +179,23 @@ class JwtVerifier:
         elif not self._keys.fresh:
             await self._keys.refresh()
         try:
-            decoded = jwt.decode(token, key, algorithms=[alg])
+            verified = jws.validate_compact(compact, key, registry=self._signatures)
         except (JoseError, ValueError, TypeError) as error:
             raise TokenRefused(f"signature does not verify ({type(error).__name__})") from error
-        claims = decoded.claims
-        leeway = int(self._settings.leeway_seconds)
-        registry = jwt.JWTClaimsRegistry(
-            now=int(self._clock()),
-            leeway=leeway,
-            iss={"essential": True, "value": self._settings.issuer},
-            aud={"essential": True, "value": self._settings.resource},
-            exp={"essential": True},
-        )
+        if not verified:
+            raise TokenRefused("signature does not verify (BadSignatureError)")
         try:
-            registry.validate(claims)
+            claims = json.loads(compact.payload)
+        except (ValueError, TypeError) as error:
+            raise TokenRefused("the payload is not JSON") from error
+        if not isinstance(claims, dict):
+            raise TokenRefused("the payload is not a JSON object")
+        try:
+            self._claims.validate(claims)
         except JoseError as error:
             raise TokenRefused(f"{error.error}: {error.description}") from error
         agent = agent_of(claims, self._settings.agent_claim)
         if agent is None:
             raise TokenRefused(f"no {self._settings.agent_claim!r} claim to name the agent")
-        identity = AgentIdentity(agent, "jwt", scopes_of(claims), dict(claims))
-        return identity, float(claims["exp"]) + leeway
+        identity = AgentIdentity(agent, "jwt", scopes_of(claims), claims)
+        return identity, float(claims["exp"]) + self._leeway
