@@ -397,6 +397,12 @@ class GrantStore(Protocol):
         not run it a second time."""
         ...
 
+    async def give_back(self, grant_id: str) -> None:
+        """Undo one `use` whose call the grant did not let through after all (its budget refused
+        it, so a human decides): ``used_calls`` goes down by one, never below zero. A grant revoked
+        or expired since stays so; one used up becomes usable again if still in time."""
+        ...
+
     async def get(self, grant_id: str) -> Grant | None: ...
 
     async def list(self, *, active_at: datetime | None = None, limit: int = 100) -> builtins.list[Grant]:

@@ -411,6 +411,7 @@ class Gateway:
                         if isinstance(granted, SpendBlocked):
                             # Over the grant's budget: a human decides, as without a grant.
                             logger.info("grant %s does not cover this call: %s", grant.id, granted.text)
+                            await self._grants.give_back(grant)
                         else:
                             return await self._run_granted(
                                 ctx, tool, arguments, decision, params, request, grant, granted

@@ -97,6 +97,15 @@ class SqlGrantStore:
             row = (await conn.execute(statement)).mappings().first()
         return None if row is None else grant_from_row(row)
 
+    async def give_back(self, grant_id: str) -> None:
+        statement = (
+            update(grants)
+            .where(grants.c.id == grant_id, grants.c.used_calls > 0)
+            .values(used_calls=grants.c.used_calls - 1)
+        )
+        async with self._store.transaction("give back a grant's use") as conn:
+            await conn.execute(statement)
+
     async def get(self, grant_id: str) -> Grant | None:
         async with self._store._reading("get a grant") as conn:
             row = (await conn.execute(select(grants).where(grants.c.id == grant_id))).mappings().first()

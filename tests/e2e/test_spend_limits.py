@@ -227,3 +227,6 @@ async def test_a_grant_budget_lets_calls_through_until_spent_then_holds(tmp_path
                 await held_and_approved(10, None)
                 ran = await client.call_tool("transfers", {})
                 assert ran.structured_content == {"result": [100.0, 30.0, 15.0, 10.0]}
+                # The grant let two calls through; the one its budget sent to a human is not its use.
+                [grant] = await running.broker.grants.store.list()
+                assert grant.used_calls == 2

@@ -127,6 +127,24 @@ async def test_uses_count_up_to_max_calls_then_stop(store: SqlApprovalStore, clo
     assert await grants.list(active_at=clock()) == []
 
 
+async def test_a_use_given_back_counts_no_more(store: SqlApprovalStore, clock: ManualClock) -> None:
+    _, grant = await approve_with_grant(store, clock, [("alice", GrantRequest(600, GrantScope.IDENTICAL, 2))])
+    assert grant is not None
+    grants = SqlGrantStore(store)
+    assert [g.used_calls if g else None for g in [await use_for(grants, clock) for _ in range(3)]] == [
+        1,
+        2,
+        None,
+    ]
+    await grants.give_back(grant.id)  # the second call was refused by the grant's budget after all
+    again = await use_for(grants, clock)
+    assert again is not None and again.used_calls == 2
+    for _ in range(3):
+        await grants.give_back(grant.id)
+    stored = await grants.get(grant.id)
+    assert stored is not None and stored.used_calls == 0  # never below zero
+
+
 async def test_identical_grants_bind_the_arguments_matching_ones_do_not(
     store: SqlApprovalStore, clock: ManualClock
 ) -> None:

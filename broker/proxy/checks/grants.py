@@ -67,3 +67,12 @@ class GrantCheck:
         except StoreUnavailable as exc:
             logger.warning("no grant looked up for %s (store unavailable: %s); the call is held", tool, exc)
             return None
+
+    async def give_back(self, grant: Grant) -> None:
+        """The grant's budget refused the call `use` counted: the use is undone, so the count says
+        how many calls the grant let through. A store failure leaves it counted (never more calls
+        than `max_calls` either way), logged."""
+        try:
+            await self._store.give_back(grant.id)
+        except StoreUnavailable as exc:
+            logger.warning("grant %s keeps a use its budget refused (store unavailable: %s)", grant.id, exc)
