@@ -43,7 +43,7 @@ class _AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mi
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
         data = request.payload.data
         server: AuthServer = self.server.owner
-        server.codes[code] = AuthorizationCode(
+        server.codes[code] = granted = AuthorizationCode(
             code=code,
             client_id=request.client.client_id,
             redirect_uri=data.get("redirect_uri", ""),
@@ -55,6 +55,7 @@ class _AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mi
             nonce=data.get("nonce"),
             auth_time=int(time.time()),
         )
+        server.authorizations.append(granted)
 
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
         found = self.server.owner.codes.get(code)

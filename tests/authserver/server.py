@@ -105,6 +105,7 @@ class AuthServer:
         self.introspection_hits = 0
         self.issued: list[dict[str, Any]] = []
         """Claims of every access token the token endpoint issued, oldest first."""
+        self.authorizations: list[AuthorizationCode] = []  # every code /authorize granted, kept after use
         self.current_resource: str | None = None
         self.current_extra: dict[str, Any] = {}
         self.keys = KeySet([])

@@ -84,9 +84,16 @@ def everything_over_stdio(name: str = "everything") -> dict[str, Any]:
     return {name: {"command": node(), "args": [str(everything_bin()), "stdio"]}}
 
 
-async def run_node_client(url: str, steps: Sequence[Step], *, api_key: str) -> list[dict[str, Any]]:
-    """Runs one scenario in tests/node/client.mjs and returns its per-step JSON lines."""
-    scenario = {"url": url, "apiKey": api_key, "steps": list(steps)}
+async def run_node_client(
+    url: str, steps: Sequence[Step], *, api_key: str | None = None, oauth: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Runs one scenario in tests/node/client.mjs and returns its JSON lines: one per step, plus
+    (with `oauth`, see tests/node/oauth.mjs) one per credential the SDK handed its provider."""
+    scenario: dict[str, Any] = {"url": url, "steps": list(steps)}
+    if api_key is not None:
+        scenario["apiKey"] = api_key
+    if oauth is not None:
+        scenario["oauth"] = oauth
     finished = await anyio.run_process(
         [node(), str(NODE_DIR / "client.mjs")], input=json.dumps(scenario).encode(), check=False
     )

@@ -5,8 +5,10 @@
 //   node client.mjs '<scenario JSON>'        or        node client.mjs < scenario.json
 //
 // Scenario: {"url": "http://127.0.0.1:PORT/mcp", "apiKey": "...", "steps": [{"op": ..., ...}, ...]}
-// plus optional "headers" (sent on every request) and "strictCapabilities" (the SDK then refuses
-// requests, task-augmented ones included, that the server's initialize result did not advertise).
+// plus optional "headers" (sent on every request), "strictCapabilities" (the SDK then refuses
+// requests, task-augmented ones included, that the server's initialize result did not advertise)
+// and "oauth" instead of "apiKey": the SDK signs in by itself (see oauth.mjs for the options and
+// the lines it adds, with index null, to the output).
 // Each step prints one JSON line on stdout: {"index", "op", "ok": true, ...} or
 // {"index", "op", "ok": false, "error": {"code", "message", "data"?, "httpStatus"?}}.
 // A failed connect prints one line with op "connect" and ends the scenario. Protocol errors are
@@ -29,6 +31,7 @@
 //   cancel_task        {taskId?}           tasks/cancel
 //   list_tasks         {cursor?}           tasks/list
 //   notifications      prints and forgets the server notifications received so far (except progress)
+//   http_failures      prints and forgets the non-2xx HTTP answers so far: {url, status, wwwAuthenticate}
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport, StreamableHTTPError } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -38,6 +41,7 @@ import {
   McpError,
   ResultSchema,
 } from "@modelcontextprotocol/sdk/types.js";
+import { connectSigningIn, HeadlessOAuthProvider } from "./oauth.mjs";
 
 class ScenarioError extends Error {}
 
@@ -54,6 +58,9 @@ async function readScenario() {
   }
   if (typeof scenario.url !== "string") {
     throw new ScenarioError("scenario.url must be the broker's MCP endpoint URL");
+  }
+  if (scenario.oauth !== undefined && typeof scenario.oauth?.redirectUri !== "string") {
+    throw new ScenarioError("scenario.oauth must be an object with a redirectUri");
   }
   if (!Array.isArray(scenario.steps)) {
     throw new ScenarioError("scenario.steps must be a list of steps");
@@ -74,13 +81,16 @@ async function readStdin() {
   return Buffer.concat(chunks).toString("utf8");
 }
 
-/** Remembers the body of the last non-2xx HTTP response, because the SDK's error keeps only its text. */
+/** Remembers the body of the last non-2xx HTTP response, because the SDK's error keeps only its text,
+ * and the challenges it carried, because the SDK acts on them without telling. */
 function recordingFetch(state) {
   return async (input, init) => {
     const response = await fetch(input, init);
     if (!response.ok) {
       const body = await response.clone().text();
       state.lastHttpFailure = { status: response.status, body };
+      const wwwAuthenticate = response.headers.get("www-authenticate");
+      state.httpFailures.push({ url: String(input), status: response.status, wwwAuthenticate });
     }
     return response;
   };
@@ -216,6 +226,10 @@ const STEPS = {
     const received = state.notifications.splice(0);
     return { result: received };
   },
+
+  async http_failures(_client, _step, state) {
+    return { result: state.httpFailures.splice(0) };
+  },
 };
 
 function emit(line) {
@@ -223,27 +237,40 @@ function emit(line) {
 }
 
 async function run(scenario) {
-  const state = { lastTaskId: undefined, taskProgress: new Map(), notifications: [], lastHttpFailure: null };
+  const state = {
+    lastTaskId: undefined,
+    taskProgress: new Map(),
+    notifications: [],
+    lastHttpFailure: null,
+    httpFailures: [],
+  };
   const headers = { ...(scenario.headers ?? {}) };
   if (scenario.apiKey !== undefined) headers.Authorization = `Bearer ${scenario.apiKey}`;
-  const transport = new StreamableHTTPClientTransport(new URL(scenario.url), {
-    requestInit: { headers },
-    fetch: recordingFetch(state),
-  });
-  state.transport = transport;
-  const client = new Client(
-    { name: "broker-tests-node-client", version: "1.0.0" },
-    { capabilities: {}, enforceStrictCapabilities: scenario.strictCapabilities === true },
-  );
-  client.fallbackNotificationHandler = async (notification) => {
-    state.notifications.push(notification);
+  const provider = scenario.oauth === undefined ? undefined : new HeadlessOAuthProvider(scenario.oauth, emit);
+  const makeTransport = (authProvider) =>
+    new StreamableHTTPClientTransport(new URL(scenario.url), {
+      requestInit: { headers },
+      fetch: recordingFetch(state),
+      authProvider,
+    });
+  const makeClient = () => {
+    const client = new Client(
+      { name: "broker-tests-node-client", version: "1.0.0" },
+      { capabilities: {}, enforceStrictCapabilities: scenario.strictCapabilities === true },
+    );
+    client.fallbackNotificationHandler = async (notification) => {
+      state.notifications.push(notification);
+    };
+    return client;
   };
+  let client, transport;
   try {
-    await client.connect(transport);
+    ({ client, transport } = await connectSigningIn(makeClient, makeTransport, provider));
   } catch (error) {
     emit({ index: null, op: "connect", ok: false, error: describeError(error, state) });
     return;
   }
+  state.transport = transport;
   try {
     for (const [index, step] of scenario.steps.entries()) {
       try {
