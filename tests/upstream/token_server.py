@@ -120,15 +120,19 @@ class TokenServer:
             await runner.cleanup()
 
 
-def guarded_demo_server(token_server: TokenServer, client: tuple[str, str]) -> DemoHttpServer:
-    """The demo server refusing requests whose bearer token `token_server` does not call active;
-    it introspects as `client` (id, secret)."""
-    return guarded_demo_server_for(token_server.introspection_url, client)
+def guarded_demo_server(
+    token_server: TokenServer, client: tuple[str, str], *, mode: str = "http"
+) -> DemoHttpServer:
+    """The demo server (in `mode`: http or sse) refusing requests whose bearer token `token_server`
+    does not call active; it introspects as `client` (id, secret)."""
+    return guarded_demo_server_for(token_server.introspection_url, client, mode=mode)
 
 
-def guarded_demo_server_for(introspection_url: str, client: tuple[str, str]) -> DemoHttpServer:
+def guarded_demo_server_for(
+    introspection_url: str, client: tuple[str, str], *, mode: str = "http"
+) -> DemoHttpServer:
     return DemoHttpServer(
-        "http",
+        mode,
         env={
             "DEMO_INTROSPECT_URL": introspection_url,
             "DEMO_INTROSPECT_CLIENT": client[0],
