@@ -127,12 +127,14 @@ async def test_a_token_the_upstream_rejects_is_replaced_and_the_request_sent_aga
     [
         ({"down": True}, "answered HTTP 503: maintenance"),
         ({"secret": "wrong"}, "answered HTTP 401: invalid_client"),
+        ({"garbage": True}, "did not answer with a bearer access token"),
     ],
 )
 async def test_no_token_means_no_call_and_a_clear_reason(
     token_server: TokenServer, guarded_upstream: DemoHttpServer, change: dict[str, Any], message: str
 ) -> None:
     token_server.down = change.get("down", False)
+    token_server.garbage = change.get("garbage", False)
     environ = {"BROKER_SECRET": change.get("secret", BROKER_CLIENT[1])}
     spec = spec_for({"url": guarded_upstream.url, "auth": grant(token_server)}, environ)
     async with connected_pool(spec) as pool:

@@ -272,7 +272,9 @@ class UpstreamPool:
             return None
         credentials = self._credentials.get(spec.name)
         if credentials is None:
-            credentials = self._credentials[spec.name] = UpstreamCredentials(spec.auth, server=spec.name)
+            credentials = self._credentials[spec.name] = UpstreamCredentials(
+                spec.auth, server=spec.name, network=spec.network
+            )
         return credentials
 
     def _connect_default(self, spec: ServerSpec, on_notification: NotificationHandler) -> UpstreamConnection:
