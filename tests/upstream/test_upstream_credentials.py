@@ -226,7 +226,7 @@ def test_metadata_is_looked_up_where_rfc_8414_and_openid_connect_put_it() -> Non
 
 @pytest.mark.parametrize("mode", ["http", "sse"])
 async def test_agent_headers_name_the_agent_and_its_claims(
-    shared_http_servers: dict[str, DemoHttpServer], mode: str
+    shared_http_servers: dict[str, DemoHttpServer], mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     templates = {"X-Agent": "{agent}", "X-Agent-Email": "{claims.email}", "X-Team": "team-{claims.team}"}
     spec = spec_for({"url": shared_http_servers[mode].url, "agent_headers": templates})
@@ -245,6 +245,10 @@ async def test_agent_headers_name_the_agent_and_its_claims(
         with pytest.raises(UpstreamUnavailable, match="longer than 1024"):
             await seen_headers(pool, UpstreamCaller("big", {"email": "x" * 2000, "team": 1}))
         assert pool.is_connected("docs")  # a refused call leaves the connection alone
+    refusals = [
+        record.getMessage() for record in caplog.records if "not sent for agent" in record.getMessage()
+    ]
+    assert len(refusals) == 3 and "upstream 'docs': POST not sent for agent 'api-key-agent'" in refusals[0]
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from broker.proxy.upstream.credentials.token_exchange import TokenExchanger
 class UpstreamCredentials:
     def __init__(self, auth: UpstreamAuth, *, server: str, network: UpstreamNetwork | None = None) -> None:
         """`network` is the upstream's own: the token endpoint is reached through it too."""
+        self.server = server
         self._templates = AgentHeaderTemplates(auth.agent_headers) if auth.agent_headers else None
         self.token_source = (
             ClientCredentialsSource(auth.client_credentials, server=server, network=network)
