@@ -155,13 +155,15 @@ async def test_a_tls_failure_at_the_token_endpoint_keeps_the_call_from_going_out
 async def test_the_token_endpoint_goes_through_the_upstreams_proxy(
     pki: Pki, tls_upstream: DemoHttpServer
 ) -> None:
-    async with ConnectProxy().running() as proxy, tls_token_server(pki) as token_server:
+    proxy_credentials = ("svc", "p@ss")
+    async with ConnectProxy(proxy_credentials).running() as proxy, tls_token_server(pki) as token_server:
         entry = {
             "url": tls_upstream.url,
-            "proxy": proxy.url,
+            "proxy": f"http://svc:p%40ss@127.0.0.1:{proxy.port}",
             "ca_bundle": str(pki.ca),
             "auth": grant(issuer=token_server.issuer),
         }
         seen = await authorization_seen(entry)
     assert seen.startswith("Bearer ")
     assert set(proxy.tunnels) == {f"127.0.0.1:{tls_upstream.port}", f"127.0.0.1:{token_server.port}"}
+    assert proxy.refused == []  # both presented the proxy credentials
