@@ -236,7 +236,7 @@ def metadata_urls(issuer: str) -> list[str]:
 
 
 def _unreachable(url: str, exc: httpx.HTTPError) -> str:
-    """The deepest cause that says what went wrong: httpx wraps TLS failures and resets in errors
+    """What went wrong, from the cause that says it: httpx wraps TLS failures and resets in errors
     whose own message is often empty."""
     chain: list[BaseException] = []
     cause: BaseException | None = exc
