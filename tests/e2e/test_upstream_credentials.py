@@ -3,6 +3,7 @@
 The agent is the SDK's client with its API key; one upstream requires a bearer token from a
 local authorization server (the broker gets it with the client-credentials grant) and is told
 which agent calls; the other has no credentials configured. Both report the headers they got.
+Every test runs with the upstreams on streamable HTTP and on the legacy HTTP+SSE transport.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ async def token_server() -> AsyncIterator[TokenServer]:
         yield server
 
 
-@pytest.fixture
-async def upstreams(token_server: TokenServer) -> AsyncIterator[dict[str, DemoHttpServer]]:
-    guarded = guarded_demo_server(token_server, ("docs-api", "docs-secret"))
-    async with started({"docs": guarded, "plain": DemoHttpServer("http")}) as servers:
+@pytest.fixture(params=["http", "sse"])
+async def upstreams(
+    token_server: TokenServer, request: pytest.FixtureRequest
+) -> AsyncIterator[dict[str, DemoHttpServer]]:
+    guarded = guarded_demo_server(token_server, ("docs-api", "docs-secret"), mode=request.param)
+    async with started({"docs": guarded, "plain": DemoHttpServer(request.param)}) as servers:
         yield dict(servers)
 
 
@@ -107,3 +110,32 @@ async def test_a_released_call_names_the_agent_that_asked_not_the_approver(
     seen = json.loads(result.content[0].text)
     assert seen["x-agent"] == "trader"
     assert "authorization" not in seen
+
+
+async def test_a_call_without_its_credential_is_a_tool_error_and_is_not_sent(
+    tmp_path: Path, token_server: TokenServer, upstreams: dict[str, DemoHttpServer]
+) -> None:
+    servers = {
+        "plain": {"url": upstreams["plain"].url, "agent_headers": {"X-Agent-Email": "{claims.email}"}},
+        "docs": {
+            "url": upstreams["docs"].url,
+            "auth": {
+                "type": "client_credentials",
+                "token_url": token_server.token_url,
+                "client_id": "broker",
+                "client_secret": "broker-secret",
+            },
+        },
+    }
+    async with running_broker(make_settings(tmp_path, POLICY, servers)) as running:
+        with anyio.fail_after(30):
+            async with running.client("trader") as client:
+                missing_claim = await client.call_tool("plain__echo", {"text": "hi"})
+                token_server.down = True
+                token_server.revoke_all()  # the upstream answers 401 and no new token can be had
+                no_token = await client.call_tool("docs__echo", {"text": "hi"})
+                assert (await client.list_tools()).tools  # and the broker serves on
+    assert missing_claim.is_error and no_token.is_error
+    assert "needs claim 'email'" in missing_claim.content[0].text  # type: ignore[union-attr]
+    assert "The call was not sent" in missing_claim.content[0].text  # type: ignore[union-attr]
+    assert f"token endpoint {token_server.token_url} answered HTTP 503" in no_token.content[0].text  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from broker.proxy.upstream.credentials.client_credentials import (
 )
 from broker.proxy.upstream.credentials.errors import CredentialError
 from broker.proxy.upstream.pool import UpstreamPool
-from broker.proxy.upstream.spec import HttpServer, ServerConfigError, parse_servers
+from broker.proxy.upstream.spec import HttpServer, ServerConfigError, SseServer, parse_servers
 from tests.upstream.support import DemoHttpServer
 from tests.upstream.token_server import TokenServer, guarded_demo_server
 
@@ -36,10 +36,13 @@ async def token_server() -> AsyncIterator[TokenServer]:
         yield server
 
 
-@pytest.fixture
-async def guarded_upstream(token_server: TokenServer) -> AsyncIterator[DemoHttpServer]:
-    """The demo server refusing any request whose bearer token the authorization server does not vouch for."""
-    server = guarded_demo_server(token_server, UPSTREAM_CLIENT)
+@pytest.fixture(params=["http", "sse"])
+async def guarded_upstream(
+    token_server: TokenServer, request: pytest.FixtureRequest
+) -> AsyncIterator[DemoHttpServer]:
+    """The demo server refusing any request whose bearer token the authorization server does not vouch
+    for, over streamable HTTP and over legacy SSE (where the GET stream and each POST are checked)."""
+    server = guarded_demo_server(token_server, UPSTREAM_CLIENT, mode=request.param)
     try:
         await server.wait_ready()
         yield server
@@ -47,9 +50,9 @@ async def guarded_upstream(token_server: TokenServer) -> AsyncIterator[DemoHttpS
         server.stop()
 
 
-def spec_for(entry: dict[str, Any], environ: dict[str, str] | None = None) -> HttpServer:
+def spec_for(entry: dict[str, Any], environ: dict[str, str] | None = None) -> HttpServer | SseServer:
     spec = parse_servers({"mcpServers": {"docs": entry}}, environ=environ or {})["docs"]
-    assert isinstance(spec, HttpServer)
+    assert isinstance(spec, HttpServer | SseServer)
     return spec
 
 
@@ -66,7 +69,7 @@ def grant(token_server: TokenServer, **overrides: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def connected_pool(spec: HttpServer) -> AsyncIterator[UpstreamPool]:
+async def connected_pool(spec: HttpServer | SseServer) -> AsyncIterator[UpstreamPool]:
     async with UpstreamPool({spec.name: spec}, environ={}) as pool:
         await pool.wait_ready(15)
         yield pool
@@ -124,12 +127,14 @@ async def test_a_token_the_upstream_rejects_is_replaced_and_the_request_sent_aga
     [
         ({"down": True}, "answered HTTP 503: maintenance"),
         ({"secret": "wrong"}, "answered HTTP 401: invalid_client"),
+        ({"garbage": True}, "did not answer with a bearer access token"),
     ],
 )
 async def test_no_token_means_no_call_and_a_clear_reason(
     token_server: TokenServer, guarded_upstream: DemoHttpServer, change: dict[str, Any], message: str
 ) -> None:
     token_server.down = change.get("down", False)
+    token_server.garbage = change.get("garbage", False)
     environ = {"BROKER_SECRET": change.get("secret", BROKER_CLIENT[1])}
     spec = spec_for({"url": guarded_upstream.url, "auth": grant(token_server)}, environ)
     async with connected_pool(spec) as pool:
@@ -219,11 +224,13 @@ def test_metadata_is_looked_up_where_rfc_8414_and_openid_connect_put_it() -> Non
     ]
 
 
+@pytest.mark.parametrize("mode", ["http", "sse"])
 async def test_agent_headers_name_the_agent_and_its_claims(
-    shared_http_servers: dict[str, DemoHttpServer],
+    shared_http_servers: dict[str, DemoHttpServer], mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     templates = {"X-Agent": "{agent}", "X-Agent-Email": "{claims.email}", "X-Team": "team-{claims.team}"}
-    spec = spec_for({"url": shared_http_servers["http"].url, "agent_headers": templates})
+    spec = spec_for({"url": shared_http_servers[mode].url, "agent_headers": templates})
+    assert spec.auth is not None and (mode == "sse") == isinstance(spec, SseServer)
     async with connected_pool(spec) as pool:
         seen = await seen_headers(pool, UpstreamCaller("trader", {"email": "t@example.com", "team": 7}))
         assert (seen["x-agent"], seen["x-agent-email"], seen["x-team"]) == (
@@ -238,6 +245,10 @@ async def test_agent_headers_name_the_agent_and_its_claims(
         with pytest.raises(UpstreamUnavailable, match="longer than 1024"):
             await seen_headers(pool, UpstreamCaller("big", {"email": "x" * 2000, "team": 1}))
         assert pool.is_connected("docs")  # a refused call leaves the connection alone
+    refusals = [
+        record.getMessage() for record in caplog.records if "not sent for agent" in record.getMessage()
+    ]
+    assert len(refusals) == 3 and "upstream 'docs': POST not sent for agent 'api-key-agent'" in refusals[0]
 
 
 @pytest.mark.parametrize(
@@ -282,10 +293,6 @@ async def test_agent_headers_name_the_agent_and_its_claims(
         ({"agent_headers": {"X-Agent": "{agnet}"}}, "unknown placeholder '{agnet}'"),
         ({"agent_headers": {"Host": "{agent}"}}, "'agent_headers.Host' is not a header the broker may set"),
         ({"agent_headers": {"X-Agent": "{agent"}}, "'agent_headers.X-Agent' has an unmatched brace"),
-        (
-            {"url": "https://h/sse", "agent_headers": {"X-Agent": "{agent}"}},
-            "need the streamable HTTP transport",
-        ),
     ],
 )
 def test_credential_settings_are_checked_at_startup(entry: dict[str, Any], message: str) -> None:

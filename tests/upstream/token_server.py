@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,10 @@ class TokenServer:
     """client_id -> secret; the upstream introspects as one of these too."""
     lifetime: int = 3600
     down: bool = False
+    garbage: bool = False
+    """Answer token requests with HTTP 200 and a body that is not a token."""
+    ssl_context: ssl.SSLContext | None = None
+    """Serve https with this context (a certificate, and a client CA when it wants client certificates)."""
     issued: dict[str, float] = field(default_factory=dict)
     """Token -> expiry (time.time())."""
     subjects: dict[str, str] = field(default_factory=dict)
@@ -33,16 +38,20 @@ class TokenServer:
     port: int = 0
 
     @property
+    def origin(self) -> str:
+        return f"{'http' if self.ssl_context is None else 'https'}://127.0.0.1:{self.port}"
+
+    @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}/tenant"
+        return f"{self.origin}/tenant"
 
     @property
     def token_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/tenant/token"
+        return f"{self.origin}/tenant/token"
 
     @property
     def introspection_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/tenant/introspect"
+        return f"{self.origin}/tenant/introspect"
 
     def revoke_all(self) -> None:
         self.issued.clear()
@@ -78,6 +87,8 @@ class TokenServer:
     async def _token(self, request: web.Request) -> web.Response:
         if self.down:
             return web.Response(status=503, text="maintenance")
+        if self.garbage:
+            return web.Response(status=200, text="<html>sign in</html>", content_type="text/html")
         form = {key: str(value) for key, value in (await request.post()).items()}
         self.requests.append(form)
         client = self._client(request)
@@ -111,7 +122,7 @@ class TokenServer:
         app.router.add_post("/tenant/introspect", self._introspect)
         runner = web.AppRunner(app)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         self.port = runner.addresses[0][1]
         try:
@@ -120,15 +131,19 @@ class TokenServer:
             await runner.cleanup()
 
 
-def guarded_demo_server(token_server: TokenServer, client: tuple[str, str]) -> DemoHttpServer:
-    """The demo server refusing requests whose bearer token `token_server` does not call active;
-    it introspects as `client` (id, secret)."""
-    return guarded_demo_server_for(token_server.introspection_url, client)
+def guarded_demo_server(
+    token_server: TokenServer, client: tuple[str, str], *, mode: str = "http"
+) -> DemoHttpServer:
+    """The demo server (in `mode`: http or sse) refusing requests whose bearer token `token_server`
+    does not call active; it introspects as `client` (id, secret)."""
+    return guarded_demo_server_for(token_server.introspection_url, client, mode=mode)
 
 
-def guarded_demo_server_for(introspection_url: str, client: tuple[str, str]) -> DemoHttpServer:
+def guarded_demo_server_for(
+    introspection_url: str, client: tuple[str, str], *, mode: str = "http"
+) -> DemoHttpServer:
     return DemoHttpServer(
-        "http",
+        mode,
         env={
             "DEMO_INTROSPECT_URL": introspection_url,
             "DEMO_INTROSPECT_CLIENT": client[0],

@@ -26,6 +26,7 @@ from broker.proxy.upstream.base import (
     UpstreamRpcError,
     UpstreamUnavailable,
 )
+from broker.proxy.upstream.credentialed import send_credentialed
 from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.credentials.errors import CredentialError
 from broker.proxy.upstream.credentials.provider import UpstreamCredentials
@@ -220,29 +221,13 @@ class StreamableHttpConnection:
 
     async def _post(self, message: JsonObject, caller: UpstreamCaller | None = None) -> Response:
         body = exact_json.dumps(message)
-        if self._credentials is None:
-            return await self._session().request("POST", self._target, headers=self._post_headers, body=body)
-        return await self._send_credentialed("POST", self._post_headers, caller, body)
+        return await send_credentialed(
+            self._session(), self._credentials, "POST", self._target, self._post_headers, caller, body
+        )
 
     async def _get_stream(self, last_event_id: str | None) -> Response:
         headers = self._stream_headers(last_event_id)
-        if self._credentials is None:
-            return await self._session().request("GET", self._target, headers=headers)
-        return await self._send_credentialed("GET", headers, None, b"")
-
-    async def _send_credentialed(
-        self, verb: str, base: dict[str, str], caller: UpstreamCaller | None, body: bytes
-    ) -> Response:
-        """A 401 was not acted on, so it is retried once with a fresh token if there is one to get."""
-        assert self._credentials is not None
-        for attempt in (1, 2):
-            headers = await self._credentialed(base, caller)
-            response = await self._session().request(verb, self._target, headers=headers, body=body)
-            if response.status != 401 or attempt == 2 or not self._credentials.rejected(headers):
-                return response
-            await response.read(4096)
-            response.release()
-        raise AssertionError("unreachable")
+        return await send_credentialed(self._session(), self._credentials, "GET", self._target, headers, None)
 
     async def _credentialed(self, base: dict[str, str], caller: UpstreamCaller | None) -> dict[str, str]:
         if self._credentials is None:

@@ -81,11 +81,12 @@ async def _open_socket(proxy: ProxyRoute) -> socket.socket:
             sock.close()
             raise
         return sock
-    reason = _connect_problem(problem) if problem is not None else "no address"
+    reason = connect_problem(problem) if problem is not None else "no address"
     raise ConnectFailed(f"proxy {proxy.url} cannot be reached: {reason}")
 
 
-def _connect_problem(exc: BaseException) -> str:
+def connect_problem(exc: BaseException) -> str:
+    """Why a connection could not be made, in the configuration's terms where TLS was the reason."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"the server's certificate is not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(exc):
@@ -164,7 +165,7 @@ class _Connection(asyncio.Protocol):
         if isinstance(exc, ssl.SSLError) and not self.received_any:
             # A TLS 1.3 server checks the client certificate after the client's handshake is done
             # and refuses with an alert: the request was never read, so it is a failure to connect.
-            self._fail(ConnectFailed(_connect_problem(exc)))
+            self._fail(ConnectFailed(connect_problem(exc)))
             return
         hint = ""
         if self.answers == 0 and not self.received_any and transport_is_tls(self._transport):
@@ -443,7 +444,7 @@ class HttpClient:
         except TimeoutError:
             raise ConnectFailed(f"no connection within {self._connect_timeout:g} s") from None
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(_connect_problem(exc)) from exc
+            raise ConnectFailed(connect_problem(exc)) from exc
         return connection
 
     async def _tunnel(self, proxy: ProxyRoute) -> socket.socket:

@@ -48,9 +48,9 @@ class MultiplexedConnection:
         """Why the connection ended, once it has."""
         return self._close_reason
 
-    async def _send(self, message: JsonObject) -> None:
-        """Deliver one message; raise `UpstreamUnavailable` when it was not delivered, `UpstreamLost`
-        when it may have been (written, then the connection broke)."""
+    async def _send(self, message: JsonObject, caller: UpstreamCaller | None = None) -> None:
+        """Deliver one message (a request made for `caller`, if any); raise `UpstreamUnavailable` when
+        it was not delivered, `UpstreamLost` when it may have been (written, then the connection broke)."""
         raise NotImplementedError
 
     def _send_soon(self, message: JsonObject) -> None:
@@ -74,7 +74,7 @@ class MultiplexedConnection:
         token = None if on_notification is None else self._router.watch_progress(params, on_notification)
 
         async def sent_and_answered() -> JsonObject:
-            await self._send(request_message(request_id, method, params))
+            await self._send(request_message(request_id, method, params), caller)
             return await future
 
         try:

@@ -266,13 +266,15 @@ class UpstreamPool:
             return kind(name, f"{cause}; the gateway is shutting down")
         return kind(name, f"{cause}; reconnecting")
 
-    def _credentials_for(self, spec: HttpServer) -> UpstreamCredentials | None:
+    def _credentials_for(self, spec: HttpServer | SseServer) -> UpstreamCredentials | None:
         """One per upstream for the pool's life, so tokens survive reconnects."""
         if spec.auth is None:
             return None
         credentials = self._credentials.get(spec.name)
         if credentials is None:
-            credentials = self._credentials[spec.name] = UpstreamCredentials(spec.auth, server=spec.name)
+            credentials = self._credentials[spec.name] = UpstreamCredentials(
+                spec.auth, server=spec.name, network=spec.network
+            )
         return credentials
 
     def _connect_default(self, spec: ServerSpec, on_notification: NotificationHandler) -> UpstreamConnection:
@@ -287,7 +289,12 @@ class UpstreamPool:
                     credentials=self._credentials_for(spec),
                 )
             case SseServer():
-                return SseConnection(spec, on_notification, connect_timeout=self._connect_timeout)
+                return SseConnection(
+                    spec,
+                    on_notification,
+                    connect_timeout=self._connect_timeout,
+                    credentials=self._credentials_for(spec),
+                )
 
     async def _supervise(self, server: _Server) -> None:
         backoff = INITIAL_BACKOFF_SECONDS

@@ -14,7 +14,7 @@ url and headers expands from the environment mapping the caller passes in; a var
 is not defined and has no default is an error. Keys this module does not know (other
 clients' extras such as ``autoApprove``) are ignored.
 
-HTTP upstreams take the broker's own keys beside ``url``: ``proxy``, ``ca_bundle``,
+HTTP upstreams (streamable HTTP and SSE alike) take the broker's own keys beside ``url``: ``proxy``, ``ca_bundle``,
 ``client_cert`` and ``client_key`` (`broker.proxy.upstream.credentials.network`), and ``auth``
 and ``agent_headers`` (`broker.proxy.upstream.credentials.settings`); all are checked here, at
 startup, and an error names the server and key.
@@ -64,6 +64,8 @@ class SseServer:
     url: str
     headers: Mapping[str, str]
     network: UpstreamNetwork | None = None
+    auth: UpstreamAuth | None = None
+    """As `HttpServer.auth`: the GET stream and every POST carry the same credentials."""
 
 
 ServerSpec = StdioServer | HttpServer | SseServer
@@ -155,11 +157,7 @@ def _parse_server(name: str, entry: Mapping[str, Any], environ: Mapping[str, str
     except CredentialsConfigError as exc:
         raise ServerConfigError(f"server '{name}': {exc}") from None
     if transport == "sse":
-        if auth is not None:
-            raise ServerConfigError(
-                f"server '{name}': 'auth' and 'agent_headers' need the streamable HTTP transport"
-            )
-        return SseServer(name=name, url=url, headers=headers, network=network)
+        return SseServer(name=name, url=url, headers=headers, network=network, auth=auth)
     return HttpServer(name=name, url=url, headers=headers, network=network, auth=auth)
 
 

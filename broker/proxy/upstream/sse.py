@@ -2,6 +2,10 @@
 
 A GET opens an event stream whose first ``endpoint`` event names the URL to POST messages
 to; every response, notification and server request then arrives on that one stream.
+
+Credentials (`broker.proxy.upstream.credentials`) go on the GET (the broker's own, as for its
+handshake) and on every POST; a POST carrying a ``tools/call`` for an agent carries that agent's
+headers or exchanged token. A credential that cannot be made keeps the message from being sent.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import orjson
 
 from broker.proxy import exact_json
 from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamLost, UpstreamUnavailable
+from broker.proxy.upstream.credentialed import send_credentialed
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
+from broker.proxy.upstream.credentials.errors import CredentialError
+from broker.proxy.upstream.credentials.provider import UpstreamCredentials
 from broker.proxy.upstream.http import EVENT_STREAM, describe_transport_error, request_target
 from broker.proxy.upstream.http_client import ConnectFailed, HttpClient, HttpClientError, Response
 from broker.proxy.upstream.jsonrpc import initialize_params, negotiated_version
@@ -28,9 +36,15 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 
 class SseConnection(MultiplexedConnection):
     def __init__(
-        self, spec: SseServer, on_notification: NotificationHandler, *, connect_timeout: float = 10.0
+        self,
+        spec: SseServer,
+        on_notification: NotificationHandler,
+        *,
+        connect_timeout: float = 10.0,
+        credentials: UpstreamCredentials | None = None,
     ) -> None:
         super().__init__(spec.name, on_notification)
+        self._credentials = credentials
         self._url = spec.url
         self._configured_headers = dict(spec.headers)
         self._connect_timeout = connect_timeout
@@ -48,13 +62,18 @@ class SseConnection(MultiplexedConnection):
             proxy=None if self._network is None else self._network.proxy,
         )
         try:
-            stream = await self._http.request(
+            stream = await send_credentialed(
+                self._http,
+                self._credentials,
                 "GET",
                 request_target(self._url),
-                headers={"Accept": EVENT_STREAM, "Cache-Control": "no-cache"},
+                {"Accept": EVENT_STREAM, "Cache-Control": "no-cache"},
+                None,
             )
         except HttpClientError as exc:
             raise UpstreamUnavailable(self.server, describe_transport_error(self._url, exc)) from exc
+        except CredentialError as exc:
+            raise UpstreamUnavailable(self.server, f"no credential for the upstream: {exc}") from exc
         if stream.status != 200 or stream.content_type != EVENT_STREAM:
             stream.release()
             raise UpstreamUnavailable(
@@ -69,15 +88,18 @@ class SseConnection(MultiplexedConnection):
         await self.notify("notifications/initialized")
         return result
 
-    async def _send(self, message: JsonObject) -> None:
+    async def _send(self, message: JsonObject, caller: UpstreamCaller | None = None) -> None:
         if self._http is None or not self._endpoint_url:
             raise UpstreamUnavailable(self.server, "connection was never started")
         try:
-            async with await self._http.request(
+            async with await send_credentialed(
+                self._http,
+                self._credentials,
                 "POST",
                 request_target(self._endpoint_url),
-                headers=_JSON_HEADERS,
-                body=exact_json.dumps(message),
+                _JSON_HEADERS,
+                caller,
+                exact_json.dumps(message),
             ) as response:
                 if response.status in (200, 202, 204):
                     await response.read()
@@ -94,6 +116,8 @@ class SseConnection(MultiplexedConnection):
             if isinstance(exc, ConnectFailed):
                 raise UpstreamUnavailable(self.server, reason) from exc
             raise UpstreamLost(self.server, reason) from exc  # the POST went out: it may have been read
+        except CredentialError as exc:
+            raise UpstreamUnavailable(self.server, f"no credential for the call: {exc}") from exc
 
     def _send_soon(self, message: JsonObject) -> None:
         self._background.spawn(self._send_quietly(message), name="send")

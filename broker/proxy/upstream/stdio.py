@@ -14,6 +14,7 @@ import orjson
 
 from broker.proxy import exact_json
 from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamLost, UpstreamUnavailable
+from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.jsonrpc import initialize_params, negotiated_version
 from broker.proxy.upstream.multiplexed import MultiplexedConnection
 from broker.proxy.upstream.spec import StdioServer
@@ -119,7 +120,7 @@ class StdioConnection(MultiplexedConnection):
         await self.notify("notifications/initialized")
         return result
 
-    async def _send(self, message: JsonObject) -> None:
+    async def _send(self, message: JsonObject, caller: UpstreamCaller | None = None) -> None:
         stdin = self._stdin
         if stdin is None or stdin.is_closing():
             raise UpstreamUnavailable(self.server, await self._why_not_running())

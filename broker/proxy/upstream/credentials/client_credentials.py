@@ -15,9 +15,12 @@ its life has passed, the next call starts a refresh in the background and is sen
 current token, so calls wait for the token endpoint only when no valid token exists at all. An
 upstream answering 401 makes the broker drop the token it used (`reject`) and fetch a new one.
 
-The token endpoint is reached with httpx honouring the environment (``HTTPS_PROXY``,
-``NO_PROXY``, ``SSL_CERT_FILE``). Any failure (unreachable, an error answer, a body that is not a
-token) is a `CredentialError` naming the endpoint, and the call is not sent.
+The token endpoint (and the metadata) is reached through the upstream's own network settings
+(`broker.proxy.upstream.credentials.network`): its ``ca_bundle`` and client certificate, and its
+``proxy`` when one is configured; otherwise httpx applies ``HTTPS_PROXY``/``NO_PROXY`` to the
+token endpoint's host and verifies against ``SSL_CERT_FILE`` or its default CAs. Any failure
+(unreachable, a TLS handshake refused, an error answer, a body that is not a token) is a
+`CredentialError` naming the endpoint, and the call is not sent.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +38,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from broker.proxy.upstream.credentials.errors import CredentialError
+from broker.proxy.upstream.credentials.network import UpstreamNetwork
+from broker.proxy.upstream.http_client import connect_problem
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +77,12 @@ class ClientCredentialsSource:
         *,
         server: str,
         clock: Callable[[], float] = time.monotonic,
-        transport: httpx.AsyncBaseTransport | None = None,
+        network: UpstreamNetwork | None = None,
     ) -> None:
         self._settings = settings
         self._server = server
         self._clock = clock
-        self._http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS, transport=transport, trust_env=True)
+        self._http = token_endpoint_client(network)
         self._token: Token | None = None
         self._token_url = settings.token_url
         self._fetching: asyncio.Lock = asyncio.Lock()
@@ -148,7 +154,7 @@ class ClientCredentialsSource:
             )
         except httpx.HTTPError as exc:
             raise CredentialError(
-                f"token endpoint {url} cannot be reached: {exc or type(exc).__name__}"
+                f"token endpoint {url} cannot be reached: {_unreachable(url, exc)}"
             ) from exc
         body = _json_object(response) or {}
         if response.status_code != 200:
@@ -177,7 +183,7 @@ class ClientCredentialsSource:
                 response = await self._http.get(url)
             except httpx.HTTPError as exc:
                 raise CredentialError(
-                    f"metadata at {url} cannot be reached: {exc or type(exc).__name__}"
+                    f"metadata at {url} cannot be reached: {_unreachable(url, exc)}"
                 ) from exc
             metadata = _json_object(response) if response.status_code == 200 else None
             if metadata is None:
@@ -194,6 +200,29 @@ class ClientCredentialsSource:
         raise CredentialError(f"no authorization server metadata found for issuer {issuer}")
 
 
+def token_endpoint_client(network: UpstreamNetwork | None) -> httpx.AsyncClient:
+    """An HTTP client that reaches the authorization server the way the upstream is reached."""
+    verify: ssl.SSLContext | bool = True
+    if network is not None and network.ssl_context is not None:
+        verify = network.ssl_context
+    if network is None or not network.proxy_configured:
+        return httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS, verify=verify, trust_env=True)
+    route = network.proxy
+    if route is None:
+        # "none": no environment proxy either. trust_env=False would also drop SSL_CERT_FILE, so
+        # the context is made here while the environment still counts.
+        if verify is True:
+            verify = httpx.create_ssl_context(trust_env=True)
+        return httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS, verify=verify, trust_env=False)
+    headers = None if route.authorization is None else {"Proxy-Authorization": route.authorization}
+    return httpx.AsyncClient(
+        timeout=REQUEST_TIMEOUT_SECONDS,
+        verify=verify,
+        proxy=httpx.Proxy(route.url, headers=headers),
+        trust_env=True,
+    )
+
+
 def metadata_urls(issuer: str) -> list[str]:
     """RFC 8414 §3.1 inserts the well-known segment before the issuer's path; OpenID Connect appends it."""
     parts = urlsplit(issuer)
@@ -204,6 +233,23 @@ def metadata_urls(issuer: str) -> list[str]:
         f"{origin}{path}/.well-known/openid-configuration",
     ]
     return list(dict.fromkeys(candidates))
+
+
+def _unreachable(url: str, exc: httpx.HTTPError) -> str:
+    """What went wrong, from the cause that says it: httpx wraps TLS failures and resets in errors
+    whose own message is often empty."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in chain:
+        if isinstance(cause, ssl.SSLError):
+            return connect_problem(cause)
+    if url.startswith("https:") and any(isinstance(cause, ConnectionResetError) for cause in chain):
+        # TLS 1.3 servers refuse a missing client certificate after the handshake, by closing.
+        return "the server closed the connection (a server that requires a client certificate does so when none is presented)"
+    return next((str(cause) for cause in chain if str(cause)), type(exc).__name__)
 
 
 def _json_object(response: httpx.Response) -> dict[str, object] | None:

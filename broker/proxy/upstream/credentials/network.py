@@ -15,6 +15,12 @@ proxy with ``CONNECT`` for both schemes, so the proxy never sees the upstream's 
 traffic in clear. Only ``http://`` proxies are supported; ``user:password@`` in the proxy URL is sent
 as ``Proxy-Authorization: Basic``.
 
+The upstream's authorization server (``auth``: its metadata and token endpoint) is reached with
+the same settings: the same ``ca_bundle`` and client certificate (for an https endpoint), and the
+configured ``proxy`` (or ``"none"``); without one, the environment's proxy variables are applied to
+the token endpoint's own host. An authorization server whose certificate comes from another CA
+than the upstream's needs both CAs in ``ca_bundle``.
+
 Everything is resolved and loaded at startup: one `ssl.SSLContext` per upstream, so a missing or
 unreadable file, a key that does not match its certificate, or a proxy URL that cannot work is a
 configuration error naming the server and key, never a failure on the first call.
@@ -56,6 +62,9 @@ class UpstreamNetwork:
     proxy: ProxyRoute | None
     ssl_context: ssl.SSLContext | None
     """For https upstreams only; None for http ones."""
+    proxy_configured: bool = False
+    """The server's own ``proxy`` key chose `proxy` (None for ``"none"``), not the environment; the
+    token endpoint then goes the same way, while an environment proxy is chosen for its own host."""
 
 
 def upstream_network(
@@ -83,10 +92,12 @@ def upstream_network(
     if client_key is not None and client_cert is None:
         raise NetworkConfigError("'client_key' needs a 'client_cert'")
     route = _proxy_route(parts.scheme, parts.hostname or "", parts.port, proxy, environ)
-    if route is None and ca_bundle is None and client_cert is None:
+    if route is None and ca_bundle is None and client_cert is None and proxy is None:
         return None
     return UpstreamNetwork(
-        proxy=route, ssl_context=_ssl_context(ca_bundle, client_cert, client_key) if secure else None
+        proxy=route,
+        ssl_context=_ssl_context(ca_bundle, client_cert, client_key) if secure else None,
+        proxy_configured=proxy is not None,
     )
 
 

@@ -12,15 +12,18 @@ from collections.abc import Mapping
 from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.credentials.client_credentials import ClientCredentialsSource
 from broker.proxy.upstream.credentials.headers import AgentHeaderTemplates
+from broker.proxy.upstream.credentials.network import UpstreamNetwork
 from broker.proxy.upstream.credentials.settings import UpstreamAuth
 from broker.proxy.upstream.credentials.token_exchange import TokenExchanger
 
 
 class UpstreamCredentials:
-    def __init__(self, auth: UpstreamAuth, *, server: str) -> None:
+    def __init__(self, auth: UpstreamAuth, *, server: str, network: UpstreamNetwork | None = None) -> None:
+        """`network` is the upstream's own: the token endpoint is reached through it too."""
+        self.server = server
         self._templates = AgentHeaderTemplates(auth.agent_headers) if auth.agent_headers else None
         self.token_source = (
-            ClientCredentialsSource(auth.client_credentials, server=server)
+            ClientCredentialsSource(auth.client_credentials, server=server, network=network)
             if auth.client_credentials is not None
             else None
         )
