@@ -74,9 +74,11 @@ class Introspection(Generic[T]):
         answer = await self._ask(token)
         self._check(answer, now)
         meaning = self._explain(answer)
-        until = now + self._endpoint.cache_seconds
-        if isinstance(answer.get("exp"), int | float):
-            until = min(until, float(answer["exp"]))
+        until: float = now + self._endpoint.cache_seconds
+        expires = answer.get("exp")
+        if isinstance(expires, int | float):
+            # Compared, never converted: an int past float's range would raise OverflowError.
+            until = min(until, expires)
         if len(self._active) >= self._cache_size:
             self._active.clear()
         self._active[token] = (meaning, until)
@@ -117,5 +119,5 @@ class Introspection(Generic[T]):
             if self._audience not in audiences:
                 raise IntrospectionRefused("the token is not meant for this broker (aud)")
         expires = answer.get("exp")
-        if isinstance(expires, int | float) and expires + self._leeway <= now:
+        if isinstance(expires, int | float) and expires <= now - self._leeway:
             raise IntrospectionRefused("the token is expired")

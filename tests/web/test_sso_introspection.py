@@ -182,3 +182,15 @@ async def test_a_garbage_answer_is_a_refusal(
     with anyio.fail_after(30):
         refused = await tokens(auth_server, sso, transport=transport).approver("some-opaque-token")
     assert isinstance(refused, str) and reason in refused
+
+
+async def test_an_absurd_expiry_is_no_crash(auth_server: AuthServer) -> None:
+    answer = b'{"active": true, "aud": "mcp-broker-api", "email": "bob@example.com", "exp": 1%s}' % (
+        b"0" * 400
+    )
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=answer))
+    sso = introspecting(auth_server, register_inbox_client(auth_server))
+    with anyio.fail_after(30):
+        assert await tokens(auth_server, sso, transport=transport).approver("some-opaque-token") == Approver(
+            "bob", frozenset()
+        )
