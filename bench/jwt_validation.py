@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from broker.config.oauth import OAuthSettings  # noqa: E402
+from broker.proxy.auth.api_keys import AgentCredential  # noqa: E402
 from broker.proxy.auth.build import agent_verifier  # noqa: E402
-from broker.proxy.identity import AgentCredential  # noqa: E402
 from tests.authserver.server import AuthServer  # noqa: E402
 
 

@@ -189,7 +189,9 @@ class Broker:
         )
         """The approvers' single sign-on provider (web.sso), shared by the inbox and the API."""
         self.sso_tokens = (
-            SsoApproverTokens(self.identity_provider, self.approvers) if self.identity_provider else None
+            SsoApproverTokens(self.identity_provider, self.approvers, clock=lambda: clock().timestamp())
+            if self.identity_provider
+            else None
         )
         self.web_inbox = (
             WebInbox(

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from playwright.async_api import async_playwright, expect
 
-from broker.proxy.identity import AgentCredential
+from broker.proxy.auth.api_keys import AgentCredential
 from tests.e2e.harness import running_broker
 from tests.web.support import PASSWORDS, ApprovalFeed, web_settings
 from tests.web.test_inbox_browser import CHROMIUM, CHROMIUM_ARGS

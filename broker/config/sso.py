@@ -10,6 +10,11 @@ web:
     groups_claim: groups                              # the ID token claim listing the person's groups
     groups: {trading-leads: "Trading Leads"}          # broker group -> identity provider group
     api_audience: mcp-broker-api                      # access tokens with this aud work on /api too
+    introspection:                                    # optional: opaque access tokens too, by RFC 7662
+      endpoint: https://login.example.com/realms/acme/protocol/openid-connect/token/introspect
+      client_id: mcp-broker-api                       # default: client_id above
+      client_secret_env: BROKER_SSO_INTROSPECTION_SECRET  # default: client_secret_env above
+      cache_seconds: 30                               # an active answer is reused this long at most
 approvers:
   alice: {email: alice@example.com}
 ```
@@ -18,6 +23,11 @@ Nobody is created by signing on: the identity must match an approver of the conf
 ``oidc_sub`` or by a verified ``email``). The identity provider's groups only count through the
 ``groups`` map, as Slack user groups do, so the provider cannot name a broker group it was not
 given.
+
+Without ``introspection`` the API takes the provider's JWT access tokens only. With it, any
+other token that is not a configured approver token is posted to the endpoint (HTTP Basic with
+the client's id and secret); the answer must be active, come from ``issuer`` and name
+``api_audience`` in ``aud``, so ``introspection`` needs ``api_audience``.
 """
 
 from __future__ import annotations
@@ -27,13 +37,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from broker.config.oauth import IntrospectionSettings
 
 # Asymmetric only: an HMAC algorithm would let anyone holding a public key (or the client secret
 # of another client) forge a token; `none` is never accepted.
 SAFE_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+
+
+class SsoIntrospectionEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(pattern=r"^https?://")
+    client_id: str | None = Field(default=None, min_length=1)
+    client_secret_env: str | None = Field(default=None, min_length=1)
+    # Short: an answer is reused this long after the provider revoked the token.
+    cache_seconds: float = Field(default=30.0, ge=0, le=300)
 
 
 class SsoEntry(BaseModel):
@@ -51,6 +73,13 @@ class SsoEntry(BaseModel):
     algorithms: list[str] = ["RS256", "ES256", "PS256"]
     leeway_seconds: int = Field(default=60, ge=0, le=600)
     label: str = Field(default="Sign in with single sign-on", min_length=1, max_length=80)
+    introspection: SsoIntrospectionEntry | None = None
+
+    @model_validator(mode="after")
+    def _introspection_has_an_audience(self) -> SsoEntry:
+        if self.introspection is not None and self.api_audience is None:
+            raise ValueError("introspection needs api_audience: the aud an access token must name")
+        return self
 
     @field_validator("algorithms")
     @classmethod
@@ -87,6 +116,8 @@ class SsoSettings:
     algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256")
     leeway_seconds: int = 60
     label: str = "Sign in with single sign-on"
+    introspection: IntrospectionSettings | None = None
+    """Where opaque access tokens are explained (RFC 7662); None: only JWT access tokens."""
 
 
 class SsoConfigError(ValueError):
@@ -94,13 +125,23 @@ class SsoConfigError(ValueError):
 
 
 def sso_settings(entry: SsoEntry, environ: Mapping[str, str], path: Path) -> SsoSettings:
-    secret = None
-    if entry.client_secret_env:
-        secret = environ.get(entry.client_secret_env)
-        if not secret:
-            raise SsoConfigError(
-                f"{path}: web.sso.client_secret_env: environment variable {entry.client_secret_env} is not set"
+    secret = _secret(entry.client_secret_env, "web.sso.client_secret_env", environ, path)
+    introspection = None
+    if entry.introspection is not None:
+        asked = entry.introspection
+        introspection_secret = secret
+        if asked.client_secret_env is not None:
+            introspection_secret = _secret(
+                asked.client_secret_env, "web.sso.introspection.client_secret_env", environ, path
             )
+        if introspection_secret is None:
+            raise SsoConfigError(
+                f"{path}: web.sso.introspection: the endpoint needs a client secret "
+                "(client_secret_env here or in web.sso)"
+            )
+        introspection = IntrospectionSettings(
+            asked.endpoint, asked.client_id or entry.client_id, introspection_secret, asked.cache_seconds
+        )
     return SsoSettings(
         issuer=entry.issuer,
         client_id=entry.client_id,
@@ -114,4 +155,14 @@ def sso_settings(entry: SsoEntry, environ: Mapping[str, str], path: Path) -> Sso
         algorithms=tuple(entry.algorithms),
         leeway_seconds=entry.leeway_seconds,
         label=entry.label,
+        introspection=introspection,
     )
+
+
+def _secret(name: str | None, where: str, environ: Mapping[str, str], path: Path) -> str | None:
+    if not name:
+        return None
+    secret = environ.get(name)
+    if not secret:
+        raise SsoConfigError(f"{path}: {where}: environment variable {name} is not set")
+    return secret

@@ -249,11 +249,14 @@ class AuthServer:
         scope: str = "tools:call",
         client_id: str = "test-client",
     ) -> str:
-        """A random token only introspection can explain."""
+        """A random token only introspection can explain; for a known user the answer carries
+        `email` and `groups`, as a JWT from `token()` does."""
         value = secrets.token_urlsafe(32)
-        user = self.users.get(sub) or User(sub, "")
+        known = self.users.get(sub)
+        user = known or User(sub, "")
+        profile = {"email": known.email, "groups": list(known.groups)} if known is not None else {}
         self.tokens[value] = Token(
-            value, None, client_id, scope, user, aud, int(time.time()), self.token_lifetime
+            value, None, client_id, scope, user, aud, int(time.time()), self.token_lifetime, claims=profile
         )
         return value
 

@@ -36,6 +36,18 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
         {"trading-leads": "Trading Leads"},
     )
     assert sso.api_audience == "mcp-broker-api" and "openid" in sso.scopes
+    # Introspection authenticates as the inbox client unless told otherwise.
+    assert sso.introspection is not None
+    assert (
+        sso.introspection.client_id,
+        sso.introspection.client_secret,
+        sso.introspection.cache_seconds,
+    ) == (
+        "mcp-broker-inbox",
+        "client-secret",
+        30.0,
+    )
+    assert sso.introspection.endpoint.endswith("/realms/acme/protocol/openid-connect/token/introspect")
     by_name = {account.name: account for account in settings.approvers}
     assert by_name["alice"].email == "alice@example.com"
     assert by_name["bob"].oidc_sub == "1f0c7c0e-3c1a-4a3e-9d6b-2f5d0a7c9e11"
@@ -57,6 +69,23 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
         ("{issuer: idp.example.com, client_id: c}", r"web\.sso\.issuer"),
         ("{issuer: https://idp, client_id: c, client_secret_env: NOPE}", r"NOPE is not set"),
         ("{issuer: https://idp, client_id: c, match: name}", r"web\.sso\.match"),
+        (
+            "{issuer: https://idp, client_id: c, introspection: {endpoint: https://idp/introspect}}",
+            r"introspection needs api_audience",
+        ),
+        (
+            "{issuer: https://idp, client_id: c, api_audience: a, introspection: {endpoint: https://idp/i}}",
+            r"web\.sso\.introspection: the endpoint needs a client secret",
+        ),
+        (
+            "{issuer: https://idp, client_id: c, api_audience: a,"
+            " introspection: {endpoint: https://idp/i, client_secret_env: NOPE}}",
+            r"web\.sso\.introspection\.client_secret_env: environment variable NOPE is not set",
+        ),
+        (
+            "{issuer: https://idp, client_id: c, api_audience: a, introspection: {endpoint: idp/i}}",
+            r"web\.sso\.introspection\.endpoint",
+        ),
     ],
 )
 def test_mistakes_are_reported_with_their_place(tmp_path: Path, sso: str, message: str) -> None:

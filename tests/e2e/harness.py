@@ -24,7 +24,7 @@ from broker.approvals.approvers import ApproverAccount
 from broker.approvals.clock import Clock, utc_now
 from broker.config.settings import ApprovalSettings, BrokerSettings
 from broker.net.limits import limited_protocol
-from broker.proxy.identity import AgentCredential
+from broker.proxy.auth.api_keys import AgentCredential
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_KEYS = {"trader": "key-trader-0001", "auditor": "key-auditor-0002"}

@@ -8,9 +8,9 @@ import logging
 import pytest
 
 from broker.config.oauth import IntrospectionSettings, OAuthSettings
+from broker.proxy.auth.api_keys import AgentCredential
 from broker.proxy.auth.build import agent_verifier
 from broker.proxy.auth.model import AgentIdentity, AgentVerifier, Challenge
-from broker.proxy.identity import AgentCredential
 from tests.authserver.server import AuthServer
 
 pytestmark = pytest.mark.anyio

@@ -13,11 +13,11 @@ from joserfc import jws
 
 from broker.config.oauth import OAuthSettings
 from broker.net.jwks import JwksCache
+from broker.proxy.auth.api_keys import AgentCredential
 from broker.proxy.auth.build import agent_verifier
 from broker.proxy.auth.chain import ChainVerifier
 from broker.proxy.auth.jwt import JwtVerifier
 from broker.proxy.auth.model import AgentIdentity, Challenge
-from broker.proxy.identity import AgentCredential
 from tests.authserver.server import AuthServer
 
 pytestmark = pytest.mark.anyio

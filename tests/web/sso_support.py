@@ -17,6 +17,7 @@ import anyio
 
 from broker.approvals import Approval
 from broker.approvals.approvers import ApproverAccount
+from broker.config.oauth import IntrospectionSettings
 from broker.config.settings import WebSettings
 from broker.config.sso import SsoSettings
 from tests.authserver.server import AuthServer
@@ -51,6 +52,19 @@ def register_inbox_client(auth: AuthServer) -> SsoSettings:
         groups={"trading-leads": "trading-leads"},
         api_audience=API_AUDIENCE,
         label="Sign in with Example SSO",
+    )
+
+
+def introspecting(
+    auth: AuthServer, sso: SsoSettings, *, secret: str | None = None, endpoint: str | None = None
+) -> SsoSettings:
+    """`sso` with opaque access tokens asked of `auth`'s introspection endpoint, as a client of its own."""
+    client_id, real_secret = auth.register_client(client_id="broker-api", grant_types=())
+    return replace(
+        sso,
+        introspection=IntrospectionSettings(
+            endpoint or f"{auth.url}/introspect", client_id, secret or real_secret, 30.0
+        ),
     )
 
 

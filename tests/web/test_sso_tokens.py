@@ -27,7 +27,15 @@ from tests.authserver.server import AuthServer
 from tests.e2e.harness import exchange_server, make_settings
 from tests.e2e.test_approvals_cli import cli
 from tests.store.conftest import ManualClock
-from tests.web.sso_support import API_AUDIENCE, CLIENT_ID, held_order, sso_accounts, sso_broker
+from tests.web.sso_support import (
+    API_AUDIENCE,
+    CLIENT_ID,
+    held_order,
+    introspecting,
+    register_inbox_client,
+    sso_accounts,
+    sso_broker,
+)
 from tests.web.support import ApprovalFeed, text_of
 from tests.web.test_signin import request
 
@@ -221,20 +229,30 @@ def test_a_sign_on_session_ends_when_the_approvers_mapping_changes() -> None:
     )
 
 
+@pytest.mark.parametrize("kind", ["jwt", "opaque"])
 async def test_the_cli_decides_with_the_providers_access_token(
-    auth_server: AuthServer, tmp_path: Path
+    auth_server: AuthServer, tmp_path: Path, kind: str
 ) -> None:
     feed = ApprovalFeed()
+    sso = register_inbox_client(auth_server)
+    if kind == "jwt":
+        good, bad, reason = (
+            auth_server.token("bob", aud=API_AUDIENCE),
+            auth_server.expired_token("bob", aud=API_AUDIENCE),
+            "expired",
+        )
+    else:
+        sso = introspecting(auth_server, sso)
+        good, bad, reason = auth_server.opaque_token("bob", aud=API_AUDIENCE), "made-up-token", "not active"
     with anyio.fail_after(90):
-        async with sso_broker(auth_server, tmp_path) as running:
+        async with sso_broker(auth_server, tmp_path, sso) as running:
             running.broker.approvals.add_listener(feed)
-            as_bob = ["--url", running.url, "--token", auth_server.token("bob", aud=API_AUDIENCE)]
-            expired = ["--url", running.url, "--token", auth_server.expired_token("bob", aud=API_AUDIENCE)]
+            as_bob = ["--url", running.url, "--token", good]
             async with held_order(running, feed, 3002) as held:
                 approval = held.approval
                 assert approval is not None
-                code, out, err = await cli("approvals", "list", *expired)
-                assert code != 0 and "expired" in err, (out, err)
+                code, out, err = await cli("approvals", "list", "--url", running.url, "--token", bad)
+                assert code != 0 and reason in err, (out, err)
                 code, out, err = await cli("approvals", "list", *as_bob)
                 assert code == 0 and approval.id in out, err
                 code, out, err = await cli("approvals", "deny", approval.id, "--reason", "not today", *as_bob)

@@ -6,12 +6,11 @@ from collections.abc import Mapping
 
 from broker.config.oauth import OAuthSettings
 from broker.net.jwks import JwksCache
-from broker.proxy.auth.api_keys import ApiKeyVerifier
+from broker.proxy.auth.api_keys import AgentCredential, ApiKeyVerifier
 from broker.proxy.auth.chain import ChainVerifier
 from broker.proxy.auth.introspection import Introspector
 from broker.proxy.auth.jwt import JwtVerifier
 from broker.proxy.auth.model import AgentVerifier, bearer_challenge
-from broker.proxy.identity import AgentCredential, Authenticator
 
 API_KEY_REFUSAL = bearer_challenge(
     401,
@@ -23,7 +22,7 @@ API_KEY_REFUSAL = bearer_challenge(
 def agent_verifier(
     credentials: Mapping[str, AgentCredential], *, allow_anonymous: bool, oauth: OAuthSettings | None
 ) -> AgentVerifier:
-    api_keys = ApiKeyVerifier(Authenticator(credentials, allow_anonymous=allow_anonymous), API_KEY_REFUSAL)
+    api_keys = ApiKeyVerifier(credentials, API_KEY_REFUSAL, allow_anonymous=allow_anonymous)
     if oauth is None:
         return api_keys
     keys = JwksCache(
