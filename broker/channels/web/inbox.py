@@ -34,7 +34,7 @@ from broker.channels.web.oidc import OidcSignin
 from broker.channels.web.origin import OriginCheck
 from broker.channels.web.presenters import COUNT_CAP, HISTORY_STATUSES, template_environment
 from broker.channels.web.signin import Viewer, WebSignin
-from broker.channels.web.signin_pages import PasswordSignin
+from broker.channels.web.signin_pages import SigninPages
 from broker.channels.web.tools_view import ToolSources, tool_rows
 from broker.config.policy_file import ReloadRejection
 from broker.config.settings import WebSettings
@@ -391,7 +391,7 @@ class WebInbox:
             return await inbox.events(request)
 
         ApprovalPages(self).register(router)
-        PasswordSignin(self).register(router)
+        SigninPages(self).register(router)
         if self._grants is not None:
             GrantsPage(self, self._grants).register(router)
         if self._oidc is not None:

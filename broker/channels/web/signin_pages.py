@@ -1,6 +1,6 @@
 """Signing in and out of the web inbox with a user name and password (single sign-on is
 broker.channels.web.oidc): the form, its POST, throttled per account and address (see signin),
-and ``POST /logout``.
+and ``POST /logout``, which ends a single sign-on at the provider too (see oidc).
 
 No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime.
 """
@@ -12,6 +12,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from broker.channels.web.origin import local_target
+from broker.channels.web.sessions import Session
+from broker.channels.web.signin import Viewer
 
 if TYPE_CHECKING:
     from broker.channels.web.inbox import WebInbox
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class PasswordSignin:
+class SigninPages:
     def __init__(self, inbox: "WebInbox") -> None:
         self._inbox = inbox
 
@@ -83,9 +85,28 @@ class PasswordSignin:
         refused = await self._inbox._posted_form(request, viewer)
         if isinstance(refused, Response):
             return refused
-        response = RedirectResponse("/login", status_code=303)
+        oidc = self._inbox._oidc
+        target = await oidc.logout_target(request, viewer.session) if oidc is not None else None
+        response = (
+            RedirectResponse("/login", status_code=303) if target is None else self._onward(request, target)
+        )
         self._inbox.signin.clear_cookie(response, request)
         return response
+
+    def _onward(self, request: Request, target: str) -> Response:
+        """A signed-out page that moves on to the identity provider's logout by itself: the pages'
+        CSP lets forms go to the broker only (``form-action 'self'``), and browsers hold a form's
+        redirects to that too, so a 303 from this POST would leave the browser where it was."""
+        signed_out = Viewer(Session.anonymous(self._inbox._clock()), None)
+        return self._inbox._page(
+            request,
+            signed_out,
+            "message.html",
+            title="Signed out",
+            message="You are signed out of the broker. Now signing you out at the identity provider too.",
+            link=(target, "Sign out at the identity provider"),
+            refresh=target,
+        )
 
     def register(self, router: APIRouter) -> None:
         @router.get("/login")
