@@ -15,6 +15,7 @@ web:
       client_id: mcp-broker-api                       # default: client_id above
       client_secret_env: BROKER_SSO_INTROSPECTION_SECRET  # default: client_secret_env above
       cache_seconds: 30                               # an active answer is reused this long at most
+    post_logout_redirect_uri: https://broker.example.com/login   # where the provider sends people after logout
 approvers:
   alice: {email: alice@example.com}
 ```
@@ -70,6 +71,7 @@ class SsoEntry(BaseModel):
     groups: dict[str, str] = {}
     api_audience: str | None = Field(default=None, min_length=1)
     redirect_uri: str | None = Field(default=None, pattern=r"^https?://")
+    post_logout_redirect_uri: str | None = Field(default=None, pattern=r"^https?://")
     algorithms: list[str] = ["RS256", "ES256", "PS256"]
     leeway_seconds: int = Field(default=60, ge=0, le=600)
     label: str = Field(default="Sign in with single sign-on", min_length=1, max_length=80)
@@ -113,6 +115,9 @@ class SsoSettings:
     """The ``aud`` of access tokens the decisions API accepts; None: the API takes only approver tokens."""
     redirect_uri: str | None = None
     """None: ``/signin/oidc/callback`` on the host the browser used."""
+    post_logout_redirect_uri: str | None = None
+    """Where the provider's end_session_endpoint sends the browser after logout (it must be registered
+    with the provider); None: ``/login`` on the host the browser used."""
     algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256")
     leeway_seconds: int = 60
     label: str = "Sign in with single sign-on"
@@ -152,6 +157,7 @@ def sso_settings(entry: SsoEntry, environ: Mapping[str, str], path: Path) -> Sso
         groups=dict(entry.groups),
         api_audience=entry.api_audience,
         redirect_uri=entry.redirect_uri,
+        post_logout_redirect_uri=entry.post_logout_redirect_uri,
         algorithms=tuple(entry.algorithms),
         leeway_seconds=entry.leeway_seconds,
         label=entry.label,

@@ -13,7 +13,7 @@ It serves, on a loopback port chosen by the kernel:
   Access tokens are RFC 9068 JWTs whose `aud` is the RFC 8707 `resource` parameter (else the
   client id); `openid` in the scope adds an ID token with `sub`, `email` and `groups`;
 - RFC 7662 introspection at `/introspect` (client authentication required), which also knows
-  the opaque tokens `opaque_token()` hands out.
+  the opaque tokens `opaque_token()` hands out; RP-initiated logout at `/logout` (end_session.py).
 
 Knobs for the bad cases the broker must refuse: `jwks_mode` ("ok", "down" = 503, "garbage" =
 200 with a body that is not a key set, "empty"), `metadata_mode` likewise, key rotation
@@ -52,6 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.authserver.end_session import EndSession
 from tests.authserver.grants import (
     _AuthorizationCodeGrant,
     _ClientCredentialsGrant,
@@ -120,6 +121,7 @@ class AuthServer:
         self.oauth.register_grant(_TokenExchangeGrant)
         self.oauth.register_endpoint(_Registration(self))
         self.oauth.register_endpoint(_Introspection(self))
+        self.end_session = EndSession(self)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._server: uvicorn.Server | None = None
@@ -367,6 +369,7 @@ class AuthServer:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             "claims_supported": ["sub", "email", "groups"],
+            **self.end_session.metadata(),
         }
 
     async def _oauth_request(self, request: Request) -> FormRequest:
@@ -453,6 +456,7 @@ class AuthServer:
                 Route("/register", self._register, methods=["POST"]),
                 Route("/introspect", self._introspect, methods=["POST"]),
                 Route("/userinfo", self._userinfo, methods=["GET", "POST"]),
+                Route("/logout", self.end_session.endpoint),
             ]
         )
 

@@ -86,8 +86,23 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
             "{issuer: https://idp, client_id: c, api_audience: a, introspection: {endpoint: idp/i}}",
             r"web\.sso\.introspection\.endpoint",
         ),
+        (
+            "{issuer: https://idp, client_id: c, post_logout_redirect_uri: /login}",
+            r"post_logout_redirect_uri",
+        ),
     ],
 )
 def test_mistakes_are_reported_with_their_place(tmp_path: Path, sso: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(write_config(tmp_path, f"web: {{sso: {sso}}}\n"), environ={})
+
+
+def test_where_the_provider_sends_people_after_logout_is_configurable(tmp_path: Path) -> None:
+    sso = "{issuer: https://idp, client_id: c, post_logout_redirect_uri: 'https://inbox.example/login'}"
+    settings = load_settings(write_config(tmp_path, f"web: {{sso: {sso}}}\n"), environ={})
+    assert settings.web.sso is not None
+    assert settings.web.sso.post_logout_redirect_uri == "https://inbox.example/login"
+    default = load_settings(
+        write_config(tmp_path, "web: {sso: {issuer: https://idp, client_id: c}}\n"), environ={}
+    )
+    assert default.web.sso is not None and default.web.sso.post_logout_redirect_uri is None

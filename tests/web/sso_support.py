@@ -80,7 +80,9 @@ async def sso_broker(
         web=WebSettings(sso=sso or register_inbox_client(auth)),
     )
     async with running_broker(settings) as running:
-        auth.clients[CLIENT_ID].metadata["redirect_uris"].append(f"{running.url}/signin/oidc/callback")
+        client = auth.clients[CLIENT_ID].metadata
+        client["redirect_uris"].append(f"{running.url}/signin/oidc/callback")
+        client.setdefault("post_logout_redirect_uris", []).append(f"{running.url}/login")
         yield running
 
 

@@ -6,13 +6,14 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
 
-from broker.approvals import Approval
+from broker.approvals import Approval, NewApproval
 from broker.channels.web import hash_password
 from broker.config.settings import BrokerSettings
 from tests.e2e.harness import RunningBroker, approver_accounts, exchange_server, make_settings
@@ -118,3 +119,28 @@ def order(price: float, **changes: Any) -> dict[str, Any]:
 
 def text_of(result: object) -> str:
     return " ".join(getattr(block, "text", "") for block in getattr(result, "content", []))
+
+
+async def hold(
+    running: RunningBroker, arguments: dict[str, Any], *, revision: str | None = None, **requirement: Any
+) -> Approval:
+    """A new approval for a big order, held by the policy's place_order rule for two trading leads'
+    eyes; `requirement` sets more of it (quorum, editable arguments)."""
+    policy = running.broker.policy_file.holder.current
+    approval, created = await running.broker.approvals.open(
+        NewApproval(
+            agent="trader",
+            server="exchange",
+            tool="place_order",
+            upstream_tool="place_order",
+            arguments=arguments,
+            policy_revision=revision or policy.revision,
+            rule="rules[2] 'place_order'",
+            rule_reason="orders above 5 units need a second pair of eyes",
+            timeout=timedelta(minutes=5),
+            approvers=("@trading-leads",),
+            **requirement,
+        )
+    )
+    assert created
+    return approval

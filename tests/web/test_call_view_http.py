@@ -6,44 +6,21 @@ from __future__ import annotations
 
 import html
 import re
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
-from broker.approvals import Approval, NewApproval
 from broker.approvals.model import Approver
 from broker.approvals.verdict import Deny
-from tests.e2e.harness import RunningBroker, running_broker
-from tests.web.support import http_signed_in, web_settings
+from tests.e2e.harness import running_broker
+from tests.web.support import hold, http_signed_in, web_settings
 
 pytestmark = pytest.mark.anyio
 
 NOTE = "first line\nsecond line <b>bold?</b>"
 MEMO = "".join(f"paragraph {n}: keep this in mind.\n" for n in range(200))
 ORDER = {"symbol": "BTCUSD", "side": "buy", "price": 90000, "memo": MEMO, "note": NOTE, "quantity": 250}
-
-
-async def hold(running: RunningBroker, arguments: dict[str, Any], *, revision: str | None = None) -> Approval:
-    policy = running.broker.policy_file.holder.current
-    approval, created = await running.broker.approvals.open(
-        NewApproval(
-            agent="trader",
-            server="exchange",
-            tool="place_order",
-            upstream_tool="place_order",
-            arguments=arguments,
-            policy_revision=revision or policy.revision,
-            rule="rules[2] 'place_order'",
-            rule_reason="orders above 5 units need a second pair of eyes",
-            timeout=timedelta(minutes=5),
-            approvers=("@trading-leads",),
-        )
-    )
-    assert created
-    return approval
 
 
 def field_names(page: str) -> list[str]:
@@ -71,7 +48,7 @@ async def test_the_detail_page_reads_in_order_with_context(tmp_path: Path) -> No
                     '<pre class="value-block">first line\nsecond line &lt;b&gt;bold?&lt;/b&gt;</pre>' in page
                 )
                 memo = page[page.index('data-field="memo"') : page.index('data-field="note"')]
-                assert '<details class="fold">' in memo
+                assert '<details class="fold" data-key="fold-memo">' in memo
                 assert f"show all {len(MEMO):,} characters" in memo
                 assert (
                     html.unescape(memo.split('<pre class="value-block full">')[1].split("</pre>")[0]) == MEMO

@@ -28,6 +28,8 @@ def test_a_session_survives_the_round_trip() -> None:
     session = Session.signed_in("alice", "fingerprint", clock())
     read = signer(clock).loads(signer(clock).dumps(session))
     assert read == session
+    signed_on = Session.signed_in("bob", "oidc:1234", clock(), groups=("leads",), id_token="a.b.c")
+    assert signer(clock).loads(signer(clock).dumps(signed_on)) == signed_on
 
 
 def test_a_tampered_or_foreign_cookie_reads_as_no_session() -> None:

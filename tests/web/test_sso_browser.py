@@ -34,6 +34,8 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def provider() -> Iterator[AuthServer]:
     with AuthServer() as server:
+        # On before the broker's first discovery, which it keeps: sign-out goes through the provider.
+        server.end_session.enabled = True
         yield server
 
 
@@ -94,6 +96,30 @@ async def test_an_approver_signs_on_in_the_browser_and_approves_a_held_call(
                 await expect(page.locator(".ending")).to_contain_text("alice")
             result = held.result
             assert not result.is_error and result.structured_content["price"] == price
+        finally:
+            await context.close()
+
+
+async def test_signing_out_signs_out_at_the_provider_and_comes_back_to_the_sign_in_page(
+    browser: Browser, running: RunningBroker, provider: AuthServer
+) -> None:
+    provider.login_as = "alice"
+    with anyio.fail_after(60):
+        context = await browser.new_context(base_url=running.url, viewport=PHONE)
+        context.set_default_timeout(WAIT_MS)
+        try:
+            page = await context.new_page()
+            await page.goto("/login?next=%2Fhistory")
+            await page.get_by_role("link", name="Sign in with Example SSO").click()
+            await expect(page).to_have_url(f"{running.url}/history")
+            calls = len(provider.end_session.calls)
+            await page.get_by_role("button", name="Sign out").click()
+            await expect(page).to_have_url(f"{running.url}/login")
+            await expect(page.get_by_role("link", name="Sign in with Example SSO")).to_be_visible()
+            [call] = provider.end_session.calls[calls:]
+            assert call.refusal is None and call.hint_sub == "alice"
+            await page.goto("/history")
+            await expect(page).to_have_url(re.compile(r"/login\?next="))
         finally:
             await context.close()
 

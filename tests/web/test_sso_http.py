@@ -6,7 +6,10 @@ bad cases tamper with one step and expect a clear page, a log line and no sessio
 
 from __future__ import annotations
 
+import html
 import logging
+import re
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -17,7 +20,7 @@ import pytest
 from broker.channels.web.sessions import COOKIE_NAME
 from tests.authserver.server import AuthServer
 from tests.e2e.harness import RunningBroker
-from tests.web.sso_support import held_order, sso_broker
+from tests.web.sso_support import CLIENT_ID, held_order, register_inbox_client, sso_broker
 from tests.web.support import ApprovalFeed, csrf_token
 
 pytestmark = pytest.mark.anyio
@@ -59,6 +62,48 @@ async def test_an_approver_signs_on_and_lands_where_she_was_going(
             out = await http.post("/logout", data={"csrf_token": csrf_token(landed.text)})
             assert out.url.path == "/login"
             assert (await http.get("/history")).url.path == "/login"
+        # This provider names no end_session_endpoint, so the logout stayed with the broker.
+        assert auth_server.end_session.calls == []
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["default", "configured"])
+async def test_logout_ends_the_sign_on_at_the_provider_too(
+    auth_server: AuthServer, tmp_path: Path, configured: bool
+) -> None:
+    auth_server.end_session.enabled = True
+    sso = register_inbox_client(auth_server)
+    if configured:
+        # Somewhere the broker's own URL is not (behind a proxy, say): the provider must know it.
+        sso = replace(sso, post_logout_redirect_uri="http://inbox.example/login")
+        auth_server.clients[CLIENT_ID].metadata["post_logout_redirect_uris"] = [sso.post_logout_redirect_uri]
+    with anyio.fail_after(60):
+        async with sso_broker(auth_server, tmp_path, sso) as running, browser_like(running) as http:
+            callback, _ = await begin(http, "/history")
+            landed = await http.get(callback)
+            assert '<span class="who">alice</span>' in landed.text
+            out = await http.post(
+                "/logout", data={"csrf_token": csrf_token(landed.text)}, follow_redirects=False
+            )
+            # A page that moves on by itself, not a 303: the form's CSP would hold that redirect.
+            assert out.status_code == 200 and "You are signed out of the broker" in out.text
+            refresh = re.search(r'<meta http-equiv="refresh" content="0; url=([^"]+)">', out.text)
+            assert refresh is not None
+            onward = html.unescape(refresh.group(1))
+            to_provider = urlsplit(onward)
+            assert (
+                f"{to_provider.scheme}://{to_provider.netloc}{to_provider.path}"
+                == f"{auth_server.issuer}/logout"
+            )
+            back = sso.post_logout_redirect_uri or f"{running.url}/login"
+            query = parse_qs(to_provider.query)
+            assert query["post_logout_redirect_uri"] == [back] and query["client_id"] == [CLIENT_ID]
+            # The broker's session ended before the browser left for the provider.
+            assert COOKIE_NAME in out.headers["set-cookie"] and "Max-Age=0" in out.headers["set-cookie"]
+            assert (await http.get("/history")).url.path == "/login"
+            at_provider = await http.get(onward, follow_redirects=False)
+            assert at_provider.status_code == 302 and at_provider.headers["location"] == back
+        [call] = auth_server.end_session.calls
+        assert call.refusal is None and call.hint_sub == "alice"
 
 
 async def test_groups_come_from_the_provider_and_decide_who_may_approve(
@@ -192,3 +237,8 @@ async def test_passwords_still_work_beside_single_sign_on(auth_server: AuthServe
                 data={"username": "mallory", "password": "mallory-pw-3", "csrf_token": csrf_token(form.text)},
             )
             assert '<span class="who">mallory</span>' in signed_in.text
+            # A password session ends with the broker alone, whatever the provider offers.
+            auth_server.end_session.enabled = True
+            out = await http.post("/logout", data={"csrf_token": csrf_token(signed_in.text)})
+            assert out.url.path == "/login" and "mallory" not in out.text
+        assert auth_server.end_session.calls == []

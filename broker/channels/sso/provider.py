@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
@@ -180,6 +181,20 @@ class IdentityProvider:
         except (OAuthError, TypeError, ValueError) as exc:  # an error body, or a body that is no token
             raise TokenRejected(f"the provider refused the code: {exc}") from None
         return dict(token)
+
+    async def end_session_url(
+        self, *, id_token_hint: str | None, post_logout_redirect_uri: str
+    ) -> str | None:
+        """Where to send the browser to sign out at the provider too (OpenID Connect RP-Initiated
+        Logout 1.0), or None when the provider announces no ``end_session_endpoint``. ``client_id``
+        rides along so a provider can check the redirect without the hint (it may be missing)."""
+        endpoint = (await self.metadata()).end_session_endpoint
+        if endpoint is None:
+            return None
+        query = {"post_logout_redirect_uri": post_logout_redirect_uri, "client_id": self.settings.client_id}
+        if id_token_hint is not None:
+            query = {"id_token_hint": id_token_hint, **query}
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(query)
 
     # -- tokens ----------------------------------------------------------------------------------
 

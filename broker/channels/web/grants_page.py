@@ -84,11 +84,8 @@ class GrantsPage:
     async def revoke(self, request: Request, grant_id: str) -> Response:
         inbox = self._inbox
         viewer = inbox.signin.viewer(request)
-        refused = inbox._refuse_cross_site(request, viewer)
-        if refused is not None:
-            return refused
-        refused = inbox._check_csrf(request, viewer, await request.form())
-        if refused is not None:
+        refused = await inbox._posted_form(request, viewer)
+        if isinstance(refused, Response):
             return refused
         if viewer.approver is None:
             return inbox._message(

@@ -1,11 +1,12 @@
-"""The web inbox: pages for approvers, the decisions they make there, and the live event stream.
+"""The web inbox: the list of waiting calls, history, tools and the live event stream, and the
+shared rendering and guards its other pages use (one approval: decisions; signing in: signin_pages,
+oidc; grants: grants_page).
 
 No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime.
 """
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,44 +15,32 @@ from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from broker.approvals.approvers import ApproverDirectory
-from broker.approvals.audit import AuditRecord
-from broker.approvals.call_view import CallContext, CallContexts, ToolFacts
+from broker.approvals.call_view import CallContexts, ToolFacts
 from broker.approvals.clock import Clock, utc_now
-from broker.approvals.deciding import NotAllowedToDecide
-from broker.approvals.edits import EditRefused
 from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.model import Approval, ApprovalStatus
-from broker.approvals.ports import (
-    ApprovalNotFound,
-    ArgumentsChanged,
-    InvalidTransition,
-    InvalidValue,
-    ListPosition,
-    StoreUnavailable,
-)
+from broker.approvals.ports import ListPosition, StoreUnavailable
 from broker.approvals.service import ApprovalService
-from broker.approvals.verdict import Approve, Verdict, verdict_of
 from broker.channels.call_context import CallContextSource
 from broker.channels.sso.provider import IdentityProvider
 from broker.channels.web.assets import InboxAssets
-from broker.channels.web.edit_form import PREFIX as EDIT_PREFIX
-from broker.channels.web.edit_form import edits_from_form
+from broker.channels.web.decisions import ApprovalPages
 from broker.channels.web.events import EventStreamResponse, InboxEvents
 from broker.channels.web.export import HistoryExport
 from broker.channels.web.filters import ListFilters, read_filters
-from broker.channels.web.grants_page import GrantsPage, grant_allowance, grant_from_form
+from broker.channels.web.grants_page import GrantsPage, grant_allowance
 from broker.channels.web.hardening import HardenedRoute
 from broker.channels.web.oidc import OidcSignin
-from broker.channels.web.origin import OriginCheck, local_target
-from broker.channels.web.presenters import COUNT_CAP, HISTORY_STATUSES, ending, template_environment
+from broker.channels.web.origin import OriginCheck
+from broker.channels.web.presenters import COUNT_CAP, HISTORY_STATUSES, template_environment
 from broker.channels.web.signin import Viewer, WebSignin
+from broker.channels.web.signin_pages import SigninPages
 from broker.channels.web.tools_view import ToolSources, tool_rows
 from broker.config.policy_file import ReloadRejection
 from broker.config.settings import WebSettings
 
 logger = logging.getLogger(__name__)
 
-MAX_REASON_LENGTH = 2000
 INBOX_PAGE = 50
 HISTORY_PAGE = 50
 
@@ -238,144 +227,6 @@ class WebInbox:
             return PlainTextResponse("approval store unavailable", status_code=503)
         return self._page(request, viewer, "inbox_rows.html", **context)
 
-    # -- one approval -----------------------------------------------------------------------------------
-
-    def _detail_context(
-        self,
-        approval: Approval,
-        trail: list[AuditRecord],
-        context: CallContext,
-        viewer: Viewer,
-        notice: str | None = None,
-    ) -> dict[str, Any]:
-        approver = viewer.approver
-        refusal = self._service.may_decide(approval, approver) if approver is not None else "not signed in"
-        overdue = approval.is_overdue(self._clock())
-        return {
-            "approval": approval,
-            "trail": trail,
-            "call_context": context,
-            "ending": ending(approval),
-            "refusal": refusal,
-            "overdue": overdue,
-            "can_decide": approval.status is ApprovalStatus.PENDING and refusal is None and not overdue,
-            "notice": notice,
-            "max_reason": MAX_REASON_LENGTH,
-        }
-
-    async def _load(self, approval_id: str) -> tuple[Approval, list[AuditRecord], CallContext] | None:
-        approval = await self._store.get(approval_id)
-        if approval is None:
-            return None
-        return approval, await self._store.audit_trail(approval_id), await self._calls.context(approval)
-
-    def _not_found(self, request: Request, viewer: Viewer, approval_id: str) -> HTMLResponse:
-        return self._message(
-            request,
-            viewer,
-            status=404,
-            title="No such approval",
-            message=f"There is no approval {approval_id}.",
-        )
-
-    async def detail(self, request: Request, approval_id: str) -> Response:
-        viewer = self._gate(request)
-        if isinstance(viewer, Response):
-            return viewer
-        try:
-            loaded = await self._load(approval_id)
-            count = await self._pending_count()
-        except StoreUnavailable as exc:
-            return self._unavailable(request, viewer, exc)
-        if loaded is None:
-            return self._not_found(request, viewer, approval_id)
-        context = self._detail_context(*loaded, viewer)
-        return self._page(request, viewer, "detail.html", section="inbox", pending_count=count, **context)
-
-    async def panel(self, request: Request, approval_id: str) -> Response:
-        viewer = self._fragment_gate(request)
-        if isinstance(viewer, Response):
-            return viewer
-        try:
-            loaded = await self._load(approval_id)
-        except StoreUnavailable:
-            return PlainTextResponse("approval store unavailable", status_code=503)
-        if loaded is None:
-            return PlainTextResponse("no such approval", status_code=404)
-        return self._page(request, viewer, "panel.html", **self._detail_context(*loaded, viewer))
-
-    async def decide(self, request: Request, approval_id: str, *, approve: bool) -> Response:
-        viewer = self.signin.viewer(request)
-        refused = self._refuse_cross_site(request, viewer)
-        if refused is not None:
-            return refused
-        form = await request.form()
-        refused = self._check_csrf(request, viewer, form)
-        if refused is not None:
-            return refused
-        if viewer.approver is None:
-            return self._message(
-                request,
-                viewer,
-                status=403,
-                title="Signed out",
-                message="Your session has ended. Sign in again, then decide.",
-                link=("/login?" + urlencode({"next": f"/approvals/{approval_id}"}), "Sign in"),
-            )
-        reason = str(form.get("reason") or "").strip() or None
-        if reason is not None and len(reason) > MAX_REASON_LENGTH:
-            return self._message(
-                request,
-                viewer,
-                status=400,
-                title="Reason too long",
-                message=f"A reason may be at most {MAX_REASON_LENGTH} characters; nothing was decided.",
-            )
-        grant = grant_from_form(form) if approve else None
-        if isinstance(grant, str):
-            return self._message(request, viewer, status=400, title="Not decided", message=grant)
-        try:
-            verdict = await self._verdict(form, approval_id, approve, reason)
-            if grant is not None and isinstance(verdict, Approve):
-                verdict = replace(verdict, grant=grant)
-            await self._service.decide(approval_id, verdict, approver=viewer.approver, via="web")
-        except EditRefused as exc:
-            return self._message(request, viewer, status=400, title="Edit refused", message=f"{exc}.")
-        except ArgumentsChanged as exc:
-            return self._message(request, viewer, status=409, title="Arguments changed", message=f"{exc}.")
-        except ApprovalNotFound:
-            return self._not_found(request, viewer, approval_id)
-        except NotAllowedToDecide as exc:
-            return self._message(request, viewer, status=403, title="Not allowed to decide", message=str(exc))
-        except InvalidTransition as exc:
-            # Somebody (or the deadline) got there first: show who, instead of failing quietly.
-            return await self._already_decided(request, viewer, exc.current)
-        except InvalidValue as exc:
-            return self._message(request, viewer, status=400, title="Not decided", message=str(exc))
-        except StoreUnavailable as exc:
-            return self._unavailable(request, viewer, exc)
-        return RedirectResponse(f"/approvals/{approval_id}", status_code=303)
-
-    async def _verdict(self, form: Any, approval_id: str, approve: bool, reason: str | None) -> Verdict:
-        """Approve, Deny, or Approve with the edit form's arguments (see edit_form)."""
-        seen = form.get("seen_hash")
-        if not approve or not any(str(key).startswith(EDIT_PREFIX) for key in form):
-            return verdict_of(approve, reason, seen_hash=str(seen) if seen else None)
-        edits = edits_from_form(form, await self._store.get(approval_id))
-        return Approve(reason, edits, str(seen) if seen else None)
-
-    async def _already_decided(self, request: Request, viewer: Viewer, current: Approval) -> Response:
-        try:
-            trail = await self._store.audit_trail(current.id)
-            call_context = await self._calls.context(current)
-            count = await self._pending_count()
-        except StoreUnavailable as exc:
-            return self._unavailable(request, viewer, exc)
-        context = self._detail_context(current, trail, call_context, viewer, notice="already")
-        return self._page(
-            request, viewer, "detail.html", status=409, section="inbox", pending_count=count, **context
-        )
-
     # -- history ------------------------------------------------------------------------------------------
 
     async def history(self, request: Request) -> Response:
@@ -461,10 +312,18 @@ class WebInbox:
             policy_revision=policy.revision,
         )
 
-    # -- signing in and out ---------------------------------------------------------------------------------
+    # -- guards for every state-changing route ---------------------------------------------------------------------------------
+
+    async def _posted_form(self, request: Request, viewer: Viewer) -> FormData | Response:
+        """A state-changing POST's form, or the refusal of a cross-site one or one without the
+        session's CSRF token; the origin is checked before the form is read (see `origin`)."""
+        refused = self._refuse_cross_site(request, viewer)
+        if refused is not None:
+            return refused
+        form = await request.form()
+        return self._check_csrf(request, viewer, form) or form
 
     def _refuse_cross_site(self, request: Request, viewer: Viewer) -> Response | None:
-        """Every state-changing route asks this first, before reading the form (see `origin`)."""
         refusal = self._origin.refusal(request)
         if refusal is None:
             return None
@@ -489,78 +348,6 @@ class WebInbox:
             )
         return None
 
-    async def login_form(self, request: Request) -> Response:
-        viewer = self.signin.viewer(request)
-        target = local_target(request.query_params.get("next"))
-        if viewer.account is not None:
-            return RedirectResponse(target, status_code=303)
-        return self._page(request, viewer, "login.html", next=target, error=None, username="")
-
-    async def login(self, request: Request) -> Response:
-        viewer = self.signin.viewer(request)
-        refused = self._refuse_cross_site(request, viewer)
-        if refused is not None:
-            return refused
-        form = await request.form()
-        refused = self._check_csrf(request, viewer, form)
-        if refused is not None:
-            return refused
-        username = str(form.get("username") or "").strip()
-        password = str(form.get("password") or "")
-        target = local_target(str(form.get("next") or ""))
-        address = request.client.host if request.client is not None else "unknown"
-        if not username or not password:
-            return self._page(
-                request,
-                viewer,
-                "login.html",
-                status=400,
-                next=target,
-                error="Enter your user name and password.",
-                username=username,
-            )
-        outcome = await self.signin.sign_in(username, password, address)
-        if outcome.retry_after is not None:
-            minutes = max(1, round(outcome.retry_after.total_seconds() / 60))
-            logger.warning("web sign-in for %r from %s throttled", username, address)
-            return self._page(
-                request,
-                viewer,
-                "login.html",
-                status=429,
-                next=target,
-                error=f"Too many failed sign-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}.",
-                username=username,
-            )
-        if outcome.account is None:
-            logger.warning("web sign-in failed for %r from %s", username, address)
-            return self._page(
-                request,
-                viewer,
-                "login.html",
-                status=401,
-                next=target,
-                error="Wrong user name or password.",
-                username=username,
-            )
-        logger.info("web sign-in: %s from %s", outcome.account.name, address)
-        response = RedirectResponse(target, status_code=303)
-        self.signin.write_cookie(response, self.signin.session_for(outcome.account), request)
-        return response
-
-    async def logout(self, request: Request) -> Response:
-        viewer = self.signin.viewer(request)
-        refused = self._refuse_cross_site(request, viewer)
-        if refused is not None:
-            return refused
-        form = await request.form()
-        refused = self._check_csrf(request, viewer, form)
-        if refused is not None:
-            return refused
-        response = RedirectResponse("/login", status_code=303)
-        self.signin.clear_cookie(response, request)
-        return response
-
     # -- live updates and assets --------------------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
@@ -583,22 +370,6 @@ class WebInbox:
         async def inbox_rows(request: Request) -> Response:
             return await inbox.inbox_rows(request)
 
-        @router.get("/approvals/{approval_id}")
-        async def approval_page(request: Request, approval_id: str) -> Response:
-            return await inbox.detail(request, approval_id)
-
-        @router.get("/approvals/{approval_id}/panel")
-        async def approval_panel(request: Request, approval_id: str) -> Response:
-            return await inbox.panel(request, approval_id)
-
-        @router.post("/approvals/{approval_id}/approve")
-        async def approve(request: Request, approval_id: str) -> Response:
-            return await inbox.decide(request, approval_id, approve=True)
-
-        @router.post("/approvals/{approval_id}/deny")
-        async def deny(request: Request, approval_id: str) -> Response:
-            return await inbox.decide(request, approval_id, approve=False)
-
         @router.get("/history")
         async def history(request: Request) -> Response:
             return await inbox.history(request)
@@ -615,22 +386,12 @@ class WebInbox:
         async def tools(request: Request) -> Response:
             return await inbox.tools(request)
 
-        @router.get("/login")
-        async def login_form(request: Request) -> Response:
-            return await inbox.login_form(request)
-
-        @router.post("/login")
-        async def login(request: Request) -> Response:
-            return await inbox.login(request)
-
-        @router.post("/logout")
-        async def logout(request: Request) -> Response:
-            return await inbox.logout(request)
-
         @router.get("/events")
         async def events(request: Request) -> Response:
             return await inbox.events(request)
 
+        ApprovalPages(self).register(router)
+        SigninPages(self).register(router)
         if self._grants is not None:
             GrantsPage(self, self._grants).register(router)
         if self._oidc is not None:

@@ -9,6 +9,14 @@ tokens (sending the PKCE verifier), verifies the ID token (broker.channels.sso.p
 (broker.channels.sso.identity). The cookie is spent by the callback, so a replayed callback
 finds none.
 
+``POST /logout`` of a session signed on here also signs out at the provider when its discovery
+names an ``end_session_endpoint`` (OpenID Connect RP-Initiated Logout): the broker's session
+ends first, then the browser goes there with ``id_token_hint`` (the sign-on's ID token, which
+the session keeps unless it is over `MAX_ID_TOKEN_HINT` characters: the cookie has to stay
+under the browsers' 4 KB), ``client_id`` and ``post_logout_redirect_uri`` (the inbox's
+``/login`` unless configured). Without that endpoint, or with the provider unreachable, logout
+stays local.
+
 Every failure ends on a page that says what happened and a log line, without a session: an
 identity that matches no approver (403), a missing or mismatched state (400), an error from the
 provider or a code it refuses (401), an ID token that does not verify (401), a provider that
@@ -28,7 +36,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import Clock
-from broker.channels.sso.identity import credential_of, match_claims
+from broker.channels.sso.identity import CREDENTIAL_PREFIX, credential_of, match_claims
 from broker.channels.sso.provider import IdentityProvider, ProviderUnavailable, TokenRejected
 from broker.channels.web.origin import local_target
 from broker.channels.web.sessions import Session
@@ -42,6 +50,7 @@ PENDING_COOKIE = "broker_sso"
 PENDING_PURPOSE = "oidc-signin"
 PENDING_MAX_AGE = timedelta(minutes=10)
 CALLBACK_PATH = "/signin/oidc/callback"
+MAX_ID_TOKEN_HINT = 2048
 
 
 class OidcSignin:
@@ -168,12 +177,29 @@ class OidcSignin:
             )
         logger.info("web sign-in (single sign-on): %s from %s", matched.account.name, address)
         session = Session.signed_in(
-            matched.account.name, credential, self._clock(), groups=tuple(sorted(matched.groups))
+            matched.account.name,
+            credential,
+            self._clock(),
+            groups=tuple(sorted(matched.groups)),
+            id_token=id_token if len(id_token) <= MAX_ID_TOKEN_HINT else None,
         )
         response = RedirectResponse(pending.get("next", "/"), status_code=303)
         self._inbox.signin.write_cookie(response, session, request)
         response.delete_cookie(PENDING_COOKIE, path="/signin/oidc", httponly=True, samesite="lax")
         return response
+
+    async def logout_target(self, request: Request, session: Session) -> str | None:
+        """The provider's end-session URL for a session signed on here; None: log out locally only."""
+        if not (session.credential or "").startswith(CREDENTIAL_PREFIX):
+            return None
+        back = self._settings.post_logout_redirect_uri or str(request.base_url).rstrip("/") + "/login"
+        try:
+            return await self._provider.end_session_url(
+                id_token_hint=session.id_token, post_logout_redirect_uri=back
+            )
+        except ProviderUnavailable as exc:
+            logger.warning("single sign-on logout of %s stays local: %s", session.user, exc)
+            return None
 
     def register(self, router: APIRouter) -> None:
         @router.get("/signin/oidc")

@@ -35,7 +35,8 @@ class Session:
     checked against (so changing the password ends old sessions) or ``"proxy"`` for sessions that
     only stand while the trusted proxy keeps vouching for the user, or ``"oidc:..."`` for a
     single sign-on (see broker.channels.sso.identity). `groups` are the broker groups the identity
-    provider vouched for at sign-on.
+    provider vouched for at sign-on; `id_token` is the ID token of that sign-on, kept only to name
+    the session to the provider at logout (``id_token_hint``).
     """
 
     csrf_token: str
@@ -43,15 +44,31 @@ class Session:
     user: str | None = None
     credential: str | None = None
     groups: tuple[str, ...] = ()
+    id_token: str | None = None
 
     @classmethod
     def anonymous(cls, now: datetime) -> Session:
         return cls(csrf_token=new_token(), issued_at=now)
 
     @classmethod
-    def signed_in(cls, user: str, credential: str, now: datetime, *, groups: tuple[str, ...] = ()) -> Session:
+    def signed_in(
+        cls,
+        user: str,
+        credential: str,
+        now: datetime,
+        *,
+        groups: tuple[str, ...] = (),
+        id_token: str | None = None,
+    ) -> Session:
         # A fresh token on sign-in: a token planted before sign-in (session fixation) is worthless after.
-        return cls(csrf_token=new_token(), issued_at=now, user=user, credential=credential, groups=groups)
+        return cls(
+            csrf_token=new_token(),
+            issued_at=now,
+            user=user,
+            credential=credential,
+            groups=groups,
+            id_token=id_token,
+        )
 
     def csrf_matches(self, submitted: str | None) -> bool:
         if not submitted:
@@ -85,6 +102,7 @@ class SessionSigner:
                 "u": session.user,
                 "k": session.credential,
                 **({"g": list(session.groups)} if session.groups else {}),
+                **({"i": session.id_token} if session.id_token is not None else {}),
             },
             separators=(",", ":"),
         ).encode("utf-8")
@@ -119,12 +137,20 @@ class SessionSigner:
         groups = data.get("g", [])
         if not isinstance(groups, list) or not all(isinstance(group, str) for group in groups):
             return None
+        id_token = data.get("i")
+        if not isinstance(id_token, str | None):
+            return None
         issued_at = datetime.fromtimestamp(issued, tz=self._clock().tzinfo)
         age = self._clock() - issued_at
         if age > self.max_age or age < -timedelta(minutes=5):
             return None
         return Session(
-            csrf_token=token, issued_at=issued_at, user=user, credential=credential, groups=tuple(groups)
+            csrf_token=token,
+            issued_at=issued_at,
+            user=user,
+            credential=credential,
+            groups=tuple(groups),
+            id_token=id_token,
         )
 
     def seal(self, purpose: str, data: dict[str, str]) -> str:
