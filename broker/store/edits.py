@@ -27,7 +27,8 @@ from broker.approvals.edits import Edit
 from broker.approvals.model import Vote
 from broker.approvals.ports import Cast
 from broker.approvals.quorum import Tally
-from broker.store.sql import SqlApprovalStore, _approval_from_row
+from broker.store.rows import approval_from_row
+from broker.store.sql import SqlApprovalStore
 from broker.store.tables import approvals, votes
 from broker.store.votes import cast_in, check_reason, locked_pending
 
@@ -78,5 +79,5 @@ class SqlEditStore:
             await conn.execute(delete(votes).where(votes.c.approval_id == approval_id))
             await self._store.append_in(conn, edited.for_approval(approval_id))
             return await cast_in(
-                self._store, conn, _approval_from_row(row), vote, reason=reason, audit=voted, tally=tally
+                self._store, conn, approval_from_row(row), vote, reason=reason, audit=voted, tally=tally
             )

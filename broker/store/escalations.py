@@ -19,7 +19,8 @@ from broker.approvals.audit import AuditEvent
 from broker.approvals.clock import require_utc
 from broker.approvals.model import Approval, ApprovalStatus
 from broker.approvals.ports import ApprovalNotFound
-from broker.store.sql import MAX_LIST_LIMIT, SqlApprovalStore, _approval_from_row
+from broker.store.rows import approval_from_row
+from broker.store.sql import MAX_LIST_LIMIT, SqlApprovalStore
 from broker.store.tables import approvals
 
 
@@ -43,7 +44,7 @@ class SqlEscalationStore:
         )
         async with self._store.reading("find approvals due to escalate") as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [_approval_from_row(row) for row in rows]
+        return [approval_from_row(row) for row in rows]
 
     async def escalate(
         self,
@@ -90,6 +91,6 @@ class SqlEscalationStore:
                 )
                 if current is None:
                     raise ApprovalNotFound(approval_id)
-                return _approval_from_row(current), False
+                return approval_from_row(current), False
             await self._store.append_in(conn, audit.for_approval(approval_id))
-            return _approval_from_row(row), True
+            return approval_from_row(row), True

@@ -107,7 +107,7 @@ class SqlGrantStore:
             await conn.execute(statement)
 
     async def get(self, grant_id: str) -> Grant | None:
-        async with self._store._reading("get a grant") as conn:
+        async with self._store.reading("get a grant") as conn:
             row = (await conn.execute(select(grants).where(grants.c.id == grant_id))).mappings().first()
         return None if row is None else grant_from_row(row)
 
@@ -115,7 +115,7 @@ class SqlGrantStore:
         query = select(grants).order_by(grants.c.created_at.desc(), grants.c.id.desc()).limit(limit)
         if active_at is not None:
             query = query.where(_usable(require_utc(active_at, field="listing time")))
-        async with self._store._reading("list grants") as conn:
+        async with self._store.reading("list grants") as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [grant_from_row(row) for row in rows]
 

@@ -5,31 +5,22 @@ Every state change is one conditional UPDATE evaluated by the database
 number of processes see exactly one winner. The audit event of a change is
 written in the same transaction, after the change has won.
 
-Database work is shielded from the caller's cancellation: a driver call abandoned
-halfway strands its connection (with aiosqlite it can keep SQLite's write lock
-until every other writer times out), so an operation always runs to its end and
-the caller sees its cancellation right after. Every driver call is bounded by the
-engine's timeouts (see broker.store.database), so a shielded operation cannot hang.
-
-The audit chain head is serialized per database: PostgreSQL takes a
-transaction-scoped advisory lock before reading it; on SQLite every writing
-transaction already holds the single write lock (BEGIN IMMEDIATE).
+This class is the facade: connections (shielded from cancellation, failures reported) come
+from broker.store.connections, the audit chain is kept by broker.store.audit_log, rows are
+mapped to approvals by broker.store.rows, and the fields a change may set are checked by
+broker.store.changes.
 """
 
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
-import anyio
-from sqlalchemy import Select, Text, func, insert, select, text, type_coerce, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,69 +28,28 @@ from broker.approvals.audit import (
     AuditEvent,
     AuditRecord,
     AuditVerification,
-    ChainProblem,
-    ChainVerifier,
-    missing_events,
 )
-from broker.approvals.canonical import GENESIS_HASH, audit_hash, canonical_json
 from broker.approvals.clock import Clock, require_utc
 from broker.approvals.model import DELIVERABLE_STATUSES, Approval, ApprovalStatus, NewApproval
 from broker.approvals.ports import (
     ApprovalConflict,
     ApprovalNotFound,
     InvalidTransition,
-    InvalidValue,
     ListPosition,
-    StoreUnavailable,
 )
 from broker.approvals.transitions import check_transition
-from broker.store.database import DEFAULT_TIMEOUT, writing
-from broker.store.escalation_rows import escalation_columns, escalation_fields, first_escalation_at
-from broker.store.failures import store_unavailable_on_db_error
+from broker.store.audit_log import append_event, read_trail, verify_chain
+from broker.store.changes import BOOKKEEPING_FIELDS, NUL, TRANSITION_FIELDS, implied_fields, validated_changes
+from broker.store.connections import Connections
+from broker.store.database import DEFAULT_TIMEOUT
+from broker.store.escalation_rows import first_escalation_at
 from broker.store.listing import list_rows
 from broker.store.migrate import VERSION_TABLE
-from broker.store.probe import open_sqlite_afresh
+from broker.store.rows import approval_from_row, row_from_approval
 from broker.store.tables import approvals, audit_events
-from broker.store.vote_rows import votes_from_json, votes_json
-
-AUDIT_CHAIN_LOCK = int.from_bytes(
-    hashlib.sha256(b"mcp-approval-broker/audit-chain").digest()[:8], "big", signed=True
-)
-"""PostgreSQL advisory lock key serializing appends to the audit chain."""
 
 MAX_LIST_LIMIT = 1000
-_NUL = "\x00"
-"""PostgreSQL text cannot hold it; refused on every backend so both behave alike."""
 _NO_CHANGES: Mapping[str, Any] = MappingProxyType({})
-
-# Fields a transition may set alongside the status, with the type each must have.
-_TRANSITION_FIELDS: Mapping[str, type] = {
-    "decided_by": str,
-    "decided_at": datetime,
-    "decided_via": str,
-    "decision_reason": str,
-    "released_at": datetime,
-    "released_by": str,
-    "completed_at": datetime,
-    "result": dict,
-    "result_delivered_at": datetime,
-    "task_id": str,
-    "slack_channel": str,
-    "slack_ts": str,
-}
-# Bookkeeping fields that carry no state and may change outside a transition.
-_BOOKKEEPING_FIELDS: Mapping[str, type] = {
-    **{
-        name: _TRANSITION_FIELDS[name]
-        for name in ("slack_channel", "slack_ts", "result_delivered_at", "task_id")
-    },
-    "pending_told_at": datetime,
-    "callers": int,
-}
-_DECISIONS = frozenset(
-    {ApprovalStatus.APPROVED, ApprovalStatus.DENIED, ApprovalStatus.EXPIRED, ApprovalStatus.CANCELLED}
-)
-_OUTCOMES = frozenset({ApprovalStatus.COMPLETED, ApprovalStatus.FAILED, ApprovalStatus.OUTCOME_UNKNOWN})
 
 
 class SqlApprovalStore:
@@ -117,17 +67,10 @@ class SqlApprovalStore:
         db_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._engine = engine
-        self._writer = writing(engine)
+        self._db = Connections(engine, db_timeout=db_timeout)
         self._clock = clock
         self._new_id = id_factory
-        self._postgres = engine.dialect.name == "postgresql"
-        # SQLite has one writer at a time, and a connection that finds the write lock taken
-        # waits in SQLite's busy handler, which sleeps up to 100 ms between tries. Queueing this
-        # process's writers here instead hands the lock over as soon as it is free.
-        self._local_writers = anyio.Lock() if not self._postgres else None
-        self._failure_listeners: builtins.list[Callable[[str], None]] = []
-        self._sqlite_path = engine.url.database or ""
-        self._db_timeout = db_timeout
+        self._postgres = self._db.postgres
 
     async def __aenter__(self) -> Self:
         return self
@@ -140,18 +83,18 @@ class SqlApprovalStore:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, approval_id: str) -> Approval | None:
-        if _NUL in approval_id:
+        if NUL in approval_id:
             return None  # no id holds one, and PostgreSQL would refuse the query
-        async with self._reading("get approval") as conn:
+        async with self._db.reading("get approval") as conn:
             return await _fetch(conn, approval_id)
 
     async def get_by_task(self, task_id: str) -> Approval | None:
-        if _NUL in task_id:
+        if NUL in task_id:
             return None
         query = select(approvals).where(approvals.c.task_id == task_id)
-        async with self._reading("get approval by task") as conn:
+        async with self._db.reading("get approval by task") as conn:
             row = (await conn.execute(query)).mappings().first()
-        return None if row is None else _approval_from_row(row)
+        return None if row is None else approval_from_row(row)
 
     async def list(
         self,
@@ -167,9 +110,9 @@ class SqlApprovalStore:
         oldest_first: bool = False,
     ) -> builtins.list[Approval]:
         _check_limit(limit)
-        if any(_NUL in (value or "") for value in (agent, tool, search)):
+        if any(NUL in (value or "") for value in (agent, tool, search)):
             return []
-        async with self._reading("list approvals") as conn:
+        async with self._db.reading("list approvals") as conn:
             rows = await list_rows(
                 conn,
                 statuses=statuses,
@@ -182,7 +125,7 @@ class SqlApprovalStore:
                 with_task=with_task,
                 oldest_first=oldest_first,
             )
-        return [_approval_from_row(row) for row in rows]
+        return [approval_from_row(row) for row in rows]
 
     async def due_for_expiry(self, now: datetime, *, limit: int = 100) -> builtins.list[Approval]:
         _check_limit(limit)
@@ -195,15 +138,15 @@ class SqlApprovalStore:
             .order_by(approvals.c.expires_at, approvals.c.id)
             .limit(limit)
         )
-        async with self._reading("find expired approvals") as conn:
+        async with self._db.reading("find expired approvals") as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [_approval_from_row(row) for row in rows]
+        return [approval_from_row(row) for row in rows]
 
     async def schema_revision(self) -> str | None:
         """The migration this database is at, read on a pooled connection: a readiness probe
         must not open a connection of its own each time."""
         query = text(f"SELECT version_num FROM {VERSION_TABLE}")
-        async with self._reading("read the schema revision") as conn:
+        async with self._db.reading("read the schema revision") as conn:
             revision = (await conn.execute(query)).scalar_one_or_none()
         return None if revision is None else str(revision)
 
@@ -215,11 +158,11 @@ class SqlApprovalStore:
             # Counting stops after at_most + 1 rows: "more than at_most" costs no more than that.
             capped = select(approvals.c.id).where(pending).limit(at_most + 1).subquery()
             query = select(func.count()).select_from(capped)
-        async with self._reading("count pending approvals") as conn:
+        async with self._db.reading("count pending approvals") as conn:
             return int((await conn.execute(query)).scalar_one())
 
     async def changes_since(self, seq: int | None) -> tuple[int, set[str]]:
-        async with self._reading("read recent changes") as conn:
+        async with self._db.reading("read recent changes") as conn:
             if seq is None:
                 newest = (await conn.execute(select(func.max(audit_events.c.seq)))).scalar()
                 return int(newest or 0), set()
@@ -232,7 +175,7 @@ class SqlApprovalStore:
     async def create(self, new: NewApproval, *, audit: AuditEvent) -> Approval:
         approval_id = self._next_id()
         event = audit.for_approval(approval_id)
-        async with self._writing("create approval") as conn:
+        async with self._db.writing("create approval") as conn:
             return await self._insert(conn, new, approval_id, event)
 
     async def find_or_create(self, new: NewApproval, *, audit: AuditEvent) -> tuple[Approval, bool]:
@@ -243,14 +186,14 @@ class SqlApprovalStore:
         from the key), so identical calls racing on any number of replicas park
         exactly one approval.
         """
-        async with self._writing("find or create approval") as conn:
+        async with self._db.writing("find or create approval") as conn:
             if self._postgres:
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": _request_key_lock(new.request_key)}
                 )
             row = (await conn.execute(_open_by_request_key(new.request_key))).mappings().first()
             if row is not None:
-                return _approval_from_row(row), False
+                return approval_from_row(row), False
             approval_id = self._next_id()
             return await self._insert(conn, new, approval_id, audit.for_approval(approval_id)), True
 
@@ -271,11 +214,11 @@ class SqlApprovalStore:
         """
         to = ApprovalStatus(to)
         expected_statuses = check_transition(expected, to)
-        values = _validated_changes(changes, _TRANSITION_FIELDS)
+        values = validated_changes(changes, TRANSITION_FIELDS)
         event = audit.for_approval(approval_id)
-        async with self._writing(f"move approval to {to.value}") as conn:
+        async with self._db.writing(f"move approval to {to.value}") as conn:
             now = self._now()
-            values = {**_implied_fields(to, actor=event.actor, now=now), **values}
+            values = {**implied_fields(to, actor=event.actor, now=now), **values}
             if values.get("task_id") is not None:
                 await _ensure_task_free(conn, values["task_id"], approval_id)
             statement = (
@@ -292,16 +235,16 @@ class SqlApprovalStore:
                 current = await _fetch_existing(conn, approval_id)
                 raise InvalidTransition(current, expected=expected_statuses, to=to)
             await self._append(conn, event, now)
-            return _approval_from_row(row)
+            return approval_from_row(row)
 
     async def update_fields(
         self, approval_id: str, changes: Mapping[str, Any], *, audit: AuditEvent | None = None
     ) -> Approval:
-        values = _validated_changes(changes, _BOOKKEEPING_FIELDS)
+        values = validated_changes(changes, BOOKKEEPING_FIELDS)
         if not values:
             raise ValueError("update_fields needs at least one field to change")
         event = None if audit is None else audit.for_approval(approval_id)
-        async with self._writing("update approval") as conn:
+        async with self._db.writing("update approval") as conn:
             now = self._now()
             if values.get("task_id") is not None:
                 await _ensure_task_free(conn, values["task_id"], approval_id)
@@ -319,7 +262,7 @@ class SqlApprovalStore:
                 raise ApprovalNotFound(approval_id)
             if event is not None:
                 await self._append(conn, event, now)
-            return _approval_from_row(row)
+            return approval_from_row(row)
 
     async def mark_delivered(
         self, approval_id: str, at: datetime, *, audit: AuditEvent | None = None
@@ -328,7 +271,7 @@ class SqlApprovalStore:
         delivered_at = require_utc(at, field="at")
         event = None if audit is None else audit.for_approval(approval_id)
         deliverable = sorted(status.value for status in DELIVERABLE_STATUSES)
-        async with self._writing("mark approval delivered") as conn:
+        async with self._db.writing("mark approval delivered") as conn:
             now = self._now()
             statement = (
                 update(approvals)
@@ -350,7 +293,7 @@ class SqlApprovalStore:
             return False
 
     async def assign_task(self, approval_id: str, task_id: str) -> Approval:
-        async with self._writing("assign task") as conn:
+        async with self._db.writing("assign task") as conn:
             await _ensure_task_free(conn, task_id, approval_id)
             statement = (
                 update(approvals)
@@ -360,7 +303,7 @@ class SqlApprovalStore:
             )
             row = (await conn.execute(statement)).mappings().first()
             if row is not None:
-                return _approval_from_row(row)
+                return approval_from_row(row)
             return await _fetch_existing(conn, approval_id)
 
     # -- audit ---------------------------------------------------------------------------------
@@ -368,73 +311,22 @@ class SqlApprovalStore:
     async def append_audit(self, event: AuditEvent) -> None:
         if event.approval_id is None:
             raise ValueError("append_audit needs an event with approval_id set")
-        async with self._writing("append audit event") as conn:
+        async with self._db.writing("append audit event") as conn:
             if await _fetch(conn, event.approval_id) is None:
                 raise ApprovalNotFound(event.approval_id)
             await self._append(conn, event, self._now())
 
     async def audit_trail(self, approval_id: str) -> builtins.list[AuditRecord]:
-        query = (
-            select(audit_events).where(audit_events.c.approval_id == approval_id).order_by(audit_events.c.seq)
-        )
-        async with self._reading("read audit trail") as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_record_from_row(row, details=_parse_details(row["seq"], row["details"])) for row in rows]
+        async with self._db.reading("read audit trail") as conn:
+            return await read_trail(conn, approval_id)
 
     async def verify_audit_chain(
         self, *, batch_size: int = 500, expected_head: tuple[int, str] | None = None
     ) -> AuditVerification:
-        """Walk the whole chain in seq order, `batch_size` rows per query, and report the first break;
-        then check every approval against its events, and that `expected_head` (a head recorded
-        earlier: seq, hash) is still in the chain."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        verifier = ChainVerifier()
-        if expected_head is not None:
-            verifier.hashes_at[expected_head[0]] = ""
-        # Timestamps are read as raw text on SQLite, where a hand-edited row can hold
-        # anything, so a tampered value is reported instead of crashing the walk.
-        at_column = (
-            type_coerce(audit_events.c.at, Text).label("at") if not self._postgres else audit_events.c.at
+        """See broker.store.audit_log.verify_chain."""
+        return await verify_chain(
+            self._db.reading, postgres=self._postgres, batch_size=batch_size, expected_head=expected_head
         )
-        columns = [column for column in audit_events.c if column.name != "at"] + [at_column]
-        last_seq = 0
-        async with self._reading("verify audit chain") as conn:
-            while not verifier.broken:
-                query = (
-                    select(*columns)
-                    .where(audit_events.c.seq > last_seq)
-                    .order_by(audit_events.c.seq)
-                    .limit(batch_size)
-                )
-                batch = (await conn.execute(query)).mappings().all()
-                if not batch:
-                    break
-                for row in batch:
-                    try:
-                        record = _record_from_row(
-                            row, details=_parse_details(row["seq"], row["details"]), at=_parse_at(row["at"])
-                        )
-                    except ValueError as error:
-                        verifier.unreadable(row["seq"], str(error))
-                        break
-                    if not verifier.feed(record):
-                        break
-                last_seq = batch[-1]["seq"]
-            if not verifier.broken:
-                await _check_events_cover_statuses(conn, verifier)
-        if expected_head is not None and not verifier.broken:
-            seq, expected_hash = expected_head
-            found = verifier.hashes_at.get(seq)
-            if found != expected_hash:
-                verifier.fail(
-                    ChainProblem.HEAD_MISSING,
-                    f"the head recorded earlier (seq {seq}, {expected_hash[:12]}…) is "
-                    + ("no longer in the chain" if not found else f"now {found[:12]}…")
-                    + ": rows at the end of the log were deleted or rewritten",
-                    seq=seq,
-                )
-        return verifier.result()
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -443,11 +335,11 @@ class SqlApprovalStore:
         """A writing transaction on this store's engine, for tables kept by sibling modules
         (broker.store.seen_requests): the same pool, the same SQLite writer queue, the same
         shielding and mapping of failures to StoreUnavailable."""
-        return self._writing(operation)
+        return self._db.writing(operation)
 
     def reading(self, operation: str) -> AbstractAsyncContextManager[AsyncConnection]:
         """A reading connection on this store's engine, for sibling modules' queries."""
-        return self._reading(operation)
+        return self._db.reading(operation)
 
     async def append_in(self, conn: AsyncConnection, event: AuditEvent) -> None:
         """Appends `event` to the audit chain inside a `transaction` (for sibling modules' tables)."""
@@ -456,24 +348,12 @@ class SqlApprovalStore:
     # -- health --------------------------------------------------------------------------------
 
     def report_failures_to(self, listener: Callable[[str], None]) -> None:
-        """`listener` hears every StoreUnavailable this store raises, as it is raised (see
-        broker.approvals.health); it must not block."""
-        self._failure_listeners.append(listener)
+        """See broker.store.connections.Connections.report_failures_to."""
+        self._db.report_failures_to(listener)
 
     async def probe(self) -> None:
-        """One round trip proving the database answers; raises StoreUnavailable when it does not.
-
-        PostgreSQL: ``SELECT 1`` on a pooled connection (the pool's pre-ping replaces a dead one).
-        SQLite: the file is opened afresh at its path and its schema version read, because pooled
-        connections keep working on a file that was moved, deleted or replaced, and would go on
-        writing approvals into a file nobody will find again.
-        """
-        if self._postgres:
-            async with self._reading("probe the database") as conn:
-                await conn.execute(text("SELECT 1"))
-            return
-        with self._reported():
-            await open_sqlite_afresh(self._sqlite_path, timeout=self._db_timeout)
+        """See broker.store.connections.Connections.probe."""
+        await self._db.probe()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -518,7 +398,7 @@ class SqlApprovalStore:
             claims=None if new.claims is None else dict(new.claims),
         )
         try:
-            await conn.execute(insert(approvals).values(_row_from_approval(approval)))
+            await conn.execute(insert(approvals).values(row_from_approval(approval)))
         except IntegrityError as error:
             raise ApprovalConflict(
                 f"cannot create approval {approval_id}: its id or task id is already taken"
@@ -529,61 +409,8 @@ class SqlApprovalStore:
     def _now(self) -> datetime:
         return require_utc(self._clock(), field="clock()")
 
-    @asynccontextmanager
-    async def _reading(self, operation: str) -> AsyncIterator[AsyncConnection]:
-        with self._reported(), store_unavailable_on_db_error(operation), anyio.CancelScope(shield=True):
-            async with self._engine.connect() as conn:
-                yield conn
-
-    @asynccontextmanager
-    async def _writing(self, operation: str) -> AsyncIterator[AsyncConnection]:
-        with self._reported(), store_unavailable_on_db_error(operation):
-            # Waiting for this process's turn may be cancelled; the transaction itself may not.
-            async with self._local_writers or nullcontext():
-                with anyio.CancelScope(shield=True):
-                    async with self._writer.begin() as conn:
-                        yield conn
-
-    @contextmanager
-    def _reported(self) -> Iterator[None]:
-        try:
-            yield
-        except StoreUnavailable as error:
-            for listener in self._failure_listeners:
-                listener(str(error))
-            raise
-
     async def _append(self, conn: AsyncConnection, event: AuditEvent, at: datetime) -> None:
-        assert event.approval_id is not None, "events are bound to an approval before they reach the chain"
-        if self._postgres:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_CHAIN_LOCK})
-        head_query = (
-            select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc()).limit(1)
-        )
-        head = (await conn.execute(head_query)).first()
-        seq, prev_hash = (1, GENESIS_HASH) if head is None else (head.seq + 1, head.hash)
-        details = dict(event.details)
-        digest = audit_hash(
-            prev_hash,
-            seq=seq,
-            approval_id=event.approval_id,
-            event=event.event,
-            actor=event.actor,
-            at=at,
-            details=details,
-        )
-        await conn.execute(
-            insert(audit_events).values(
-                seq=seq,
-                approval_id=event.approval_id,
-                event=event.event,
-                actor=event.actor,
-                at=at,
-                details=canonical_json(details),
-                prev_hash=prev_hash,
-                hash=digest,
-            )
-        )
+        await append_event(conn, event, at, postgres=self._postgres)
 
     async def swap_slack_message(
         self,
@@ -595,14 +422,14 @@ class SqlApprovalStore:
         audit: AuditEvent | None = None,
     ) -> tuple[Approval, bool]:
         """Compare-and-set of the Slack message fields; see ApprovalStore.swap_slack_message."""
-        values = _validated_changes({"slack_channel": channel, "slack_ts": ts}, _BOOKKEEPING_FIELDS)
+        values = validated_changes({"slack_channel": channel, "slack_ts": ts}, BOOKKEEPING_FIELDS)
         if expected_ts is not None and not isinstance(expected_ts, str):
             raise ValueError(f"expected_ts must be a string or None, got {type(expected_ts).__name__}")
         event = None if audit is None else audit.for_approval(approval_id)
         unchanged = (
             approvals.c.slack_ts.is_(None) if expected_ts is None else approvals.c.slack_ts == expected_ts
         )
-        async with self._writing("swap Slack message") as conn:
+        async with self._db.writing("swap Slack message") as conn:
             now = self._now()
             statement = (
                 update(approvals)
@@ -616,29 +443,7 @@ class SqlApprovalStore:
                 return current, False
             if event is not None:
                 await self._append(conn, event, now)
-            return _approval_from_row(row), True
-
-
-async def _check_events_cover_statuses(conn: AsyncConnection, verifier: ChainVerifier) -> None:
-    recorded: dict[str, set[str]] = {}
-    events = select(audit_events.c.approval_id, audit_events.c.event).group_by(
-        audit_events.c.approval_id, audit_events.c.event
-    )
-    for approval_id, event in (await conn.execute(events)).all():
-        recorded.setdefault(approval_id, set()).add(event)
-    statuses = select(approvals.c.id, approvals.c.status, approvals.c.result_delivered_at).order_by(
-        approvals.c.created_at, approvals.c.id
-    )
-    for approval_id, raw_status, delivered_at in (await conn.execute(statuses)).all():
-        status = ApprovalStatus(raw_status)
-        missing = missing_events(status, recorded.get(approval_id, set()), delivered=delivered_at is not None)
-        if missing:
-            verifier.fail(
-                ChainProblem.MISSING_EVENTS,
-                f"approval {approval_id} is {status.value} but its {', '.join(missing)} event(s) are "
-                "missing: audit rows were deleted",
-            )
-            return
+            return approval_from_row(row), True
 
 
 def _open_by_request_key(request_key: str) -> Select[Any]:
@@ -662,7 +467,7 @@ def _request_key_lock(request_key: str) -> int:
 
 async def _fetch(conn: AsyncConnection, approval_id: str) -> Approval | None:
     row = (await conn.execute(select(approvals).where(approvals.c.id == approval_id))).mappings().first()
-    return None if row is None else _approval_from_row(row)
+    return None if row is None else approval_from_row(row)
 
 
 async def _fetch_existing(conn: AsyncConnection, approval_id: str) -> Approval:
@@ -683,165 +488,3 @@ async def _ensure_task_free(conn: AsyncConnection, task_id: str, approval_id: st
 def _check_limit(limit: int) -> None:
     if not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
         raise ValueError(f"limit must be an integer between 1 and {MAX_LIST_LIMIT}, got {limit!r}")
-
-
-def _validated_changes(changes: Mapping[str, Any], allowed: Mapping[str, type]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name, value in changes.items():
-        kind = allowed.get(name)
-        if kind is None:
-            raise ValueError(f"field {name!r} cannot be changed here; allowed: {', '.join(sorted(allowed))}")
-        if value is None:
-            values[name] = None
-        elif not isinstance(value, kind):
-            raise ValueError(f"field {name!r} must be {kind.__name__} or None, got {type(value).__name__}")
-        elif isinstance(value, datetime):
-            values[name] = require_utc(value, field=name)
-        elif isinstance(value, dict):
-            canonical_json(value)  # refuse values that would not survive storage
-            values[name] = value
-        elif isinstance(value, str) and _NUL in value:
-            raise InvalidValue(f"{name} contains a NUL character, which the store cannot keep")
-        else:
-            values[name] = value
-    return values
-
-
-def _implied_fields(to: ApprovalStatus, *, actor: str, now: datetime) -> dict[str, Any]:
-    if to in _DECISIONS:
-        return {"decided_at": now, "decided_by": actor}
-    if to is ApprovalStatus.RELEASED:
-        return {"released_at": now, "released_by": actor}
-    if to in _OUTCOMES:
-        return {"completed_at": now}
-    return {}
-
-
-def _row_from_approval(approval: Approval) -> dict[str, Any]:
-    return {
-        "id": approval.id,
-        "status": approval.status.value,
-        "agent": approval.agent,
-        "session_id": approval.session_id,
-        "server": approval.server,
-        "tool": approval.tool,
-        "upstream_tool": approval.upstream_tool,
-        "arguments": approval.arguments,
-        "arguments_hash": approval.arguments_hash,
-        "request_key": approval.request_key,
-        "policy_revision": approval.policy_revision,
-        "rule": approval.rule,
-        "rule_reason": approval.rule_reason,
-        "approvers": list(approval.approvers),
-        "channels": list(approval.channels),
-        "created_at": approval.created_at,
-        "expires_at": approval.expires_at,
-        "decided_by": approval.decided_by,
-        "decided_at": approval.decided_at,
-        "decided_via": approval.decided_via,
-        "decision_reason": approval.decision_reason,
-        "released_at": approval.released_at,
-        "released_by": approval.released_by,
-        "completed_at": approval.completed_at,
-        "result": approval.result,
-        "result_delivered_at": approval.result_delivered_at,
-        "task_id": approval.task_id,
-        "slack_channel": approval.slack_channel,
-        "slack_ts": approval.slack_ts,
-        "argument_order": list(approval.argument_order),
-        "callers": approval.callers,
-        "pending_told_at": approval.pending_told_at,
-        "quorum": approval.quorum,
-        "quorum_from": list(approval.quorum_from),
-        "votes": votes_json(approval.votes),
-        **escalation_columns(approval),
-        "editable": list(approval.editable),
-        "original_arguments": approval.original_arguments,
-        "edited_by": approval.edited_by,
-        "edited_at": approval.edited_at,
-        "claims": approval.claims,
-        "version": approval.version,
-    }
-
-
-def _approval_from_row(row: RowMapping) -> Approval:
-    return Approval(
-        id=row["id"],
-        status=ApprovalStatus(row["status"]),
-        agent=row["agent"],
-        session_id=row["session_id"],
-        server=row["server"],
-        tool=row["tool"],
-        upstream_tool=row["upstream_tool"],
-        arguments=row["arguments"],
-        arguments_hash=row["arguments_hash"],
-        request_key=row["request_key"],
-        policy_revision=row["policy_revision"],
-        rule=row["rule"],
-        rule_reason=row["rule_reason"],
-        approvers=tuple(row["approvers"]),
-        channels=tuple(row["channels"]),
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        version=row["version"],
-        decided_by=row["decided_by"],
-        decided_at=row["decided_at"],
-        decided_via=row["decided_via"],
-        decision_reason=row["decision_reason"],
-        released_at=row["released_at"],
-        released_by=row["released_by"],
-        completed_at=row["completed_at"],
-        result=row["result"],
-        result_delivered_at=row["result_delivered_at"],
-        task_id=row["task_id"],
-        slack_channel=row["slack_channel"],
-        slack_ts=row["slack_ts"],
-        argument_order=tuple(row["argument_order"]),
-        callers=row["callers"],
-        pending_told_at=row["pending_told_at"],
-        quorum=row["quorum"],
-        quorum_from=tuple(row["quorum_from"]),
-        votes=votes_from_json(row["votes"]),
-        **escalation_fields(row),
-        editable=tuple(row["editable"]),
-        original_arguments=row["original_arguments"],
-        edited_by=row["edited_by"],
-        edited_at=row["edited_at"],
-        claims=row["claims"],
-    )
-
-
-def _record_from_row(row: RowMapping, *, details: dict[str, Any], at: datetime | None = None) -> AuditRecord:
-    return AuditRecord(
-        seq=row["seq"],
-        approval_id=row["approval_id"],
-        event=row["event"],
-        actor=row["actor"],
-        at=row["at"] if at is None else at,
-        details=details,
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
-
-
-def _parse_details(seq: int, raw: str) -> dict[str, Any]:
-    try:
-        details = json.loads(raw)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"audit row {seq} has details that are not JSON: {error}") from error
-    if not isinstance(details, dict):
-        raise ValueError(f"audit row {seq} has details that are not a JSON object")
-    return details
-
-
-def _parse_at(raw: object) -> datetime:
-    if isinstance(raw, datetime):
-        value = raw
-    elif isinstance(raw, str):
-        try:
-            value = datetime.fromisoformat(raw)
-        except ValueError as error:
-            raise ValueError(f"timestamp {raw!r} is not a datetime") from error
-    else:
-        raise ValueError(f"timestamp {raw!r} is not a datetime")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

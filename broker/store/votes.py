@@ -42,7 +42,8 @@ from broker.approvals.ports import (
 )
 from broker.approvals.quorum import Tally
 from broker.store.grants import insert_in
-from broker.store.sql import SqlApprovalStore, _approval_from_row
+from broker.store.rows import approval_from_row
+from broker.store.sql import SqlApprovalStore
 from broker.store.tables import approvals, votes
 from broker.store.vote_rows import votes_json
 
@@ -96,7 +97,7 @@ async def locked_pending(conn: AsyncConnection, approval_id: str, *, seen_hash: 
     row = (await conn.execute(locked)).mappings().first()
     if row is None:
         raise ApprovalNotFound(approval_id)
-    current = _approval_from_row(row)
+    current = approval_from_row(row)
     if current.status is not ApprovalStatus.PENDING:
         raise InvalidTransition(current, expected=_PENDING, to=ApprovalStatus.APPROVED)
     if seen_hash is not None and seen_hash != current.arguments_hash:
@@ -166,7 +167,7 @@ async def cast_in(
         .mappings()
         .one()
     )
-    approved = _approval_from_row(changed)
+    approved = approval_from_row(changed)
     made: Grant | None = None
     if result.reached:
         details = {"approvers": list(result.counted), "via": vote.via}

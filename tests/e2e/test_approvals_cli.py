@@ -125,7 +125,7 @@ async def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_show_prints_multi_line_values_as_indented_blocks(capsys: pytest.CaptureFixture[str]) -> None:
-    from broker.cli import _print_fields
+    from broker.cli.approvals import _print_fields
 
     _print_fields(
         [

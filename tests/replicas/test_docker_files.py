@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.cli import SHUTDOWN_MARGIN_SECONDS
+from broker.cli.serve import SHUTDOWN_MARGIN_SECONDS
 from broker.config.settings import load_settings
 from broker.policy import load_policy
 from tests.replicas.cluster import REPO

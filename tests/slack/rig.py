@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from broker.app import Broker
 from broker.approvals import Approval, NewApproval
 from broker.approvals.clock import Clock, utc_now
-from broker.channels.slack.notifier import Sleep
+from broker.channels.delivery.retry import Sleep
 from broker.channels.slack.signing import slack_signature
 from broker.config.settings import SlackSettings
 from tests.e2e.harness import RunningBroker, approver_accounts, make_settings, serve_asgi

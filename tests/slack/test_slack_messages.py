@@ -14,8 +14,9 @@ import anyio
 import pytest
 
 from broker.approvals import Approval, ApprovalStatus, NewApproval
+from broker.channels.delivery.retry import RetrySchedule, worth_recording
 from broker.channels.slack.blocks import SECTION_TEXT_LIMIT, approval_message, escape
-from broker.channels.slack.notifier import RetrySchedule, slack_destination, worth_recording
+from broker.channels.slack.notifier import slack_destination
 from tests.e2e.harness import exchange_server
 from tests.slack.fake_slack import FakeSlack, Message
 from tests.slack.rig import slack_broker

@@ -8,7 +8,7 @@
 * `errors`: the exception tree.
 """
 
+from broker.channels.delivery.retry import RetrySchedule
 from broker.channels.slack.channel import SlackChannel
-from broker.channels.slack.notifier import RetrySchedule
 
 __all__ = ["RetrySchedule", "SlackChannel"]

@@ -17,11 +17,12 @@ from broker.approvals.clock import Clock, utc_now
 from broker.approvals.escalation_posts import EscalationPostStore
 from broker.approvals.ports import SeenRequests
 from broker.approvals.service import ApprovalService
+from broker.channels.delivery.retry import DEFAULT_RETRY_SCHEDULE, RetrySchedule, Sleep
 from broker.channels.slack.client import SlackApi
 from broker.channels.slack.endpoint import build_slack_router
 from broker.channels.slack.grants import SlackGrantAnnouncer
 from broker.channels.slack.interactions import InteractionHandler
-from broker.channels.slack.notifier import DEFAULT_RETRY_SCHEDULE, RetrySchedule, SlackNotifier, Sleep
+from broker.channels.slack.notifier import SlackNotifier
 from broker.channels.slack.people import SlackPeople, UserGroupMembers
 from broker.channels.slack.signing import RequestVerifier
 from broker.channels.slack.socket_mode import socket_mode_connection

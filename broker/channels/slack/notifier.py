@@ -21,11 +21,9 @@ messages that are missing or stale because the process that should have written 
 
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,7 +38,10 @@ from broker.approvals.clock import Clock, utc_now
 from broker.approvals.escalation import Escalated
 from broker.approvals.escalation_posts import EscalationPostStore
 from broker.approvals.model import Approval, ApprovalStatus
-from broker.approvals.ports import ApprovalError, ApprovalStore, ListPosition, StoreUnavailable
+from broker.approvals.ports import ApprovalError, ApprovalStore, StoreUnavailable
+from broker.channels.delivery.claims import Claim
+from broker.channels.delivery.reconciler import Glance, Reconciler
+from broker.channels.delivery.retry import DEFAULT_RETRY_SCHEDULE, RetrySchedule, Sleep, worth_recording
 from broker.channels.slack.blocks import ApprovalMessage, approval_message
 from broker.channels.slack.client import PostedMessage, SlackApi
 from broker.channels.slack.errors import SlackRateLimited, SlackRejected, SlackUnavailable
@@ -49,6 +50,7 @@ from broker.channels.slack.escalation_posts import (
     EscalationPoster,
 )
 from broker.channels.slack.people import SlackPeople
+from broker.channels.slack.shown import UPDATED, ShownMessages
 from broker.policy.grants import GrantAllowance
 
 logger = logging.getLogger(__name__)
@@ -57,52 +59,7 @@ AUDIT_ACTOR = "slack"
 POST_FAILED = "slack_post_failed"
 UPDATE_FAILED = "slack_update_failed"
 DELETE_FAILED = "slack_delete_failed"
-UPDATED = "slack_updated"
 DUPLICATE_DELETED = "slack_duplicate_deleted"
-SHOWN_EVENTS = frozenset({AuditEventKind.NOTIFIED.value, UPDATED})
-"""Audit events whose ``status`` detail says what the message showed from then on."""
-CLAIM_PREFIX = "claim:"
-
-LIVE_STATUSES = frozenset({ApprovalStatus.PENDING, ApprovalStatus.APPROVED, ApprovalStatus.RELEASED})
-FINISHED_STATUSES = frozenset(status for status in ApprovalStatus if status.is_terminal)
-PAGE_SIZE = 1000
-PASS_OVERLAP = timedelta(minutes=1)
-"""How far back of the previous pass's start a pass looks for finished approvals: covers
-transactions that committed after their created_at, and clocks of replicas slightly apart."""
-
-Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class RetrySchedule:
-    """Capped exponential backoff for calls to Slack: first_delay, doubling up to max_delay, and
-    then max_delay for as long as the call keeps failing."""
-
-    first_delay: float = 2.0
-    max_delay: float = 120.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.first_delay <= self.max_delay:
-            raise ValueError(f"need 0 < first_delay <= max_delay, got {self.first_delay}, {self.max_delay}")
-
-    def delay(self, failures: int) -> float:
-        """The wait after the `failures`-th failure in a row (counting from 1)."""
-        return min(self.first_delay * 2.0 ** min(max(failures - 1, 0), 60), self.max_delay)
-
-    def delays(self) -> Iterator[float]:
-        """The waits after one failure after another, without end."""
-        failures = 0
-        while True:
-            failures += 1
-            yield self.delay(failures)
-
-
-DEFAULT_RETRY_SCHEDULE = RetrySchedule()
-
-
-def worth_recording(attempt: int) -> bool:
-    """Failures recorded in the audit trail: attempts 1, 2, 4, 8, ... (the rest are only logged)."""
-    return attempt >= 1 and attempt & (attempt - 1) == 0
 
 
 def slack_destination(approval: Approval, default_channel: str | None) -> str | None:
@@ -119,30 +76,8 @@ def slack_destination(approval: Approval, default_channel: str | None) -> str | 
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    writer: str
-    until: float
-
-    @classmethod
-    def of(cls, slack_ts: str | None) -> _Claim | None:
-        if slack_ts is None or not slack_ts.startswith(CLAIM_PREFIX):
-            return None
-        writer, _, until = slack_ts[len(CLAIM_PREFIX) :].rpartition(":")
-        try:
-            return cls(writer, float(until))
-        except ValueError:
-            return cls(writer, 0.0)  # unreadable: as good as lapsed
-
-    def lapsed(self, now: datetime) -> bool:
-        return now.timestamp() >= self.until
-
-    def __str__(self) -> str:
-        return f"{CLAIM_PREFIX}{self.writer}:{self.until:.3f}"
-
-
 def _message_of(approval: Approval) -> PostedMessage | None:
-    if approval.slack_channel and approval.slack_ts and _Claim.of(approval.slack_ts) is None:
+    if approval.slack_channel and approval.slack_ts and Claim.of(approval.slack_ts) is None:
         return PostedMessage(approval.slack_channel, approval.slack_ts)
     return None
 
@@ -174,21 +109,8 @@ class _Worker:
     finished: anyio.Event = field(default_factory=anyio.Event)
 
 
-class _Glance(enum.Enum):
-    FINE = "fine"
-    BUSY = "busy"
-    """A worker here, or another writer's claim, is on it."""
-    MISSING = "missing"
-    """No message although one is owed: post it now (the claim keeps other replicas out)."""
-    SUSPECT = "suspect"
-    """Maybe stale or maybe owed; a worker finds out, once nobody put it right for a whole pass."""
-
-
 class SlackNotifier:
     """The approval listener that posts and updates the Slack messages, and their reconciler."""
-
-    MEMORY = 10_000
-    """Approvals remembered in-process as settled (or refused by Slack), to spare the store reads."""
 
     def __init__(
         self,
@@ -220,24 +142,12 @@ class SlackNotifier:
         self._clock = clock
         self._reconcile_interval = reconcile_interval
         self._reconcile_sleep = reconcile_sleep
-        self._look_back = look_back
         self._claim_lease = claim_lease
         self._writer = writer or uuid.uuid4().hex[:12]
         self._workers: dict[str, _Worker] = {}
-        self._settled: OrderedDict[str, ApprovalStatus] = OrderedDict()
-        """Approval id -> a status at which its message (or its absence) was found truthful."""
-        self._refused: OrderedDict[str, ApprovalStatus] = OrderedDict()
-        """Approval id -> the status at which Slack refused its message (not retried at that status)."""
-        self._escalation_shown: dict[str, int] = {}
-        """Approval id -> the escalation step its waiting message was last rewritten to show."""
-        self._arguments_shown: dict[str, str] = {}
-        """Approval id -> the arguments hash its waiting message was last rewritten to show (edits)."""
+        self._shown = ShownMessages(store)
         self._owed: set[str] = set()
         """Posts this process began while the approval waited: still made if it is decided meanwhile."""
-        self._watched: set[str] = set()
-        self._suspects: dict[str, int] = {}
-        self._finished_since: datetime | None = None
-        self._passes = anyio.Lock()
         self._tasks: TaskGroup | None = None
         self._escalations = EscalationPoster(
             store,
@@ -252,6 +162,15 @@ class SlackNotifier:
             clock=clock,
             writer=self._writer,
             lease=claim_lease,
+        )
+        self._reconciler = Reconciler(
+            store,
+            clock=clock,
+            look_back=look_back,
+            concerns=self._concerns,
+            glance=self._glance,
+            start=self._start,
+            found_live=self._post_missing_escalations,
         )
 
     # -- the approval listener ---------------------------------------------------------------------
@@ -268,7 +187,7 @@ class SlackNotifier:
 
     async def approval_escalated(self, escalated: Escalated) -> None:
         """The step's new posts, by the replica that took it (broker.channels.slack.escalation_posts).
-        The original message shows the escalation through the usual worker (see `_shown`)."""
+        The original message shows the escalation through the usual worker (see broker.channels.slack.shown)."""
         await self._escalations.post_step(escalated)
 
     async def settled(self, approval_id: str) -> None:
@@ -303,99 +222,38 @@ class SlackNotifier:
             await self._reconcile_sleep(self._reconcile_interval)
 
     async def reconcile(self) -> None:
-        """One pass over the store: starts a worker for every approval whose message is owed but
-        missing, and for every one whose message was already suspect (maybe stale, or maybe owed)
-        in the previous pass, unchanged, with no worker of this process on it. A change made here
-        is put right at once by its own worker, and one made on another replica by that replica's:
-        waiting a pass keeps the replicas from rewriting the same message twice. The first pass
-        does not wait: whatever it finds was left behind before this process started.
-
-        Each pass looks at the approvals still waiting or being forwarded; at those that finished
-        since they were last seen (so a change made anywhere is looked at, also by replicas
-        that never saw the approval waiting); and, on the first pass, at those created within
-        `look_back` that finished, for changes a stopped process never showed.
-        """
+        """One pass over the store (broker.channels.delivery.reconciler): a worker for every
+        approval whose message is owed but missing, or stale since the previous pass."""
         if self._tasks is None:
             raise RuntimeError("SlackNotifier.running() must be entered before reconciling")
-        async with self._passes:
-            first = self._finished_since is None
-            started = self._clock()
-            live = {approval.id: approval for approval in await self._all(LIVE_STATUSES)}
-            for waiting, step, channel in await self._escalations.missing(live.values()):
-                self._tasks.start_soon(self._escalations.post, waiting, step, channel)
-            candidates = dict(live)
-            # Listed after the live ones: an approval finishing in between is in one list or the other.
-            since = self._finished_since or started - self._look_back
-            candidates.update(await self._finished_since_then(since))
-            for approval_id in self._watched - candidates.keys():
-                approval = await self._store.get(approval_id)
-                if approval is not None:
-                    candidates[approval_id] = approval
-            now = self._clock()
-            suspects: dict[str, int] = {}
-            watched = set(live)
-            for approval in candidates.values():
-                glance = self._glance(approval, now)
-                if glance is _Glance.FINE:
-                    continue
-                watched.add(approval.id)
-                if glance is _Glance.MISSING or (
-                    glance is _Glance.SUSPECT
-                    and (first or self._suspects.get(approval.id) == approval.version)
-                ):
-                    self._start(approval.id)
-                elif glance is _Glance.SUSPECT:
-                    suspects[approval.id] = approval.version
-            self._suspects = suspects
-            self._watched = watched
-            self._finished_since = started - PASS_OVERLAP
+        await self._reconciler.reconcile()
 
-    def _glance(self, approval: Approval, now: datetime) -> _Glance:
+    async def _post_missing_escalations(self, live: Collection[Approval]) -> None:
+        assert self._tasks is not None
+        for waiting, step, channel in await self._escalations.missing(live):
+            self._tasks.start_soon(self._escalations.post, waiting, step, channel)
+
+    def _glance(self, approval: Approval, now: datetime) -> Glance:
         """What the approval's row alone says about its message (no further store reads)."""
         if approval.id in self._workers:
-            return _Glance.BUSY
+            return Glance.BUSY
         message = _message_of(approval)
         if message is None and slack_destination(approval, self._default_channel) is None:
-            return _Glance.FINE
-        if approval.status in (self._refused.get(approval.id), self._settled.get(approval.id)):
-            return _Glance.FINE
+            return Glance.FINE
+        if approval.status in (self._shown.refused_at(approval.id), self._shown.settled_at(approval.id)):
+            return Glance.FINE
         if message is not None:
             # While pending, the message can only show the prompt it was posted with.
-            return _Glance.FINE if approval.status is ApprovalStatus.PENDING else _Glance.SUSPECT
-        claim = _Claim.of(approval.slack_ts)
+            return Glance.FINE if approval.status is ApprovalStatus.PENDING else Glance.SUSPECT
+        claim = Claim.of(approval.slack_ts)
         if claim is not None and not claim.lapsed(now):
-            return _Glance.BUSY
+            return Glance.BUSY
         if approval.status is ApprovalStatus.PENDING or claim is not None:
-            return _Glance.MISSING
-        return _Glance.SUSPECT  # decided before it was posted: whether a post is owed is in its audit trail
+            return Glance.MISSING
+        return Glance.SUSPECT  # decided before it was posted: whether a post is owed is in its audit trail
 
-    async def _finished_since_then(self, since: datetime) -> dict[str, Approval]:
-        """Finished approvals created at or after `since` that have (or had to have) a message."""
-        found: dict[str, Approval] = {}
-        after: ListPosition | None = None
-        while True:
-            page = await self._store.list(statuses=FINISHED_STATUSES, limit=PAGE_SIZE, after=after)
-            for approval in page:
-                if approval.created_at < since:
-                    return found
-                if (
-                    approval.slack_ts is not None
-                    or slack_destination(approval, self._default_channel) is not None
-                ):
-                    found[approval.id] = approval
-            if len(page) < PAGE_SIZE:
-                return found
-            after = ListPosition.of(page[-1])
-
-    async def _all(self, statuses: Collection[ApprovalStatus]) -> list[Approval]:
-        found: list[Approval] = []
-        after: ListPosition | None = None
-        while True:
-            page = await self._store.list(statuses=statuses, limit=PAGE_SIZE, after=after)
-            found.extend(page)
-            if len(page) < PAGE_SIZE:
-                return found
-            after = ListPosition.of(page[-1])
+    def _concerns(self, approval: Approval) -> bool:
+        return approval.slack_ts is not None or slack_destination(approval, self._default_channel) is not None
 
     def _start(self, approval_id: str) -> None:
         assert self._tasks is not None
@@ -437,7 +295,7 @@ class SlackNotifier:
                     {"error": str(exc), "attempt": failures + 1, "final": True},
                 )
                 if worker.status is not None:
-                    _remember(self._refused, approval_id, worker.status, self.MEMORY)
+                    self._shown.refuse(approval_id, worker.status)
                 return
             except (SlackUnavailable, StoreUnavailable) as exc:
                 failures += 1
@@ -472,7 +330,7 @@ class SlackNotifier:
         if current is None:
             return False
         worker.status = current.status
-        if self._refused.get(approval_id) is current.status:
+        if self._shown.refused_at(approval_id) is current.status:
             return False
         message = _message_of(current)
         if message is None:
@@ -494,15 +352,15 @@ class SlackNotifier:
         if channel is None:
             return False
         now = self._clock()
-        claim = _Claim.of(current.slack_ts)
+        claim = Claim.of(current.slack_ts)
         if claim is not None and claim.writer != self._writer and not claim.lapsed(now):
             # Another replica is posting; it reads the approval again once it stored the message.
             return False
         if not await self._post_owed(current, claim):
-            _remember(self._settled, current.id, current.status, self.MEMORY)
+            self._shown.settle(current.id, current.status)
             return False
         self._owed.add(current.id)
-        mine = str(_Claim(self._writer, (now + self._claim_lease).timestamp()))
+        mine = str(Claim(self._writer, (now + self._claim_lease).timestamp()))
         claimed, won = await self._store.swap_slack_message(
             current.id, expected_ts=current.slack_ts, channel=None, ts=mine
         )
@@ -522,7 +380,7 @@ class SlackNotifier:
         await self._record_post(current.id, worker, worker.unrecorded)
         return True
 
-    async def _post_owed(self, current: Approval, lapsed_claim: _Claim | None) -> bool:
+    async def _post_owed(self, current: Approval, lapsed_claim: Claim | None) -> bool:
         """A prompt is owed while the approval waits; after that only if a post was begun in time
         (and failed, or its writer stopped), so the channel still learns how the request ended."""
         if current.status is ApprovalStatus.PENDING or lapsed_claim is not None or current.id in self._owed:
@@ -559,7 +417,7 @@ class SlackNotifier:
             )
             worker.duplicate = message
             return
-        _remember(self._settled, approval_id, posted.status, self.MEMORY)
+        self._shown.settle(approval_id, posted.status)
         if posted.thread_replies:
             worker.replies = (message, list(posted.thread_replies))
         # The worker's next step reads the approval again: a change made while the post was in
@@ -585,20 +443,13 @@ class SlackNotifier:
                 logger.warning("approval %s: claim %s stays until it lapses: %s", approval_id, claim, exc)
 
     async def _update_if_stale(self, current: Approval, message: PostedMessage, worker: _Worker) -> bool:
-        if await self._shown(current) is current.status:
-            _remember(self._settled, current.id, current.status, self.MEMORY)
+        if await self._shown.shown(current) is current.status:
+            self._shown.settle(current.id, current.status)
             return False
         rendered = await self._render(current)
         worker.failure_event = UPDATE_FAILED
         await self._api.update_message(message, text=rendered.text, blocks=rendered.blocks)
-        _remember(self._settled, current.id, current.status, self.MEMORY)
-        self._escalation_shown[current.id] = current.escalation_step
-        if len(self._escalation_shown) > self.MEMORY:
-            del self._escalation_shown[next(iter(self._escalation_shown))]
-        if current.original_arguments is not None:
-            self._arguments_shown[current.id] = current.arguments_hash
-            if len(self._arguments_shown) > self.MEMORY:
-                del self._arguments_shown[next(iter(self._arguments_shown))]
+        self._shown.rewritten(current)
         logger.info("approval %s: Slack message updated (%s)", current.id, current.status.value)
         try:
             await self._store.append_audit(
@@ -619,40 +470,6 @@ class SlackNotifier:
             logger.error("approval %s: could not record the Slack update: %s", current.id, exc)
         return True
 
-    async def _shown(self, current: Approval) -> ApprovalStatus | None:
-        """The status the approval's message shows, as far as the records say."""
-        if current.status is ApprovalStatus.PENDING:
-            if current.escalation_step and not await self._shows_escalation(current):
-                return None  # the waiting message must say who else is asked now
-            if current.original_arguments is not None and not await self._shows_arguments(current):
-                return None  # an approver edited the call: the waiting message must show what would run
-            return ApprovalStatus.PENDING
-        if self._settled.get(current.id) is current.status:
-            return current.status
-        for record in reversed(await self._store.audit_trail(current.id)):
-            if record.event in SHOWN_EVENTS:
-                try:
-                    return ApprovalStatus(str(record.details.get("status")))
-                except ValueError:
-                    return None  # recorded before messages named their status: rewrite it to be sure
-        return None
-
-    async def _shows_escalation(self, current: Approval) -> bool:
-        if self._escalation_shown.get(current.id, 0) >= current.escalation_step:
-            return True
-        for record in reversed(await self._store.audit_trail(current.id)):
-            if record.event in SHOWN_EVENTS:
-                return int(record.details.get("escalation_step") or 0) >= current.escalation_step
-        return False
-
-    async def _shows_arguments(self, current: Approval) -> bool:
-        if self._arguments_shown.get(current.id) == current.arguments_hash:
-            return True
-        for record in reversed(await self._store.audit_trail(current.id)):
-            if record.event in SHOWN_EVENTS:
-                return record.details.get("arguments_sha256") == current.arguments_hash
-        return False
-
     async def _delete_duplicate(self, approval_id: str, duplicate: PostedMessage) -> None:
         try:
             await self._api.delete_message(duplicate)
@@ -666,12 +483,3 @@ class SlackNotifier:
             await self._store.append_audit(AuditEvent(event, AUDIT_ACTOR, details, approval_id=approval_id))
         except ApprovalError as exc:
             logger.error("approval %s: could not record %s in the audit trail: %s", approval_id, event, exc)
-
-
-def _remember(
-    memory: OrderedDict[str, ApprovalStatus], approval_id: str, status: ApprovalStatus, size: int
-) -> None:
-    memory[approval_id] = status
-    memory.move_to_end(approval_id)
-    while len(memory) > size:
-        memory.popitem(last=False)

@@ -22,11 +22,12 @@ from typing import Any, NoReturn
 from broker.approvals.clock import utc_now
 from broker.catalogue.pins import DefinitionMoved, Pin, PinNotFound
 from broker.catalogue.tool_events import ToolEvent
+from broker.cli.common import fail
 
 _HASH = re.compile(r"^[0-9a-f]{12,64}$")
 
 
-def register(tools_commands: Any, *, fail: Callable[[str], NoReturn]) -> None:
+def register(tools_commands: Any) -> None:
     listing = tools_commands.add_parser(
         "pins", help="accepted tool definitions, and changes pending acceptance"
     )

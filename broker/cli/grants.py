@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from broker.cli.api import add_api_options, api_call
+from broker.cli.common import Parser
 from broker.policy.duration import parse_duration
 
 ApiCall = Callable[..., Any]
@@ -61,15 +63,9 @@ def grant_note(approval: dict[str, Any]) -> str:
     return f" + {grant['summary']}: {grant['id']}"
 
 
-def register(
-    commands: Any,
-    *,
-    parser_class: type[argparse.ArgumentParser],
-    add_api_options: Callable[[argparse.ArgumentParser], None],
-    api_call: ApiCall,
-) -> None:
+def register(commands: Any) -> None:
     grants = commands.add_parser("grants", help="list and revoke time-boxed grants")
-    sub = grants.add_subparsers(dest="grants_command", required=True, parser_class=parser_class)
+    sub = grants.add_subparsers(dest="grants_command", required=True, parser_class=Parser)
     listing = sub.add_parser("list", help="grants, newest first")
     listing.add_argument(
         "--active", action="store_true", help="only grants that can still let a call through"

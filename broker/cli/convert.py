@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from broker.cli.common import EXIT_USAGE
 from broker.policy import PolicyError, load_policy
 from broker.policy.document import MappingNode, parse_document
 from broker.policy.formats import Format, to_native
 from broker.policy.formats.render import render_native
 from broker.policy.loader import decode_policy
-
-EXIT_USAGE = 2
 
 
 def register(policy_commands: Any) -> None:
