@@ -18,7 +18,9 @@ from broker.cli_convert import register as register_convert
 from broker.cli_grants import add_grant_options, grant_body, grant_note
 from broker.cli_grants import register as register_grants
 from broker.cli_pins import register as register_pins
-from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
+from broker.config.demo import demo_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import BrokerSettings, load_settings
 from broker.policy import PolicyError, load_policy
 from broker.policy.risk_defaults import RISK_LEVELS
 from broker.proxy.decision_log import DECISION_LOGGER, BufferedLineSink

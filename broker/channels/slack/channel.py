@@ -25,7 +25,7 @@ from broker.channels.slack.notifier import DEFAULT_RETRY_SCHEDULE, RetrySchedule
 from broker.channels.slack.people import SlackPeople, UserGroupMembers
 from broker.channels.slack.signing import RequestVerifier
 from broker.channels.slack.socket_mode import socket_mode_connection
-from broker.config.settings import SlackSettings
+from broker.config.slack import SlackSettings
 
 
 class SlackChannel:
