@@ -31,8 +31,9 @@ from broker.channels.sso.identity import possible_groups
 from broker.channels.sso.provider import IdentityProvider
 from broker.channels.tool_events_api import build_tool_events_router
 from broker.channels.web import InboxEvents, ToolSources, WebInbox
+from broker.config.errors import ConfigError
 from broker.config.policy_file import PolicyFile
-from broker.config.settings import BrokerSettings, ConfigError
+from broker.config.settings import BrokerSettings
 from broker.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from broker.observability.metrics import BrokerMetrics
 from broker.policy import Policy

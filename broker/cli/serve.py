@@ -14,7 +14,9 @@ from types import FrameType
 from typing import Any
 
 from broker.cli.common import fail
-from broker.config.settings import BrokerSettings, ConfigError, demo_settings, load_settings
+from broker.config.demo import demo_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import BrokerSettings, load_settings
 from broker.policy import PolicyError
 from broker.proxy.decision_log import DECISION_LOGGER, BufferedLineSink
 

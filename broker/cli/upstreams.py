@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli.common import fail
-from broker.config.settings import ConfigError, load_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import load_settings
 
 
 def add_upstream_options(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 DEFAULT_URL = "http://127.0.0.1:8765"
 DEMO_APPROVER_TOKEN = "demo-approver-token"
 """The demo approver's token for the decisions API and `broker approvals`; public, so the demo
-listens on localhost only (see broker.config.settings.demo_settings)."""
+listens on localhost only (see broker.config.demo.demo_settings)."""
 APPROVAL_META_KEY = "io.github.mcp-approval-broker/approval"
 WHOLE_RUN_SECONDS = 120.0
 """A bound on the whole run: the held call answers after the hold budget (4 s in the demo)."""

@@ -57,7 +57,7 @@ from broker.approvals.service import (
     ApprovalService,
 )
 from broker.policy.decision import Decision
-from broker.proxy.gateway import AgentContext, AgentRequest, Notify
+from broker.proxy.agent import AgentContext, AgentRequest, Notify
 from broker.proxy.held_answers import (
     APPROVAL_META_KEY,
     iso,

@@ -26,9 +26,10 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, c
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope, Send
 
+from broker.proxy.agent import AgentContext, AgentRequest, Claims
 from broker.proxy.auth.model import AgentVerifier, Challenge, bearer_token
 from broker.proxy.change_feed import ChangeFeed
-from broker.proxy.gateway import AgentContext, AgentRequest, Claims, Gateway
+from broker.proxy.gateway import Gateway
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from broker.proxy.gateway import AgentContext, AgentRequest
+from broker.proxy.agent import AgentContext, AgentRequest
 from broker.proxy.jsonrpc import RequestId
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config.settings import ConfigError, load_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import load_settings
 
 
 def write_config(tmp_path: Path, body: str) -> Path:

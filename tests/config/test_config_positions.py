@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config.settings import ConfigError, load_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import load_settings
 
 
 def test_unknown_keys_and_bad_values_point_at_the_line_with_a_suggestion(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config.settings import ConfigError, LimitSettings, load_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import LimitSettings, load_settings
 from tests.config.test_agents_and_approvers import write_config
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config.settings import ConfigError, load_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import load_settings
 from tests.config.test_agents_and_approvers import write_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"

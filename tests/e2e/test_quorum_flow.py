@@ -14,7 +14,7 @@ import pytest
 
 from broker.app import Broker
 from broker.approvals import Approval
-from broker.config.settings import ConfigError
+from broker.config.errors import ConfigError
 from tests.e2e.harness import (
     APPROVER_TOKENS,
     FAST_APPROVALS,

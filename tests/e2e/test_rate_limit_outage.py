@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from broker.config.settings import RateLimitSettings
+from broker.config.rate_limits import RateLimitSettings
 from tests.e2e.harness import exchange_server, make_settings, running_broker
 
 pytestmark = pytest.mark.anyio

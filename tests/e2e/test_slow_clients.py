@@ -19,7 +19,8 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from broker.config.settings import LimitSettings, WebSettings
+from broker.config.settings import LimitSettings
+from broker.config.web import WebSettings
 from tests.e2e.harness import (
     AGENT_KEYS,
     APPROVER_TOKENS,

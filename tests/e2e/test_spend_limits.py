@@ -15,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 from redis.asyncio import Redis
 
 from broker.approvals.model import ApprovalStatus
-from broker.config.settings import RateLimitSettings
+from broker.config.rate_limits import RateLimitSettings
 from tests.e2e.harness import REPO, make_settings, running_broker
 from tests.e2e.test_approvals_flow import text_of, watch
 from tests.e2e.test_grants_flow import Lines, approve

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from broker.config.errors import ConfigError
 from broker.config.oauth import OAuthEntry, oauth_settings
-from broker.config.settings import ConfigError, load_settings
+from broker.config.settings import load_settings
 from broker.policy import load_policy
 from tests.e2e.harness import REPO
 

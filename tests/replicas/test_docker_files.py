@@ -196,7 +196,7 @@ def test_the_mounted_configuration_and_policy_load(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("missing", ["TRADING_BOT_KEY", "ALICE_TOKEN"])
 def test_the_configuration_refuses_to_start_without_its_secrets(missing: str) -> None:
-    from broker.config.settings import ConfigError
+    from broker.config.errors import ConfigError
 
     environ = {"TRADING_BOT_KEY": "k", "ALICE_TOKEN": "t", "BROKER_WEB_SESSION_SECRET": "s" * 32}
     del environ[missing]

@@ -22,7 +22,7 @@ from broker.approvals import Approval, NewApproval
 from broker.approvals.clock import Clock, utc_now
 from broker.channels.delivery.retry import Sleep
 from broker.channels.slack.signing import slack_signature
-from broker.config.settings import SlackSettings
+from broker.config.slack import SlackSettings
 from tests.e2e.harness import RunningBroker, approver_accounts, make_settings, serve_asgi
 from tests.slack.fake_slack import APP_TOKEN, BOT_TOKEN, FakeSlack, Message
 

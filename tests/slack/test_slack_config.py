@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config.settings import ConfigError, load_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import load_settings
 
 
 def write_config(tmp_path: Path, slack: str) -> Path:

@@ -18,8 +18,8 @@ import anyio
 from broker.approvals import Approval
 from broker.approvals.approvers import ApproverAccount
 from broker.config.oauth import IntrospectionSettings
-from broker.config.settings import WebSettings
 from broker.config.sso import SsoSettings
+from broker.config.web import WebSettings
 from tests.authserver.server import AuthServer
 from tests.e2e.harness import RunningBroker, exchange_server, make_settings, running_broker
 from tests.web.support import POLICY, ApprovalFeed, accounts_with_passwords, order

@@ -18,7 +18,7 @@ from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.outcomes import unknown_result
 from broker.approvals.service import Approver
 from broker.approvals.verdict import Approve, Deny
-from broker.config.settings import WebSettings
+from broker.config.web import WebSettings
 from tests.e2e.harness import running_broker
 from tests.web.support import PASSWORDS, csrf_token, http_signed_in, web_settings
 

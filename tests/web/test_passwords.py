@@ -15,7 +15,8 @@ from broker.channels.web.passwords import (
     parse_password_hash,
     verify_password,
 )
-from broker.config.settings import ConfigError, load_settings
+from broker.config.errors import ConfigError
+from broker.config.settings import load_settings
 
 
 def test_a_hash_verifies_its_password_and_nothing_else() -> None:

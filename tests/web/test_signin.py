@@ -14,7 +14,7 @@ from broker.approvals.approvers import ApproverAccount, ApproverDirectory
 from broker.channels.web.passwords import hash_password
 from broker.channels.web.sessions import COOKIE_NAME
 from broker.channels.web.signin import WebSignin
-from broker.config.settings import WebSettings
+from broker.config.web import WebSettings
 
 pytestmark = pytest.mark.anyio
 

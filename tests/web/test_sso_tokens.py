@@ -21,8 +21,9 @@ from broker.channels.sso.identity import credential_of, match_claims, provider_g
 from broker.channels.sso.provider import IdentityProvider, ProviderUnavailable, TokenRejected
 from broker.channels.web.sessions import Session
 from broker.channels.web.signin import WebSignin
-from broker.config.settings import ConfigError, WebSettings
+from broker.config.errors import ConfigError
 from broker.config.sso import SsoSettings
+from broker.config.web import WebSettings
 from tests.authserver.server import AuthServer
 from tests.e2e.harness import exchange_server, make_settings
 from tests.e2e.test_approvals_cli import cli

@@ -26,7 +26,7 @@ from broker.channels.slack.notifier import SlackNotifier
 from broker.channels.slack.people import SlackPeople, UserGroupMembers
 from broker.channels.slack.signing import RequestVerifier
 from broker.channels.slack.socket_mode import socket_mode_connection
-from broker.config.settings import SlackSettings
+from broker.config.slack import SlackSettings
 
 
 class SlackChannel:

@@ -37,7 +37,7 @@ from broker.channels.web.signin import Viewer, WebSignin
 from broker.channels.web.signin_pages import SigninPages
 from broker.channels.web.tools_view import ToolSources, tool_rows
 from broker.config.policy_file import ReloadRejection
-from broker.config.settings import WebSettings
+from broker.config.web import WebSettings
 
 logger = logging.getLogger(__name__)
 

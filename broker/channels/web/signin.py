@@ -34,7 +34,7 @@ from broker.channels.web.passwords import (
 )
 from broker.channels.web.sessions import COOKIE_NAME, Session, SessionSigner, password_fingerprint
 from broker.channels.web.throttle import SigninThrottle
-from broker.config.settings import WebSettings
+from broker.config.web import WebSettings
 
 logger = logging.getLogger(__name__)
 

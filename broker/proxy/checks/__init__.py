@@ -25,7 +25,7 @@ JsonObject = dict[str, Any]
 class PendingCall:
     agent: str
     session: str
-    """The key rate limits are counted under (see `broker.proxy.gateway.AgentContext`)."""
+    """The key rate limits are counted under (see `broker.proxy.agent.AgentContext`)."""
     tool: UpstreamTool
     arguments: dict[str, Any]
     decision: Decision
