@@ -39,6 +39,7 @@ from broker.approvals.approvers import ApproverAccount
 from broker.config.oauth import MissingSecret, OAuthEntry, OAuthSettings, oauth_settings
 from broker.config.positions import describe_validation_error
 from broker.config.sso import SsoConfigError, SsoEntry, SsoSettings, sso_settings
+from broker.proxy.agent_request import DEFAULT_END_GRACE
 from broker.proxy.identity import AgentCredential
 from broker.proxy.waiting import DEFAULT_HOLD_BUDGET, ClientWaits
 from broker.store.database import Backend, backend_of
@@ -208,6 +209,9 @@ class ApprovalSettings:
     cancel_tool: str = "cancel_approval"
     default_approvers: tuple[str, ...] = ("*",)
     sweep_interval: float = 1.0
+    session_end_grace: float = DEFAULT_END_GRACE
+    """Seconds an agent's session end (DELETE) waits for a cancellation it overtook before it
+    withdraws the calls the session waits on (`broker.proxy.agent_request`)."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from broker.policy import Policy
 from broker.policy.conditions import with_claims
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
+from broker.proxy.agent_request import AgentRequest, Notify
 from broker.proxy.call_results import (
     denied_result,
     error_result,
@@ -68,23 +69,6 @@ logger = logging.getLogger(__name__)
 SERVER_NAME = "mcp-approval-broker"
 SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
 LIST_CHANGED: JsonObject = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
-
-Notify = Callable[[str, JsonObject], Awaitable[None]]
-"""Sends a notification on the stream of the request being served (a no-op when it has none)."""
-
-
-class AgentRequest:
-    """The agent's side of one request in flight."""
-
-    __slots__ = ("notify", "withdrawn")
-
-    def __init__(self, notify: Notify) -> None:
-        self.notify = notify
-        self.withdrawn = False
-        """Set by the endpoint before it cancels the request because the agent withdrew it
-        (``notifications/cancelled``, ending its session, or closing the stream where the protocol
-        makes that a cancellation), as opposed to a lost connection or a broker shutdown."""
-
 
 Claims = Mapping[str, Any]
 

@@ -4,7 +4,8 @@ Both protocol eras are served on one URL:
 
 * handshake era (2024-11-05 ... 2025-11-25): ``initialize`` opens a session whose id comes back
   in ``Mcp-Session-Id``; later POSTs carry it; GET opens the session's notification stream;
-  DELETE ends it; ``notifications/cancelled`` cancels an in-flight request.
+  DELETE ends it; ``notifications/cancelled`` cancels an in-flight request, and still reaches a
+  session whose DELETE overtook it for a short grace (`broker.proxy.sessions`).
 * 2026-07-28: every POST is self-contained (``params._meta`` carries the protocol version and
   client capabilities, routing headers must agree with the body); ``server/discover`` replaces
   the handshake; closing the response stream cancels; ``subscriptions/listen`` streams changes.
@@ -26,9 +27,10 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, c
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
+from broker.proxy.agent_request import AgentRequest
 from broker.proxy.auth.model import AgentVerifier, Challenge, bearer_token
 from broker.proxy.change_feed import ChangeFeed
-from broker.proxy.gateway import AgentContext, AgentRequest, Claims, Gateway
+from broker.proxy.gateway import AgentContext, Claims, Gateway
 from broker.proxy.http_responses import (
     SSE_HEADERS,
     DisconnectWatch,
@@ -153,6 +155,9 @@ class McpHttpEndpoint:
         session_header = headers.get(b"mcp-session-id")
         if session_header is not None:
             session = self._sessions.get(session_header.decode("latin-1"), agent)
+            if session is None and not has_id and self._late_cancel(session_header, agent, method, params):
+                await respond(send, 202, None, [(b"mcp-session-id", session_header)])
+                return
             if session is None:
                 await reject(
                     send,
@@ -233,9 +238,18 @@ class McpHttpEndpoint:
         if method == "notifications/initialized":
             session.initialized = True
         elif method == "notifications/cancelled":
-            request_id: Any = (params or {}).get("requestId")
-            if valid_request_id(request_id):
-                session.withdraw(request_id, timed_out=only_timed_out((params or {}).get("reason")))
+            cancel = _cancellation(params)
+            if cancel is not None:
+                session.withdraw(cancel[0], timed_out=cancel[1])
+
+    def _late_cancel(
+        self, session_header: bytes, agent: str, method: str, params: dict[str, Any] | None
+    ) -> bool:
+        """Whether this is a cancellation that the session's own DELETE overtook, still within the grace."""
+        cancel = _cancellation(params) if method == "notifications/cancelled" else None
+        return cancel is not None and self._sessions.cancel_after_end(
+            session_header.decode("latin-1"), agent, cancel[0], timed_out=cancel[1]
+        )
 
     async def _modern(
         self,
@@ -419,8 +433,16 @@ class McpHttpEndpoint:
         if session_header is None or self._sessions.get(session_header.decode("latin-1"), agent) is None:
             await reject(send, 404, INVALID_REQUEST, "Session not found")
             return
-        self._sessions.close(session_header.decode("latin-1"), withdraw=True)
+        self._sessions.end(session_header.decode("latin-1"))
         await respond(send, 200, None, [])
+
+
+def _cancellation(params: dict[str, Any] | None) -> tuple[RequestId, bool] | None:
+    """The request a ``notifications/cancelled`` names, and whether it only says the client timed out."""
+    request_id: Any = (params or {}).get("requestId")
+    if not valid_request_id(request_id):
+        return None
+    return request_id, only_timed_out((params or {}).get("reason"))
 
 
 async def _next_or_timeout(

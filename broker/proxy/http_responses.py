@@ -9,7 +9,7 @@ from typing import Any, Final
 import anyio
 from starlette.types import Message, Receive, Send
 
-from broker.proxy.gateway import AgentRequest
+from broker.proxy.agent_request import AgentRequest
 from broker.proxy.jsonrpc import RequestId, RpcError, encode, error_message, notification_message
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]

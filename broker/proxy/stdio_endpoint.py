@@ -15,8 +15,9 @@ import anyio
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from broker.proxy.agent_request import AgentRequest
 from broker.proxy.change_feed import ChangeFeed
-from broker.proxy.gateway import AgentContext, AgentRequest, Gateway
+from broker.proxy.gateway import AgentContext, Gateway
 from broker.proxy.http_endpoint import PROTOCOL_VERSION_META_KEY
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
