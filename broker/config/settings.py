@@ -39,9 +39,8 @@ from broker.approvals.approvers import ApproverAccount
 from broker.config.oauth import MissingSecret, OAuthEntry, OAuthSettings, oauth_settings
 from broker.config.positions import describe_validation_error
 from broker.config.sso import SsoConfigError, SsoEntry, SsoSettings, sso_settings
-from broker.proxy.agent_request import DEFAULT_END_GRACE
 from broker.proxy.identity import AgentCredential
-from broker.proxy.waiting import DEFAULT_HOLD_BUDGET, ClientWaits
+from broker.proxy.waiting import DEFAULT_END_GRACE, DEFAULT_HOLD_BUDGET, ClientWaits
 from broker.store.database import Backend, backend_of
 
 

@@ -6,7 +6,7 @@ says the client timed out, `broker.proxy.waiting.only_timed_out`), closing stdin
 stream where the protocol makes that a cancellation, or ending the session. A lost connection, a
 broker shutdown or a client that merely timed out withdraws nothing.
 
-Ending the session (HTTP DELETE) withdraws only after a grace (`DEFAULT_END_GRACE`, 2 s),
+Ending the session (HTTP DELETE) withdraws only after a grace (`waiting.DEFAULT_END_GRACE`, 2 s),
 because a client that times out sends its timed-out ``notifications/cancelled`` and then DELETE
 on two connections, and the DELETE may arrive first. A cancellation heard within the grace
 decides instead: a timed-out one leaves the approval pending, an explicit one withdraws at once.
@@ -21,9 +21,6 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from broker.proxy.upstream.base import JsonObject
-
-DEFAULT_END_GRACE = 2.0
-"""Seconds a session end waits for a cancellation it overtook before it withdraws the requests."""
 
 Notify = Callable[[str, JsonObject], Awaitable[None]]
 """Sends a notification on the stream of the request being served (a no-op when it has none)."""

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from broker.proxy.agent_request import DEFAULT_END_GRACE, AgentRequest
+from broker.proxy.agent_request import AgentRequest
 from broker.proxy.gateway import AgentContext
 from broker.proxy.jsonrpc import RequestId
+from broker.proxy.waiting import DEFAULT_END_GRACE
 
 
 @dataclass(eq=False, slots=True)
