@@ -166,7 +166,7 @@ class Broker:
                 client_waits=settings.client_waits,
             )
         )
-        self.sessions = SessionRegistry()
+        self.sessions = SessionRegistry(end_grace=settings.approvals.session_end_grace)
         self.mcp_endpoint = McpHttpEndpoint(
             self.gateway,
             verifier=agent_verifier(

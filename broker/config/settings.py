@@ -47,7 +47,7 @@ from broker.config.rate_limits import RateLimitsEntry, RateLimitSettings, rate_l
 from broker.config.slack import SlackEntry, SlackSettings, slack_settings
 from broker.config.web import WebEntry, WebSettings, web_settings
 from broker.proxy.auth.api_keys import AgentCredential
-from broker.proxy.waiting import DEFAULT_HOLD_BUDGET, ClientWaits
+from broker.proxy.waiting import DEFAULT_END_GRACE, DEFAULT_HOLD_BUDGET, ClientWaits
 
 
 class _Approvals(BaseModel):
@@ -107,6 +107,9 @@ class ApprovalSettings:
     cancel_tool: str = "cancel_approval"
     default_approvers: tuple[str, ...] = ("*",)
     sweep_interval: float = 1.0
+    session_end_grace: float = DEFAULT_END_GRACE
+    """Seconds an agent's session end (DELETE) waits for a cancellation it overtook before it
+    withdraws the calls the session waits on (`broker.proxy.agent_request`)."""
 
 
 @dataclass(frozen=True)

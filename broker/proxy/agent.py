@@ -1,4 +1,5 @@
-"""Who is asking and how to reach them: the agent's side of a request the gateway serves.
+"""Who is asking: the agent's side of a request the gateway serves (how to reach it, and whether it
+withdrew the request, is `broker.proxy.agent_request`).
 
 The endpoints build these (HTTP per request, stdio per line); the gateway and the approval
 service read them. They carry no protocol framing, so neither side depends on the other.
@@ -6,28 +7,9 @@ service read them. They carry no protocol framing, so neither side depends on th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from broker.proxy.upstream.base import JsonObject
-
-Notify = Callable[[str, JsonObject], Awaitable[None]]
-"""Sends a notification on the stream of the request being served (a no-op when it has none)."""
-
-
-class AgentRequest:
-    """The agent's side of one request in flight."""
-
-    __slots__ = ("notify", "withdrawn")
-
-    def __init__(self, notify: Notify) -> None:
-        self.notify = notify
-        self.withdrawn = False
-        """Set by the endpoint before it cancels the request because the agent withdrew it
-        (``notifications/cancelled``, ending its session, or closing the stream where the protocol
-        makes that a cancellation), as opposed to a lost connection or a broker shutdown."""
-
 
 Claims = Mapping[str, Any]
 

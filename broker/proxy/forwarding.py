@@ -18,7 +18,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from broker.observability.calls import UpstreamLatency
-from broker.proxy.agent import AgentContext, Notify
+from broker.proxy.agent import AgentContext
+from broker.proxy.agent_request import Notify
 from broker.proxy.call_results import upstream_failure_result
 from broker.proxy.gateway_ports import Upstreams
 from broker.proxy.jsonrpc import RpcError

@@ -20,7 +20,8 @@ from broker.policy.conditions import with_claims
 from broker.policy.decision import Action, Decision
 from broker.policy.holder import PolicyHolder
 from broker.proxy import handshake
-from broker.proxy.agent import AgentContext, AgentRequest
+from broker.proxy.agent import AgentContext
+from broker.proxy.agent_request import AgentRequest
 from broker.proxy.call_results import (
     denied_result,
     error_result,

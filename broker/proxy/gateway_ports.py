@@ -12,7 +12,8 @@ from typing import Any, Protocol
 from broker.approvals.grants import Grant
 from broker.approvals.health import StoreHealth
 from broker.policy.decision import Decision
-from broker.proxy.agent import AgentContext, AgentRequest
+from broker.proxy.agent import AgentContext
+from broker.proxy.agent_request import AgentRequest
 from broker.proxy.upstream.base import JsonObject
 from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.pool import ServerStatus, UpstreamTool

@@ -17,7 +17,10 @@ every way of waiting is offered:
 A pending answer is a promise: once an agent was told its call is pending, ending its session,
 losing its connection or its client timing out does not withdraw the approval; only an explicit
 cancellation does (``notifications/cancelled`` for a request that was not yet answered,
-``tasks/cancel`` or ``cancel_approval``).
+``tasks/cancel`` or ``cancel_approval``). Before the pending answer, the agent withdrawing the
+request it waits on withdraws the approval; a client that only timed out does not, even when its
+session end overtakes its timed-out cancellation (`broker.proxy.agent_request`: the session end
+withdraws after a grace in which that cancellation still counts).
 
 Identical calls (same agent, tool and canonical arguments) attach to the open approval: a retry
 after the pending answer, a re-call after a lost connection, a retry from the same session whose
@@ -57,7 +60,8 @@ from broker.approvals.service import (
     ApprovalService,
 )
 from broker.policy.decision import Decision
-from broker.proxy.agent import AgentContext, AgentRequest, Notify
+from broker.proxy.agent import AgentContext
+from broker.proxy.agent_request import AgentRequest, Notify
 from broker.proxy.held_answers import (
     APPROVAL_META_KEY,
     iso,
@@ -220,8 +224,9 @@ class HeldCalls:
             # The approval itself is safe in the store; the agent can come back for it.
             return store_down_result(tool.exposed_name, f"{exc}; approval {approval.id} is kept")
         except anyio.get_cancelled_exc_class():
-            if request.withdrawn:
-                with anyio.CancelScope(shield=True):
+            # Shielded: after a session end, whether it was a withdrawal is known only after a grace.
+            with anyio.CancelScope(shield=True):
+                if await request.withdrawal():
                     await self._withdraw(ctx, approval)
             raise
         finally:

@@ -4,7 +4,8 @@ Both protocol eras are served on one URL:
 
 * handshake era (2024-11-05 ... 2025-11-25): ``initialize`` opens a session whose id comes back
   in ``Mcp-Session-Id``; later POSTs carry it; GET opens the session's notification stream;
-  DELETE ends it; ``notifications/cancelled`` cancels an in-flight request.
+  DELETE ends it; ``notifications/cancelled`` cancels an in-flight request, and still reaches a
+  session whose DELETE overtook it for a short grace (`broker.proxy.sessions`).
 * 2026-07-28: every POST is self-contained (``params._meta`` carries the protocol version and
   client capabilities, routing headers must agree with the body); ``server/discover`` replaces
   the handshake; closing the response stream cancels; ``subscriptions/listen`` streams changes.
@@ -24,12 +25,21 @@ from typing import Any, Final
 import anyio
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, classify_inbound_request
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from broker.proxy.agent import AgentContext, AgentRequest, Claims
+from broker.proxy.agent import AgentContext, Claims
+from broker.proxy.agent_request import AgentRequest
 from broker.proxy.auth.model import AgentVerifier, Challenge, bearer_token
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.gateway import Gateway
+from broker.proxy.http_responses import (
+    SSE_HEADERS,
+    DisconnectWatch,
+    ResponseChannel,
+    reject,
+    respond,
+    sse_event,
+)
 from broker.proxy.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -39,7 +49,6 @@ from broker.proxy.jsonrpc import (
     RequestId,
     RpcError,
     check_envelope,
-    encode,
     error_message,
     notification_message,
     result_message,
@@ -50,97 +59,8 @@ from broker.proxy.waiting import only_timed_out
 
 logger = logging.getLogger(__name__)
 
-JSON_HEADERS: Final = [(b"content-type", b"application/json")]
-SSE_HEADERS: Final = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-]
 PROTOCOL_VERSION_META_KEY: Final = "io.modelcontextprotocol/protocolVersion"
 SUBSCRIPTION_ID_META_KEY: Final = "io.modelcontextprotocol/subscriptionId"
-# A silent long call is watched for a vanished client only after this long: the fast
-# path must not pay for a watcher task on every call.
-DISCONNECT_WATCH_DELAY: Final = 0.25
-
-
-def sse_event(message: dict[str, Any]) -> bytes:
-    return b"event: message\ndata: " + encode(message) + b"\n\n"
-
-
-class ResponseChannel:
-    """One POST's response: a single JSON body, or an SSE stream once a notification must go first."""
-
-    __slots__ = ("_extra_headers", "_send", "_streaming", "accepts_sse")
-
-    def __init__(self, send: Send, *, accepts_sse: bool, extra_headers: list[tuple[bytes, bytes]]) -> None:
-        self._send = send
-        self.accepts_sse = accepts_sse
-        self._extra_headers = extra_headers
-        self._streaming = False
-
-    async def notify(self, method: str, params: dict[str, Any]) -> None:
-        if not self.accepts_sse:
-            return
-        await self.start_stream()
-        await self._send(
-            {
-                "type": "http.response.body",
-                "body": sse_event(notification_message(method, params)),
-                "more_body": True,
-            }
-        )
-
-    async def start_stream(self) -> None:
-        if not self._streaming:
-            self._streaming = True
-            await self._send(
-                {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + self._extra_headers}
-            )
-
-    async def keepalive(self) -> None:
-        if self._streaming:
-            await self._send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
-
-    async def finish(self, message: dict[str, Any], status: int = 200) -> None:
-        if self._streaming:
-            await self._send({"type": "http.response.body", "body": sse_event(message), "more_body": False})
-            return
-        body = encode(message)
-        await self._send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    *JSON_HEADERS,
-                    (b"content-length", str(len(body)).encode()),
-                    *self._extra_headers,
-                ],
-            }
-        )
-        await self._send({"type": "http.response.body", "body": body})
-
-
-async def _respond(
-    send: Send, status: int, payload: dict[str, Any] | None, headers: list[tuple[bytes, bytes]]
-) -> None:
-    body = encode(payload) if payload is not None else b""
-    response_headers = [(b"content-length", str(len(body)).encode()), *headers]
-    if payload is not None:
-        response_headers.append((b"content-type", b"application/json"))
-    await send({"type": "http.response.start", "status": status, "headers": response_headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _reject(
-    send: Send,
-    status: int,
-    code: int,
-    message: str,
-    *,
-    request_id: RequestId | None = None,
-    headers: Any = (),
-) -> None:
-    await _respond(send, status, error_message(request_id, RpcError(code, message)), list(headers))
 
 
 class McpHttpEndpoint:
@@ -174,11 +94,11 @@ class McpHttpEndpoint:
         origin = headers.get(b"origin")
         if origin is not None and not self._origin_allowed(origin.decode("latin-1")):
             # Browsers send Origin; refusing foreign ones stops DNS-rebinding pages from driving agents' tools.
-            await _reject(send, 403, INVALID_REQUEST, "Forbidden: origin not allowed")
+            await reject(send, 403, INVALID_REQUEST, "Forbidden: origin not allowed")
             return
         identity = await self._verifier.verify(headers.get(b"authorization"))
         if isinstance(identity, Challenge):
-            await _reject(
+            await reject(
                 send,
                 identity.status,
                 INVALID_REQUEST,
@@ -195,7 +115,7 @@ class McpHttpEndpoint:
         elif method == "DELETE":
             await self._delete(headers, agent, send)
         else:
-            await _reject(
+            await reject(
                 send, 405, INVALID_REQUEST, "Method not allowed", headers=[(b"allow", b"GET, POST, DELETE")]
             )
 
@@ -215,7 +135,7 @@ class McpHttpEndpoint:
             return
         envelope = check_envelope(body)
         if isinstance(envelope, EnvelopeRejection):
-            await _reject(
+            await reject(
                 send, envelope.status, envelope.code, envelope.message, request_id=envelope.request_id
             )
             return
@@ -223,21 +143,24 @@ class McpHttpEndpoint:
         request_id, params = envelope.request_id, envelope.params
         if method is None:
             # A reply to a server request; the broker sends none, so there is nothing to match.
-            await _respond(send, 202, None, [])
+            await respond(send, 202, None, [])
             return
 
         if method == "initialize":
             if has_id:
                 await self._initialize(agent, request_id, params, send)
             else:
-                await _reject(send, 400, INVALID_REQUEST, "Invalid Request: initialize must be a request")
+                await reject(send, 400, INVALID_REQUEST, "Invalid Request: initialize must be a request")
             return
 
         session_header = headers.get(b"mcp-session-id")
         if session_header is not None:
             session = self._sessions.get(session_header.decode("latin-1"), agent)
+            if session is None and not has_id and self._late_cancel(session_header, agent, method, params):
+                await respond(send, 202, None, [(b"mcp-session-id", session_header)])
+                return
             if session is None:
-                await _reject(
+                await reject(
                     send,
                     404,
                     INVALID_REQUEST,
@@ -248,7 +171,7 @@ class McpHttpEndpoint:
             session_headers = [(b"mcp-session-id", session_header)]
             if not has_id:
                 self._session_notification(session, method, params)
-                await _respond(send, 202, None, session_headers)
+                await respond(send, 202, None, session_headers)
                 return
             # The claims of the token this request came with: it may have been refreshed since initialize.
             context = (
@@ -264,7 +187,7 @@ class McpHttpEndpoint:
         if self._is_modern(headers, params):
             await self._modern(agent, claims, message, request_id, method, params, headers, receive, send)
             return
-        await _reject(
+        await reject(
             send,
             400,
             INVALID_REQUEST,
@@ -282,7 +205,7 @@ class McpHttpEndpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_body:
-                await _reject(send, 413, INVALID_REQUEST, f"Request body larger than {self._max_body} bytes")
+                await reject(send, 413, INVALID_REQUEST, f"Request body larger than {self._max_body} bytes")
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -302,11 +225,11 @@ class McpHttpEndpoint:
         result = self._gateway.initialize_result(params)
         session = self._sessions.open(agent, result["protocolVersion"])
         if session is None:
-            await _reject(
+            await reject(
                 send, 503, INTERNAL_ERROR, "Too many sessions; try again later", request_id=request_id
             )
             return
-        await _respond(
+        await respond(
             send, 200, result_message(request_id, result), [(b"mcp-session-id", session.id.encode())]
         )
 
@@ -316,9 +239,18 @@ class McpHttpEndpoint:
         if method == "notifications/initialized":
             session.initialized = True
         elif method == "notifications/cancelled":
-            request_id: Any = (params or {}).get("requestId")
-            if valid_request_id(request_id):
-                session.withdraw(request_id, timed_out=only_timed_out((params or {}).get("reason")))
+            cancel = _cancellation(params)
+            if cancel is not None:
+                session.withdraw(cancel[0], timed_out=cancel[1])
+
+    def _late_cancel(
+        self, session_header: bytes, agent: str, method: str, params: dict[str, Any] | None
+    ) -> bool:
+        """Whether this is a cancellation that the session's own DELETE overtook, still within the grace."""
+        cancel = _cancellation(params) if method == "notifications/cancelled" else None
+        return cancel is not None and self._sessions.cancel_after_end(
+            session_header.decode("latin-1"), agent, cancel[0], timed_out=cancel[1]
+        )
 
     async def _modern(
         self,
@@ -334,7 +266,7 @@ class McpHttpEndpoint:
     ) -> None:
         if "id" not in message:
             # No client-to-server notification means anything on this era: cancelling is closing the stream.
-            await _respond(send, 202, None, [])
+            await respond(send, 202, None, [])
             return
         text_headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers.items()}
         route = classify_inbound_request(
@@ -342,12 +274,12 @@ class McpHttpEndpoint:
         )
         if isinstance(route, InboundLadderRejection):
             status = ERROR_CODE_HTTP_STATUS.get(route.code, 400)
-            await _respond(
+            await respond(
                 send, status, error_message(request_id, RpcError(route.code, route.message, route.data)), []
             )
             return
         if method == "server/discover":
-            await _respond(send, 200, result_message(request_id, self._gateway.discover_result()), [])
+            await respond(send, 200, result_message(request_id, self._gateway.discover_result()), [])
             return
         if method == "subscriptions/listen":
             await self._modern_listen(request_id, params or {}, receive, send)
@@ -381,7 +313,7 @@ class McpHttpEndpoint:
             session.in_flight[request_id] = (scope, request)
         # 2026-07-28: closing the response stream is how a client cancels. Before it, a dropped
         # connection is not a cancellation: the client may come back for the result.
-        watch = _DisconnectWatch(receive, scope, request if context.modern else None)
+        watch = DisconnectWatch(receive, scope, request if context.modern else None)
         try:
             with scope:
                 result = await self._gateway.dispatch(context, method, params, request)
@@ -410,18 +342,18 @@ class McpHttpEndpoint:
         self, headers: dict[bytes, bytes], agent: str, receive: Receive, send: Send
     ) -> None:
         if b"text/event-stream" not in headers.get(b"accept", b""):
-            await _reject(send, 406, INVALID_REQUEST, "Not Acceptable: GET needs 'Accept: text/event-stream'")
+            await reject(send, 406, INVALID_REQUEST, "Not Acceptable: GET needs 'Accept: text/event-stream'")
             return
         session_header = headers.get(b"mcp-session-id")
         if session_header is None:
-            await _reject(send, 400, INVALID_REQUEST, "Bad Request: GET needs an Mcp-Session-Id header")
+            await reject(send, 400, INVALID_REQUEST, "Bad Request: GET needs an Mcp-Session-Id header")
             return
         session = self._sessions.get(session_header.decode("latin-1"), agent)
         if session is None:
-            await _reject(send, 404, INVALID_REQUEST, "Session not found")
+            await reject(send, 404, INVALID_REQUEST, "Session not found")
             return
         if session.listening:
-            await _reject(send, 409, INVALID_REQUEST, "Conflict: this session already has an open stream")
+            await reject(send, 409, INVALID_REQUEST, "Conflict: this session already has an open stream")
             return
         session.listening = True
         try:
@@ -500,10 +432,18 @@ class McpHttpEndpoint:
     async def _delete(self, headers: dict[bytes, bytes], agent: str, send: Send) -> None:
         session_header = headers.get(b"mcp-session-id")
         if session_header is None or self._sessions.get(session_header.decode("latin-1"), agent) is None:
-            await _reject(send, 404, INVALID_REQUEST, "Session not found")
+            await reject(send, 404, INVALID_REQUEST, "Session not found")
             return
-        self._sessions.close(session_header.decode("latin-1"), withdraw=True)
-        await _respond(send, 200, None, [])
+        self._sessions.end(session_header.decode("latin-1"))
+        await respond(send, 200, None, [])
+
+
+def _cancellation(params: dict[str, Any] | None) -> tuple[RequestId, bool] | None:
+    """The request a ``notifications/cancelled`` names, and whether it only says the client timed out."""
+    request_id: Any = (params or {}).get("requestId")
+    if not valid_request_id(request_id):
+        return None
+    return request_id, only_timed_out((params or {}).get("reason"))
 
 
 async def _next_or_timeout(
@@ -529,33 +469,3 @@ async def _next_or_timeout(
             for event in stop_events:
                 tasks.start_soon(stop_when, event)
     return result
-
-
-class _DisconnectWatch:
-    """Cancels a request whose client hung up, but only starts watching once the call turns out slow."""
-
-    __slots__ = ("_receive", "_request", "_scope", "_task", "_timer", "disconnected")
-
-    def __init__(self, receive: Receive, scope: anyio.CancelScope, withdraws: AgentRequest | None) -> None:
-        self._receive = receive
-        self._scope = scope
-        self._request = withdraws
-        self._task: asyncio.Task[None] | None = None
-        self.disconnected = False
-        self._timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        message: Message = await self._receive()
-        if message["type"] == "http.disconnect":
-            self.disconnected = True
-            if self._request is not None:
-                self._request.withdrawn = True
-            self._scope.cancel()
-
-    def stop(self) -> None:
-        self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()

@@ -15,7 +15,8 @@ import anyio
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from broker.proxy.agent import AgentContext, AgentRequest
+from broker.proxy.agent import AgentContext
+from broker.proxy.agent_request import AgentRequest
 from broker.proxy.change_feed import ChangeFeed
 from broker.proxy.gateway import Gateway
 from broker.proxy.http_endpoint import PROTOCOL_VERSION_META_KEY

@@ -26,6 +26,10 @@ from broker.policy.decision import ApprovalRequirement
 DEFAULT_HOLD_BUDGET = 4.0
 """Seconds; under the OpenAI Agents SDK's 5 s default, the shortest of the common clients."""
 
+DEFAULT_END_GRACE = 2.0
+"""Seconds an agent's session end (DELETE) waits for a cancellation it overtook before it withdraws
+the requests in flight (see `broker.proxy.agent_request`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ClientWaits:
