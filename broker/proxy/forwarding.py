@@ -27,6 +27,7 @@ from broker.proxy.result_shape import tool_result_problem
 from broker.proxy.upstream.base import (
     JsonObject,
     MalformedResult,
+    NoCredential,
     UpstreamLost,
     UpstreamRpcError,
     UpstreamTimeout,
@@ -83,6 +84,12 @@ class Forwarder:
                 f"The connection to upstream server '{tool.server}' broke after the call to "
                 f"'{tool.exposed_name}' was sent and before it answered ({exc.detail}); it may have run. "
                 "It was not retried: check on the upstream before calling it again."
+            )
+        except NoCredential as exc:
+            return upstream_failure_result(
+                f"The call to '{tool.exposed_name}' was not sent: the broker could not make the credential "
+                f"upstream server '{tool.server}' needs for it ({exc.detail}). Retrying will not help until "
+                "that is fixed; tell whoever runs the broker if it persists."
             )
         except UpstreamUnavailable as exc:
             return upstream_failure_result(

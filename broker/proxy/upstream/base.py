@@ -43,6 +43,11 @@ class UpstreamUnavailable(UpstreamError):
     pass
 
 
+class NoCredential(UpstreamUnavailable):
+    """No credential could be made for the call (token endpoint down or refusing, a claim a header
+    template needs is missing): nothing was sent, and reconnecting does not fix it."""
+
+
 class UpstreamLost(UpstreamUnavailable):
     """The connection ended after the request was written: the server may have acted on it."""
 

@@ -20,6 +20,7 @@ from broker.proxy import exact_json
 from broker.proxy.upstream.background import BackgroundTasks
 from broker.proxy.upstream.base import (
     JsonObject,
+    NoCredential,
     NotificationHandler,
     UpstreamError,
     UpstreamLost,
@@ -217,7 +218,7 @@ class StreamableHttpConnection:
         except SseEventTooLarge as exc:
             raise UpstreamRpcError(self.server, INTERNAL_ERROR, str(exc)) from None
         except CredentialError as exc:
-            raise UpstreamUnavailable(self.server, f"no credential for the call: {exc}") from exc
+            raise NoCredential(self.server, str(exc)) from exc
 
     async def _post(self, message: JsonObject, caller: UpstreamCaller | None = None) -> Response:
         body = exact_json.dumps(message)

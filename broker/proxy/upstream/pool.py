@@ -29,6 +29,7 @@ from anyio.abc import TaskGroup
 
 from broker.proxy.upstream.base import (
     JsonObject,
+    NoCredential,
     NotificationHandler,
     UpstreamConnection,
     UpstreamError,
@@ -223,6 +224,8 @@ class UpstreamPool:
             return await connection.request(
                 "tools/call", params, on_notification=on_notification, timeout=timeout, caller=caller
             )
+        except NoCredential:
+            raise  # nothing was sent and the connection is fine: reconnecting is not the answer
         except UpstreamUnavailable as exc:
             raise self._unavailable(tool.server, exc.detail, lost=isinstance(exc, UpstreamLost)) from exc
 

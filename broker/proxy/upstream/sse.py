@@ -17,7 +17,13 @@ from urllib.parse import urljoin, urlsplit
 import orjson
 
 from broker.proxy import exact_json
-from broker.proxy.upstream.base import JsonObject, NotificationHandler, UpstreamLost, UpstreamUnavailable
+from broker.proxy.upstream.base import (
+    JsonObject,
+    NoCredential,
+    NotificationHandler,
+    UpstreamLost,
+    UpstreamUnavailable,
+)
 from broker.proxy.upstream.credentialed import send_credentialed
 from broker.proxy.upstream.credentials.caller import UpstreamCaller
 from broker.proxy.upstream.credentials.errors import CredentialError
@@ -117,7 +123,7 @@ class SseConnection(MultiplexedConnection):
                 raise UpstreamUnavailable(self.server, reason) from exc
             raise UpstreamLost(self.server, reason) from exc  # the POST went out: it may have been read
         except CredentialError as exc:
-            raise UpstreamUnavailable(self.server, f"no credential for the call: {exc}") from exc
+            raise NoCredential(self.server, str(exc)) from exc
 
     def _send_soon(self, message: JsonObject) -> None:
         self._background.spawn(self._send_quietly(message), name="send")
