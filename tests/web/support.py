@@ -122,14 +122,20 @@ def text_of(result: object) -> str:
 
 
 async def hold(
-    running: RunningBroker, arguments: dict[str, Any], *, revision: str | None = None, **requirement: Any
+    running: RunningBroker,
+    arguments: dict[str, Any],
+    *,
+    revision: str | None = None,
+    agent: str = "trader",
+    **requirement: Any,
 ) -> Approval:
     """A new approval for a big order, held by the policy's place_order rule for two trading leads'
-    eyes; `requirement` sets more of it (quorum, editable arguments)."""
+    eyes; `requirement` sets more of it (quorum, editable arguments), and an `agent` of its own lets
+    a test list only its approvals."""
     policy = running.broker.policy_file.holder.current
     approval, created = await running.broker.approvals.open(
         NewApproval(
-            agent="trader",
+            agent=agent,
             server="exchange",
             tool="place_order",
             upstream_tool="place_order",
