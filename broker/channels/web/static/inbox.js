@@ -114,114 +114,6 @@
       });
   }
 
-  // -- keeping the approver's place across an update ------------------------------------------
-
-  // An update swaps in new markup, but what the approver did to the old (a "show all" opened,
-  // a reason half typed, an edit, the focus) is theirs and moves over.
-  // Elements are matched by id or data-key; anything else by its position under the nearest
-  // such ancestor, which an update leaves alone.
-  function nameOf(element) {
-    if (element.id) {
-      return "#" + element.id;
-    }
-    return element.dataset.key ? "@" + element.dataset.key : null;
-  }
-
-  function named(root) {
-    const found = new Map();
-    [root].concat(Array.from(root.querySelectorAll("[id], [data-key]"))).forEach(function (element) {
-      const name = nameOf(element);
-      if (name !== null && !found.has(name)) {
-        found.set(name, element);
-      }
-    });
-    return found;
-  }
-
-  function placeOf(element, root) {
-    const path = [];
-    let at = element;
-    while (at !== root && nameOf(at) === null) {
-      path.unshift(Array.prototype.indexOf.call(at.parentElement.children, at));
-      at = at.parentElement;
-    }
-    return { name: nameOf(at), path: path, tag: element.tagName };
-  }
-
-  function find(place, names) {
-    let at = names.get(place.name);
-    for (let step = 0; at && step < place.path.length; step++) {
-      at = at.children[place.path[step]];
-    }
-    return at && at.tagName === place.tag ? at : null;
-  }
-
-  function edited(control) {
-    if (control instanceof HTMLSelectElement) {
-      return Array.from(control.options).some(function (option) {
-        return option.selected !== option.defaultSelected;
-      });
-    }
-    if (control.type === "checkbox" || control.type === "radio") {
-      return control.checked !== control.defaultChecked;
-    }
-    return control.value !== control.defaultValue;
-  }
-
-  function seenHash(form) {
-    return form ? form.querySelector("input[name=seen_hash]") : null;
-  }
-
-  // Carries the approver's state from `current` into `fresh` (not yet in the page); the returned
-  // function puts the focus back once `fresh` is. The scroll position stays because nothing the
-  // approver opened folds up under them.
-  function keepPlace(current, fresh) {
-    const names = named(fresh);
-    current.querySelectorAll("details[data-key]").forEach(function (details) {
-      const twin = names.get(nameOf(details));
-      if (twin instanceof HTMLDetailsElement) {
-        twin.open = details.open;
-      }
-    });
-    const focused = current.contains(document.activeElement) ? document.activeElement : null;
-    const place = focused && placeOf(focused, current);
-    let selection = null;
-    try {
-      if (focused && typeof focused.selectionStart === "number") {
-        selection = [focused.selectionStart, focused.selectionEnd, focused.selectionDirection];
-      }
-    } catch (error) {
-      // Number inputs have no selection.
-    }
-    // The very element moves over, so typing that lands while the update is swapped in is kept too.
-    current.querySelectorAll("input[id], textarea[id], select[id]").forEach(function (control) {
-      if (control.type === "hidden" || !(control === focused || edited(control))) {
-        return;
-      }
-      const twin = names.get("#" + control.id);
-      if (!twin || twin.tagName !== control.tagName || twin.type !== control.type || twin.name !== control.name) {
-        return;
-      }
-      const typedAgainst = seenHash(control.form);
-      twin.replaceWith(control);
-      // Edits typed against other arguments must not be applied to new ones: their form keeps the
-      // hash of the arguments they were typed against, so the broker refuses it as changed.
-      const kept = seenHash(control.form);
-      if (control.name.startsWith("edit.") && typedAgainst && kept) {
-        kept.value = typedAgainst.value;
-      }
-    });
-    return function () {
-      const again = place && find(place, named(fresh));
-      if (again) {
-        again.focus({ preventScroll: true });
-        if (selection && again === focused) {
-          again.setSelectionRange(selection[0], selection[1], selection[2]);
-        }
-      }
-    };
-  }
-
   // The server's markup of what is shown now: an update that renders the same is not swapped in.
   const liveTarget = targetId ? document.getElementById(targetId) : null;
   let shownMarkup = liveTarget ? liveTarget.outerHTML : null;
@@ -245,7 +137,7 @@
         row.classList.add("arrived");
       }
     });
-    const restore = keepPlace(current, fresh);
+    const restore = window.brokerPlace.keep(current, fresh);
     current.replaceWith(fresh);
     formatTimes(fresh);
     tick();
