@@ -59,6 +59,9 @@ class _Approvals(BaseModel):
     cancel_tool: str = Field(default="cancel_approval", min_length=1)
     default_approvers: list[str] = ["*"]
     sweep_interval: float = Field(default=1.0, gt=0)
+    # Above a few seconds an agent that really ended its session keeps its approvals open for
+    # nothing; 30 s bounds the mistake.
+    session_end_grace: float = Field(default=DEFAULT_END_GRACE, gt=0, le=30, allow_inf_nan=False)
 
 
 class _Listen(BaseModel):
@@ -251,6 +254,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
             cancel_tool=config.approvals.cancel_tool,
             default_approvers=tuple(config.approvals.default_approvers),
             sweep_interval=config.approvals.sweep_interval,
+            session_end_grace=config.approvals.session_end_grace,
         ),
         web=web,
         rate_limits=rate_limits,
