@@ -194,3 +194,44 @@ async def test_an_absurd_expiry_is_no_crash(auth_server: AuthServer) -> None:
         assert await tokens(auth_server, sso, transport=transport).approver("some-opaque-token") == Approver(
             "bob", frozenset()
         )
+
+
+def discovering(auth: AuthServer) -> SsoSettings:
+    """`introspecting`, with no endpoint configured: it comes from the discovery document."""
+    sso = introspecting(auth, register_inbox_client(auth))
+    assert sso.introspection is not None
+    return replace(sso, introspection=replace(sso.introspection, endpoint=None))
+
+
+async def test_without_an_endpoint_the_discovered_one_is_asked(auth_server: AuthServer) -> None:
+    approvers = tokens(auth_server, discovering(auth_server))
+    with anyio.fail_after(30):
+        assert await approvers.approver(auth_server.opaque_token("bob", aud=API_AUDIENCE)) == Approver(
+            "bob", frozenset({"trading-leads"})
+        )
+        assert "not active" in str(await approvers.approver("made-up-token"))
+    assert auth_server.introspection_hits == 2
+
+
+async def test_a_provider_that_announces_no_endpoint_refuses_opaque_tokens_saying_so(
+    auth_server: AuthServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth_server.announces_introspection = False
+    reason = "announces no introspection_endpoint; set web.sso.introspection.endpoint"
+    feed = ApprovalFeed()
+    with anyio.fail_after(60):
+        async with sso_broker(auth_server, tmp_path, discovering(auth_server)) as running:
+            running.broker.approvals.add_listener(feed)
+            async with held_order(running, feed, 3103) as held:
+                approval = held.approval
+                assert approval is not None
+                with caplog.at_level(logging.WARNING, logger=LOGGER):
+                    async with api(running, auth_server.opaque_token("bob", aud=API_AUDIENCE)) as http:
+                        refused = await http.post(f"/api/approvals/{approval.id}/approve", json={})
+                assert refused.status_code == 401 and reason in refused.json()["detail"], refused.text
+                assert reason in caplog.text
+                assert await still_pending(running, approval.id)
+                async with running.approver("alice") as http:
+                    await http.post(f"/api/approvals/{approval.id}/deny", json={})
+            assert held.result.is_error
+    assert auth_server.introspection_hits == 0
