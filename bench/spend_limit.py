@@ -3,9 +3,10 @@ forwarding, one `commit` after), on SQLite, PostgreSQL and Redis, at concurrency
 HTTP: everything else an allowed call does is the same with or without limits, so this is the
 added cost. The baseline is the same check on a decision without limits (a tuple test). Each call
 spends 1 of a budget large enough for all of them, on one counter, so every reserve sums a window
-that grows with the run (the worst case a busy agent meets). PostgreSQL runs twice: through the
-SQLAlchemy ledger (several round trips) and the asyncpg one the broker uses (one per step), and
-its two statements are timed alone, with and without a WAL flush per commit, beside ``SELECT 1``.
+that grows with the run (the worst case a busy agent meets). PostgreSQL runs through the
+SQLAlchemy ledger (several round trips) and the asyncpg one the broker uses (one per step), the
+latter also as ``spend: {durable: true}`` builds it (a WAL flush per commit), and its two
+statements are timed alone, with and without a WAL flush per commit, beside ``SELECT 1``.
 
     python bench/spend_limit.py [--calls 1000] [--admin-url URL] [--redis-url URL] [--sqlite-only]
 """
@@ -150,6 +151,8 @@ async def main() -> None:
             rows.append(("pg sqlalch.", await sql(url, args.calls)))
             fast = PostgresSpendLedger(url)
             rows.append(("pg asyncpg", await measure(fast, fast, args.calls)))
+            durable = PostgresSpendLedger(url, durable=True)  # `spend: {durable: true}`
+            rows.append(("pg durable", await measure(durable, durable, args.calls)))
             rows.append(("pg raw sql", await raw_postgres(url, args.calls)))
         from broker.store.redis_spend import RedisSpendLedger
 

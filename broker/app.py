@@ -539,5 +539,5 @@ def spend_ledger_for(settings: BrokerSettings, store: SqlApprovalStore) -> Spend
 
         return RedisSpendLedger(settings.rate_limits.redis_url)
     if backend_of(settings.database_url) is Backend.POSTGRESQL:
-        return PostgresSpendLedger(settings.database_url)
+        return PostgresSpendLedger(settings.database_url, durable=settings.spend.durable)
     return SqlSpendLedger(store)

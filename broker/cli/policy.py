@@ -12,7 +12,9 @@ from typing import Any
 from broker.cli.common import EXIT_USAGE, Parser, fail
 from broker.cli.convert import register as register_convert
 from broker.cli.upstreams import add_upstream_options, scan_upstreams
-from broker.policy import PolicyError, load_policy
+from broker.policy import PolicyError
+from broker.policy.formats import Format
+from broker.policy.loader import load_policy_with_format
 from broker.policy.risk_defaults import RISK_LEVELS
 
 EXIT_DIFFERENCES = 1
@@ -59,7 +61,7 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
     failed = False
     for name in args.files:
         try:
-            policy = load_policy(Path(name).read_bytes(), source=name)
+            policy, found = load_policy_with_format(Path(name).read_bytes(), source=name)
         except OSError as exc:
             print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
             failed = True
@@ -73,7 +75,8 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
             failed = failed or bool(problems)
             if not problems:
                 print(
-                    f"{name}: ok (revision {policy.revision}, {len(policy.rules)} rules, default {policy.default.value})"
+                    f"{name}: ok (revision {policy.revision}, {len(policy.rules)} rules, "
+                    f"default {policy.default.value}; {found.title} format)"
                 )
                 for rule in policy.rules:
                     for limit in rule.decision.limits:
@@ -97,7 +100,7 @@ def _editable_problems(args: argparse.Namespace, policy: Any, name: str) -> list
 
 
 def _cmd_policy_explain(args: argparse.Namespace) -> int:
-    policy = _load_policy_file(args.file)
+    policy, found = _load_policy_file_with_format(args.file)
     arguments: dict[str, Any] | None = None
     if args.args is not None:
         try:
@@ -116,6 +119,7 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "tool": args.tool,
+                    "format": found.value,
                     "action": decision.action.value,
                     "rule": decision.rule,
                     "reason": decision.reason,
@@ -128,13 +132,18 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
             )
         )
     else:
+        print(f"policy:    {args.file} ({found.title} format)")
         print(explanation.render())
     return 0
 
 
 def _load_policy_file(name: str) -> Any:
+    return _load_policy_file_with_format(name)[0]
+
+
+def _load_policy_file_with_format(name: str) -> tuple[Any, Format]:
     try:
-        return load_policy(Path(name).read_bytes(), source=name)
+        return load_policy_with_format(Path(name).read_bytes(), source=name)
     except OSError as exc:
         fail(f"{name}: cannot read: {exc.strerror or exc}")
     except PolicyError as exc:

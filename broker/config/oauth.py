@@ -81,7 +81,8 @@ class OAuthEntry(BaseModel):
 
 @dataclass(frozen=True)
 class IntrospectionSettings:
-    endpoint: str
+    endpoint: str | None
+    """None (approvers' SSO only): the ``introspection_endpoint`` of the issuer's discovery document."""
     client_id: str
     client_secret: str
     cache_seconds: float = 60.0

@@ -11,13 +11,14 @@ agents:
 allow_anonymous: false                            # agents without a key are rejected (401)
 database_url: sqlite:///broker.db                 # BROKER_DATABASE_URL overrides
 rate_limits: {backend: redis, redis_url: "redis://127.0.0.1:6379/0"}   # memory | database | redis
+spend: {durable: false}                           # true: the PostgreSQL spend ledger waits for the WAL flush
 shutdown_grace_seconds: 20                        # on SIGTERM, how long held agents may still get decisions
 limits: {header_timeout: 10, body_timeout: 30, max_connections_per_address: 256}   # the defaults
 ```
 Relative paths are resolved against the configuration file's directory.
 
 Larger sections are read by modules of their own (accounts, web, sso, slack, oauth,
-rate_limits); every problem is raised as `broker.config.errors.ConfigError`, whose message
+rate_limits, spend); every problem is raised as `broker.config.errors.ConfigError`, whose message
 says where.
 """
 
@@ -45,6 +46,7 @@ from broker.config.oauth import MissingSecret, OAuthEntry, OAuthSettings, oauth_
 from broker.config.positions import describe_validation_error
 from broker.config.rate_limits import RateLimitsEntry, RateLimitSettings, rate_limit_settings
 from broker.config.slack import SlackEntry, SlackSettings, slack_settings
+from broker.config.spend import SpendEntry, SpendSettings, spend_settings
 from broker.config.web import WebEntry, WebSettings, web_settings
 from broker.proxy.auth.api_keys import AgentCredential
 from broker.proxy.waiting import DEFAULT_END_GRACE, DEFAULT_HOLD_BUDGET, ClientWaits
@@ -59,6 +61,9 @@ class _Approvals(BaseModel):
     cancel_tool: str = Field(default="cancel_approval", min_length=1)
     default_approvers: list[str] = ["*"]
     sweep_interval: float = Field(default=1.0, gt=0)
+    # Above a few seconds an agent that really ended its session keeps its approvals open for
+    # nothing; 30 s bounds the mistake.
+    session_end_grace: float = Field(default=DEFAULT_END_GRACE, gt=0, le=30, allow_inf_nan=False)
 
 
 class _Listen(BaseModel):
@@ -93,6 +98,7 @@ class _ConfigFile(BaseModel):
     approvals: _Approvals = _Approvals()
     web: WebEntry = WebEntry()
     rate_limits: RateLimitsEntry = RateLimitsEntry()
+    spend: SpendEntry = SpendEntry()
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
     limits: _Limits = _Limits()
     slack: SlackEntry | None = None
@@ -146,6 +152,7 @@ class BrokerSettings:
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     web: WebSettings = field(default_factory=WebSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    spend: SpendSettings = field(default_factory=SpendSettings)
     shutdown_grace_seconds: float = 20.0
     """On SIGTERM: held agents may still receive decisions this long, then get a 'pending' answer."""
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -251,9 +258,11 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
             cancel_tool=config.approvals.cancel_tool,
             default_approvers=tuple(config.approvals.default_approvers),
             sweep_interval=config.approvals.sweep_interval,
+            session_end_grace=config.approvals.session_end_grace,
         ),
         web=web,
         rate_limits=rate_limits,
+        spend=spend_settings(config.spend, rate_limits, path),
         shutdown_grace_seconds=config.shutdown_grace_seconds,
         limits=LimitSettings(
             header_timeout=config.limits.header_timeout,

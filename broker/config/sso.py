@@ -11,7 +11,7 @@ web:
     groups: {trading-leads: "Trading Leads"}          # broker group -> identity provider group
     api_audience: mcp-broker-api                      # access tokens with this aud work on /api too
     introspection:                                    # optional: opaque access tokens too, by RFC 7662
-      endpoint: https://login.example.com/realms/acme/protocol/openid-connect/token/introspect
+      endpoint: https://login.example.com/realms/acme/protocol/openid-connect/token/introspect   # default: discovered
       client_id: mcp-broker-api                       # default: client_id above
       client_secret_env: BROKER_SSO_INTROSPECTION_SECRET  # default: client_secret_env above
       cache_seconds: 30                               # an active answer is reused this long at most
@@ -28,7 +28,10 @@ given.
 Without ``introspection`` the API takes the provider's JWT access tokens only. With it, any
 other token that is not a configured approver token is posted to the endpoint (HTTP Basic with
 the client's id and secret); the answer must be active, come from ``issuer`` and name
-``api_audience`` in ``aud``, so ``introspection`` needs ``api_audience``.
+``api_audience`` in ``aud``, so ``introspection`` needs ``api_audience``. Without ``endpoint``
+the discovery document's ``introspection_endpoint`` is used; a provider that announces none
+refuses every opaque token with that reason (broker.channels.sso.api_tokens), since discovery
+happens on first use, not at start-up.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ SAFE_ALGORITHMS = frozenset(
 class SsoIntrospectionEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: str = Field(pattern=r"^https?://")
+    # None: the issuer's discovery document names it (introspection_endpoint).
+    endpoint: str | None = Field(default=None, pattern=r"^https?://")
     client_id: str | None = Field(default=None, min_length=1)
     client_secret_env: str | None = Field(default=None, min_length=1)
     # Short: an answer is reused this long after the provider revoked the token.

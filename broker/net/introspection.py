@@ -50,7 +50,10 @@ class Introspection(Generic[T]):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """`explain` turns an active answer into what the caller wants; it raises IntrospectionRefused
-        for an answer it can make nothing of."""
+        for an answer it can make nothing of. `endpoint.endpoint` must be known by now."""
+        if endpoint.endpoint is None:
+            raise ValueError("the introspection endpoint must be discovered before it is asked")
+        self._url = endpoint.endpoint
         self._endpoint = endpoint
         self._explain = explain
         self._issuer = issuer
@@ -89,7 +92,7 @@ class Introspection(Generic[T]):
         try:
             async with httpx.AsyncClient(timeout=TIMEOUT, transport=self._transport) as http:
                 response = await http.post(
-                    self._endpoint.endpoint,
+                    self._url,
                     data={"token": token.decode("latin-1"), "token_type_hint": "access_token"},
                     auth=(self._endpoint.client_id, self._endpoint.client_secret),
                     headers={"Accept": "application/json"},

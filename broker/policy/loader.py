@@ -6,7 +6,7 @@ import hashlib
 
 from broker.policy.document import parse_document
 from broker.policy.engine import Policy
-from broker.policy.formats import to_native
+from broker.policy.formats import Format, to_native
 from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.schema import PolicyParts, compile_document
 
@@ -32,19 +32,25 @@ def decode_policy(data: bytes, *, source: str = "<policy>") -> str:
         raise PolicyError([PolicyProblem(source, line, column, message)]) from None
 
 
-def _compile(text: str, source: str, revision: str) -> PolicyParts:
-    _, native, problems = to_native(parse_document(text, source=source), source=source)
+def _compile(text: str, source: str, revision: str) -> tuple[Format, PolicyParts]:
+    found, native, problems = to_native(parse_document(text, source=source), source=source)
     try:
         parts = compile_document(native, source=source, revision=revision)
     except PolicyError as error:
         raise PolicyError([*problems, *error.problems]) from None
     if problems:
         raise PolicyError(problems)
-    return parts
+    return found, parts
 
 
 def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
-    """Load a JSON or YAML policy document; raises PolicyError listing every problem found.
+    """`load_policy_with_format` without the format."""
+    return load_policy_with_format(text, source=source)[0]
+
+
+def load_policy_with_format(text: str | bytes, *, source: str = "<policy>") -> tuple[Policy, Format]:
+    """Load a JSON or YAML policy document, and say which format it was written in; raises
+    PolicyError listing every problem found.
 
     PolicyLayer documents (Intercept YAML, hosted JSON) are recognised by their shape and
     compiled through their front end in `broker.policy.formats` into the same native rules.
@@ -56,12 +62,12 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         text = decode_policy(text, source=source)
     revision = policy_revision(text)
     try:
-        parts = _compile(text, source, revision)
+        found, parts = _compile(text, source, revision)
     except (ValueError, RecursionError) as error:
         # The parser reports what it knows with a position; whatever slips past it must still reach
         # the operator as a policy problem, never as a crash of the reload or of the CLI.
         raise PolicyError([PolicyProblem(source, 1, 1, f"cannot be loaded: {error}")]) from None
-    return Policy(
+    policy = Policy(
         revision=revision,
         default=parts.default,
         hides=parts.hides,
@@ -71,3 +77,4 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         on_definition_change=parts.on_definition_change,
         on_new_tool=parts.on_new_tool,
     )
+    return policy, found

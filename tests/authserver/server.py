@@ -16,7 +16,8 @@ It serves, on a loopback port chosen by the kernel:
   the opaque tokens `opaque_token()` hands out; RP-initiated logout at `/logout` (end_session.py).
 
 Knobs for the bad cases the broker must refuse: `jwks_mode` ("ok", "down" = 503, "garbage" =
-200 with a body that is not a key set, "empty"), `metadata_mode` likewise, key rotation
+200 with a body that is not a key set, "empty"), `metadata_mode` likewise,
+`announces_introspection` (False: the metadata names no introspection endpoint), key rotation
 (`rotate()`, `retire()`), and `mint()` / the `*_token()` helpers that sign whatever claims and
 headers a test wants (expired, not yet valid, wrong issuer or audience, unknown key, signed by a
 key that is not the one its `kid` names, HS256 keyed with the RSA public key, `alg: none`).
@@ -101,6 +102,7 @@ class AuthServer:
         self.refresh_tokens: dict[str, Token] = {}
         self.jwks_mode = "ok"
         self.metadata_mode = "ok"
+        self.announces_introspection = True
         self.jwks_hits = 0
         self.metadata_hits = 0
         self.introspection_hits = 0
@@ -352,7 +354,7 @@ class AuthServer:
             "authorization_endpoint": f"{base}/authorize",
             "token_endpoint": f"{base}/token",
             "registration_endpoint": f"{base}/register",
-            "introspection_endpoint": f"{base}/introspect",
+            **({"introspection_endpoint": f"{base}/introspect"} if self.announces_introspection else {}),
             "jwks_uri": f"{base}/jwks",
             "userinfo_endpoint": f"{base}/userinfo",
             "scopes_supported": SCOPES,

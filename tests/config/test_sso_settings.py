@@ -107,3 +107,11 @@ def test_where_the_provider_sends_people_after_logout_is_configurable(tmp_path: 
         write_config(tmp_path, "web: {sso: {issuer: https://idp, client_id: c}}\n"), environ={}
     )
     assert default.web.sso is not None and default.web.sso.post_logout_redirect_uri is None
+
+
+def test_the_introspection_endpoint_may_be_left_to_discovery(tmp_path: Path) -> None:
+    sso = "{issuer: https://idp, client_id: c, client_secret_env: SECRET, api_audience: a, introspection: {}}"
+    settings = load_settings(write_config(tmp_path, f"web: {{sso: {sso}}}\n"), environ={"SECRET": "s"})
+    assert settings.web.sso is not None and settings.web.sso.introspection is not None
+    assert settings.web.sso.introspection.endpoint is None
+    assert settings.web.sso.introspection.client_id == "c"

@@ -22,6 +22,7 @@ def test_policy_check_accepts_the_shipped_policies() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": ok (revision") == 3
+    assert result.stdout.count("; native format)\n") == 3
 
 
 def test_policy_check_reports_the_line_of_each_problem(tmp_path: Path) -> None:
@@ -46,13 +47,14 @@ def test_explain_prints_the_decision_and_the_winning_rule() -> None:
         "policy", "explain", "broker/demo/policy.yaml", "place_order", "--args", '{"quantity": 50}'
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("policy:    broker/demo/policy.yaml (native format)\n")
     assert "require_approval" in result.stdout
     small = broker(
         "policy", "explain", "broker/demo/policy.yaml", "place_order", "--args", '{"quantity": 1}', "--json"
     )
     assert small.returncode == 0, small.stderr
     decision = json.loads(small.stdout)
-    assert decision["action"] == "allow"
+    assert decision["action"] == "allow" and decision["format"] == "native"
     assert decision["rule"].startswith("rules[2]")
 
 

@@ -95,8 +95,16 @@ async def test_an_opaque_token_decides_as_its_approver_and_bad_ones_decide_nothi
             assert not held.result.is_error
 
 
-@pytest.mark.parametrize(("case", "reason"), [("wrong-secret", "HTTP 401"), ("down", "unreachable")])
-async def test_an_endpoint_that_refuses_the_broker_or_is_down_is_a_401(
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong-secret", "HTTP 401"),
+        ("down", "unreachable"),
+        # No endpoint configured and the discovery document names none.
+        ("not-announced", "announces no introspection_endpoint; set web.sso.introspection.endpoint"),
+    ],
+)
+async def test_an_endpoint_that_refuses_the_broker_is_down_or_unknown_is_a_401(
     auth_server: AuthServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str, reason: str
 ) -> None:
     endpoint = None
@@ -104,12 +112,16 @@ async def test_an_endpoint_that_refuses_the_broker_or_is_down_is_a_401(
         with socket.socket() as closed:  # a port nobody listens on once this block ends
             closed.bind(("127.0.0.1", 0))
             endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}/introspect"
-    sso = introspecting(
-        auth_server,
-        register_inbox_client(auth_server),
-        secret="wrong" if case == "wrong-secret" else None,
-        endpoint=endpoint,
-    )
+    if case == "not-announced":
+        auth_server.announces_introspection = False
+        sso = discovering(auth_server)
+    else:
+        sso = introspecting(
+            auth_server,
+            register_inbox_client(auth_server),
+            secret="wrong" if case == "wrong-secret" else None,
+            endpoint=endpoint,
+        )
     feed = ApprovalFeed()
     with anyio.fail_after(60):
         async with sso_broker(auth_server, tmp_path, sso) as running:
@@ -126,6 +138,7 @@ async def test_an_endpoint_that_refuses_the_broker_or_is_down_is_a_401(
                 async with running.approver("alice") as http:
                     await http.post(f"/api/approvals/{approval.id}/deny", json={})
             assert held.result.is_error
+    assert case != "not-announced" or auth_server.introspection_hits == 0
 
 
 def tokens(auth: AuthServer, sso: SsoSettings, **options: object) -> SsoApproverTokens:
@@ -194,3 +207,20 @@ async def test_an_absurd_expiry_is_no_crash(auth_server: AuthServer) -> None:
         assert await tokens(auth_server, sso, transport=transport).approver("some-opaque-token") == Approver(
             "bob", frozenset()
         )
+
+
+def discovering(auth: AuthServer) -> SsoSettings:
+    """`introspecting`, with no endpoint configured: it comes from the discovery document."""
+    sso = introspecting(auth, register_inbox_client(auth))
+    assert sso.introspection is not None
+    return replace(sso, introspection=replace(sso.introspection, endpoint=None))
+
+
+async def test_without_an_endpoint_the_discovered_one_is_asked(auth_server: AuthServer) -> None:
+    approvers = tokens(auth_server, discovering(auth_server))
+    with anyio.fail_after(30):
+        assert await approvers.approver(auth_server.opaque_token("bob", aud=API_AUDIENCE)) == Approver(
+            "bob", frozenset({"trading-leads"})
+        )
+        assert "not active" in str(await approvers.approver("made-up-token"))
+    assert auth_server.introspection_hits == 2

@@ -64,6 +64,8 @@ class ProviderMetadata:
     token_endpoint: str
     jwks_uri: str
     end_session_endpoint: str | None = None
+    introspection_endpoint: str | None = None
+    """None when absent or not an http(s) URL: then only a configured endpoint introspects."""
 
 
 class IdentityProvider:
@@ -112,6 +114,7 @@ class IdentityProvider:
                 end_session_endpoint=document.get("end_session_endpoint")
                 if isinstance(document.get("end_session_endpoint"), str)
                 else None,
+                introspection_endpoint=_optional_url(document, "introspection_endpoint"),
             )
         except (KeyError, TypeError) as exc:
             raise ProviderUnavailable(f"the discovery document at {url} lacks {exc}") from None
@@ -257,3 +260,11 @@ def _url(document: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value.startswith(("https://", "http://")):
         raise TypeError(f"a URL in {name}")
     return value
+
+
+def _optional_url(document: dict[str, Any], name: str) -> str | None:
+    # Not a reason to refuse discovery: sign-in does not need it.
+    try:
+        return _url(document, name)
+    except (KeyError, TypeError):
+        return None

@@ -28,6 +28,18 @@ class Format(Enum):
     INTERCEPT = "intercept"
     HOSTED = "hosted"
 
+    @property
+    def title(self) -> str:
+        """How the CLI names the format to an operator."""
+        return _TITLES[self]
+
+
+_TITLES = {
+    Format.NATIVE: "native",
+    Format.INTERCEPT: "PolicyLayer Intercept YAML",
+    Format.HOSTED: "PolicyLayer hosted JSON",
+}
+
 
 def detect_format(root: Node) -> Format:
     if not isinstance(root, MappingNode) or root.get("rules") is not None:

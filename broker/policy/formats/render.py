@@ -13,12 +13,11 @@ import json
 from broker.policy.document import MappingNode, Node, SequenceNode, to_python
 from broker.policy.formats.detect import Format
 
-_TITLES = {Format.INTERCEPT: "PolicyLayer Intercept YAML", Format.HOSTED: "PolicyLayer hosted JSON"}
-
 
 def render_native(native: MappingNode, *, found: Format, source: str) -> str:
     lines = [
-        f"# Converted from {_TITLES.get(found, 'a native policy')} {source} by 'broker policy convert'.",
+        f"# Converted from {found.title if found is not Format.NATIVE else 'a native policy'} {source} "
+        "by 'broker policy convert'.",
         "# The broker loads the original unchanged; this file decides the same calls the same way.",
         "# Edit this one to use what only the native format says (require_approval, agents, ...).",
     ]

@@ -83,15 +83,25 @@ def test_convert_refuses_an_invalid_policy_with_positions(tmp_path: Path) -> Non
 
 
 def test_check_and_explain_read_policylayer_documents() -> None:
-    check = broker("policy", "check", str(DATA / "hosted_issue_crypto.json"))
+    hosted, intercept = DATA / "hosted_issue_crypto.json", DATA / "intercept_testdata_valid_policy.yaml"
+    check = broker("policy", "check", str(hosted), str(intercept))
     assert check.returncode == 0, check.stderr
+    ok_lines = [line for line in check.stdout.splitlines() if ": ok (" in line]
+    assert ok_lines[0].startswith(f"{hosted}: ok (") and ok_lines[0].endswith(
+        "; PolicyLayer hosted JSON format)"
+    )
+    assert ok_lines[1].startswith(f"{intercept}: ok (")
+    assert ok_lines[1].endswith("; PolicyLayer Intercept YAML format)")
     call = ("create_charge", "--args", json.dumps({"amount": 60000, "currency": "usd"}))
     stripe = str(DATA / "intercept_testdata_valid_policy.yaml")
     explain = broker("policy", "explain", stripe, *call, "--json")
     assert explain.returncode == 0, explain.stderr
     decision = json.loads(explain.stdout)
     assert decision["action"] == "deny" and decision["reason"] == "Single charge cannot exceed $500.00"
-    assert "unless args.amount lte 50000: does not hold" in broker("policy", "explain", stripe, *call).stdout
+    assert decision["format"] == "intercept"
+    text = broker("policy", "explain", stripe, *call).stdout
+    assert text.startswith(f"policy:    {stripe} (PolicyLayer Intercept YAML format)\n")
+    assert "unless args.amount lte 50000: does not hold" in text
 
 
 def test_diff_of_a_policy_and_its_conversion_finds_no_change(tmp_path: Path) -> None:
