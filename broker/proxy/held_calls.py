@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from broker.approvals import (
     Approval,
@@ -90,6 +91,9 @@ from broker.proxy.waiting import (
 logger = logging.getLogger(__name__)
 
 TASKS_PAGE_SIZE = 100
+OPEN_TIMEOUT = 60.0
+"""Seconds an approval may take to open, however the request ends meanwhile: a few store round
+trips, each bounded by the store's own timeouts (`broker.store.database`)."""
 RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"
 TASK_STATUS = {
     ApprovalStatus.PENDING: "working",
@@ -191,24 +195,44 @@ class HeldCalls:
         params: JsonObject,
         request: AgentRequest,
     ) -> JsonObject:
-        requirement = decision.approval
         task = params.get("task") if not ctx.modern else None
         new = self._new_approval(ctx, tool, arguments, decision, with_task=isinstance(task, dict))
         try:
-            approval, shared = await self._open(ctx, new)
+            approval, shared = await self._open_to_its_end(ctx, new)
         except StoreUnavailable as exc:
             # Fail closed: a call that cannot be parked is not forwarded either.
             return store_down_result(tool.exposed_name, str(exc))
-        if isinstance(task, dict):
-            if approval.task_id is None:
-                # The same call was parked earlier without a task; this caller still gets one.
-                approval = await self._service.store.assign_task(approval.id, self._new_task_id())
-            return {"task": self._task(approval)}
+        try:
+            # A withdrawal that landed while the approval was being opened is heard here.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if isinstance(task, dict):
+                if approval.task_id is None:
+                    # The same call was parked earlier without a task; this caller still gets one.
+                    approval = await self._service.store.assign_task(approval.id, self._new_task_id())
+                return {"task": self._task(approval)}
+            return await self._wait_here(ctx, tool, approval, decision, params, request, shared=shared)
+        except anyio.get_cancelled_exc_class():
+            # Shielded: after a session end, whether it was a withdrawal is known only after a grace.
+            with anyio.CancelScope(shield=True):
+                if await request.withdrawal():
+                    await self._withdraw(ctx, approval)
+            raise
 
+    async def _wait_here(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        approval: Approval,
+        decision: Decision,
+        params: JsonObject,
+        request: AgentRequest,
+        *,
+        shared: bool,
+    ) -> JsonObject:
         meta = params.get("_meta")
         progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
         waits = self._waits(ctx.agent)
-        budget = budget_for(self._hold_budget, waits, requirement)
+        budget = budget_for(self._hold_budget, waits, decision.approval)
         if holds_until_deadline(waits, has_progress_token=progress_token is not None):
             # A client that resets its timeout on progress can wait as long as the rule allows.
             budget += max((approval.expires_at - self._clock()).total_seconds(), 0.0)
@@ -223,12 +247,6 @@ class HeldCalls:
         except StoreUnavailable as exc:
             # The approval itself is safe in the store; the agent can come back for it.
             return store_down_result(tool.exposed_name, f"{exc}; approval {approval.id} is kept")
-        except anyio.get_cancelled_exc_class():
-            # Shielded: after a session end, whether it was a withdrawal is known only after a grace.
-            with anyio.CancelScope(shield=True):
-                if await request.withdrawal():
-                    await self._withdraw(ctx, approval)
-            raise
         finally:
             waiting[ctx.session] -= 1
             if not +waiting and self._waiting.get(approval.id) is waiting:
@@ -282,6 +300,15 @@ class HeldCalls:
             editable=requirement.editable if requirement is not None else (),
             claims=ctx.claims,
         )
+
+    async def _open_to_its_end(self, ctx: AgentContext, new: NewApproval) -> tuple[Approval, bool]:
+        """`_open`, run to its end even when the agent withdraws the request meanwhile: cut short
+        (the store finishes each write it began), the approval could be stored and left pending
+        with nobody to withdraw it, and an approver could then release a call the agent withdrew.
+        `hold` hears the withdrawal right after. Bounded, as every shield must be."""
+        with anyio.move_on_after(OPEN_TIMEOUT, shield=True):
+            return await self._open(ctx, new)
+        raise StoreUnavailable(f"opening the approval took longer than {OPEN_TIMEOUT:g} s")
 
     async def _open(self, ctx: AgentContext, new: NewApproval) -> tuple[Approval, bool]:
         """The approval this call waits on, and whether it shares another caller's execution."""
