@@ -18,9 +18,10 @@ A pending answer is a promise: once an agent was told its call is pending, endin
 losing its connection or its client timing out does not withdraw the approval; only an explicit
 cancellation does (``notifications/cancelled`` for a request that was not yet answered,
 ``tasks/cancel`` or ``cancel_approval``). Before the pending answer, the agent withdrawing the
-request it waits on withdraws the approval; a client that only timed out does not, even when its
-session end overtakes its timed-out cancellation (`broker.proxy.agent_request`: the session end
-withdraws after a grace in which that cancellation still counts).
+request it waits on withdraws the approval, also while that approval is still being opened (the
+open runs to its end first); a client that only timed out does not, even when its session end
+overtakes its timed-out cancellation (`broker.proxy.agent_request`: the session end withdraws
+after a grace in which that cancellation still counts).
 
 Identical calls (same agent, tool and canonical arguments) attach to the open approval: a retry
 after the pending answer, a re-call after a lost connection, a retry from the same session whose
@@ -65,7 +66,6 @@ from broker.proxy.agent import AgentContext
 from broker.proxy.agent_request import AgentRequest, Notify
 from broker.proxy.held_answers import (
     APPROVAL_META_KEY,
-    iso,
     no_such_approval,
     outcome_result,
     pending_result,
@@ -76,6 +76,7 @@ from broker.proxy.held_answers import (
     waiting_message,
 )
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
+from broker.proxy.task_view import RELATED_TASK_META_KEY, task_of
 from broker.proxy.upstream.base import (
     JsonObject,
 )
@@ -94,18 +95,6 @@ TASKS_PAGE_SIZE = 100
 OPEN_TIMEOUT = 60.0
 """Seconds an approval may take to open, however the request ends meanwhile: a few store round
 trips, each bounded by the store's own timeouts (`broker.store.database`)."""
-RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"
-TASK_STATUS = {
-    ApprovalStatus.PENDING: "working",
-    ApprovalStatus.APPROVED: "working",
-    ApprovalStatus.RELEASED: "working",
-    ApprovalStatus.COMPLETED: "completed",
-    ApprovalStatus.FAILED: "failed",
-    ApprovalStatus.DENIED: "failed",
-    ApprovalStatus.EXPIRED: "failed",
-    ApprovalStatus.CANCELLED: "cancelled",
-    ApprovalStatus.OUTCOME_UNKNOWN: "failed",
-}
 
 
 class HeldCalls:
@@ -482,18 +471,7 @@ class HeldCalls:
         return listed
 
     def _task(self, approval: Approval) -> JsonObject:
-        assert approval.task_id is not None
-        updated = approval.completed_at or approval.decided_at or approval.released_at or approval.created_at
-        ttl_ms = int((approval.expires_at - approval.created_at).total_seconds() * 1000) + 24 * 3600 * 1000
-        return {
-            "taskId": approval.task_id,
-            "status": TASK_STATUS[approval.status],
-            "statusMessage": status_text(approval),
-            "createdAt": iso(approval.created_at),
-            "lastUpdatedAt": iso(updated),
-            "ttl": ttl_ms,
-            "pollInterval": self._task_poll_interval_ms,
-        }
+        return task_of(approval, poll_interval_ms=self._task_poll_interval_ms)
 
 
 async def _no_notify(method: str, params: JsonObject) -> None:
