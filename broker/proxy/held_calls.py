@@ -18,9 +18,10 @@ A pending answer is a promise: once an agent was told its call is pending, endin
 losing its connection or its client timing out does not withdraw the approval; only an explicit
 cancellation does (``notifications/cancelled`` for a request that was not yet answered,
 ``tasks/cancel`` or ``cancel_approval``). Before the pending answer, the agent withdrawing the
-request it waits on withdraws the approval; a client that only timed out does not, even when its
-session end overtakes its timed-out cancellation (`broker.proxy.agent_request`: the session end
-withdraws after a grace in which that cancellation still counts).
+request it waits on withdraws the approval, also while that approval is still being opened (the
+open runs to its end first); a client that only timed out does not, even when its session end
+overtakes its timed-out cancellation (`broker.proxy.agent_request`: the session end withdraws
+after a grace in which that cancellation still counts).
 
 Identical calls (same agent, tool and canonical arguments) attach to the open approval: a retry
 after the pending answer, a re-call after a lost connection, a retry from the same session whose
@@ -44,6 +45,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from broker.approvals import (
     Approval,
@@ -64,7 +66,6 @@ from broker.proxy.agent import AgentContext
 from broker.proxy.agent_request import AgentRequest, Notify
 from broker.proxy.held_answers import (
     APPROVAL_META_KEY,
-    iso,
     no_such_approval,
     outcome_result,
     pending_result,
@@ -75,6 +76,7 @@ from broker.proxy.held_answers import (
     waiting_message,
 )
 from broker.proxy.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
+from broker.proxy.task_view import RELATED_TASK_META_KEY, task_of
 from broker.proxy.upstream.base import (
     JsonObject,
 )
@@ -90,18 +92,9 @@ from broker.proxy.waiting import (
 logger = logging.getLogger(__name__)
 
 TASKS_PAGE_SIZE = 100
-RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"
-TASK_STATUS = {
-    ApprovalStatus.PENDING: "working",
-    ApprovalStatus.APPROVED: "working",
-    ApprovalStatus.RELEASED: "working",
-    ApprovalStatus.COMPLETED: "completed",
-    ApprovalStatus.FAILED: "failed",
-    ApprovalStatus.DENIED: "failed",
-    ApprovalStatus.EXPIRED: "failed",
-    ApprovalStatus.CANCELLED: "cancelled",
-    ApprovalStatus.OUTCOME_UNKNOWN: "failed",
-}
+OPEN_TIMEOUT = 60.0
+"""Seconds an approval may take to open, however the request ends meanwhile: a few store round
+trips, each bounded by the store's own timeouts (`broker.store.database`)."""
 
 
 class HeldCalls:
@@ -191,24 +184,44 @@ class HeldCalls:
         params: JsonObject,
         request: AgentRequest,
     ) -> JsonObject:
-        requirement = decision.approval
         task = params.get("task") if not ctx.modern else None
         new = self._new_approval(ctx, tool, arguments, decision, with_task=isinstance(task, dict))
         try:
-            approval, shared = await self._open(ctx, new)
+            approval, shared = await self._open_to_its_end(ctx, new)
         except StoreUnavailable as exc:
             # Fail closed: a call that cannot be parked is not forwarded either.
             return store_down_result(tool.exposed_name, str(exc))
-        if isinstance(task, dict):
-            if approval.task_id is None:
-                # The same call was parked earlier without a task; this caller still gets one.
-                approval = await self._service.store.assign_task(approval.id, self._new_task_id())
-            return {"task": self._task(approval)}
+        try:
+            # A withdrawal that landed while the approval was being opened is heard here.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if isinstance(task, dict):
+                if approval.task_id is None:
+                    # The same call was parked earlier without a task; this caller still gets one.
+                    approval = await self._service.store.assign_task(approval.id, self._new_task_id())
+                return {"task": self._task(approval)}
+            return await self._wait_here(ctx, tool, approval, decision, params, request, shared=shared)
+        except anyio.get_cancelled_exc_class():
+            # Shielded: after a session end, whether it was a withdrawal is known only after a grace.
+            with anyio.CancelScope(shield=True):
+                if await request.withdrawal():
+                    await self._withdraw(ctx, approval)
+            raise
 
+    async def _wait_here(
+        self,
+        ctx: AgentContext,
+        tool: UpstreamTool,
+        approval: Approval,
+        decision: Decision,
+        params: JsonObject,
+        request: AgentRequest,
+        *,
+        shared: bool,
+    ) -> JsonObject:
         meta = params.get("_meta")
         progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
         waits = self._waits(ctx.agent)
-        budget = budget_for(self._hold_budget, waits, requirement)
+        budget = budget_for(self._hold_budget, waits, decision.approval)
         if holds_until_deadline(waits, has_progress_token=progress_token is not None):
             # A client that resets its timeout on progress can wait as long as the rule allows.
             budget += max((approval.expires_at - self._clock()).total_seconds(), 0.0)
@@ -223,12 +236,6 @@ class HeldCalls:
         except StoreUnavailable as exc:
             # The approval itself is safe in the store; the agent can come back for it.
             return store_down_result(tool.exposed_name, f"{exc}; approval {approval.id} is kept")
-        except anyio.get_cancelled_exc_class():
-            # Shielded: after a session end, whether it was a withdrawal is known only after a grace.
-            with anyio.CancelScope(shield=True):
-                if await request.withdrawal():
-                    await self._withdraw(ctx, approval)
-            raise
         finally:
             waiting[ctx.session] -= 1
             if not +waiting and self._waiting.get(approval.id) is waiting:
@@ -282,6 +289,15 @@ class HeldCalls:
             editable=requirement.editable if requirement is not None else (),
             claims=ctx.claims,
         )
+
+    async def _open_to_its_end(self, ctx: AgentContext, new: NewApproval) -> tuple[Approval, bool]:
+        """`_open`, run to its end even when the agent withdraws the request meanwhile: cut short
+        (the store finishes each write it began), the approval could be stored and left pending
+        with nobody to withdraw it, and an approver could then release a call the agent withdrew.
+        `hold` hears the withdrawal right after. Bounded, as every shield must be."""
+        with anyio.move_on_after(OPEN_TIMEOUT, shield=True):
+            return await self._open(ctx, new)
+        raise StoreUnavailable(f"opening the approval took longer than {OPEN_TIMEOUT:g} s")
 
     async def _open(self, ctx: AgentContext, new: NewApproval) -> tuple[Approval, bool]:
         """The approval this call waits on, and whether it shares another caller's execution."""
@@ -455,18 +471,7 @@ class HeldCalls:
         return listed
 
     def _task(self, approval: Approval) -> JsonObject:
-        assert approval.task_id is not None
-        updated = approval.completed_at or approval.decided_at or approval.released_at or approval.created_at
-        ttl_ms = int((approval.expires_at - approval.created_at).total_seconds() * 1000) + 24 * 3600 * 1000
-        return {
-            "taskId": approval.task_id,
-            "status": TASK_STATUS[approval.status],
-            "statusMessage": status_text(approval),
-            "createdAt": iso(approval.created_at),
-            "lastUpdatedAt": iso(updated),
-            "ttl": ttl_ms,
-            "pollInterval": self._task_poll_interval_ms,
-        }
+        return task_of(approval, poll_interval_ms=self._task_poll_interval_ms)
 
 
 async def _no_notify(method: str, params: JsonObject) -> None:
