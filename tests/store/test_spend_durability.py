@@ -9,12 +9,12 @@ import anyio
 import asyncpg
 import pytest
 
-from broker.app import spend_ledger_for
 from broker.config.errors import ConfigError
 from broker.config.settings import load_settings
 from broker.store.engine import create_store
 from broker.store.notify import asyncpg_dsn
 from broker.store.pg_spend import PostgresSpendLedger
+from broker.wiring.store import spend_ledger_for
 from tests.config.test_agents_and_approvers import write_config
 from tests.store.conftest import POSTGRES_ADMIN_URL
 
