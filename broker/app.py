@@ -19,6 +19,7 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.grant_desk import GrantDesk
 from broker.approvals.health import StoreHealth
+from broker.catalogue.retention import EventRetention
 from broker.channels.api import build_decisions_router
 from broker.channels.call_context import CallContextSource
 from broker.channels.grants_api import build_grants_router
@@ -96,6 +97,8 @@ class Broker:
             tool_schema=self._tool_schema,
         )
         self.pin_store = SqlToolPinStore(self.store)
+        if settings.tool_events.retention is not None:
+            self.approvals.add_sweep_step(EventRetention(self.pin_store, keep=settings.tool_events.retention))
         self.pins = PinGuard(
             self.pin_store,
             clock=clock,

@@ -45,7 +45,7 @@ from broker.approvals.ports import (
     VoteStore,
 )
 from broker.approvals.releasing import CallReleaser, ReleaseFailed, ReleaseOutcomeUnknown, Releases
-from broker.approvals.sweeper import TIMEOUT_ACTOR, expire
+from broker.approvals.sweeper import TIMEOUT_ACTOR, SweepStep, expire
 from broker.policy import Policy
 
 __all__ = [
@@ -139,6 +139,7 @@ class ApprovalService:
         self.add_edit_listener = self._decider.add_edit_listener
         self.add_grant_listener = self._decider.add_grant_listener
         self._watches: dict[str, _Watch] = {}
+        self._sweep_steps: list[SweepStep] = []
         self._changes_seen: int | None = None
         self._tasks: TaskGroup | None = None
         self.health = health if health is not None else StoreHealth(store.probe, up_interval=sweep_interval)
@@ -158,6 +159,10 @@ class ApprovalService:
     def add_escalation_listener(self, listener: EscalationListener) -> None:
         """`listener` hears each escalation step this replica took (see broker.approvals.escalation)."""
         self._listeners.add_escalation(listener)
+
+    def add_sweep_step(self, step: SweepStep) -> None:
+        """`step` runs at the end of every sweep of this service (see broker.approvals.sweeper.SweepStep)."""
+        self._sweep_steps.append(step)
 
     @asynccontextmanager
     async def running(self, *, sweep: bool = True) -> AsyncIterator[ApprovalService]:
@@ -364,7 +369,8 @@ class ApprovalService:
     async def sweep(self) -> int:
         """One pass: expire what is due, escalate what waited long enough, release approved calls nobody is releasing (all of them,
         oldest first, see `Releases.release_approved`), end releases whose replica died, notice outside
-        changes to approvals someone here waits on. Returns how many approvals it expired."""
+        changes to approvals someone here waits on, then run the added sweep steps. Returns how many
+        approvals it expired."""
         now = self._clock()
         expired = 0
         while True:
@@ -381,6 +387,8 @@ class ApprovalService:
         await self._releases.release_approved(now)
         await self._releases.fail_stale(now)
         await self._recheck_watched()
+        for step in self._sweep_steps:
+            await step(now)
         return expired
 
     async def _expire(self, approval: Approval) -> tuple[Approval, bool]:

@@ -13,7 +13,7 @@ skip or repeat others.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import datetime
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
@@ -26,6 +26,11 @@ PAGE_SIZE = 100
 RELEASES_IN_FLIGHT = 100
 """Releases one replica forwards at once from a sweep; the rest stay approved, oldest first,
 for the next pass, so a large backlog does not open thousands of upstream requests together."""
+
+SweepStep = Callable[[datetime], Awaitable[object]]
+"""Housekeeping of another domain (pruning tool-definition events) that rides on the sweep: called
+with the sweep's time after the approval steps, on every replica that sweeps, so it must bound
+its own work per pass and tolerate other replicas doing the same at once."""
 
 
 async def oldest_first(

@@ -134,3 +134,8 @@ class PinStore(Protocol):
     ) -> Sequence[ToolEvent]:
         """The newest `limit` tool-definition events (broker.catalogue.tool_events), oldest first."""
         ...
+
+    async def prune_events(self, *, before: datetime, limit: int) -> int:
+        """Deletes up to `limit` events older than `before`, never the last acceptance of a tool,
+        the events after it (pending changes) nor its last sighting; returns how many went."""
+        ...

@@ -12,14 +12,15 @@ allow_anonymous: false                            # agents without a key are rej
 database_url: sqlite:///broker.db                 # BROKER_DATABASE_URL overrides
 rate_limits: {backend: redis, redis_url: "redis://127.0.0.1:6379/0"}   # memory | database | redis
 spend: {durable: false}                           # true: the PostgreSQL spend ledger waits for the WAL flush
+tool_events: {retention_days: 90}                 # pinned tool definition events; 0 or null: forever
 shutdown_grace_seconds: 20                        # on SIGTERM, how long held agents may still get decisions
 limits: {header_timeout: 10, body_timeout: 30, max_connections_per_address: 256}   # the defaults
 ```
 Relative paths are resolved against the configuration file's directory.
 
 Larger sections are read by modules of their own (accounts, web, sso, slack, oauth,
-rate_limits, spend); every problem is raised as `broker.config.errors.ConfigError`, whose message
-says where.
+rate_limits, spend, tool_events); every problem is raised as `broker.config.errors.ConfigError`,
+whose message says where.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from broker.config.positions import describe_validation_error
 from broker.config.rate_limits import RateLimitsEntry, RateLimitSettings, rate_limit_settings
 from broker.config.slack import SlackEntry, SlackSettings, slack_settings
 from broker.config.spend import SpendEntry, SpendSettings, spend_settings
+from broker.config.tool_events import ToolEventsEntry, ToolEventSettings, tool_event_settings
 from broker.config.web import WebEntry, WebSettings, web_settings
 from broker.proxy.auth.api_keys import AgentCredential
 from broker.proxy.waiting import DEFAULT_END_GRACE, DEFAULT_HOLD_BUDGET, ClientWaits
@@ -99,6 +101,7 @@ class _ConfigFile(BaseModel):
     web: WebEntry = WebEntry()
     rate_limits: RateLimitsEntry = RateLimitsEntry()
     spend: SpendEntry = SpendEntry()
+    tool_events: ToolEventsEntry = ToolEventsEntry()
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
     limits: _Limits = _Limits()
     slack: SlackEntry | None = None
@@ -153,6 +156,7 @@ class BrokerSettings:
     web: WebSettings = field(default_factory=WebSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     spend: SpendSettings = field(default_factory=SpendSettings)
+    tool_events: ToolEventSettings = field(default_factory=ToolEventSettings)
     shutdown_grace_seconds: float = 20.0
     """On SIGTERM: held agents may still receive decisions this long, then get a 'pending' answer."""
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -263,6 +267,7 @@ def load_settings(path: Path, *, environ: Mapping[str, str], agent_side: bool = 
         web=web,
         rate_limits=rate_limits,
         spend=spend_settings(config.spend, rate_limits, path),
+        tool_events=tool_event_settings(config.tool_events),
         shutdown_grace_seconds=config.shutdown_grace_seconds,
         limits=LimitSettings(
             header_timeout=config.limits.header_timeout,

@@ -32,6 +32,7 @@ from broker.catalogue.pins import FIRST_USE, PINNED_FIELDS, DefinitionMoved, Pin
 from broker.catalogue.tool_events import ToolEvent, ToolEventKind, describe_change
 from broker.store.sql import SqlApprovalStore
 from broker.store.tables import tool_events, tool_pins
+from broker.store.tool_event_retention import prune_tool_events
 
 _PENDING = or_(tool_pins.c.accepted_hash.is_(None), tool_pins.c.accepted_hash != tool_pins.c.seen_hash)
 
@@ -140,6 +141,9 @@ class SqlToolPinStore:
         async with self._store.reading("list tool definition events") as conn:
             rows = (await conn.execute(query.order_by(tool_events.c.id.desc()).limit(limit))).mappings().all()
         return [_event(row) for row in reversed(rows)]
+
+    async def prune_events(self, *, before: datetime, limit: int) -> int:
+        return await prune_tool_events(self._store, before=before, limit=limit)
 
 
 async def _accept(
