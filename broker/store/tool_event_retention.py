@@ -10,8 +10,10 @@ later sighting (``seen`` or ``changed``) exist. So these survive however old the
   (`SqlToolPinStore._last_definition`).
 
 One DELETE of at most `limit` rows, oldest first. On PostgreSQL the rows are chosen ``FOR UPDATE
-SKIP LOCKED``: replicas pruning at once take different rows instead of waiting on (or
-deadlocking over) each other's, and a row deleted twice is simply gone. SQLite has one writer.
+SKIP LOCKED``: replicas pruning at once take different rows; without it they all pick the same
+oldest rows, wait for the first to delete them and delete nothing themselves (the race test saw
+5 of 20 deleted by nine passes instead of 20). A row is deleted once either way. SQLite has one
+writer, and no FOR UPDATE.
 """
 
 from __future__ import annotations
