@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -14,10 +15,12 @@ from mcp.client import Client
 
 from broker.approvals.clock import utc_now
 from broker.catalogue.tool_events import ToolEventKind
+from broker.config.tool_events import ToolEventSettings
 from broker.proxy.pinning import NEW_PIN_RULE, PIN_RULE
 from broker.store.tool_pins import SqlToolPinStore
 from tests.e2e.harness import RunningBroker, demo_test_server, make_settings, running_broker
 from tests.e2e.test_approvals_flow import text_of
+from tests.store.conftest import ManualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -172,3 +175,32 @@ async def test_under_on_new_tool_hide_no_tool_is_offered_before_someone_accepts_
                     "alice",
                     seen.new_hash,
                 )
+
+
+async def test_the_sweep_prunes_old_events_but_keeps_those_explaining_each_pin(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, 'version: "1"\ndefault: allow\n')
+    # One sweep at start, then only the ones this test runs: the clock moves under its control.
+    settings = replace(
+        settings,
+        approvals=replace(settings.approvals, sweep_interval=3600),
+        tool_events=ToolEventSettings(retention=timedelta(days=1)),
+    )
+    clock = ManualClock(utc_now())
+    async with running_broker(settings, clock=clock) as running:
+        with anyio.fail_after(30):
+            client, changed = watched_client(running)
+            async with client:
+                await rewrite_add(running, client, changed)
+            pins = SqlToolPinStore(running.broker.store)
+            await pins.accept("add", server="lab", by="alice", at=clock())
+            clock.advance(timedelta(days=2))
+            await running.broker.approvals.sweep()
+            # add: first sighting and first-use acceptance pruned; the change and alice's
+            # acceptance explain its pin. Every other tool keeps its only sighting and acceptance.
+            assert [(event.kind, event.actor) for event in await pins.events(tool="add")] == [
+                (ToolEventKind.CHANGED, "broker"),
+                (ToolEventKind.ACCEPTED, "alice"),
+            ]
+            others = [event for event in await pins.events(limit=1000) if event.tool != "add"]
+            assert others and {event.kind for event in others} == {ToolEventKind.SEEN, ToolEventKind.ACCEPTED}
+            assert len(others) == 2 * len({event.tool for event in others})
