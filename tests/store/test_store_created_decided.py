@@ -9,6 +9,7 @@ import pytest
 
 from broker.approvals.audit import AuditEvent, AuditEventKind
 from broker.approvals.model import ApprovalStatus
+from broker.approvals.ports import ApprovalConflict
 from broker.approvals.transitions import CREATION_STATES
 from broker.policy.escalation import EscalationStep
 from broker.store.sql import SqlApprovalStore
@@ -97,7 +98,7 @@ async def test_a_decided_creation_without_its_decision_event_is_refused(store: S
 async def test_a_failed_decided_creation_leaves_nothing_behind(store: SqlApprovalStore) -> None:
     await store.create(new_approval(task_id="task-1"), audit=requested())
 
-    with pytest.raises(Exception, match="task"):
+    with pytest.raises(ApprovalConflict, match="task"):
         await store.create_decided(
             new_approval(task_id="task-1"), to=S.APPROVED, audit=(requested(), GRANTED)
         )
