@@ -114,26 +114,12 @@ class Decider:
 
     async def open_granted(self, new: NewApproval, grant: Grant) -> Approval:
         """An approval for a call a grant let through that must still be tracked as one (a
-        task-augmented call: its task is served from the approval): created and approved by the
-        grant at once, then released like any approved call, so any replica serves its task."""
-        opened = await self.store.create(
+        task-augmented call: its task is served from the approval), released like any approved
+        call so any replica serves its task. It is created approved by the grant in the same
+        transaction: were it pending for a moment, a channel or another replica could prompt a
+        human for it, and a crash in between would leave a granted call waiting for one."""
+        approved = await self.store.create_decided(
             new,
-            audit=AuditEvent(
-                AuditEventKind.REQUESTED,
-                new.agent,
-                {
-                    "tool": new.tool,
-                    "server": new.server,
-                    "arguments_sha256": new.arguments_hash,
-                    "rule": new.rule,
-                    "policy_revision": new.policy_revision,
-                    "grant": grant.id,
-                },
-            ),
-        )
-        approved = await self.store.transition(
-            opened.id,
-            expected={ApprovalStatus.PENDING},
             to=ApprovalStatus.APPROVED,
             changes={
                 "decided_by": f"grant {grant.id}",
@@ -141,8 +127,20 @@ class Decider:
                 "decided_via": "grant",
                 "decision_reason": f"let through by {grant.summary()} from approval {grant.approval_id}",
             },
-            audit=AuditEvent(
-                AuditEventKind.APPROVED, f"grant {grant.id}", {"via": "grant", "grant": grant.id}
+            audit=(
+                AuditEvent(
+                    AuditEventKind.REQUESTED,
+                    new.agent,
+                    {
+                        "tool": new.tool,
+                        "server": new.server,
+                        "arguments_sha256": new.arguments_hash,
+                        "rule": new.rule,
+                        "policy_revision": new.policy_revision,
+                        "grant": grant.id,
+                    },
+                ),
+                AuditEvent(AuditEventKind.APPROVED, f"grant {grant.id}", {"via": "grant", "grant": grant.id}),
             ),
         )
         self._announce(approved)

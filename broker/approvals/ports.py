@@ -134,6 +134,20 @@ class ApprovalStore(Protocol):
         """Insert a pending approval and its first audit event atomically."""
         ...
 
+    async def create_decided(
+        self,
+        new: NewApproval,
+        *,
+        to: ApprovalStatus,
+        changes: Mapping[str, Any] = ...,
+        audit: Sequence[AuditEvent],
+    ) -> Approval:
+        """Insert an approval already in state `to` (one of transitions.CREATION_STATES other than
+        pending), with the decision's fields as `transition` would set them (`changes` over the
+        implied ones, whose actor is the last event's) and every event of `audit` (the request, then
+        the decision), in one transaction: it is never pending, not even for a moment."""
+        ...
+
     async def find_or_create(self, new: NewApproval, *, audit: AuditEvent) -> tuple[Approval, bool]:
         """Attach to the open approval for this exact call, or create it: atomically, across replicas.
 

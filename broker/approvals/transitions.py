@@ -23,6 +23,11 @@ ALLOWED_TRANSITIONS: Mapping[ApprovalStatus, frozenset[ApprovalStatus]] = {
     _S.OUTCOME_UNKNOWN: frozenset(),
 }
 
+CREATION_STATES: frozenset[ApprovalStatus] = frozenset({_S.PENDING, _S.APPROVED})
+"""What an approval may be when it comes into existence. Approved: a call a grant let through that
+is still tracked as an approval (its task is served from it) is created decided, in the same
+transaction, so no channel, replica or person ever sees it pending (broker.approvals.deciding)."""
+
 
 def is_allowed(source: ApprovalStatus, target: ApprovalStatus) -> bool:
     return target in ALLOWED_TRANSITIONS[source]
@@ -41,3 +46,11 @@ def check_transition(expected: Collection[ApprovalStatus], to: ApprovalStatus) -
     if unreachable:
         raise ValueError(f"{to.value!r} is not reachable from {', '.join(repr(s) for s in unreachable)}")
     return statuses
+
+
+def check_creation(status: ApprovalStatus) -> ApprovalStatus:
+    """The state to create an approval in; any other than CREATION_STATES is a bug (ValueError)."""
+    status = ApprovalStatus(status)
+    if status not in CREATION_STATES:
+        raise ValueError(f"an approval cannot be created {status.value!r}")
+    return status

@@ -3,12 +3,15 @@ columns by broker.store.escalation_rows and broker.store.vote_rows)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
-from broker.approvals.model import Approval, ApprovalStatus
-from broker.store.escalation_rows import escalation_columns, escalation_fields
+from broker.approvals.model import Approval, ApprovalStatus, NewApproval
+from broker.store.escalation_rows import escalation_columns, escalation_fields, first_escalation_at
 from broker.store.vote_rows import votes_from_json, votes_json
 
 
@@ -104,3 +107,45 @@ def approval_from_row(row: RowMapping) -> Approval:
         edited_at=row["edited_at"],
         claims=row["claims"],
     )
+
+
+def approval_from_new(
+    new: NewApproval,
+    approval_id: str,
+    now: datetime,
+    *,
+    status: ApprovalStatus = ApprovalStatus.PENDING,
+    decided: Mapping[str, Any],
+) -> Approval:
+    """The approval `new` becomes when created at `now`: pending, or already decided (with the
+    decision's fields in `decided`; nothing is left to escalate then)."""
+    pending = status is ApprovalStatus.PENDING
+    approval = Approval(
+        id=approval_id,
+        status=status,
+        agent=new.agent,
+        session_id=new.session_id,
+        server=new.server,
+        tool=new.tool,
+        upstream_tool=new.upstream_tool,
+        arguments=dict(new.arguments),
+        arguments_hash=new.arguments_hash,
+        request_key=new.request_key,
+        policy_revision=new.policy_revision,
+        rule=new.rule,
+        rule_reason=new.rule_reason,
+        approvers=new.approvers,
+        channels=new.channels,
+        created_at=now,
+        expires_at=now + new.timeout,
+        version=1,
+        task_id=new.task_id,
+        argument_order=new.argument_order,
+        quorum=new.quorum,
+        quorum_from=new.quorum_from,
+        escalation=new.escalation,
+        next_escalation_at=first_escalation_at(now, new.escalation) if pending else None,
+        editable=new.editable,
+        claims=None if new.claims is None else dict(new.claims),
+    )
+    return replace(approval, **decided) if decided else approval

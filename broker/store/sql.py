@@ -14,7 +14,7 @@ broker.store.changes.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import MappingProxyType, TracebackType
@@ -37,15 +37,14 @@ from broker.approvals.ports import (
     InvalidTransition,
     ListPosition,
 )
-from broker.approvals.transitions import check_transition
+from broker.approvals.transitions import check_creation, check_transition
 from broker.store.audit_log import append_event, read_trail, verify_chain
 from broker.store.changes import BOOKKEEPING_FIELDS, NUL, TRANSITION_FIELDS, implied_fields, validated_changes
 from broker.store.connections import Connections
 from broker.store.database import DEFAULT_TIMEOUT
-from broker.store.escalation_rows import first_escalation_at
 from broker.store.listing import list_rows
 from broker.store.migrate import VERSION_TABLE
-from broker.store.rows import approval_from_row, row_from_approval
+from broker.store.rows import approval_from_new, approval_from_row, row_from_approval
 from broker.store.tables import approvals, audit_events
 
 MAX_LIST_LIMIT = 1000
@@ -176,7 +175,26 @@ class SqlApprovalStore:
         approval_id = self._next_id()
         event = audit.for_approval(approval_id)
         async with self._db.writing("create approval") as conn:
-            return await self._insert(conn, new, approval_id, event)
+            return await self._insert(conn, new, approval_id, [event])
+
+    async def create_decided(
+        self,
+        new: NewApproval,
+        *,
+        to: ApprovalStatus,
+        changes: Mapping[str, Any] = _NO_CHANGES,
+        audit: Sequence[AuditEvent],
+    ) -> Approval:
+        """An approval that is never pending; see ApprovalStore.create_decided."""
+        to = check_creation(to)
+        values = validated_changes(changes, TRANSITION_FIELDS)
+        if len(audit) < 2:
+            raise ValueError("an approval created decided needs its request and its decision audited")
+        approval_id = self._next_id()
+        events = [event.for_approval(approval_id) for event in audit]
+        async with self._db.writing(f"create {to.value} approval") as conn:
+            decided = {**implied_fields(to, actor=events[-1].actor, now=self._now()), **values}
+            return await self._insert(conn, new, approval_id, events, status=to, decided=decided)
 
     async def find_or_create(self, new: NewApproval, *, audit: AuditEvent) -> tuple[Approval, bool]:
         """The open approval for this exact call, or a new pending one: see ApprovalStore.find_or_create.
@@ -195,7 +213,7 @@ class SqlApprovalStore:
             if row is not None:
                 return approval_from_row(row), False
             approval_id = self._next_id()
-            return await self._insert(conn, new, approval_id, audit.for_approval(approval_id)), True
+            return await self._insert(conn, new, approval_id, [audit.for_approval(approval_id)]), True
 
     async def transition(
         self,
@@ -364,46 +382,27 @@ class SqlApprovalStore:
         return approval_id
 
     async def _insert(
-        self, conn: AsyncConnection, new: NewApproval, approval_id: str, event: AuditEvent
+        self,
+        conn: AsyncConnection,
+        new: NewApproval,
+        approval_id: str,
+        events: Sequence[AuditEvent],
+        *,
+        status: ApprovalStatus = ApprovalStatus.PENDING,
+        decided: Mapping[str, Any] = _NO_CHANGES,
     ) -> Approval:
         now = self._now()
         if new.task_id is not None:
             await _ensure_task_free(conn, new.task_id, approval_id)
-        approval = Approval(
-            id=approval_id,
-            status=ApprovalStatus.PENDING,
-            agent=new.agent,
-            session_id=new.session_id,
-            server=new.server,
-            tool=new.tool,
-            upstream_tool=new.upstream_tool,
-            arguments=dict(new.arguments),
-            arguments_hash=new.arguments_hash,
-            request_key=new.request_key,
-            policy_revision=new.policy_revision,
-            rule=new.rule,
-            rule_reason=new.rule_reason,
-            approvers=new.approvers,
-            channels=new.channels,
-            created_at=now,
-            expires_at=now + new.timeout,
-            version=1,
-            task_id=new.task_id,
-            argument_order=new.argument_order,
-            quorum=new.quorum,
-            quorum_from=new.quorum_from,
-            escalation=new.escalation,
-            next_escalation_at=first_escalation_at(now, new.escalation),
-            editable=new.editable,
-            claims=None if new.claims is None else dict(new.claims),
-        )
+        approval = approval_from_new(new, approval_id, now, status=status, decided=decided)
         try:
             await conn.execute(insert(approvals).values(row_from_approval(approval)))
         except IntegrityError as error:
             raise ApprovalConflict(
                 f"cannot create approval {approval_id}: its id or task id is already taken"
             ) from error
-        await self._append(conn, event, now)
+        for event in events:
+            await self._append(conn, event, now)
         return approval
 
     def _now(self) -> datetime:

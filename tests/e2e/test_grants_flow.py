@@ -20,6 +20,7 @@ from mcp.client import Client
 from broker.approvals.clock import utc_now
 from broker.approvals.grants import Grant
 from broker.approvals.health import StoreHealth
+from broker.approvals.model import ApprovalStatus
 from broker.policy.decision import Decision
 from broker.proxy.checks.grants import GrantCheck
 from tests.e2e.harness import (
@@ -344,6 +345,14 @@ async def test_a_task_call_under_a_grant_runs_at_once_and_its_task_gives_the_res
             assert [line["grant"] for line in granted] == [grant.id]
             ran = await running.broker.approvals.store.get_by_task(task_id)
             assert ran is not None and (ran.decided_via, ran.decided_by) == ("grant", f"grant {grant.id}")
+            store = running.broker.approvals.store
+            assert await store.list(statuses={ApprovalStatus.PENDING}) == []
+            trail = await store.audit_trail(ran.id)
+            assert [(record.event, record.at) for record in trail[:2]] == [
+                ("requested", ran.created_at),
+                ("approved", ran.created_at),  # one transaction: it was never pending
+            ]
+            assert (await store.verify_audit_chain()).ok
 
 
 class StoreFailsDuringUse(GrantCheck):
