@@ -177,7 +177,7 @@ LONG_GROUP = "@EmeaFixedIncomeStructuredProductsOvernightRiskControlDesk"
 async def test_quorum_progress_wraps_inside_the_status_card_at_phone_size(
     browser: Browser, running: RunningBroker
 ) -> None:
-    approval = await support.hold(running, order(2201), quorum=2, quorum_from=("@trading-leads", LONG_GROUP))
+    approval = await support.hold(running, order(2151), quorum=2, quorum_from=("@trading-leads", LONG_GROUP))
     with anyio.fail_after(60):
         async with running.approver("bob") as bob:
             voted = await bob.post(f"/api/approvals/{approval.id}/approve")
@@ -202,6 +202,10 @@ async def test_quorum_progress_wraps_inside_the_status_card_at_phone_size(
             assert box["height"] >= 2 * line, "the progress should wrap onto more lines, not stick out"
         finally:
             await context.close()
+        # The module shares one broker: leave no pending call behind for the other tests' lists.
+        async with running.approver("alice") as alice:
+            denied = await alice.post(f"/api/approvals/{approval.id}/deny", json={"reason": "cleanup"})
+        assert denied.status_code == 200, denied.text
 
 
 async def test_keyboard_shortcuts_pick_a_call_and_approve_it_after_asking(
