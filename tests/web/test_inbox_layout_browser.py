@@ -1,6 +1,7 @@
 """The inbox at a desktop's and a phone's size in headless Chromium: nothing scrolls sideways,
-a call is decided at phone size without scrolling, keyboard shortcuts decide on a desktop, and
-an opted-in browser shows a notification when a call arrives (and none before opting in)."""
+a call is decided at phone size without scrolling, a quorum's progress wraps inside its card,
+keyboard shortcuts decide on a desktop, and an opted-in browser shows a notification when a call
+arrives (and none before opting in)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import anyio
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
+from broker.approvals.quorum import progress_text
 from tests.e2e.harness import RunningBroker, running_broker
+from tests.web import support
 from tests.web.support import ApprovalFeed, order, web_settings
 from tests.web.test_inbox_browser import CHROMIUM, WAIT_MS, launched_chromium, live, row, sign_in
 
@@ -165,6 +168,44 @@ async def test_a_call_is_decided_at_phone_size_without_scrolling(
             assert not outcome["result"].is_error
         finally:
             await context.close()
+
+
+# One unbroken group name wider than a phone's status card, as a directory's group names can be.
+LONG_GROUP = "@EmeaFixedIncomeStructuredProductsOvernightRiskControlDesk"
+
+
+async def test_quorum_progress_wraps_inside_the_status_card_at_phone_size(
+    browser: Browser, running: RunningBroker
+) -> None:
+    approval = await support.hold(running, order(2151), quorum=2, quorum_from=("@trading-leads", LONG_GROUP))
+    with anyio.fail_after(60):
+        async with running.approver("bob") as bob:
+            voted = await bob.post(f"/api/approvals/{approval.id}/approve")
+        assert voted.status_code == 200, voted.text
+        stored = await running.broker.approvals.store.get(approval.id)
+        assert stored is not None
+        expected = progress_text(stored)
+        assert expected == f"1 of 2 approvals: bob; still needs one of {LONG_GROUP}"
+        context = await new_context(browser, running, PHONE, is_mobile=True, has_touch=True)
+        try:
+            page = await sign_in(context, "alice", path=f"/approvals/{approval.id}")
+            progress = page.locator("[data-quorum-progress]")
+            await expect(progress).to_have_text(expected)
+            await fits_sideways(page)
+            # A mobile browser zooms out to fit a too-wide page, so the window must still be the phone's.
+            assert await page.evaluate("window.innerWidth") == PHONE["width"]
+            card = await page.locator(".status-card").bounding_box()
+            box = await progress.bounding_box()
+            assert card is not None and box is not None
+            assert box["x"] >= card["x"] and box["x"] + box["width"] <= card["x"] + card["width"], (box, card)
+            line = await progress.evaluate("(element) => parseFloat(getComputedStyle(element).lineHeight)")
+            assert box["height"] >= 2 * line, "the progress should wrap onto more lines, not stick out"
+        finally:
+            await context.close()
+        # The module shares one broker: leave no pending call behind for the other tests' lists.
+        async with running.approver("alice") as alice:
+            denied = await alice.post(f"/api/approvals/{approval.id}/deny", json={"reason": "cleanup"})
+        assert denied.status_code == 200, denied.text
 
 
 async def test_keyboard_shortcuts_pick_a_call_and_approve_it_after_asking(

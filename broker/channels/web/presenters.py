@@ -17,6 +17,7 @@ import jinja2
 from broker.approvals import outcomes
 from broker.approvals.idempotency import idempotency_ids
 from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.quorum import progress_text
 from broker.channels.web.edit_form import editable_fields
 
 PREVIEW_LENGTH = 96
@@ -161,4 +162,5 @@ def template_environment() -> jinja2.Environment:
     )
     environment.globals["doubt"] = doubt
     environment.globals["edit_fields"] = editable_fields
+    environment.globals["quorum_progress"] = progress_text
     return environment
