@@ -87,6 +87,9 @@ Array.from(document.querySelectorAll("th, td, a, button, input, select, textarea
 async def fits_sideways(page: Page) -> None:
     widths = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert widths[0] <= widths[1], f"{page.url} is {widths[0]} px wide in a {widths[1]} px window"
+    # A phone browser widens its window to a page too wide for it, so the check above would pass.
+    viewport = page.viewport_size
+    assert viewport is not None and widths[1] == viewport["width"], f"{page.url} widened the window: {widths}"
     assert await page.evaluate(OUTSIDE) == [], page.url
 
 
@@ -102,7 +105,8 @@ async def test_no_page_scrolls_sideways(
     browser: Browser, running: RunningBroker, feed: ApprovalFeed, size: dict[str, int]
 ) -> None:
     with anyio.fail_after(60):
-        context = await new_context(browser, running, size)
+        phone = size == PHONE
+        context = await new_context(browser, running, size, is_mobile=phone, has_touch=phone)
         try:
             async with (
                 running.client() as client,
@@ -162,6 +166,7 @@ async def test_a_call_is_decided_at_phone_size_without_scrolling(
                 approve_box = await approve.bounding_box()
                 assert trail is not None and approve_box is not None and approve_box["y"] < trail["y"]
                 assert await page.evaluate("window.scrollY") == 0
+                await fits_sideways(page)
                 await page.get_by_label("Reason").fill("fine from my phone")
                 await approve.tap()
                 await expect(page.locator(".ending")).to_contain_text("Approved by alice via web")
