@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from broker.approvals.canonical import GENESIS_HASH, audit_hash, canonical_json
-from broker.approvals.model import ApprovalStatus
+from broker.approvals.model import ApprovalStatus, NewApproval
 
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -92,6 +92,22 @@ class AuditEvent:
                 f"audit event names approval {self.approval_id!r} but is recorded for {approval_id!r}"
             )
         return AuditEvent(self.event, self.actor, self.details, approval_id)
+
+
+def requested_event(new: NewApproval, **extra: Any) -> AuditEvent:
+    """The ``requested`` event that opens every approval's trail (`extra`: e.g. the grant)."""
+    return AuditEvent(
+        AuditEventKind.REQUESTED,
+        new.agent,
+        {
+            "tool": new.tool,
+            "server": new.server,
+            "arguments_sha256": new.arguments_hash,
+            "rule": new.rule,
+            "policy_revision": new.policy_revision,
+            **extra,
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)

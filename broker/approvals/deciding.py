@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
 
-from broker.approvals.audit import AuditEvent, AuditEventKind
+from broker.approvals.audit import AuditEvent, AuditEventKind, requested_event
 from broker.approvals.clock import Clock
 from broker.approvals.edits import Edit, EditListener, EditRefused, EditStore, prepare_edit
 from broker.approvals.eligibility import Eligibility, quorum_refusal
@@ -128,18 +128,7 @@ class Decider:
                 "decision_reason": f"let through by {grant.summary()} from approval {grant.approval_id}",
             },
             audit=(
-                AuditEvent(
-                    AuditEventKind.REQUESTED,
-                    new.agent,
-                    {
-                        "tool": new.tool,
-                        "server": new.server,
-                        "arguments_sha256": new.arguments_hash,
-                        "rule": new.rule,
-                        "policy_revision": new.policy_revision,
-                        "grant": grant.id,
-                    },
-                ),
+                requested_event(new, grant=grant.id),
                 AuditEvent(AuditEventKind.APPROVED, f"grant {grant.id}", {"via": "grant", "grant": grant.id}),
             ),
         )

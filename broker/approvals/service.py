@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from broker.approvals.audit import AuditEvent, AuditEventKind
+from broker.approvals.audit import AuditEvent, AuditEventKind, requested_event
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.deciding import Decider, NotAllowedToDecide, VoteListener
 from broker.approvals.edits import EditStore
@@ -198,17 +198,7 @@ class ApprovalService:
         too and reach the upstream a second time with nobody waiting for its result.
         Returns (approval, created).
         """
-        requested = AuditEvent(
-            AuditEventKind.REQUESTED,
-            new.agent,
-            {
-                "tool": new.tool,
-                "server": new.server,
-                "arguments_sha256": new.arguments_hash,
-                "rule": new.rule,
-                "policy_revision": new.policy_revision,
-            },
-        )
+        requested = requested_event(new)
         if alongside:
             # Another caller still waits on the identical call: this one is a new intent of its own.
             approval = await self.store.create(new, audit=requested)
