@@ -285,16 +285,7 @@ class Gateway:
         reservation: Reservation | None,
     ) -> JsonObject:
         self.call_counts.granted += 1
-        self._decisions.record(
-            decision,
-            agent=ctx.agent,
-            session=ctx.session,
-            tool=tool.exposed_name,
-            server=tool.server,
-            arguments=arguments,
-            outcome="granted",
-            grant=grant.id,
-        )
+        self._record(decision, ctx, tool, arguments, "granted", grant=grant.id)
         if self._approvals is not None and isinstance(params.get("task"), dict) and not ctx.modern:
             # Its client asked for a task: it gets one, which runs the call at once; its spend
             # counts from the start (the task's outcome is not awaited here).
@@ -363,6 +354,8 @@ class Gateway:
         tool: UpstreamTool,
         arguments: JsonObject,
         outcome: str | None,
+        *,
+        grant: str | None = None,
     ) -> str:
         return self._decisions.record(
             decision,
@@ -372,4 +365,5 @@ class Gateway:
             server=tool.server,
             arguments=arguments,
             outcome=outcome,
+            grant=grant,
         )
