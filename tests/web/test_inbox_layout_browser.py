@@ -29,12 +29,16 @@ pytestmark = [
 ]
 
 # Records every notification the page constructs, then lets the browser's own class make it.
+# The count is also written on <html data-notified>, so a test waits for it with a locator:
+# `wait_for_function` polls by evaluating a string in the page, which the inbox's CSP (no
+# 'unsafe-eval') refuses whenever the first check does not already pass.
 RECORD_NOTIFICATIONS = """
 window.__notified = [];
 if ("Notification" in window) {
   window.Notification = new Proxy(window.Notification, {
     construct(target, args) {
       window.__notified.push({ title: args[0], body: (args[1] || {}).body });
+      document.documentElement.dataset.notified = String(window.__notified.length);
       return Reflect.construct(target, args);
     },
   });
@@ -286,7 +290,7 @@ async def test_a_notification_appears_for_a_new_call_only_after_opting_in(
                 await expect(button).to_have_text("Notifications on")
                 await live(page)
                 second = await hold(running, feed, tasks, client, 2302)
-                await page.wait_for_function("window.__notified.length > 0", timeout=WAIT_MS)
+                await expect(page.locator("html")).to_have_attribute("data-notified", "1")
                 [shown] = await page.evaluate("window.__notified")
                 assert shown["title"] == "Approval needed: place_order"
                 assert shown["body"] == "trader wants to call place_order"
@@ -294,7 +298,7 @@ async def test_a_notification_appears_for_a_new_call_only_after_opting_in(
                 await bob.post(f"/api/approvals/{second.id}/deny", json={"reason": "no"})
                 await bob.post(f"/api/approvals/{first.id}/deny", json={"reason": "no"})
                 third = await hold(running, feed, tasks, client, 2303)
-                await page.wait_for_function("window.__notified.length > 1", timeout=WAIT_MS)
+                await expect(page.locator("html")).to_have_attribute("data-notified", "2")
                 assert len(await page.evaluate("window.__notified")) == 2
                 await bob.post(f"/api/approvals/{third.id}/deny", json={"reason": "no"})
                 # Turning it off again is remembered.
