@@ -19,7 +19,7 @@ losing its connection or its client timing out does not withdraw the approval; o
 cancellation does (``notifications/cancelled`` for a request that was not yet answered,
 ``tasks/cancel`` or ``cancel_approval``). Before the pending answer, the agent withdrawing the
 request it waits on withdraws the approval, also while that approval is still being opened (the
-open runs to its end first); a client that only timed out does not, even when its session end
+open runs to its end first), unless an identical request attached to it still waits here; a client that only timed out does not, even when its session end
 overtakes its timed-out cancellation (`broker.proxy.agent_request`: the session end withdraws
 after a grace in which that cancellation still counts).
 
@@ -315,8 +315,19 @@ class HeldCalls:
 
     async def _withdraw(self, ctx: AgentContext, approval: Approval) -> None:
         """The agent withdrew the request it was waiting on. Unless it had been told the call is
-        pending (a promise: only an explicit cancellation withdraws it then), nobody is left to
-        receive an approved result, so the approval must not be decided any more."""
+        pending (a promise: only an explicit cancellation withdraws it then), or another request
+        attached to the same approval still waits here for its result (a retry from the same
+        session), nobody is left to receive an approved result, so the approval must not be
+        decided any more."""
+        still_waiting = self._waiting.get(approval.id)
+        if still_waiting is not None and +still_waiting:
+            # The withdrawing request stopped counting before this runs (`_wait_here` ends first),
+            # so whichever of several withdrawn requests checks last sees none left and withdraws.
+            logger.info(
+                "approval %s: one request withdrew; another identical request still waits on it",
+                approval.id,
+            )
+            return
         try:
             current = await self._service.store.get(approval.id)
             if current is None or current.pending_told_at is not None:

@@ -133,3 +133,44 @@ async def test_a_cancelled_task_answers_with_its_outcome(tmp_path: Path) -> None
 
 def text_of_raw(message: dict[str, Any]) -> str:
     return " ".join(block.get("text", "") for block in message["result"]["content"])
+
+
+async def test_withdrawing_one_request_leaves_the_approval_to_an_identical_request_still_waiting(
+    tmp_path: Path,
+) -> None:
+    async with running_broker(make_settings(tmp_path, POLICY, exchange_server())) as running:
+        feed = watch(running)
+        answers: dict[int, dict[str, Any]] = {}
+        with anyio.fail_after(30):
+            async with running.raw() as http, anyio.create_task_group() as tasks:
+                raw = RawSession(http)
+                await raw.open()
+
+                async def call(request_id: int) -> None:
+                    params = {"name": "place_order", "arguments": BIG_ORDER}
+                    answers[request_id] = await raw.rpc(request_id, "tools/call", params)
+
+                tasks.start_soon(call, 1)
+                approval = await feed.opened.receive()
+                tasks.start_soon(call, 2)  # a retry from the same session: attached
+                while running.broker.approvals.held_calls < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                stop = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
+                stop["params"] = {"requestId": 1, "reason": "user pressed stop"}
+                assert (await http.post("/mcp", json=stop, headers=raw.headers)).status_code == 202
+                await until_no_agent_waits_but(running, 1)
+                still = await running.broker.approvals.store.get(approval.id)
+                assert still is not None and still.status is ApprovalStatus.PENDING
+                async with running.approver("alice") as alice:
+                    assert (await alice.post(f"/api/approvals/{approval.id}/approve")).status_code == 200
+        assert answers[1]["error"]["code"] == -32800
+        result = answers[2]["result"]
+        assert not result["isError"] and result["structuredContent"]["quantity"] == 10
+        trail = [e.event for e in await running.broker.approvals.store.audit_trail(approval.id)]
+        assert "cancelled" not in trail and trail.count("released") == 1
+
+
+async def until_no_agent_waits_but(running: RunningBroker, left: int) -> None:
+    # As `until_no_agent_waits`: the callers bound this with fail_after.
+    while running.broker.approvals.held_calls > left:  # noqa: ASYNC110
+        await anyio.sleep(0.01)
