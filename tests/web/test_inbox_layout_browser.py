@@ -209,6 +209,13 @@ async def test_quorum_progress_wraps_inside_the_status_card_at_phone_size(
             assert box["x"] >= card["x"] and box["x"] + box["width"] <= card["x"] + card["width"], (box, card)
             line = await progress.evaluate("(element) => parseFloat(getComputedStyle(element).lineHeight)")
             assert box["height"] >= 2 * line, "the progress should wrap onto more lines, not stick out"
+            # The inbox row says the same, and wraps inside the phone's width too.
+            await page.goto("/")
+            listed = row(page, approval.id).locator("[data-quorum-progress]")
+            await expect(listed).to_have_text(expected)
+            await fits_sideways(page)
+            box = await listed.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
         finally:
             await context.close()
         # The module shares one broker: leave no pending call behind for the other tests' lists.

@@ -18,7 +18,7 @@ from broker.approvals.approvers import ApproverDirectory
 from broker.approvals.call_view import CallContexts, ToolFacts
 from broker.approvals.clock import Clock, utc_now
 from broker.approvals.grant_desk import GrantDesk
-from broker.approvals.model import Approval, ApprovalStatus
+from broker.approvals.model import Approval, ApprovalStatus, Approver
 from broker.approvals.ports import ListPosition, StoreUnavailable
 from broker.approvals.service import ApprovalService
 from broker.channels.call_context import CallContextSource
@@ -168,6 +168,17 @@ class WebInbox:
     async def _pending_count(self) -> int:
         return await self._store.pending_count(at_most=COUNT_CAP)
 
+    def _row(self, approval: Approval, approver: Approver | None) -> dict[str, Any]:
+        """One inbox row: whether this viewer may decide it, and if not why (the row's hint), and
+        whether their yes already counts toward its quorum (the call then waits on others, not them)."""
+        refusal = (
+            "You are not signed in as an approver"
+            if approver is None
+            else self._service.may_decide(approval, approver)
+        )
+        voted = approver is not None and any(vote.approver == approver.name for vote in approval.votes)
+        return {"approval": approval, "can_decide": refusal is None, "refusal": refusal, "voted": voted}
+
     # -- inbox ---------------------------------------------------------------------------------------
 
     async def _inbox_context(self, viewer: Viewer, filters: ListFilters) -> dict[str, Any]:
@@ -185,14 +196,7 @@ class WebInbox:
             limit=INBOX_PAGE,
         )
         # The sweeper may not have expired these yet; they can no longer be approved, so they are not shown.
-        rows = [
-            {
-                "approval": approval,
-                "can_decide": approver is not None and self._service.may_decide(approval, approver) is None,
-            }
-            for approval in pending
-            if not approval.is_overdue(now)
-        ]
+        rows = [self._row(approval, approver) for approval in pending if not approval.is_overdue(now)]
         if len(pending) == INBOX_PAGE:
             base["older"] = filters.link("/", after=ListPosition.of(pending[-1]).token())
         if filters.after is not None:
