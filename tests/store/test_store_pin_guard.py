@@ -3,8 +3,10 @@ calls get instead of the policy's answer, and fail-closed when the store cannot 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from broker.policy import Action, load_policy
@@ -58,6 +60,7 @@ async def test_changed_tools_get_the_definition_change_action_and_deny_stays_den
 
 
 async def test_an_unreadable_store_makes_every_tool_pending(tmp_path: Path, clock: ManualClock) -> None:
+    before = set(threading.enumerate())
     gone = create_store(f"sqlite:///{tmp_path / 'missing' / 'broker.db'}")
     try:
         guard = PinGuard(SqlToolPinStore(gone), clock=clock)
@@ -65,6 +68,15 @@ async def test_an_unreadable_store_makes_every_tool_pending(tmp_path: Path, cloc
         assert guard.pending == {"ex__get_ticker", "ex__withdraw", "ex__nuke"}
     finally:
         await gone.close()
+        # aiosqlite stops a connection that failed to open without awaiting it: its thread then
+        # answers this test's event loop, which must still be running (else a warning in a later test).
+        await anyio.to_thread.run_sync(join_new_threads, before)
+
+
+def join_new_threads(before: set[threading.Thread]) -> None:
+    for thread in set(threading.enumerate()) - before:
+        if "_connection_worker_thread" in thread.name:
+            thread.join(timeout=10)
 
 
 async def test_strict_pinning_gives_new_tools_the_on_new_tool_action_until_accepted(
