@@ -3,7 +3,9 @@
 - Discovery: `jwks_uri` from the issuer's RFC 8414 metadata
   (`/.well-known/oauth-authorization-server` inserted before the issuer's path), else from its
   OpenID Connect metadata (`/.well-known/openid-configuration` appended); the document's `issuer`
-  must equal the configured one. A configured `jwks_uri` skips discovery.
+  must equal the configured one. A configured `jwks_uri` skips discovery. Discovery runs again
+  with every key fetch (so as rarely as those), so a provider that moves its keys is followed
+  without a restart; while its metadata is unreachable the last `jwks_uri` found serves.
 - Cache: the key set is kept for `max_age` seconds; validating with a cached key does no I/O.
 - Unknown `kid` (the provider rotated): one refetch, shared by all waiting requests, and at most
   one every `min_refresh` seconds however many tokens with strange kids arrive, so forged tokens
@@ -59,7 +61,8 @@ class JwksCache:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._issuer = issuer
-        self._jwks_uri = jwks_uri
+        self._configured_jwks_uri = jwks_uri
+        self._discovered_jwks_uri: str | None = None
         self._max_age = max_age
         self._min_refresh = min_refresh
         self._monotonic = monotonic
@@ -105,7 +108,7 @@ class JwksCache:
     async def _fetch(self) -> list[Any]:
         self.fetches += 1
         async with httpx.AsyncClient(timeout=FETCH_TIMEOUT, transport=self._transport) as http:
-            jwks_uri = self._jwks_uri or await self._discover(http)
+            jwks_uri = self._configured_jwks_uri or await self._jwks_uri_now(http)
             document = await _get_json(http, jwks_uri)
         try:
             keyset = KeySet.import_key_set(document)  # type: ignore[arg-type]  # checked by joserfc
@@ -115,6 +118,20 @@ class JwksCache:
         if not keys:
             raise KeysUnavailable(f"{jwks_uri} holds no public keys")
         return keys
+
+    async def _jwks_uri_now(self, http: httpx.AsyncClient) -> str:
+        try:
+            self._discovered_jwks_uri = await self._discover(http)
+        except KeysUnavailable as error:
+            if self._discovered_jwks_uri is None:
+                raise
+            logger.warning(
+                "oauth: discovery for %s failed (%s); fetching keys from the last jwks_uri found, %s",
+                self._issuer,
+                error,
+                self._discovered_jwks_uri,
+            )
+        return self._discovered_jwks_uri
 
     async def _discover(self, http: httpx.AsyncClient) -> str:
         problems = []
@@ -129,7 +146,6 @@ class JwksCache:
                 continue
             jwks_uri = document.get("jwks_uri")
             if isinstance(jwks_uri, str) and jwks_uri.startswith(("https://", "http://")):
-                self._jwks_uri = jwks_uri
                 return jwks_uri
             problems.append(f"{url} has no jwks_uri")
         raise KeysUnavailable("; ".join(problems))

@@ -16,7 +16,8 @@ It serves, on a loopback port chosen by the kernel:
   the opaque tokens `opaque_token()` hands out; RP-initiated logout at `/logout` (end_session.py).
 
 Knobs for the bad cases the broker must refuse: `jwks_mode` ("ok", "down" = 503, "garbage" =
-200 with a body that is not a key set, "empty"), `metadata_mode` likewise,
+200 with a body that is not a key set, "empty"), `metadata_mode` likewise, `jwks_path` (where the
+metadata says the keys are, `/jwks` or `/v2/jwks`; the other path answers 404),
 `announces_introspection` (False: the metadata names no introspection endpoint), key rotation
 (`rotate()`, `retire()`), and `mint()` / the `*_token()` helpers that sign whatever claims and
 headers a test wants (expired, not yet valid, wrong issuer or audience, unknown key, signed by a
@@ -101,6 +102,7 @@ class AuthServer:
         self.tokens: dict[str, Token] = {}
         self.refresh_tokens: dict[str, Token] = {}
         self.jwks_mode = "ok"
+        self.jwks_path = "/jwks"
         self.metadata_mode = "ok"
         self.announces_introspection = True
         self.jwks_hits = 0
@@ -355,7 +357,7 @@ class AuthServer:
             "token_endpoint": f"{base}/token",
             "registration_endpoint": f"{base}/register",
             **({"introspection_endpoint": f"{base}/introspect"} if self.announces_introspection else {}),
-            "jwks_uri": f"{base}/jwks",
+            "jwks_uri": f"{base}{self.jwks_path}",
             "userinfo_endpoint": f"{base}/userinfo",
             "scopes_supported": SCOPES,
             "response_types_supported": ["code"],
@@ -391,6 +393,8 @@ class AuthServer:
 
     async def _jwks(self, request: Request) -> Response:
         self.jwks_hits += 1
+        if request.url.path != self.jwks_path:
+            return Response("no keys here", status_code=404)
         if self.jwks_mode == "down":
             return Response("unavailable", status_code=503)
         if self.jwks_mode == "garbage":
@@ -453,6 +457,7 @@ class AuthServer:
                 Route("/.well-known/oauth-authorization-server", self._metadata),
                 Route("/.well-known/openid-configuration", self._metadata),
                 Route("/jwks", self._jwks),
+                Route("/v2/jwks", self._jwks),
                 Route("/authorize", self._authorize, methods=["GET", "POST"]),
                 Route("/token", self._token, methods=["POST"]),
                 Route("/register", self._register, methods=["POST"]),

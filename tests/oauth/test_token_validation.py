@@ -192,6 +192,26 @@ async def test_cached_keys_serve_while_the_provider_is_down(auth_server: AuthSer
     assert isinstance(await chain.verify(bearer(auth_server.token("bob", aud=RESOURCE))), AgentIdentity)
 
 
+async def test_keys_that_move_are_followed_and_a_metadata_outage_keeps_the_last_key_url(
+    auth_server: AuthServer,
+) -> None:
+    clock = Clock()
+    chain = verifier(auth_server, clock)
+    assert isinstance(await chain.verify(bearer(auth_server.token(aud=RESOURCE))), AgentIdentity)
+    # The provider moves its key set and rotates: the broker finds the new place without a restart.
+    auth_server.jwks_path = "/v2/jwks"
+    auth_server.rotate("EC")
+    clock.now += 31
+    moved = await chain.verify(bearer(auth_server.token("bob", aud=RESOURCE)))
+    assert isinstance(moved, AgentIdentity) and moved.agent == "bob"
+    # Its metadata then goes down while it rotates again: the last key URL found still serves.
+    auth_server.metadata_mode = "down"
+    auth_server.rotate("RSA")
+    clock.now += 31
+    again = await chain.verify(bearer(auth_server.token("carol", aud=RESOURCE)))
+    assert isinstance(again, AgentIdentity) and again.agent == "carol"
+
+
 async def test_rotation_refetches_once_and_unknown_kids_refetch_at_a_bounded_rate(
     auth_server: AuthServer,
 ) -> None:
