@@ -19,9 +19,10 @@ losing its connection or its client timing out does not withdraw the approval; o
 cancellation does (``notifications/cancelled`` for a request that was not yet answered,
 ``tasks/cancel`` or ``cancel_approval``). Before the pending answer, the agent withdrawing the
 request it waits on withdraws the approval, also while that approval is still being opened (the
-open runs to its end first), unless an identical request attached to it still waits here; a client that only timed out does not, even when its session end
-overtakes its timed-out cancellation (`broker.proxy.agent_request`: the session end withdraws
-after a grace in which that cancellation still counts).
+open runs to its end first), unless an identical request attached to it still waits here; a
+client that only timed out does not, even when its session end overtakes its timed-out
+cancellation (`broker.proxy.agent_request`: the session end withdraws after a grace in which
+that cancellation still counts).
 
 Identical calls (same agent, tool and canonical arguments) attach to the open approval: a retry
 after the pending answer, a re-call after a lost connection, a retry from the same session whose
