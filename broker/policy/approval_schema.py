@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Final
 
 from broker.policy.decision import Action, ApprovalRequirement
-from broker.policy.document import MappingNode, Node, ScalarNode, describe_node
+from broker.policy.document import Fail, MappingNode, Node, ScalarNode, describe_node
 from broker.policy.edits import parse_editable
 from broker.policy.escalation import parse_escalation
 from broker.policy.grants import parse_grant
 from broker.policy.quorum import parse_quorum
-from broker.policy.schema_fields import Fail, duration, string_list
+from broker.policy.schema_fields import duration, string_list
 
 APPROVAL_KEYS: Final = (
     "timeout",

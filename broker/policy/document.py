@@ -23,7 +23,7 @@ import math
 import re
 import sys
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,11 @@ class MappingNode:
 
 
 Node = ScalarNode | SequenceNode | MappingNode
+Position = Node | Key
+"""Where a problem is: a node, or the key that names an entry."""
+Fail = Callable[[Position, str], None]
+"""Reports one problem at its position; the schema's readers carry on, so a document's problems
+are all reported at once."""
 
 # Aliases let a few lines of YAML expand into billions of nodes. A policy with rules for thousands
 # of tools has tens of thousands of nodes, far below this.

@@ -19,15 +19,13 @@ approver edits (an argument the tool's schema lacks is refused then too).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from typing import Final, NamedTuple
 
-from broker.policy.document import Key, Node, ScalarNode, SequenceNode, describe_node
+from broker.policy.document import Fail, Node, ScalarNode, SequenceNode, describe_node
 from broker.policy.engine import Policy
 
 _NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-
-Fail = Callable[[Node | Key, str], None]
 
 
 def parse_editable(node: Node, fail: Fail) -> tuple[str, ...]:

@@ -24,17 +24,14 @@ Refused with the position of the value at fault:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
+from broker.policy.document import Fail, MappingNode, Node, ScalarNode, SequenceNode, describe_node
 from broker.policy.duration import parse_duration
 
 ESCALATION_KEYS: Final = ("after", "to", "channels", "extend")
 _SHAPE: Final = 'escalate: {after: 10m, to: ["@oncall-leads"], channels: ["slack:#escalations"]}'
-
-Fail = Callable[[Node | Key, str], None]
 
 
 @dataclass(frozen=True, slots=True)

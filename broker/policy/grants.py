@@ -30,11 +30,10 @@ repeated scope.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
+from broker.policy.document import Fail, MappingNode, Node, ScalarNode, SequenceNode, describe_node
 from broker.policy.duration import parse_duration
 from broker.policy.limits import SpendLimit, limits_json, parse_budget
 
@@ -42,8 +41,6 @@ GRANT_KEYS: Final = ("max", "max_calls", "scope", "budget")
 SCOPES: Final = ("identical", "matching")
 DEFAULT_MAX_CALLS: Final = 10
 _SHAPE: Final = "grant: {max: 1h, max_calls: 20, scope: [identical, matching]}"
-
-Fail = Callable[[Node | Key, str], None]
 
 
 @dataclass(frozen=True, slots=True)

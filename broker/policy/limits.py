@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import decimal
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, Literal
@@ -67,7 +67,7 @@ from broker.policy.amounts import (
     expression_text,
     parse_expression,
 )
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
+from broker.policy.document import Fail, Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
 from broker.policy.duration import parse_duration
 
 LIMIT_KEYS: Final = (
@@ -90,7 +90,6 @@ MAX_WINDOW_SECONDS: Final = 31 * DAY_SECONDS
 ANONYMOUS: Final = "-"
 _SHAPE: Final = 'limits: [{sum: "args.amount", max: 1000, window: 1d}]'
 
-Fail = Callable[[Node | Key, str], None]
 Align = Literal["sliding", "calendar"]
 Scope = Literal["agent", "session", "tool", "global"]
 

@@ -20,15 +20,13 @@ Whether the approvers configured in broker.yaml can ever reach the quorum is che
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
+from broker.policy.document import Fail, MappingNode, Node, ScalarNode, SequenceNode, describe_node
 
 QUORUM_KEYS: Final = ("approvals", "from")
 _SHAPE: Final = 'quorum: 2, or quorum: {approvals: 2, from: ["@risk", "@trading"]}'
-
-Fail = Callable[[Node | Key, str], None]
 
 
 def parse_quorum(node: Node, approvers: Sequence[str], fail: Fail) -> tuple[int, tuple[str, ...]]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from broker.policy.decision import Action, ApprovalRequirement, Decision
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, describe_node
+from broker.policy.document import Fail, MappingNode, Node, ScalarNode, describe_node
 
 RISK_LEVELS: Final = ("low", "medium", "high", "critical")
 """From least to most risky."""
@@ -76,7 +76,6 @@ def effective_risk_decisions(entries: Mapping[str, RiskDefault], default: Decisi
 
 
 EntryParser = Callable[[Node, str], "tuple[Action, ApprovalRequirement | None] | None"]
-Fail = Callable[[Node | Key, str], None]
 
 
 def parse_risk_defaults(

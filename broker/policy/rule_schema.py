@@ -11,13 +11,20 @@ from typing import Final
 from broker.policy.approval_schema import parse_approval
 from broker.policy.conditions import PATH_PREFIX
 from broker.policy.decision import Action, Decision, RateLimit
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
+from broker.policy.document import (
+    Fail,
+    Key,
+    MappingNode,
+    Node,
+    Position,
+    ScalarNode,
+    SequenceNode,
+    describe_node,
+)
 from broker.policy.limits import SpendLimit, parse_limits
 from broker.policy.patterns import AgentScope, ToolPattern
 from broker.policy.rules import CompiledRule
 from broker.policy.schema_fields import (
-    Fail,
-    Position,
     duration,
     non_empty_string,
     pattern_text,

@@ -17,13 +17,13 @@ from typing import Final
 
 from broker.policy.approval_schema import APPROVAL_KEYS, parse_approval
 from broker.policy.decision import Action, ApprovalRequirement, Decision
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
+from broker.policy.document import Key, MappingNode, Node, Position, ScalarNode, SequenceNode, describe_node
 from broker.policy.patterns import ToolPattern
 from broker.policy.problems import PolicyError, PolicyProblem
 from broker.policy.risk_defaults import RiskDefault, parse_risk_defaults
 from broker.policy.rule_schema import RULE_ACTIONS, RuleCompiler
 from broker.policy.rules import CompiledRule, HideEntry
-from broker.policy.schema_fields import Position, pattern_text, reject_unknown_keys
+from broker.policy.schema_fields import pattern_text, reject_unknown_keys
 
 SUPPORTED_VERSION: Final = "1"
 TOP_LEVEL_KEYS: Final = (

@@ -7,13 +7,19 @@ compiler carries on and reports every problem of a document at once.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node
+from broker.policy.document import (
+    Fail,
+    Key,
+    MappingNode,
+    Node,
+    Position,
+    ScalarNode,
+    SequenceNode,
+    describe_node,
+)
 from broker.policy.duration import parse_duration
-
-Position = Node | Key
-Fail = Callable[[Position, str], None]
 
 
 def suggestion(word: str, choices: Sequence[str]) -> str:

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from broker.policy.conditions import OPERATORS, Condition, compile_path, compile_test
-from broker.policy.document import Key, MappingNode, Node, ScalarNode, SequenceNode, describe_node, to_python
-from broker.policy.schema_fields import Fail, suggestion
+from broker.policy.document import (
+    Fail,
+    Key,
+    MappingNode,
+    Node,
+    ScalarNode,
+    SequenceNode,
+    describe_node,
+    to_python,
+)
+from broker.policy.schema_fields import suggestion
 
 
 def parse_conditions(node: Node | None, fail: Fail) -> tuple[Condition, ...]:

@@ -21,6 +21,7 @@ from broker.policy.document import (
     Key,
     MappingNode,
     Node,
+    Position,
     ScalarNode,
     ScalarValue,
     SequenceNode,
@@ -32,8 +33,6 @@ OPERATORS: Final = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "rege
 _NATIVE_OPERATOR: Final = {"neq": "ne", "regex": "matches"}
 WINDOWS: Final = {"minute": "1m", "hour": "1h", "day": "1d"}
 CONDITION_KEYS: Final = ("path", "op", "value")
-
-Position = Node | Key
 
 
 def key(name: str, at: Position) -> Key:
