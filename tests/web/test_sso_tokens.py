@@ -145,6 +145,38 @@ async def test_without_usable_keys_nothing_verifies_and_the_provider_is_asked_ag
         assert (await provider.verify_access_token(auth_server.token(aud=API_AUDIENCE)))["sub"] == "alice"
 
 
+async def test_the_discovery_document_is_read_again_after_a_while_and_kept_while_the_provider_is_down(
+    auth_server: AuthServer,
+) -> None:
+    clock = real_time()
+    provider = IdentityProvider(settings_for(auth_server), clock=clock, metadata_max_age=timedelta(minutes=5))
+    back = "https://broker.example.com/login"
+    with anyio.fail_after(30):
+        assert await provider.end_session_url(id_token_hint=None, post_logout_redirect_uri=back) is None
+        await provider.verify_access_token(auth_server.token(aud=API_AUDIENCE))
+        # The provider turns on RP-initiated logout and moves its keys: followed without a restart.
+        auth_server.end_session.enabled = True
+        auth_server.jwks_path = "/v2/jwks"
+        auth_server.rotate("EC")
+        clock.advance(timedelta(minutes=5, seconds=1))
+        logout = await provider.end_session_url(id_token_hint=None, post_logout_redirect_uri=back)
+        assert logout is not None and logout.startswith(f"{auth_server.issuer}/logout?")
+        assert (await provider.verify_access_token(auth_server.token("bob", aud=API_AUDIENCE)))[
+            "sub"
+        ] == "bob"
+        # Its discovery then fails: the document held keeps serving, asked again at a bounded rate.
+        auth_server.metadata_mode = "down"
+        asked = auth_server.metadata_hits
+        clock.advance(timedelta(minutes=5, seconds=1))
+        for _ in range(5):
+            assert (await provider.metadata()).jwks_uri == f"{auth_server.issuer}/v2/jwks"
+        assert auth_server.metadata_hits == asked + 1
+        signin = await provider.authorization_url(
+            redirect_uri=back, state="state", nonce="nonce", code_verifier="v" * 43
+        )
+        assert signin.startswith(f"{auth_server.issuer}/authorize?")
+
+
 async def test_a_discovery_document_for_another_issuer_is_refused(auth_server: AuthServer) -> None:
     provider = IdentityProvider(settings_for(auth_server, issuer=auth_server.issuer + "/"), clock=real_time())
     with anyio.fail_after(30), pytest.raises(ProviderUnavailable, match="names issuer"):

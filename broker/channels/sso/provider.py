@@ -1,8 +1,11 @@
 """The approvers' identity provider, as a client sees it: discovery, signing keys, token checks.
 
-Discovery (``<issuer>/.well-known/openid-configuration``) is fetched on first use and kept; its
+Discovery (``<issuer>/.well-known/openid-configuration``) is fetched on first use and read again
+once it is older than `metadata_max_age` (an hour), so a provider that moves an endpoint or its
+keys, or starts announcing ``end_session_endpoint``, is followed without a restart; its
 ``issuer`` must be the configured one, character for character; after a failed attempt the next
-waits `refresh_interval`. The signing keys are the agents' JWKS cache
+waits `refresh_interval`, and while a refresh fails the document already held keeps serving (with
+none held, nothing signs in). The signing keys are the agents' JWKS cache
 (broker.net.jwks.JwksCache) over the discovered ``jwks_uri``: fetched again for a key id
 it does not hold or when older than an hour, at most once per `refresh_interval`, so a stream of
 tokens with invented key ids cannot turn the broker into a load generator against the provider;
@@ -75,27 +78,43 @@ class IdentityProvider:
         *,
         clock: Clock = utc_now,
         refresh_interval: timedelta = timedelta(seconds=30),
+        metadata_max_age: timedelta = timedelta(hours=1),
     ) -> None:
         self.settings = settings
         self._clock = clock
         self._refresh_interval = refresh_interval
+        self._metadata_max_age = metadata_max_age
         self._metadata: ProviderMetadata | None = None
+        self._metadata_at: datetime | None = None
         self._metadata_failed_at: datetime | None = None
         self._jwks: JwksCache | None = None
+        self._jwks_uri: str | None = None
 
     # -- documents ------------------------------------------------------------------------------
 
     async def metadata(self) -> ProviderMetadata:
-        if self._metadata is None:
-            failed_at, now = self._metadata_failed_at, self._clock()
-            if failed_at is not None and now - failed_at < self._refresh_interval:
-                raise ProviderUnavailable("the identity provider's discovery document failed moments ago")
-            try:
-                self._metadata = await self._discover()
-            except ProviderUnavailable:
-                self._metadata_failed_at = now
+        held, now = self._metadata, self._clock()
+        if (
+            held is not None
+            and self._metadata_at is not None
+            and now - self._metadata_at < self._metadata_max_age
+        ):
+            return held
+        failed_at = self._metadata_failed_at
+        if failed_at is not None and now - failed_at < self._refresh_interval:
+            if held is not None:
+                return held
+            raise ProviderUnavailable("the identity provider's discovery document failed moments ago")
+        try:
+            fresh = await self._discover()
+        except ProviderUnavailable as error:
+            self._metadata_failed_at = now
+            if held is None:
                 raise
-        return self._metadata
+            logger.warning("sso: cannot refresh the discovery document (%s); keeping the one held", error)
+            return held
+        self._metadata, self._metadata_at, self._metadata_failed_at = fresh, now, None
+        return fresh
 
     async def _discover(self) -> ProviderMetadata:
         url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -120,8 +139,10 @@ class IdentityProvider:
             raise ProviderUnavailable(f"the discovery document at {url} lacks {exc}") from None
 
     async def _keys(self) -> JwksCache:
-        if self._jwks is None:
-            metadata = await self.metadata()
+        metadata = await self.metadata()
+        if self._jwks is None or self._jwks_uri != metadata.jwks_uri:
+            # A new jwks_uri is a new key set: keys held from the old place are not carried over.
+            self._jwks_uri = metadata.jwks_uri
             self._jwks = JwksCache(
                 metadata.issuer,
                 jwks_uri=metadata.jwks_uri,
