@@ -93,6 +93,13 @@ async def test_an_inbox_row_shows_the_progress_and_whether_the_viewers_yes_is_in
         assert "title=\"mallory is not an approver for rule rules[2] 'place_order'" in html.unescape(other)
         # A single decision has no progress line.
         assert "data-quorum-progress" not in inbox_row(pages["alice"], single.id)
+        # On the call's own page too, bob reads that his yes is in (and that he may still deny).
+        with anyio.fail_after(30):
+            async with http_signed_in(running, "bob") as http:
+                his = (await http.get(f"/approvals/{approval.id}")).text
+            async with http_signed_in(running, "alice") as http:
+                hers = (await http.get(f"/approvals/{approval.id}/panel")).text
+        assert "data-voted>Your approval counts" in his and "data-voted" not in hers
 
 
 def shown_progress_row(row: str) -> str:
