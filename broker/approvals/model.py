@@ -282,3 +282,7 @@ class Approval:
     def is_overdue(self, now: datetime) -> bool:
         """Still pending although its deadline has passed (the sweeper has not caught it yet)."""
         return self.status is ApprovalStatus.PENDING and now >= self.expires_at
+
+    def has_vote_from(self, approver: str) -> bool:
+        """`approver`'s yes is among the votes recorded toward its quorum."""
+        return any(vote.approver == approver for vote in self.votes)

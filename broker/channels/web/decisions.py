@@ -62,7 +62,7 @@ class ApprovalPages:
             "refusal": refusal,
             "overdue": overdue,
             "can_decide": approval.status is ApprovalStatus.PENDING and refusal is None and not overdue,
-            "voted": approver is not None and any(vote.approver == approver.name for vote in approval.votes),
+            "voted": approver is not None and approval.has_vote_from(approver.name),
             "notice": notice,
             "max_reason": MAX_REASON_LENGTH,
         }

@@ -176,7 +176,7 @@ class WebInbox:
             if approver is None
             else self._service.may_decide(approval, approver)
         )
-        voted = approver is not None and any(vote.approver == approver.name for vote in approval.votes)
+        voted = approver is not None and approval.has_vote_from(approver.name)
         return {"approval": approval, "can_decide": refusal is None, "refusal": refusal, "voted": voted}
 
     # -- inbox ---------------------------------------------------------------------------------------
