@@ -16,9 +16,9 @@ from tests.e2e.test_approvals_flow import BIG_ORDER, POLICY, watch
 pytestmark = pytest.mark.anyio
 
 
-async def until_no_agent_waits(running: RunningBroker) -> None:
+async def until_no_agent_waits(running: RunningBroker, *, but: int = 0) -> None:
     # The broker announces no event when a waiter leaves; the callers bound this with fail_after.
-    while running.broker.approvals.held_calls:  # noqa: ASYNC110
+    while running.broker.approvals.held_calls > but:  # noqa: ASYNC110
         await anyio.sleep(0.01)
 
 
@@ -158,7 +158,7 @@ async def test_withdrawing_one_request_leaves_the_approval_to_an_identical_reque
                 stop = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
                 stop["params"] = {"requestId": 1, "reason": "user pressed stop"}
                 assert (await http.post("/mcp", json=stop, headers=raw.headers)).status_code == 202
-                await until_no_agent_waits_but(running, 1)
+                await until_no_agent_waits(running, but=1)
                 still = await running.broker.approvals.store.get(approval.id)
                 assert still is not None and still.status is ApprovalStatus.PENDING
                 async with running.approver("alice") as alice:
@@ -168,9 +168,3 @@ async def test_withdrawing_one_request_leaves_the_approval_to_an_identical_reque
         assert not result["isError"] and result["structuredContent"]["quantity"] == 10
         trail = [e.event for e in await running.broker.approvals.store.audit_trail(approval.id)]
         assert "cancelled" not in trail and trail.count("released") == 1
-
-
-async def until_no_agent_waits_but(running: RunningBroker, left: int) -> None:
-    # As `until_no_agent_waits`: the callers bound this with fail_after.
-    while running.broker.approvals.held_calls > left:  # noqa: ASYNC110
-        await anyio.sleep(0.01)
