@@ -12,6 +12,7 @@ import pytest
 from broker.approvals import Approval, ApprovalStatus
 from tests.e2e.harness import RawSession, RunningBroker, exchange_server, make_settings, running_broker
 from tests.e2e.test_approvals_flow import BIG_ORDER, POLICY, watch
+from tests.proxy.test_session_end import cancelled
 
 pytestmark = pytest.mark.anyio
 
@@ -155,8 +156,7 @@ async def test_withdrawing_one_request_leaves_the_approval_to_an_identical_reque
                 tasks.start_soon(call, 2)  # a retry from the same session: attached
                 while running.broker.approvals.held_calls < 2:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
-                stop = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
-                stop["params"] = {"requestId": 1, "reason": "user pressed stop"}
+                stop = cancelled(1, "user pressed stop")
                 assert (await http.post("/mcp", json=stop, headers=raw.headers)).status_code == 202
                 await until_no_agent_waits(running, but=1)
                 still = await running.broker.approvals.store.get(approval.id)
